@@ -1,0 +1,56 @@
+#include "multi_tensor_apply.h"
+
+namespace mopt_fast::cpu {
+
+void check_tensors(at::TensorList tensors, const char* op) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK_VALUE(t.defined(), "mopt_fast.", op, ": tensor ", i, " is undefined");
+    TORCH_CHECK_VALUE(t.layout() == at::kStrided, "mopt_fast.", op, ": tensor ", i, " has layout ",
+                      t.layout(), "; only dense (strided) gradients are supported, not sparse ones");
+    TORCH_CHECK_VALUE(t.device().is_cpu(), "mopt_fast.", op, ": tensor ", i, " is on ", t.device(),
+                      " but the CPU kernels need every tensor on the CPU");
+    const auto dtype = t.scalar_type();
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                         dtype == at::kBFloat16,
+                     "mopt_fast.", op, ": tensor ", i, " has dtype ", dtype,
+                     "; supported dtypes are float32, float64, float16 and bfloat16");
+  }
+}
+
+Plan make_plan(at::TensorList tensors) {
+  Plan plan;
+  const auto n = static_cast<int64_t>(tensors.size());
+  plan.flat.reserve(n);
+  plan.first_item.reserve(n + 1);
+  int64_t n_items = 0;
+  for (const at::Tensor& t : tensors) n_items += (t.numel() + kChunkElems - 1) / kChunkElems;
+  plan.items.reserve(n_items);
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& t = tensors[i];
+    // A dense non-contiguous tensor (a transpose, channels-last) still covers one run of memory of
+    // exactly numel elements starting at data_ptr: elementwise ops and sums can use it directly.
+    if (t.is_non_overlapping_and_dense()) {
+      plan.flat.push_back(t);
+    } else {
+      plan.flat.push_back(t.contiguous());
+      plan.copied.push_back(i);
+    }
+    plan.first_item.push_back(static_cast<int64_t>(plan.items.size()));
+    const int64_t numel = t.numel();
+    for (int64_t begin = 0; begin < numel; begin += kChunkElems) {
+      plan.items.push_back({i, begin, std::min(begin + kChunkElems, numel)});
+    }
+  }
+  plan.first_item.push_back(static_cast<int64_t>(plan.items.size()));
+  return plan;
+}
+
+void write_back(const Plan& plan, at::TensorList tensors) {
+  for (int64_t i : plan.copied) {
+    // The caller's tensor is declared mutable (Tensor(a!)) in the op schema.
+    tensors[i].copy_(plan.flat[i]);
+  }
+}
+
+}  // namespace mopt_fast::cpu

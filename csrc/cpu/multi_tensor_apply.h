@@ -1,0 +1,108 @@
+// Generic multi-tensor apply for the CPU backend.
+//
+// A list of tensors of any sizes is cut into (tensor, chunk) work items of at most kChunkElems
+// elements. Work items are spread over ATen's thread pool, so one huge tensor and a thousand tiny
+// ones both use every thread. The partition depends only on the tensor sizes, never on the thread
+// count, and reductions keep one partial per work item combined in item order afterwards: results
+// are bitwise identical for any number of threads.
+//
+// Every size and offset is int64, so tensors past 2^31 elements work.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace mopt_fast::cpu {
+
+// 64K elements: 256 KiB of fp32, sized to stay in L2 while a thread works on it, and small enough
+// that gpt2-sized lists give a few thousand items to balance over the threads.
+constexpr int64_t kChunkElems = int64_t{1} << 16;
+
+struct WorkItem {
+  int64_t tensor;  // index into Plan::flat
+  int64_t begin;   // element offset inside that tensor
+  int64_t end;
+};
+
+// The tensors an op reads or writes, each as one dense run of memory, and the work items over them.
+struct Plan {
+  // Dense tensors the kernels touch: the caller's own tensor when its memory is one dense run
+  // (contiguous or a permutation of it), otherwise a contiguous copy.
+  std::vector<at::Tensor> flat;
+  // Indices of the tensors in `flat` that are copies and must be written back after an in-place op.
+  std::vector<int64_t> copied;
+  std::vector<WorkItem> items;
+  // items of tensor i are items[first_item[i] .. first_item[i + 1]).
+  std::vector<int64_t> first_item;
+};
+
+// Checks that every tensor can be handled by the CPU kernels. Runs before anything is written, so a
+// rejected call leaves every tensor as it was.
+void check_tensors(at::TensorList tensors, const char* op);
+
+// Builds the work items for `tensors` (already checked).
+Plan make_plan(at::TensorList tensors);
+
+// After an in-place op: copies the results of non-dense tensors back into the caller's tensors.
+void write_back(const Plan& plan, at::TensorList tensors);
+
+// Runs fn(item_index, item) for every work item on ATen's thread pool.
+template <typename Fn>
+void for_each_item(const Plan& plan, const Fn& fn) {
+  const auto n = static_cast<int64_t>(plan.items.size());
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(i, plan.items[i]);
+  });
+}
+
+// Dispatches on the dtype of one work item's tensor: float, double, half and bfloat16.
+#define MOPT_DISPATCH_FLOATING(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+// ---------------------------------------------------------------------------------------------
+// Vector loads and stores in the compute type: fp16/bf16 are widened to fp32 in registers, float
+// and double are used as they are. One "step" covers VecIO<T>::kStep elements.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct VecIO {
+  using Compute = at::opmath_type<T>;
+  using CVec = at::vec::Vectorized<Compute>;
+  static constexpr bool kReduced = !std::is_same_v<T, Compute>;
+  // Elements per step: two compute vectors.
+  static constexpr int64_t kStep = 2 * CVec::size();
+
+  static inline void load(const T* p, CVec& a, CVec& b) {
+    if constexpr (kReduced) {
+      auto wide = at::vec::convert_to_float<T>(at::vec::Vectorized<T>::loadu(p));
+      a = std::get<0>(wide);
+      b = std::get<1>(wide);
+    } else {
+      a = CVec::loadu(p);
+      b = CVec::loadu(p + CVec::size());
+    }
+  }
+
+  static inline void store(T* p, const CVec& a, const CVec& b) {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<T>(a, b).store(p);
+    } else {
+      a.store(p);
+      b.store(p + CVec::size());
+    }
+  }
+};
+
+template <typename T>
+inline T* item_ptr(const Plan& plan, const WorkItem& item) {
+  return plan.flat[item.tensor].data_ptr<T>() + item.begin;
+}
+
+}  // namespace mopt_fast::cpu

@@ -1,0 +1,83 @@
+// In-place scale of a gradient list by a factor that lives in tensors, never on the host:
+//   factor = scale * min(1, max_norm / (total_norm + 1e-6))
+// where either part may be absent. This one pass serves scale_grads_ (scale only), clipping
+// (total_norm only) and AMP unscale + clip (both). When found_inf is given and set, nothing is
+// written (the optimizer step will be skipped); when the factor is exactly 1, nothing needs writing.
+#include "multi_tensor_apply.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace mopt_fast::cpu {
+namespace {
+
+template <typename T>
+void scale_run(T* p, int64_t n, at::opmath_type<T> factor) {
+  using IO = VecIO<T>;
+  using CVec = typename IO::CVec;
+  const CVec f(factor);
+  int64_t i = 0;
+  for (; i + IO::kStep <= n; i += IO::kStep) {
+    CVec a, b;
+    IO::load(p + i, a, b);
+    IO::store(p + i, a * f, b * f);
+  }
+  for (; i < n; ++i) p[i] = static_cast<T>(static_cast<at::opmath_type<T>>(p[i]) * factor);
+}
+
+void check_scalar(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "mopt_fast.scale: ", name,
+                    " must be on the CPU like the gradients, got ", t.device());
+  TORCH_CHECK_VALUE(t.numel() == 1 && at::isFloatingType(t.scalar_type()), "mopt_fast.scale: ",
+                    name, " must be a one-element floating-point tensor, got ", t.scalar_type(),
+                    " of shape ", t.sizes());
+}
+
+// The clip coefficient in the norm's own precision, as torch computes it.
+template <typename F>
+F clip_factor(F scale, F total_norm, F max_norm) {
+  F coef = max_norm / (total_norm + static_cast<F>(1e-6));
+  coef = std::isnan(coef) ? coef : std::min(coef, F(1));
+  return scale * coef;
+}
+
+void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& scale,
+                       const std::optional<at::Tensor>& total_norm, double max_norm,
+                       const std::optional<at::Tensor>& found_inf) {
+  check_tensors(tensors, "scale");
+  if (scale) check_scalar(*scale, "scale");
+  if (found_inf) check_scalar(*found_inf, "found_inf");
+  if (total_norm) {
+    check_scalar(*total_norm, "total_norm");
+    TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.scale: max_norm must be >= 0, got ", max_norm);
+  }
+  if (found_inf && found_inf->item<double>() != 0.0) return;
+
+  double factor;
+  const double s = scale ? scale->item<double>() : 1.0;
+  if (!total_norm) {
+    factor = s;
+  } else if (total_norm->scalar_type() == at::kDouble) {
+    factor = clip_factor<double>(s, total_norm->item<double>(), max_norm);
+  } else {
+    factor = clip_factor<float>(static_cast<float>(s), total_norm->item<float>(),
+                                static_cast<float>(max_norm));
+  }
+  if (factor == 1.0) return;  // x * 1 == x bit for bit, NaN and -0 included.
+
+  const Plan plan = make_plan(tensors);
+  for_each_item(plan, [&](int64_t, const WorkItem& item) {
+    MOPT_DISPATCH_FLOATING(plan.flat[item.tensor].scalar_type(), "mopt_fast_scale", [&] {
+      scale_run<scalar_t>(item_ptr<scalar_t>(plan, item), item.end - item.begin,
+                          static_cast<at::opmath_type<scalar_t>>(factor));
+    });
+  });
+  write_back(plan, tensors);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) { m.impl("scale_inplace", &scale_inplace_cpu); }
+
+}  // namespace mopt_fast::cpu

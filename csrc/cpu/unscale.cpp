@@ -1,0 +1,81 @@
+// In-place AMP unscale with torch._amp_foreach_non_finite_check_and_unscale_ semantics: every
+// gradient is multiplied by inv_scale, and found_inf is set to 1 when any input value is inf or
+// NaN (it is never cleared). One read-write pass; with inv_scale == 1 it only reads.
+#include "multi_tensor_apply.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace mopt_fast::cpu {
+namespace {
+
+// Returns true when the run holds an inf or NaN. x * 0 is NaN exactly for non-finite x, so one
+// extra fused multiply-add per vector carries the check.
+template <typename T, bool kWrite>
+bool unscale_run(T* p, int64_t n, at::opmath_type<T> inv_scale) {
+  using C = at::opmath_type<T>;
+  using IO = VecIO<T>;
+  using CVec = typename IO::CVec;
+  const CVec s(inv_scale), zero(0);
+  CVec check(0);
+  int64_t i = 0;
+  for (; i + IO::kStep <= n; i += IO::kStep) {
+    CVec a, b;
+    IO::load(p + i, a, b);
+    check = at::vec::fmadd(a, zero, check);
+    check = at::vec::fmadd(b, zero, check);
+    if constexpr (kWrite) IO::store(p + i, a * s, b * s);
+  }
+  alignas(64) C lanes[CVec::size()];
+  check.store(lanes);
+  bool nonfinite = false;
+  for (int64_t k = 0; k < CVec::size(); ++k) nonfinite |= std::isnan(lanes[k]);
+  for (; i < n; ++i) {
+    const C x = static_cast<C>(p[i]);
+    nonfinite |= !std::isfinite(x);
+    if constexpr (kWrite) p[i] = static_cast<T>(x * inv_scale);
+  }
+  return nonfinite;
+}
+
+void check_amp_scalar(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "mopt_fast.unscale: ", name,
+                    " must be on the CPU like the gradients, got ", t.device());
+  TORCH_CHECK_VALUE(t.numel() == 1 && t.scalar_type() == at::kFloat, "mopt_fast.unscale: ", name,
+                    " must be a one-element float32 tensor, got ", t.scalar_type(), " of shape ",
+                    t.sizes());
+}
+
+void unscale_inplace_cpu(at::TensorList tensors, const at::Tensor& found_inf,
+                         const at::Tensor& inv_scale) {
+  check_tensors(tensors, "unscale");
+  check_amp_scalar(found_inf, "found_inf");
+  check_amp_scalar(inv_scale, "inv_scale");
+  const float s = inv_scale.item<float>();
+  const bool write = s != 1.0f;
+  const Plan plan = make_plan(tensors);
+  std::vector<char> nonfinite(plan.items.size(), 0);
+  for_each_item(plan, [&](int64_t i, const WorkItem& item) {
+    MOPT_DISPATCH_FLOATING(plan.flat[item.tensor].scalar_type(), "mopt_fast_unscale", [&] {
+      scalar_t* p = item_ptr<scalar_t>(plan, item);
+      const int64_t n = item.end - item.begin;
+      const auto scale = static_cast<at::opmath_type<scalar_t>>(s);
+      nonfinite[i] = write ? unscale_run<scalar_t, true>(p, n, scale)
+                           : unscale_run<scalar_t, false>(p, n, scale);
+    });
+  });
+  if (write) write_back(plan, tensors);
+  for (char f : nonfinite) {
+    if (f) {
+      found_inf.fill_(1.0);
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) { m.impl("unscale_inplace", &unscale_inplace_cpu); }
+
+}  // namespace mopt_fast::cpu

@@ -1,0 +1,28 @@
+// The Python module mopt_fast._C. Importing it loads the shared library, whose static initializers
+// register the ops above with torch; the module itself only reports how it was built.
+#include <Python.h>
+
+#ifndef MOPT_FAST_CPU_ISA
+#define MOPT_FAST_CPU_ISA "default"
+#endif
+
+#ifdef MOPT_FAST_WITH_CUDA
+static const int kWithCuda = 1;
+#else
+static const int kWithCuda = 0;
+#endif
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_C", "mopt_fast compiled kernels (CPU C++; CUDA when built with it)",
+    -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+  if (PyModule_AddStringConstant(m, "cpu_isa", MOPT_FAST_CPU_ISA) < 0 ||
+      PyModule_AddIntConstant(m, "with_cuda", kWithCuda) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}

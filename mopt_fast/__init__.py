@@ -1,0 +1,52 @@
+"""mopt_fast: fused multi-tensor kernels for the work around optimizer.step().
+
+Layers, bottom up: kernels (csrc/, triton_kernels/, mopt_fast/torch_ops) → op registry
+(mopt_fast.registry) → functional API (mopt_fast.functional, re-exported here).
+"""
+from mopt_fast import _extension
+from mopt_fast.functional import (
+    clip_grad_norm_,
+    clip_grad_value_,
+    clip_grads_with_norm_,
+    get_total_norm,
+    scale_grads_,
+    unscale_clip_grad_norm_,
+    unscale_grads_,
+    zero_grad_,
+)
+from mopt_fast.registry import available_backends, backend_for, use_backend
+
+if _extension.COMPILED:
+    from mopt_fast import _fake
+
+    _fake.register()
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """How this install was built, and why a compiled backend is missing, if one is."""
+    return {
+        "version": __version__,
+        "compiled": _extension.COMPILED,
+        "cpu_isa": _extension.CPU_ISA,
+        "with_cuda": _extension.WITH_CUDA,
+        "reason": _extension.REASON or None,
+        "available_backends": available_backends(),
+    }
+
+
+__all__ = [
+    "available_backends",
+    "backend_for",
+    "build_info",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+    "scale_grads_",
+    "unscale_clip_grad_norm_",
+    "unscale_grads_",
+    "use_backend",
+    "zero_grad_",
+]

@@ -1,0 +1,74 @@
+"""Argument checks shared by the functional API and the pure-torch backend.
+
+The compiled kernels make the same per-tensor checks in C++ before writing anything; these Python
+versions serve the torch backend and calls that span several devices, where every group must be
+checked before the first one is modified.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_tensors(tensors: list[torch.Tensor], op: str) -> None:
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"mopt_fast.{op}: item {i} is {type(t).__name__}, not a Tensor")
+        if t.layout is not torch.strided:
+            raise ValueError(
+                f"mopt_fast.{op}: tensor {i} has layout {t.layout}; only dense (strided) "
+                "gradients are supported, not sparse ones"
+            )
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"mopt_fast.{op}: tensor {i} has dtype {t.dtype}; supported dtypes are "
+                "float32, float64, float16 and bfloat16"
+            )
+
+
+def norm_type(value: float | int | str) -> float:
+    p = float(value)
+    if not p > 0.0:  # also rejects NaN
+        raise ValueError(f"mopt_fast: norm_type must be > 0 or inf, got {value!r}")
+    return p
+
+
+def non_negative(value: float, name: str) -> float:
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"mopt_fast: {name} must be a Python number, got a Tensor")
+    v = float(value)
+    if not v >= 0.0:  # also rejects NaN
+        raise ValueError(f"mopt_fast: {name} must be a non-negative number, got {value!r}")
+    return v
+
+
+def amp_scalar(t: torch.Tensor, name: str, device: torch.device, op: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"mopt_fast.{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if t.numel() != 1 or t.dtype != torch.float32:
+        raise ValueError(
+            f"mopt_fast.{op}: {name} must be a one-element float32 tensor, got {t.dtype} of "
+            f"shape {tuple(t.shape)}"
+        )
+    if t.device != device:
+        raise ValueError(
+            f"mopt_fast.{op}: {name} is on {t.device} but the gradients are on {device}; "
+            "gradients on several devices need one found_inf/inv_scale per device"
+        )
+
+
+def scale_tensor(t: torch.Tensor, op: str) -> None:
+    if t.numel() != 1 or not t.dtype.is_floating_point:
+        raise ValueError(
+            f"mopt_fast.{op}: the scale must be a number or a one-element floating-point "
+            f"tensor, got {t.dtype} of shape {tuple(t.shape)}"
+        )
+
+
+def tensor_list(tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        return [tensors]
+    return list(tensors)

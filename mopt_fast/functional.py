@@ -1,0 +1,327 @@
+"""The functional API: torch.nn.utils-compatible gradient utilities on the fused kernels.
+
+Every function takes a Tensor or an iterable of Tensors, skips parameters without `.grad`, groups
+the tensors by device and runs one fused multi-tensor kernel per device (see registry.py for which
+one). Nothing here synchronizes the host with the device, except `error_if_nonfinite=True`, which
+must look at the norm to decide whether to raise (as torch does).
+
+Bad input raises before anything is written: a rejected call leaves every gradient as it was.
+"""
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Iterable
+
+import torch
+
+from mopt_fast import _validate
+from mopt_fast.registry import kernel
+
+Tensors = torch.Tensor | Iterable[torch.Tensor]
+
+__all__ = [
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+    "scale_grads_",
+    "unscale_clip_grad_norm_",
+    "unscale_grads_",
+    "zero_grad_",
+]
+
+
+def _grads(parameters: Tensors) -> list[torch.Tensor]:
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+def _device_groups(tensors: list[torch.Tensor], op: str) -> list[tuple[torch.device, list[torch.Tensor]]]:
+    """Splits a non-empty list by device, keeping the order inside each group.
+
+    One device (the usual case) returns the list as it is: the kernel checks every tensor before it
+    writes. With several devices every tensor is checked here first, so that a bad tensor in a
+    later group cannot leave an earlier group already modified.
+    """
+    grouped = torch._C._group_tensors_by_device_and_dtype([tensors], False)
+    devices = {device for device, _ in grouped}
+    if len(devices) == 1:
+        return [(tensors[0].device, tensors)]
+    _validate.check_tensors(tensors, op)
+    groups: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return list(groups.items())
+
+
+def _single_device(
+    tensors: list[torch.Tensor], found_inf: torch.Tensor, inv_scale: torch.Tensor, op: str
+) -> torch.device:
+    """The AMP ops take one found_inf and one inv_scale: the gradients must all live on their device."""
+    device = found_inf.device if isinstance(found_inf, torch.Tensor) else None
+    _validate.amp_scalar(found_inf, "found_inf", device, op)
+    _validate.amp_scalar(inv_scale, "inv_scale", device, op)
+    groups = _device_groups(tensors, op)
+    if len(groups) > 1 or groups[0][0] != device:
+        raise ValueError(
+            f"mopt_fast.{op}: gradients on {sorted({str(d) for d, _ in groups})} cannot be grouped "
+            f"with found_inf on {device}: use one found_inf/inv_scale per device and one call each"
+        )
+    return device
+
+
+def _raise_nonfinite(norm_type: float) -> None:
+    raise RuntimeError(
+        f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it "
+        "cannot be clipped. To disable this error and scale the gradients by the non-finite norm "
+        "anyway, set `error_if_nonfinite=False`"
+    )
+
+
+def _total_norm(tensors: list[torch.Tensor], p: float) -> torch.Tensor:
+    groups = _device_groups(tensors, "norm")
+    if len(groups) == 1:
+        device, group = groups[0]
+        return kernel("norm", device)(group, p, False)[0]
+    norms = [kernel("norm", device)(group, p, False)[0] for device, group in groups]
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    first = tensors[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(first, dtype) for n in norms]), p)
+
+
+def get_total_norm(
+    tensors: Tensors,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    r"""Norm of an iterable of tensors, as if they were concatenated into one vector.
+
+    Args:
+        tensors: a Tensor or an iterable of Tensors (float32/64, float16, bfloat16, dense).
+        norm_type: p > 0, or ``inf`` for the max norm.
+        error_if_nonfinite: raise RuntimeError when the norm is NaN or inf (this reads the norm
+            on the host, like torch).
+        foreach: accepted for torch compatibility; mopt_fast's kernels are always multi-tensor.
+
+    Returns:
+        A 0-d tensor on the first tensor's device: float32, or float64 when any tensor is float64.
+        fp16/bf16 values are accumulated in fp32, so norms above 65504 stay finite. An empty
+        iterable gives ``tensor(0.)``; zero-size tensors add nothing (also for the inf norm).
+    """
+    tensors = _validate.tensor_list(tensors)
+    p = _validate.norm_type(norm_type)
+    if not tensors:
+        return torch.tensor(0.0)
+    total = _total_norm(tensors, p)
+    if error_if_nonfinite and not bool(torch.isfinite(total)):
+        _raise_nonfinite(p)
+    return total
+
+
+def _check_total_norm(total_norm: torch.Tensor) -> None:
+    if not isinstance(total_norm, torch.Tensor):
+        raise TypeError(f"mopt_fast: total_norm must be a Tensor, got {type(total_norm).__name__}")
+    _validate.scale_tensor(total_norm, "clip_grads_with_norm_")
+
+
+def _clip(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
+    for device, group in _device_groups(grads, "clip"):
+        kernel("scale_inplace", device)(group, None, total_norm.to(device), max_norm, None)
+
+
+def clip_grads_with_norm_(
+    parameters: Tensors,
+    max_norm: float,
+    total_norm: torch.Tensor,
+    foreach: bool | None = None,
+) -> None:
+    r"""Scale gradients in place by ``min(1, max_norm / (total_norm + 1e-6))``.
+
+    The coefficient is computed on the device, in the norm's precision, inside the kernel; when it
+    is exactly 1 the compiled kernels write nothing.
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors whose ``.grad`` is clipped.
+        max_norm: the largest norm allowed; a non-negative number.
+        total_norm: the norm of the gradients, a one-element tensor (from get_total_norm).
+        foreach: accepted for torch compatibility.
+    """
+    max_norm = _validate.non_negative(max_norm, "max_norm")
+    _check_total_norm(total_norm)
+    grads = _grads(parameters)
+    if grads:
+        _clip(grads, max_norm, total_norm)
+
+
+def clip_grad_norm_(
+    parameters: Tensors,
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    r"""Clip the norm of the gradients of ``parameters`` in place; returns the total norm.
+
+    Equivalent to :func:`get_total_norm` on the gradients followed by
+    :func:`clip_grads_with_norm_`: one read pass and, only when clipping changes anything, one
+    in-place pass.
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors whose ``.grad`` is clipped.
+        max_norm: the largest norm allowed; a non-negative number (negative or NaN raise).
+        norm_type: p > 0, or ``inf``.
+        error_if_nonfinite: raise RuntimeError, leaving the gradients unchanged, when the norm is
+            NaN or inf.
+        foreach: accepted for torch compatibility.
+    """
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    else:
+        is_generator = isinstance(parameters, types.GeneratorType)
+        parameters = list(parameters)
+        if is_generator and not parameters:
+            warnings.warn(
+                "`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=2
+            )
+    max_norm = _validate.non_negative(max_norm, "max_norm")
+    p = _validate.norm_type(norm_type)
+    grads = _grads(parameters)
+    if not grads:
+        return torch.tensor(0.0)
+    total = _total_norm(grads, p)
+    if error_if_nonfinite and not bool(torch.isfinite(total)):
+        _raise_nonfinite(p)
+    _clip(grads, max_norm, total)
+    return total
+
+
+def clip_grad_value_(parameters: Tensors, clip_value: float, foreach: bool | None = None) -> None:
+    r"""Clamp gradients in place to ``[-clip_value, clip_value]`` in one pass (torch makes two).
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors whose ``.grad`` is clamped.
+        clip_value: a non-negative number (negative or NaN raise). NaN gradients stay NaN.
+        foreach: accepted for torch compatibility.
+    """
+    v = _validate.non_negative(clip_value, "clip_value")
+    grads = _grads(parameters)
+    if not grads:
+        return
+    for device, group in _device_groups(grads, "clamp"):
+        kernel("clamp_inplace", device)(group, v)
+
+
+def scale_grads_(parameters: Tensors, scale: float | torch.Tensor) -> None:
+    r"""Multiply gradients in place by ``scale`` (e.g. ``1 / accumulation_steps``).
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors whose ``.grad`` is scaled.
+        scale: a number, or a one-element floating-point tensor (read on the device, no sync).
+    """
+    if isinstance(scale, torch.Tensor):
+        _validate.scale_tensor(scale, "scale_grads_")
+        factor = scale
+    else:
+        s = float(scale)
+        if s == 1.0:
+            return
+        factor = torch.tensor(s, dtype=torch.float64)
+    grads = _grads(parameters)
+    if not grads:
+        return
+    for device, group in _device_groups(grads, "scale"):
+        kernel("scale_inplace", device)(group, factor.to(device), None, 0.0, None)
+
+
+def zero_grad_(parameters: Tensors, set_to_none: bool = True) -> None:
+    r"""Reset gradients, as ``Optimizer.zero_grad`` does.
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors.
+        set_to_none: set ``.grad`` to None (default, frees the memory); otherwise zero the dense
+            gradients with one fused kernel per device (sparse ones with torch's ``zero_``).
+    """
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    if set_to_none:
+        for p in parameters:
+            p.grad = None
+        return
+    dense: list[torch.Tensor] = []
+    for p in parameters:
+        g = p.grad
+        if g is None:
+            continue
+        if g.grad_fn is not None:
+            g.detach_()
+        else:
+            g.requires_grad_(False)
+        if g.layout is torch.strided:
+            dense.append(g)
+        else:
+            g.zero_()
+    if dense:
+        for device, group in _device_groups(dense, "zero"):
+            kernel("zero_inplace", device)(group)
+
+
+def unscale_grads_(parameters: Tensors, inv_scale: torch.Tensor, found_inf: torch.Tensor) -> None:
+    r"""AMP unscale in place, with ``torch._amp_foreach_non_finite_check_and_unscale_`` semantics.
+
+    Every gradient is multiplied by ``inv_scale``; ``found_inf`` is set to 1 when any gradient
+    holds an inf or NaN (it is never cleared).
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors whose ``.grad`` is unscaled.
+        inv_scale: one-element float32 tensor, ``1 / scale``, on the gradients' device.
+        found_inf: one-element float32 tensor on the gradients' device.
+    """
+    grads = _grads(parameters)
+    if not grads:
+        return
+    device = _single_device(grads, found_inf, inv_scale, "unscale_grads_")
+    kernel("unscale_inplace", device)(grads, found_inf, inv_scale)
+
+
+def unscale_clip_grad_norm_(
+    parameters: Tensors,
+    max_norm: float,
+    inv_scale: torch.Tensor,
+    found_inf: torch.Tensor,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+) -> torch.Tensor:
+    r"""AMP unscale + inf/NaN check + clip-by-norm in two passes instead of four.
+
+    Pass 1 reads every gradient once: it sets ``found_inf`` on any inf/NaN and computes the norm
+    of the *unscaled* gradients without writing. Pass 2 multiplies the gradients in place by
+    ``inv_scale * min(1, max_norm / (norm + 1e-6))``, computed on the device.
+
+    Returns the norm of the unscaled gradients. The gradients end up unscaled and clipped, except
+    when ``found_inf`` is set (by this call or before it): then pass 2 is skipped on the device and
+    the gradients are left untouched, still scaled — the optimizer step is skipped anyway, as
+    GradScaler does. (torch's ``unscale_`` would still unscale them.)
+
+    Args:
+        parameters: a Tensor or an iterable of Tensors whose ``.grad`` is processed.
+        max_norm: the largest norm allowed for the unscaled gradients; non-negative.
+        inv_scale: one-element float32 tensor, ``1 / scale``, on the gradients' device.
+        found_inf: one-element float32 tensor on the gradients' device.
+        norm_type: p > 0, or ``inf``.
+        error_if_nonfinite: raise RuntimeError, leaving the gradients unchanged, when the norm is
+            NaN or inf.
+    """
+    max_norm = _validate.non_negative(max_norm, "max_norm")
+    p = _validate.norm_type(norm_type)
+    grads = _grads(parameters)
+    if not grads:
+        return torch.tensor(0.0)
+    device = _single_device(grads, found_inf, inv_scale, "unscale_clip_grad_norm_")
+    total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
+    if error_if_nonfinite and not bool(torch.isfinite(total)):
+        _raise_nonfinite(p)
+    kernel("scale_inplace", device)(grads, inv_scale, total, max_norm, found_inf)
+    return total

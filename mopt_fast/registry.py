@@ -1,0 +1,116 @@
+"""Op registry: which kernel runs an op, per backend and device.
+
+Backends, fastest first for their devices:
+  cuda    CUDA C++ kernels (csrc/cuda) for CUDA tensors — not built yet (GPU backends issue)
+  triton  Triton kernels (triton_kernels/) for CUDA tensors — not built yet (GPU backends issue)
+  cpu     C++ kernels (csrc/cpu) for CPU tensors
+  torch   pure-torch ops (mopt_fast/torch_ops), any device, no build needed
+
+The compiled backends are torch custom ops (torch.ops.mopt_fast.<op>), so torch's dispatcher
+picks the CPU or CUDA kernel and torch.compile sees them. The default backend of a device is the
+fastest one available; `use_backend(name)` or the MOPT_FAST_BACKEND environment variable (read at
+import) force one.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+from mopt_fast import _extension, torch_ops
+
+# The op set: name -> pure-torch implementation. The compiled backends serve the same names through
+# torch.ops.mopt_fast.<name>, whose schemas are in csrc/registry.cpp.
+OPS: dict[str, Callable] = {
+    "norm": torch_ops.norm,
+    "unscale_norm": torch_ops.unscale_norm,
+    "scale_inplace": torch_ops.scale_inplace,
+    "clamp_inplace": torch_ops.clamp_inplace,
+    "zero_inplace": torch_ops.zero_inplace,
+    "unscale_inplace": torch_ops.unscale_inplace,
+}
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+# Device types each backend runs; None: any.
+_DEVICE_TYPES: dict[str, tuple[str, ...] | None] = {
+    "cuda": ("cuda",),
+    "triton": ("cuda",),
+    "cpu": ("cpu",),
+    "torch": None,
+}
+_NOT_BUILT = "not built yet: the CUDA and Triton kernels arrive with the GPU backends issue"
+
+
+def _unavailable_reason(name: str) -> str | None:
+    """None when the backend can run here, else why not."""
+    if name == "torch":
+        return None
+    if name == "cpu":
+        return None if _extension.COMPILED else _extension.REASON
+    if name in ("cuda", "triton"):
+        return _NOT_BUILT
+    return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}"
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine, fastest first."""
+    return [b for b in BACKENDS if _unavailable_reason(b) is None]
+
+
+def _compiled_table() -> dict[str, Callable]:
+    return {op: getattr(torch.ops.mopt_fast, op).default for op in OPS}
+
+
+_TABLES: dict[str, dict[str, Callable]] = {"torch": dict(OPS)}
+if _extension.COMPILED:
+    _TABLES["cpu"] = _compiled_table()
+
+
+def _check_name(name: str) -> str:
+    reason = _unavailable_reason(name)
+    if reason is not None:
+        raise RuntimeError(f"mopt_fast backend {name!r} is not available: {reason}")
+    return name
+
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("mopt_fast_backend", default=None)
+_env_backend = os.environ.get("MOPT_FAST_BACKEND") or None
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run every mopt_fast op inside the block on backend `name` (see available_backends())."""
+    token = _forced.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _default_backend(device_type: str) -> str:
+    if device_type == "cpu" and "cpu" in _TABLES:
+        return "cpu"
+    return "torch"
+
+
+def backend_for(device: torch.device) -> str:
+    """The backend that runs ops on tensors of `device` right now."""
+    name = _forced.get() or _env_backend
+    if name is None:
+        return _default_backend(device.type)
+    _check_name(name)
+    devices = _DEVICE_TYPES[name]
+    if devices is not None and device.type not in devices:
+        raise RuntimeError(
+            f"mopt_fast backend {name!r} runs {'/'.join(devices)} tensors, not {device.type} "
+            "ones; use_backend('torch') runs on any device"
+        )
+    return name
+
+
+def kernel(op: str, device: torch.device) -> Callable:
+    """The implementation of `op` for tensors on `device`."""
+    return _TABLES[backend_for(device)][op]
