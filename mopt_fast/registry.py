@@ -64,9 +64,27 @@ def _compiled_table() -> dict[str, Callable]:
     return {op: getattr(torch.ops.mopt_fast, op).default for op in OPS}
 
 
+def _reject_sparse(op: str) -> Callable:
+    def kernel(*args, **kwargs):
+        raise ValueError(
+            f"mopt_fast.{op}: a tensor has a sparse layout; only dense (strided) gradients are "
+            "supported, not sparse ones"
+        )
+
+    return kernel
+
+
+# A sparse tensor in a list makes torch's dispatcher pick a sparse dispatch key, where the op would
+# otherwise fail with a dump of registered kernels; this gives the same clear error as the dense
+# kernels' own checks, before anything is written.
+_SPARSE_KEYS = ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA")
 _TABLES: dict[str, dict[str, Callable]] = {"torch": dict(OPS)}
 if _extension.COMPILED:
     _TABLES["cpu"] = _compiled_table()
+    _sparse_lib = torch.library.Library("mopt_fast", "IMPL")
+    for _op in OPS:
+        for _key in _SPARSE_KEYS:
+            _sparse_lib.impl(_op, _reject_sparse(_op), _key)
 
 
 def _check_name(name: str) -> str:

@@ -1,0 +1,38 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from helpers import ALL_BACKENDS, skip_unless_available
+
+import mopt_fast
+
+# Hypothesis: enough examples to find edge cases, few enough for a 2-core CI machine.
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.register_profile(
+    "thorough", max_examples=400, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header(config):
+    info = mopt_fast.build_info()
+    return [
+        f"mopt_fast {info['version']} from {os.path.dirname(mopt_fast.__file__)}",
+        f"compiled={info['compiled']} cpu_isa={info['cpu_isa']} backends={info['available_backends']}"
+        + (f" ({info['reason']})" if info["reason"] else ""),
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+    ]
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    """Every backend; the unavailable ones are skipped with the reason printed. The backend stays
+    forced for the whole test, across hypothesis examples too."""
+    skip_unless_available(request.param)
+    with mopt_fast.use_backend(request.param):
+        yield request.param
