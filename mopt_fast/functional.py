@@ -257,7 +257,7 @@ def zero_grad_(parameters: Tensors, set_to_none: bool = True) -> None:
             continue
         if g.grad_fn is not None:
             g.detach_()
-        else:
+        elif g.requires_grad:
             g.requires_grad_(False)
         if g.layout is torch.strided:
             dense.append(g)

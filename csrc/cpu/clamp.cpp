@@ -34,7 +34,7 @@ void clamp_inplace_cpu(at::TensorList tensors, double clip_value) {
                     clip_value);
   const Plan plan = make_plan(tensors);
   for_each_item(plan, [&](int64_t, const WorkItem& item) {
-    MOPT_DISPATCH_FLOATING(plan.flat[item.tensor].scalar_type(), "mopt_fast_clamp", [&] {
+    MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_clamp", [&] {
       clamp_run<scalar_t>(item_ptr<scalar_t>(plan, item), item.end - item.begin,
                           static_cast<at::opmath_type<scalar_t>>(clip_value));
     });

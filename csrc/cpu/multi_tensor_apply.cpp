@@ -21,7 +21,7 @@ void check_tensors(at::TensorList tensors, const char* op) {
 Plan make_plan(at::TensorList tensors) {
   Plan plan;
   const auto n = static_cast<int64_t>(tensors.size());
-  plan.flat.reserve(n);
+  plan.spans.reserve(n);
   plan.first_item.reserve(n + 1);
   int64_t n_items = 0;
   for (const at::Tensor& t : tensors) n_items += (t.numel() + kChunkElems - 1) / kChunkElems;
@@ -30,12 +30,12 @@ Plan make_plan(at::TensorList tensors) {
     const at::Tensor& t = tensors[i];
     // A dense non-contiguous tensor (a transpose, channels-last) still covers one run of memory of
     // exactly numel elements starting at data_ptr: elementwise ops and sums can use it directly.
-    if (t.is_non_overlapping_and_dense()) {
-      plan.flat.push_back(t);
-    } else {
-      plan.flat.push_back(t.contiguous());
-      plan.copied.push_back(i);
+    const at::Tensor* dense = &t;
+    if (!t.is_non_overlapping_and_dense()) {
+      plan.copies.emplace_back(i, t.contiguous());
+      dense = &plan.copies.back().second;
     }
+    plan.spans.push_back({dense->data_ptr(), t.scalar_type(), static_cast<int64_t>(t.element_size())});
     plan.first_item.push_back(static_cast<int64_t>(plan.items.size()));
     const int64_t numel = t.numel();
     for (int64_t begin = 0; begin < numel; begin += kChunkElems) {
@@ -47,9 +47,9 @@ Plan make_plan(at::TensorList tensors) {
 }
 
 void write_back(const Plan& plan, at::TensorList tensors) {
-  for (int64_t i : plan.copied) {
+  for (const auto& [i, copy] : plan.copies) {
     // The caller's tensor is declared mutable (Tensor(a!)) in the op schema.
-    tensors[i].copy_(plan.flat[i]);
+    tensors[i].copy_(copy);
   }
 }
 

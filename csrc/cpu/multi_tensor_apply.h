@@ -27,18 +27,26 @@ namespace mopt_fast::cpu {
 constexpr int64_t kChunkElems = int64_t{1} << 16;
 
 struct WorkItem {
-  int64_t tensor;  // index into Plan::flat
+  int64_t tensor;  // index into Plan::spans
   int64_t begin;   // element offset inside that tensor
   int64_t end;
 };
 
+// One tensor's elements as a dense run of memory. Raw pointers, not Tensor handles: the caller's
+// list keeps the tensors alive, and a thousand refcount round trips per call are measurable.
+struct Span {
+  void* data;
+  at::ScalarType dtype;
+  int64_t element_size;
+};
+
 // The tensors an op reads or writes, each as one dense run of memory, and the work items over them.
 struct Plan {
-  // Dense tensors the kernels touch: the caller's own tensor when its memory is one dense run
-  // (contiguous or a permutation of it), otherwise a contiguous copy.
-  std::vector<at::Tensor> flat;
-  // Indices of the tensors in `flat` that are copies and must be written back after an in-place op.
-  std::vector<int64_t> copied;
+  // The caller's own memory when a tensor is one dense run (contiguous or a permutation of it),
+  // otherwise that of a contiguous copy held in `copies`.
+  std::vector<Span> spans;
+  // (index in the list, contiguous copy) of the non-dense tensors: written back after in-place ops.
+  std::vector<std::pair<int64_t, at::Tensor>> copies;
   std::vector<WorkItem> items;
   // items of tensor i are items[first_item[i] .. first_item[i + 1]).
   std::vector<int64_t> first_item;
@@ -102,7 +110,11 @@ struct VecIO {
 
 template <typename T>
 inline T* item_ptr(const Plan& plan, const WorkItem& item) {
-  return plan.flat[item.tensor].data_ptr<T>() + item.begin;
+  return static_cast<T*>(plan.spans[item.tensor].data) + item.begin;
+}
+
+inline at::ScalarType item_dtype(const Plan& plan, const WorkItem& item) {
+  return plan.spans[item.tensor].dtype;
 }
 
 }  // namespace mopt_fast::cpu

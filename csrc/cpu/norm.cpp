@@ -174,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double or
   std::vector<Partial> partials(plan.items.size());
 
   for_each_item(plan, [&](int64_t i, const WorkItem& item) {
-    MOPT_DISPATCH_FLOATING(plan.flat[item.tensor].scalar_type(), "mopt_fast_norm", [&] {
+    MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_norm", [&] {
       const scalar_t* p = item_ptr<scalar_t>(plan, item);
       const int64_t n = item.end - item.begin;
       auto run = [&](auto kind_tag) {

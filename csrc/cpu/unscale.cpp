@@ -57,7 +57,7 @@ void unscale_inplace_cpu(at::TensorList tensors, const at::Tensor& found_inf,
   const Plan plan = make_plan(tensors);
   std::vector<char> nonfinite(plan.items.size(), 0);
   for_each_item(plan, [&](int64_t i, const WorkItem& item) {
-    MOPT_DISPATCH_FLOATING(plan.flat[item.tensor].scalar_type(), "mopt_fast_unscale", [&] {
+    MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_unscale", [&] {
       scalar_t* p = item_ptr<scalar_t>(plan, item);
       const int64_t n = item.end - item.begin;
       const auto scale = static_cast<at::opmath_type<scalar_t>>(s);

@@ -13,9 +13,9 @@ void zero_inplace_cpu(at::TensorList tensors) {
   check_tensors(tensors, "zero");
   const Plan plan = make_plan(tensors);
   for_each_item(plan, [&](int64_t, const WorkItem& item) {
-    const at::Tensor& t = plan.flat[item.tensor];
-    const int64_t elem = static_cast<int64_t>(t.element_size());
-    auto* base = static_cast<char*>(t.data_ptr());
+    const Span& span = plan.spans[item.tensor];
+    const int64_t elem = span.element_size;
+    auto* base = static_cast<char*>(span.data);
     std::memset(base + item.begin * elem, 0, static_cast<size_t>((item.end - item.begin) * elem));
   });
   write_back(plan, tensors);

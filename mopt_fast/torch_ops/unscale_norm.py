@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from mopt_fast import _validate
-from mopt_fast.torch_ops.norm import combine, per_tensor_norms, result_dtype
+from mopt_fast.torch_ops.norm import per_tensor_norms, result_dtype
 
 
 @torch.no_grad()
@@ -16,9 +16,10 @@ def unscale_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Norm of tensors * inv_scale; sets found_inf when any value is inf/NaN. Writes no tensor.
 
-    Uses norm(c * x) = |c| * norm(x), so nothing is materialized. The inf/NaN test uses the inf
-    norm (a max cannot overflow), which costs a second read here; the compiled kernels fold it
-    into the single pass.
+    Uses norm(c * x) = |c| * norm(x), so nothing is materialized, and tells inf/NaN values from
+    the norms' finiteness, so there is one read pass. Limitation of this fallback: fp32 sums of
+    |x|^p overflow for |x| above ~1e19 (fp32/bf16 gradients), which then also sets found_inf; the
+    compiled kernels check the values themselves and redo such sums in fp64.
     """
     _validate.check_tensors(tensors, "unscale_norm")
     device = tensors[0].device
@@ -27,10 +28,9 @@ def unscale_norm(
     p = _validate.norm_type(norm_type)
     dtype = result_dtype(tensors)
     norms = per_tensor_norms(tensors, p)
-    maxes = norms if p == float("inf") else per_tensor_norms(tensors, float("inf"))
-    nonfinite = ~torch.isfinite(torch.stack([m.to(dtype) for m in maxes])).all()
+    stacked = torch.stack([n.to(dtype) for n in norms])
+    nonfinite = ~torch.isfinite(stacked).all()
     found_inf.copy_(torch.where(nonfinite, torch.ones_like(found_inf), found_inf))
-    factor = inv_scale.reshape(()).abs().to(dtype)
-    norms = [n.to(dtype) * factor for n in norms]
-    per = torch.stack(norms) if per_tensor else norms[0].new_empty(0)
-    return combine(norms, p, dtype), per
+    stacked = stacked * inv_scale.reshape(()).abs().to(dtype)
+    total = torch.linalg.vector_norm(stacked, p)
+    return total, stacked if per_tensor else stacked.new_empty(0)

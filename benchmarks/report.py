@@ -1,0 +1,69 @@
+"""Compact ratio table from a pytest-benchmark JSON file.
+
+    python benchmarks/report.py out/bench.json [--markdown]
+
+Per case (op / gradient set / dtype): the median time of torch and of each mopt_fast backend,
+torch's time divided by each backend's (>1: mopt_fast is faster), the effective bandwidth over the
+bytes the op must move, and for the AMP pipeline how close the best backend is to the flat-buffer
+roofline.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def load(path: str) -> dict:
+    with open(path) as f:
+        data = json.load(f)
+    cases: dict[tuple, dict] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        key = (info["case"] if info["case"] != "roofline" else "amp_pipeline", info["set"], info["dtype"])
+        cases[key][info["impl"]] = (b["stats"]["median"], info["bytes"])
+    return data, cases
+
+
+def table(path: str, markdown: bool = False) -> str:
+    data, cases = load(path)
+    impls = sorted({i for c in cases.values() for i in c if i.startswith("mopt_")})
+    head = ["case", "set", "dtype", "torch ms"]
+    for i in impls:
+        head += [f"{i} ms", f"x torch", "GB/s"]
+    head += ["roofline ms", "best/roofline"]
+    rows = []
+    for key in sorted(cases):
+        c = cases[key]
+        if "torch" not in c:
+            continue
+        t_torch, nbytes = c["torch"]
+        row = [*key, f"{t_torch * 1e3:.2f}"]
+        best = None
+        for i in impls:
+            if i in c:
+                t, nb = c[i]
+                best = t if best is None else min(best, t)
+                row += [f"{t * 1e3:.2f}", f"{t_torch / t:.2f}", f"{nb / t / 1e9:.1f}"]
+            else:
+                row += ["-", "-", "-"]
+        if "roofline" in c and best is not None:
+            roof = c["roofline"][0]
+            row += [f"{roof * 1e3:.2f}", f"{best / roof:.2f}"]
+        else:
+            row += ["", ""]
+        rows.append(row)
+    mi = data.get("machine_info", {})
+    cpu = mi.get("cpu", {}).get("brand_raw", mi.get("processor", "?"))
+    title = f"{data.get('datetime', '')} | {cpu} | {mi.get('python_version', '')}"
+    if markdown:
+        out = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([title, fmt.format(*head)] + [fmt.format(*r) for r in rows])
+
+
+if __name__ == "__main__":
+    print(table(sys.argv[1], markdown="--markdown" in sys.argv))
