@@ -58,9 +58,10 @@ def random_tensor(
 
 
 @st.composite
-def grad_lists(draw, max_tensors: int = 6, max_numel: int = 65536, dtypes=None):
+def grad_lists(draw, max_tensors: int = 6, max_numel: int = 65536, dtypes=None, nonfinite=False):
     """A seed plus a description of a random gradient list: sizes 0..max_numel, mixed dtypes and
-    layouts, magnitudes from 1e-3 to 1e3."""
+    layouts, magnitudes from 1e-3 to 1e3. With `nonfinite`, some tensors get an inf, -inf or NaN
+    at a random place (the third item of the result says how many were planted)."""
     n = draw(st.integers(1, max_tensors))
     specs = []
     for _ in range(n):
@@ -68,14 +69,25 @@ def grad_lists(draw, max_tensors: int = 6, max_numel: int = 65536, dtypes=None):
         dtype = draw(st.sampled_from(dtypes or DTYPES))
         layout = draw(st.sampled_from(LAYOUTS))
         scale = 10.0 ** draw(st.integers(-3, 3))
-        specs.append((numel, dtype, layout, scale))
+        bad = draw(st.sampled_from([None, None, math.inf, -math.inf, math.nan])) if nonfinite else None
+        specs.append((numel, dtype, layout, scale, bad))
     seed = draw(st.integers(0, 2**31 - 1))
     return seed, specs
 
 
 def build(seed: int, specs, device: str = "cpu") -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [random_tensor(gen, numel, dtype, layout, scale, device) for numel, dtype, layout, scale in specs]
+    out = []
+    for numel, dtype, layout, scale, *bad in specs:
+        t = random_tensor(gen, numel, dtype, layout, scale, device)
+        if bad and bad[0] is not None and numel > 0:
+            t[tuple(torch.randint(s, (1,), generator=gen).item() for s in t.shape)] = bad[0]
+        out.append(t)
+    return out
+
+
+def has_nonfinite(tensors: list[torch.Tensor]) -> bool:
+    return any(not torch.isfinite(t).all() for t in tensors)
 
 
 def ref_norm(tensors: list[torch.Tensor], p: float) -> float:

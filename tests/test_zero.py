@@ -7,7 +7,7 @@ from helpers import build, device_of, grad_lists, params_with
 import mopt_fast
 
 
-@given(case=grad_lists())
+@given(case=grad_lists(nonfinite=True))
 def test_zero_grad_in_place(backend, case):
     grads = build(*case, device=device_of(backend))
     params = params_with(grads)
@@ -18,7 +18,7 @@ def test_zero_grad_in_place(backend, case):
 
 
 def test_zero_grad_set_to_none(backend):
-    params = params_with(build(31, [(100, torch.float32, "contiguous", 1.0)], device=device_of(backend)))
+    params = params_with(build(31, [(100, torch.float32, "contiguous", 1.0, None)], device=device_of(backend)))
     mopt_fast.zero_grad_(params)
     assert params[0].grad is None
 
