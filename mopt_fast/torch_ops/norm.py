@@ -24,10 +24,9 @@ def per_tensor_norms(tensors: list[torch.Tensor], p: float) -> list[torch.Tensor
             by_dtype.setdefault(acc, []).append(i)
     for acc, idx in by_dtype.items():
         group = [tensors[i] for i in idx]
-        # foreach is torch's fast path for fp32/fp64; for fp16/bf16 it either returns a half norm
-        # (overflows above 65504) or, asked for fp32, takes a slow path: per-tensor is faster.
-        if device.type in ("cpu", "cuda") and all(t.dtype == acc for t in group):
-            norms = torch._foreach_norm(group, p)
+        # dtype=acc: fp16/bf16 accumulate in and return fp32 (a half result overflows at 65504).
+        if device.type in ("cpu", "cuda"):
+            norms = torch._foreach_norm(group, p, dtype=acc)
         else:
             norms = [torch.linalg.vector_norm(t, p, dtype=acc) for t in group]
         for i, n in zip(idx, norms):
