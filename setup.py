@@ -87,7 +87,10 @@ setup(
     description="Fused multi-tensor kernels for the work around optimizer.step()",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["mopt_fast", "mopt_fast.*"]),
+    # triton_kernels/ ships as mopt_fast.triton_kernels: a top-level `triton_kernels` would clash
+    # with other packages of that name.
+    packages=find_packages(include=["mopt_fast", "mopt_fast.*"]) + ["mopt_fast.triton_kernels"],
+    package_dir={"mopt_fast.triton_kernels": "triton_kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     ext_modules=extensions(),

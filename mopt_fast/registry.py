@@ -2,7 +2,8 @@
 
 Backends, fastest first for their devices:
   cuda    CUDA C++ kernels (csrc/cuda) for CUDA tensors — not built yet (GPU backends issue)
-  triton  Triton kernels (triton_kernels/) for CUDA tensors — not built yet (GPU backends issue)
+  triton  Triton kernels (triton_kernels/) for CUDA tensors; for CPU tensors too under Triton's
+          interpreter (TRITON_INTERPRET=1), which is how CI runs them
   cpu     C++ kernels (csrc/cpu) for CPU tensors
   torch   pure-torch ops (mopt_fast/torch_ops), any device, no build needed
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 
@@ -41,7 +43,11 @@ _DEVICE_TYPES: dict[str, tuple[str, ...] | None] = {
     "cpu": ("cpu",),
     "torch": None,
 }
-_NOT_BUILT = "not built yet: the CUDA and Triton kernels arrive with the GPU backends issue"
+_CUDA_NOT_BUILT = "not built yet: the CUDA kernels arrive with the GPU backends issue"
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _unavailable_reason(name: str) -> str | None:
@@ -50,8 +56,14 @@ def _unavailable_reason(name: str) -> str | None:
         return None
     if name == "cpu":
         return None if _extension.COMPILED else _extension.REASON
-    if name in ("cuda", "triton"):
-        return _NOT_BUILT
+    if name == "cuda":
+        return _CUDA_NOT_BUILT
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        if not (torch.cuda.is_available() or _triton_interpreting()):
+            return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
+        return None
     return f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}"
 
 
@@ -87,6 +99,21 @@ if _extension.COMPILED:
             _sparse_lib.impl(_op, _reject_sparse(_op), _key)
 
 
+def _table(name: str) -> dict[str, Callable]:
+    if name not in _TABLES and name == "triton":
+        # Imported on first use: importing triton costs time that CPU-only users need not pay.
+        from mopt_fast import triton_kernels
+
+        _TABLES["triton"] = dict(triton_kernels.OPS)
+    return _TABLES[name]
+
+
+def _device_types(name: str) -> tuple[str, ...] | None:
+    if name == "triton" and _triton_interpreting():
+        return ("cuda", "cpu")
+    return _DEVICE_TYPES[name]
+
+
 def _check_name(name: str) -> str:
     reason = _unavailable_reason(name)
     if reason is not None:
@@ -111,6 +138,8 @@ def use_backend(name: str) -> Iterator[None]:
 def _default_backend(device_type: str) -> str:
     if device_type == "cpu" and "cpu" in _TABLES:
         return "cpu"
+    if device_type == "cuda" and _unavailable_reason("triton") is None:
+        return "triton"
     return "torch"
 
 
@@ -120,7 +149,7 @@ def backend_for(device: torch.device) -> str:
     if name is None:
         return _default_backend(device.type)
     _check_name(name)
-    devices = _DEVICE_TYPES[name]
+    devices = _device_types(name)
     if devices is not None and device.type not in devices:
         raise RuntimeError(
             f"mopt_fast backend {name!r} runs {'/'.join(devices)} tensors, not {device.type} "
@@ -131,4 +160,4 @@ def backend_for(device: torch.device) -> str:
 
 def kernel(op: str, device: torch.device) -> Callable:
     """The implementation of `op` for tensors on `device`."""
-    return _TABLES[backend_for(device)][op]
+    return _table(backend_for(device))[op]

@@ -2,6 +2,11 @@ import os
 
 import pytest
 import torch
+
+# Without a GPU, the Triton kernels run on CPU tensors in Triton's interpreter. It must be chosen
+# before triton compiles anything, hence here, before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import HealthCheck, settings
 
 from helpers import ALL_BACKENDS, skip_unless_available

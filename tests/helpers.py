@@ -22,7 +22,10 @@ ALL_BACKENDS = ["cpu", "torch", "cuda", "triton"]
 
 
 def device_of(backend: str) -> str:
-    return "cuda" if backend in ("cuda", "triton") else "cpu"
+    """cuda and triton run CUDA tensors; without a GPU, triton runs CPU tensors in its interpreter."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
 
 
 def skip_unless_available(backend: str) -> None:

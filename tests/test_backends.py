@@ -88,7 +88,8 @@ def test_checkout_without_extension_runs_on_torch(tmp_path):
         "assert abs(n.item() - g.double().norm().item()) < 1e-3 * n.item()\n"
         "print(mopt_fast.available_backends(), mopt_fast.build_info()['compiled'])\n"
     )
-    out = run_python(code, {"PYTHONPATH": str(tmp_path), "MOPT_FAST_BACKEND": ""}, cwd=tmp_path)
+    env = {"PYTHONPATH": str(tmp_path), "MOPT_FAST_BACKEND": "", "TRITON_INTERPRET": "0"}
+    out = run_python(code, env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['torch'] False"
     assert "compiled kernels not built" in out.stderr and "pure-torch backend" in out.stderr

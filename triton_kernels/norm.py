@@ -1,0 +1,132 @@
+"""Read-only reductions: the total p-norm, and the AMP read pass (unscale + inf/NaN check + norm).
+
+Each program writes one fp64 partial per chunk; partials are combined per tensor, then over the
+list, by one program per segment that walks its partials in order: deterministic, no atomics.
+Squares are accumulated in fp64, so huge finite values do not overflow.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mopt_fast import _validate
+from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, make_plan
+
+L2, L1, LINF, LP = 0, 1, 2, 3
+
+
+def _kind(p: float) -> int:
+    return {2.0: L2, 1.0: L1, float("inf"): LINF}.get(p, LP)
+
+
+@triton.jit
+def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p,
+                   HAS_SCALE: tl.constexpr, KIND: tl.constexpr, DTYPE: tl.constexpr,
+                   ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base, start, end = chunk_of(table, n_tensors, n_chunks, DTYPE, CHUNK)
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    check = tl.zeros([BLOCK], dtype=ACC)
+    if HAS_SCALE:
+        s = tl.load(inv_scale_ptr).to(ACC)
+    for off in range(0, CHUNK, BLOCK):
+        idx = start + off + tl.arange(0, BLOCK)
+        x = tl.load(base + idx, mask=idx < end, other=0.0).to(ACC)
+        check += x * 0.0  # NaN exactly when x is inf or NaN
+        if HAS_SCALE:
+            x = x * s
+        v = tl.abs(x.to(tl.float64))
+        if KIND == 0:
+            acc += v * v
+        elif KIND == 1:
+            acc += v
+        elif KIND == 2:
+            acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
+        else:
+            acc += tl.where(v == 0, 0.0, tl.exp2(p * tl.log2(v)))  # NaN and inf carry through
+    if KIND == 2:
+        has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
+        partial = tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
+    else:
+        partial = tl.sum(acc, axis=0)
+    tl.store(partials + pid, partial)
+    bad = tl.sum(check, axis=0)
+    tl.store(flags + pid, (bad != bad).to(tl.int32))
+
+
+@triton.jit
+def _segment_reduce(values, seg_start, seg_end, out, LONGEST: tl.constexpr, KIND: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """out[i] = sum (or NaN-propagating max) of values[seg_start[i] : seg_end[i]], in order.
+    LONGEST (the longest segment, known on the host) bounds the loop. A constexpr, because
+    Triton's interpreter cannot loop to a runtime bound; it is fixed for a given model, so this
+    compiles once per model."""
+    pid = tl.program_id(0)
+    lo = tl.load(seg_start + pid)
+    hi = tl.load(seg_end + pid)
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    for off in range(0, LONGEST, BLOCK):
+        idx = lo + off + tl.arange(0, BLOCK)
+        v = tl.load(values + idx, mask=idx < hi, other=0.0)
+        if KIND == 2:
+            acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
+        else:
+            acc += v
+    if KIND == 2:
+        has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
+        total = tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
+    else:
+        total = tl.sum(acc, axis=0)
+    tl.store(out + pid, total)
+
+
+def _finish(kind: int, value: torch.Tensor, p: float) -> torch.Tensor:
+    if kind == L2:
+        return value.sqrt()
+    if kind == LP:
+        return value.pow(1.0 / p)
+    return value
+
+
+def _reduce(tensors, p, per_tensor, inv_scale, found_inf):
+    kind = _kind(p)
+    device = tensors[0].device
+    n = len(tensors)
+    plan = make_plan(tensors)
+    per_sum = torch.empty(n, dtype=torch.float64, device=device)
+    for g in plan.groups:
+        partials = torch.empty(max(g.n_chunks, 1), dtype=torch.float64, device=device)
+        flags = torch.zeros(max(g.n_chunks, 1), dtype=torch.int32, device=device)
+        if g.n_chunks:
+            _norm_partials[(g.n_chunks,)](
+                g.table, g.n_tensors, g.n_chunks, partials, flags,
+                inv_scale if inv_scale is not None else partials, float(p),
+                HAS_SCALE=inv_scale is not None, KIND=kind, DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
+                CHUNK=CHUNK, BLOCK=BLOCK)
+        group_sum = torch.empty(g.n_tensors, dtype=torch.float64, device=device)
+        _segment_reduce[(g.n_tensors,)](partials, g.first_chunk, g.end_chunk, group_sum,
+                                        LONGEST=g.max_chunks, KIND=kind, BLOCK=BLOCK)
+        per_sum[g.index] = group_sum
+        if found_inf is not None and g.n_chunks:
+            found_inf.copy_(torch.maximum(found_inf, flags.max().to(found_inf.dtype).reshape(found_inf.shape)))
+    total_sum = torch.empty(1, dtype=torch.float64, device=device)
+    zero = torch.zeros(1, dtype=torch.int64, device=device)
+    _segment_reduce[(1,)](per_sum, zero, zero + n, total_sum, LONGEST=n, KIND=kind, BLOCK=BLOCK)
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    total = _finish(kind, total_sum.reshape(()), p).to(dtype)
+    per = _finish(kind, per_sum, p).to(dtype) if per_tensor else per_sum.new_empty(0, dtype=dtype)
+    return total, per
+
+
+def norm(tensors: list[torch.Tensor], norm_type: float, per_tensor: bool):
+    _validate.check_tensors(tensors, "norm")
+    return _reduce(tensors, _validate.norm_type(norm_type), per_tensor, None, None)
+
+
+def unscale_norm(tensors, inv_scale, found_inf, norm_type: float, per_tensor: bool):
+    _validate.check_tensors(tensors, "unscale_norm")
+    device = tensors[0].device
+    _validate.amp_scalar(inv_scale, "inv_scale", device, "unscale_norm")
+    _validate.amp_scalar(found_inf, "found_inf", device, "unscale_norm")
+    return _reduce(tensors, _validate.norm_type(norm_type), per_tensor, inv_scale, found_inf)
