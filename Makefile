@@ -3,7 +3,8 @@
 #   make demo     venv + torch + mopt_fast (with its C++ kernels), then the main job
 #   make test     same set-up, then the whole test suite
 #   make bench    the benchmark comparison table (torch vs every mopt_fast backend)
-#   make cmake-check   build the C++ op library with CMake as well (what CI checks)
+#   make cmake-check   build the C++ op library and the CUDA kernels (sm_80, sm_90) with CMake,
+#                      and syntax-check the CUDA binding against torch's headers (what CI checks)
 #
 # TORCH_SPEC picks the torch to install into .venv (default: the version we test with).
 
@@ -40,10 +41,24 @@ bench: install
 # Until the Trainer lands, the main job is the benchmark comparison table.
 demo: bench
 
+NVCC ?= $(shell command -v nvcc)
+TORCH_INCLUDE = $$($(VPY) -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')
+# nvcc's own include flags (it may be a wrapper script, so ask it rather than resolve its path).
+CUDA_INCLUDE = $$($(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/.*INCLUDES="\([^"]*\)".*/\1/p' | head -1)
+
 cmake-check: $(VENV)/.stamp-deps
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release \
+	  -DMOPT_FAST_CUDA_KERNELS=$(if $(NVCC),ON,OFF) \
 	  -DCMAKE_PREFIX_PATH="$$($(VPY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build/cmake -j2
+ifneq ($(NVCC),)
+	# The CUDA binding needs a CUDA torch to build; here its syntax is checked against the CPU
+	# wheel's headers, plus the one generated c10 header that wheel lacks.
+	mkdir -p build/cuda-shim/c10/cuda/impl
+	echo '#define C10_CUDA_BUILD_SHARED_LIBS' > build/cuda-shim/c10/cuda/impl/cuda_cmake_macros.h
+	$(CXX) -std=c++20 -fsyntax-only -Wall -Werror -Wno-unknown-pragmas -Icsrc -Ibuild/cuda-shim \
+	  $(TORCH_INCLUDE) $(CUDA_INCLUDE) csrc/cuda/binding.cpp
+endif
 
 clean:
 	rm -rf build dist out *.egg-info $(VENV)/.stamp-install

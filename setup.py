@@ -11,6 +11,9 @@ Environment knobs:
                       kernels; auto picks avx2 when the build machine has it. The package refuses
                       to use kernels built for an ISA the running CPU lacks and falls back to torch.
   MOPT_FAST_DEBUG=1   build with -O0 -g.
+  MOPT_FAST_CUDA      auto (default) | 0 — build the CUDA kernels when torch is a CUDA build and
+                      nvcc is found; 0 builds the CPU kernels only.
+  TORCH_CUDA_ARCH_LIST  GPU architectures of the CUDA kernels; default "8.0;9.0" (sm_80, sm_90).
 """
 import os
 import sys
@@ -20,7 +23,7 @@ from setuptools import find_packages, setup
 
 try:
     import torch
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:  # pragma: no cover - only hit on a misconfigured build
     sys.exit(
         "mopt_fast: torch must be installed before building (pip install torch), and the build "
@@ -60,22 +63,40 @@ def cpu_isa() -> str:
     return isa
 
 
+def with_cuda() -> bool:
+    if os.environ.get("MOPT_FAST_CUDA", "auto") == "0":
+        return False
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _sources(folder: str, pattern: str) -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / folder).glob(pattern))
+
+
 def extensions():
     isa = cpu_isa()
     debug = os.environ.get("MOPT_FAST_DEBUG") == "1"
-    sources = ["csrc/registry.cpp", "csrc/module.cpp"] + sorted(
-        str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp")
-    )
-    cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-Wno-unknown-pragmas"]
+    sources = ["csrc/registry.cpp", "csrc/module.cpp"] + _sources("cpu", "*.cpp")
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-Wno-unknown-pragmas"]
     # -fopenmp: at::parallel_for is inlined into our code and runs on OpenMP like torch's own ops.
     cxx += ["-fopenmp", f'-DMOPT_FAST_CPU_ISA="{isa}"'] + ISA_FLAGS[isa]
+    args = {"cxx": cxx}
+    ext = CppExtension
+    if with_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources += _sources("cuda", "*.cu") + _sources("cuda", "*.cpp")
+        cxx.append("-DMOPT_FAST_WITH_CUDA")
+        args["nvcc"] = opt + ["-std=c++17", "-lineinfo"]
+        ext = CUDAExtension
+        print(f"mopt_fast: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     print(f"mopt_fast: building CPU kernels for ISA {isa} against torch {torch.__version__}")
     return [
-        CppExtension(
+        ext(
             name="mopt_fast._C",
             sources=sources,
             include_dirs=[str(ROOT / "csrc")],
-            extra_compile_args={"cxx": cxx},
+            extra_compile_args=args,
             extra_link_args=["-fopenmp"],
         )
     ]

@@ -61,10 +61,13 @@ def amp_scalar(t: torch.Tensor, name: str, device: torch.device, op: str) -> Non
 
 
 def scale_tensor(t: torch.Tensor, op: str) -> None:
-    if t.numel() != 1 or not t.dtype.is_floating_point:
+    """A scale, norm or found_inf tensor: one element, float32 or float64."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"mopt_fast.{op}: expected a Tensor, got {type(t).__name__}")
+    if t.numel() != 1 or t.dtype not in (torch.float32, torch.float64):
         raise ValueError(
-            f"mopt_fast.{op}: the scale must be a number or a one-element floating-point "
-            f"tensor, got {t.dtype} of shape {tuple(t.shape)}"
+            f"mopt_fast.{op}: the scale/norm must be a number or a one-element float32 or "
+            f"float64 tensor, got {t.dtype} of shape {tuple(t.shape)}"
         )
 
 

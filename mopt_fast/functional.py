@@ -121,12 +121,6 @@ def get_total_norm(
     return total
 
 
-def _check_total_norm(total_norm: torch.Tensor) -> None:
-    if not isinstance(total_norm, torch.Tensor):
-        raise TypeError(f"mopt_fast: total_norm must be a Tensor, got {type(total_norm).__name__}")
-    _validate.scale_tensor(total_norm, "clip_grads_with_norm_")
-
-
 def _clip(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
     for device, group in _device_groups(grads, "clip"):
         kernel("scale_inplace", device)(group, None, total_norm.to(device), max_norm, None)
@@ -150,7 +144,7 @@ def clip_grads_with_norm_(
         foreach: accepted for torch compatibility.
     """
     max_norm = _validate.non_negative(max_norm, "max_norm")
-    _check_total_norm(total_norm)
+    _validate.scale_tensor(total_norm, "clip_grads_with_norm_")
     grads = _grads(parameters)
     if grads:
         _clip(grads, max_norm, total_norm)
@@ -219,7 +213,7 @@ def scale_grads_(parameters: Tensors, scale: float | torch.Tensor) -> None:
 
     Args:
         parameters: a Tensor or an iterable of Tensors whose ``.grad`` is scaled.
-        scale: a number, or a one-element floating-point tensor (read on the device, no sync).
+        scale: a number, or a one-element float32/float64 tensor (read on the device, no sync).
     """
     if isinstance(scale, torch.Tensor):
         _validate.scale_tensor(scale, "scale_grads_")

@@ -1,7 +1,7 @@
 """Op registry: which kernel runs an op, per backend and device.
 
 Backends, fastest first for their devices:
-  cuda    CUDA C++ kernels (csrc/cuda) for CUDA tensors — not built yet (GPU backends issue)
+  cuda    CUDA C++ kernels (csrc/cuda) for CUDA tensors, when built against a CUDA torch
   triton  Triton kernels (triton_kernels/) for CUDA tensors; for CPU tensors too under Triton's
           interpreter (TRITON_INTERPRET=1), which is how CI runs them
   cpu     C++ kernels (csrc/cpu) for CPU tensors
@@ -43,9 +43,6 @@ _DEVICE_TYPES: dict[str, tuple[str, ...] | None] = {
     "cpu": ("cpu",),
     "torch": None,
 }
-_CUDA_NOT_BUILT = "not built yet: the CUDA kernels arrive with the GPU backends issue"
-
-
 def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -57,7 +54,13 @@ def _unavailable_reason(name: str) -> str | None:
     if name == "cpu":
         return None if _extension.COMPILED else _extension.REASON
     if name == "cuda":
-        return _CUDA_NOT_BUILT
+        if not _extension.COMPILED:
+            return _extension.REASON
+        if not _extension.WITH_CUDA:
+            return "mopt_fast._C was built without CUDA (needs a CUDA build of torch and nvcc)"
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        return None
     if name == "triton":
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed"
@@ -93,6 +96,8 @@ _SPARSE_KEYS = ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA")
 _TABLES: dict[str, dict[str, Callable]] = {"torch": dict(OPS)}
 if _extension.COMPILED:
     _TABLES["cpu"] = _compiled_table()
+    if _extension.WITH_CUDA:
+        _TABLES["cuda"] = _TABLES["cpu"]  # the same ops: torch's dispatcher picks the CUDA kernels
     _sparse_lib = torch.library.Library("mopt_fast", "IMPL")
     for _op in OPS:
         for _key in _SPARSE_KEYS:
@@ -138,8 +143,10 @@ def use_backend(name: str) -> Iterator[None]:
 def _default_backend(device_type: str) -> str:
     if device_type == "cpu" and "cpu" in _TABLES:
         return "cpu"
-    if device_type == "cuda" and _unavailable_reason("triton") is None:
-        return "triton"
+    if device_type == "cuda":
+        for name in ("cuda", "triton"):
+            if _unavailable_reason(name) is None:
+                return name
     return "torch"
 
 

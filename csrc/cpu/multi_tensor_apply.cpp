@@ -3,19 +3,7 @@
 namespace mopt_fast::cpu {
 
 void check_tensors(at::TensorList tensors, const char* op) {
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    TORCH_CHECK_VALUE(t.defined(), "mopt_fast.", op, ": tensor ", i, " is undefined");
-    TORCH_CHECK_VALUE(t.layout() == at::kStrided, "mopt_fast.", op, ": tensor ", i, " has layout ",
-                      t.layout(), "; only dense (strided) gradients are supported, not sparse ones");
-    TORCH_CHECK_VALUE(t.device().is_cpu(), "mopt_fast.", op, ": tensor ", i, " is on ", t.device(),
-                      " but the CPU kernels need every tensor on the CPU");
-    const auto dtype = t.scalar_type();
-    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                         dtype == at::kBFloat16,
-                     "mopt_fast.", op, ": tensor ", i, " has dtype ", dtype,
-                     "; supported dtypes are float32, float64, float16 and bfloat16");
-  }
+  mopt_fast::check_tensors(tensors, op, at::Device(at::kCPU));
 }
 
 Plan make_plan(at::TensorList tensors) {

@@ -17,6 +17,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/Exception.h>
 
+#include "checks.h"
+
 #include <cstdint>
 #include <vector>
 

@@ -155,14 +155,6 @@ void check_order(double order) {
   TORCH_CHECK_VALUE(order > 0.0, "mopt_fast: norm_type must be > 0 or inf, got ", order);
 }
 
-void check_amp_scalar(const at::Tensor& t, const char* name, const char* op) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "mopt_fast.", op, ": ", name,
-                    " must be on the CPU like the gradients, got ", t.device());
-  TORCH_CHECK_VALUE(t.numel() == 1 && t.scalar_type() == at::kFloat, "mopt_fast.", op, ": ", name,
-                    " must be a one-element float32 tensor, got ", t.scalar_type(), " of shape ",
-                    t.sizes());
-}
-
 std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double order,
                                                bool per_tensor, const float* inv_scale,
                                                const at::Tensor* found_inf, const char* op) {
@@ -222,8 +214,9 @@ std::tuple<at::Tensor, at::Tensor> unscale_norm_cpu(at::TensorList tensors,
                                                     const at::Tensor& inv_scale,
                                                     const at::Tensor& found_inf, double norm_type,
                                                     bool per_tensor) {
-  check_amp_scalar(inv_scale, "inv_scale", "unscale_norm");
-  check_amp_scalar(found_inf, "found_inf", "unscale_norm");
+  const at::Device cpu(at::kCPU);
+  check_scalar(inv_scale, "inv_scale", "unscale_norm", cpu, false);
+  check_scalar(found_inf, "found_inf", "unscale_norm", cpu, false);
   const float scale = inv_scale.item<float>();
   return reduce_list(tensors, norm_type, per_tensor, &scale, &found_inf, "unscale_norm");
 }

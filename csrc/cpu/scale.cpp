@@ -26,14 +26,6 @@ void scale_run(T* p, int64_t n, at::opmath_type<T> factor) {
   for (; i < n; ++i) p[i] = static_cast<T>(static_cast<at::opmath_type<T>>(p[i]) * factor);
 }
 
-void check_scalar(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "mopt_fast.scale: ", name,
-                    " must be on the CPU like the gradients, got ", t.device());
-  TORCH_CHECK_VALUE(t.numel() == 1 && at::isFloatingType(t.scalar_type()), "mopt_fast.scale: ",
-                    name, " must be a one-element floating-point tensor, got ", t.scalar_type(),
-                    " of shape ", t.sizes());
-}
-
 // The clip coefficient in the norm's own precision, as torch computes it.
 template <typename F>
 F clip_factor(F scale, F total_norm, F max_norm) {
@@ -46,10 +38,11 @@ void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& 
                        const std::optional<at::Tensor>& total_norm, double max_norm,
                        const std::optional<at::Tensor>& found_inf) {
   check_tensors(tensors, "scale");
-  if (scale) check_scalar(*scale, "scale");
-  if (found_inf) check_scalar(*found_inf, "found_inf");
+  const at::Device cpu(at::kCPU);
+  if (scale) check_scalar(*scale, "scale", "scale", cpu, true);
+  if (found_inf) check_scalar(*found_inf, "found_inf", "scale", cpu, false);
   if (total_norm) {
-    check_scalar(*total_norm, "total_norm");
+    check_scalar(*total_norm, "total_norm", "scale", cpu, true);
     TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.scale: max_norm must be >= 0, got ", max_norm);
   }
   if (found_inf && found_inf->item<double>() != 0.0) return;

@@ -39,19 +39,12 @@ bool unscale_run(T* p, int64_t n, at::opmath_type<T> inv_scale) {
   return nonfinite;
 }
 
-void check_amp_scalar(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "mopt_fast.unscale: ", name,
-                    " must be on the CPU like the gradients, got ", t.device());
-  TORCH_CHECK_VALUE(t.numel() == 1 && t.scalar_type() == at::kFloat, "mopt_fast.unscale: ", name,
-                    " must be a one-element float32 tensor, got ", t.scalar_type(), " of shape ",
-                    t.sizes());
-}
-
 void unscale_inplace_cpu(at::TensorList tensors, const at::Tensor& found_inf,
                          const at::Tensor& inv_scale) {
   check_tensors(tensors, "unscale");
-  check_amp_scalar(found_inf, "found_inf");
-  check_amp_scalar(inv_scale, "inv_scale");
+  const at::Device cpu(at::kCPU);
+  check_scalar(found_inf, "found_inf", "unscale", cpu, false);
+  check_scalar(inv_scale, "inv_scale", "unscale", cpu, false);
   const float s = inv_scale.item<float>();
   const bool write = s != 1.0f;
   const Plan plan = make_plan(tensors);

@@ -1,0 +1,275 @@
+// The torch side of the CUDA backend: builds the chunk tables, checks arguments, and registers the
+// launchers of launch.h as the CUDA kernels of the mopt_fast ops. The only file of csrc/cuda that
+// includes torch; compiled when setup.py finds a CUDA build of torch and nvcc.
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "cuda/launch.h"
+
+namespace mopt_fast::cuda {
+namespace {
+
+constexpr int64_t kChunkElems = 65536;  // kChunk of multi_tensor_apply.cuh
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK_TYPE(false, "mopt_fast: unsupported dtype ", t);
+  }
+}
+
+struct Group {
+  DType dtype;
+  at::Tensor table;  // int64 on the device, layout in multi_tensor_apply.cuh
+  int64_t n_tensors;
+  int64_t n_chunks;
+  const int64_t* data() const { return table.data_ptr<int64_t>(); }
+  const int64_t* index() const { return data() + 2 * n_tensors; }
+  const int64_t* first_chunk() const { return data() + 3 * n_tensors; }
+  const int64_t* end_chunk() const { return data() + 4 * n_tensors; }
+};
+
+struct Plan {
+  std::vector<Group> groups;
+  std::vector<std::pair<int64_t, at::Tensor>> copies;  // non-dense tensors: written back after
+};
+
+// Device tables keyed by their host contents (pointers, sizes, layout). Gradients keep their
+// memory from step to step, so after the first step no table is copied to the device again, and
+// a CUDA graph captured after one eager step replays with tables that stay alive.
+class TableCache {
+ public:
+  at::Tensor get(const std::vector<int64_t>& host, const at::Device& device) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto key = std::make_pair(device.index(), host);
+    auto it = tables_.find(key);
+    if (it != tables_.end()) return it->second;
+    if (tables_.size() >= kMaxEntries) tables_.clear();
+    auto pinned = at::empty({static_cast<int64_t>(host.size())},
+                            at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    std::memcpy(pinned.data_ptr<int64_t>(), host.data(), host.size() * sizeof(int64_t));
+    // Asynchronous on the current stream; torch keeps the pinned block until the copy is done.
+    at::Tensor table = pinned.to(device, /*non_blocking=*/true);
+    tables_.emplace(std::move(key), table);
+    return table;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 64;
+  std::mutex mutex_;
+  std::map<std::pair<int8_t, std::vector<int64_t>>, at::Tensor> tables_;
+};
+
+TableCache& table_cache() {
+  static TableCache cache;
+  return cache;
+}
+
+Plan make_plan(at::TensorList tensors) {
+  Plan plan;
+  const at::Device device = tensors[0].device();
+  std::vector<at::ScalarType> order;
+  std::map<at::ScalarType, std::vector<std::pair<int64_t, const at::Tensor*>>> by_dtype;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor* t = &tensors[i];
+    if (!t->is_non_overlapping_and_dense()) {
+      plan.copies.emplace_back(static_cast<int64_t>(i), t->contiguous());
+      t = &plan.copies.back().second;
+    }
+    auto& members = by_dtype[t->scalar_type()];
+    if (members.empty()) order.push_back(t->scalar_type());
+    members.emplace_back(static_cast<int64_t>(i), t);
+  }
+  for (at::ScalarType dtype : order) {
+    const auto& members = by_dtype[dtype];
+    const auto n = static_cast<int64_t>(members.size());
+    std::vector<int64_t> ptrs, numels, index, first, end, chunk_tensor, chunk_start;
+    for (int64_t k = 0; k < n; ++k) {
+      const at::Tensor& t = *members[k].second;
+      ptrs.push_back(reinterpret_cast<int64_t>(t.data_ptr()));
+      numels.push_back(t.numel());
+      index.push_back(members[k].first);
+      first.push_back(static_cast<int64_t>(chunk_tensor.size()));
+      for (int64_t s = 0; s < t.numel(); s += kChunkElems) {
+        chunk_tensor.push_back(k);
+        chunk_start.push_back(s);
+      }
+      end.push_back(static_cast<int64_t>(chunk_tensor.size()));
+    }
+    const auto n_chunks = static_cast<int64_t>(chunk_tensor.size());
+    std::vector<int64_t> host;
+    host.reserve(5 * n + 2 * n_chunks);
+    for (auto* part : {&ptrs, &numels, &index, &first, &end, &chunk_tensor, &chunk_start}) {
+      host.insert(host.end(), part->begin(), part->end());
+    }
+    plan.groups.push_back({dtype_of(dtype), table_cache().get(host, device), n, n_chunks});
+  }
+  return plan;
+}
+
+void write_back(const Plan& plan, at::TensorList tensors) {
+  for (const auto& [i, copy] : plan.copies) tensors[i].copy_(copy);
+}
+
+NormKind norm_kind(double p) {
+  if (p == 2.0) return NormKind::kL2;
+  if (p == 1.0) return NormKind::kL1;
+  if (std::isinf(p)) return NormKind::kLinf;
+  return NormKind::kLp;
+}
+
+at::ScalarType result_dtype(at::TensorList tensors) {
+  for (const auto& t : tensors) {
+    if (t.scalar_type() == at::kDouble) return at::kDouble;
+  }
+  return at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor> reduce(at::TensorList tensors, double p, bool per_tensor,
+                                          const at::Tensor* inv_scale, const at::Tensor* found_inf,
+                                          const char* op) {
+  TORCH_CHECK_VALUE(!tensors.empty(), "mopt_fast.", op, ": empty tensor list");
+  const at::Device device = tensors[0].device();
+  check_tensors(tensors, op, device);
+  TORCH_CHECK_VALUE(p > 0.0, "mopt_fast: norm_type must be > 0 or inf, got ", p);
+  if (inv_scale) check_scalar(*inv_scale, "inv_scale", op, device, false);
+  if (found_inf) check_scalar(*found_inf, "found_inf", op, device, false);
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Plan plan = make_plan(tensors);
+  const NormKind kind = norm_kind(p);
+  const bool is_max = kind == NormKind::kLinf;
+  const auto n = static_cast<int64_t>(tensors.size());
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  at::Tensor per_sum = at::empty({n}, f64);
+  for (const Group& g : plan.groups) {
+    at::Tensor partials = at::empty({std::max<int64_t>(g.n_chunks, 1)}, f64);
+    launch_norm_partials(g.dtype, g.data(), g.n_tensors, g.n_chunks, kind, p,
+                         inv_scale ? inv_scale->data_ptr<float>() : nullptr,
+                         partials.data_ptr<double>(),
+                         found_inf ? found_inf->data_ptr<float>() : nullptr, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_segment_reduce(partials.data_ptr<double>(), g.n_chunks, g.first_chunk(), g.end_chunk(),
+                          g.index(), g.n_tensors, is_max, per_sum.data_ptr<double>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  at::Tensor total_sum = at::empty({1}, f64);
+  launch_segment_reduce(per_sum.data_ptr<double>(), n, nullptr, nullptr, nullptr, 1, is_max,
+                        total_sum.data_ptr<double>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::ScalarType out_dtype = result_dtype(tensors);
+  const auto out_opts = at::TensorOptions().dtype(out_dtype).device(device);
+  at::Tensor total = at::empty({}, out_opts);
+  launch_norm_finish(total_sum.data_ptr<double>(), 1, kind, p, total.data_ptr(), dtype_of(out_dtype), stream);
+  at::Tensor per = at::empty({per_tensor ? n : 0}, out_opts);
+  if (per_tensor) {
+    launch_norm_finish(per_sum.data_ptr<double>(), n, kind, p, per.data_ptr(), dtype_of(out_dtype), stream);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {total, per};
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_cuda(at::TensorList tensors, double p, bool per_tensor) {
+  return reduce(tensors, p, per_tensor, nullptr, nullptr, "norm");
+}
+
+std::tuple<at::Tensor, at::Tensor> unscale_norm_cuda(at::TensorList tensors, const at::Tensor& inv_scale,
+                                                     const at::Tensor& found_inf, double p, bool per_tensor) {
+  return reduce(tensors, p, per_tensor, &inv_scale, &found_inf, "unscale_norm");
+}
+
+DeviceScalar device_scalar(const std::optional<at::Tensor>& t) {
+  if (!t) return {nullptr, DType::kFloat32};
+  return {t->data_ptr(), dtype_of(t->scalar_type())};
+}
+
+// Shared preamble of the in-place ops: checks, device guard, plan.
+template <typename Launch>
+void for_each_group(at::TensorList tensors, const char* op, Launch&& launch) {
+  if (tensors.empty()) return;
+  const at::Device device = tensors[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Plan plan = make_plan(tensors);
+  for (const Group& g : plan.groups) {
+    launch(g, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  write_back(plan, tensors);
+}
+
+void scale_inplace_cuda(at::TensorList tensors, const std::optional<at::Tensor>& scale,
+                        const std::optional<at::Tensor>& total_norm, double max_norm,
+                        const std::optional<at::Tensor>& found_inf) {
+  if (tensors.empty()) return;
+  const at::Device device = tensors[0].device();
+  check_tensors(tensors, "scale", device);
+  if (scale) check_scalar(*scale, "scale", "scale", device, true);
+  if (found_inf) check_scalar(*found_inf, "found_inf", "scale", device, false);
+  if (total_norm) {
+    check_scalar(*total_norm, "total_norm", "scale", device, true);
+    TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.scale: max_norm must be >= 0, got ", max_norm);
+  }
+  if (!scale && !total_norm) return;
+  const float* found = found_inf ? found_inf->data_ptr<float>() : nullptr;
+  for_each_group(tensors, "scale", [&](const Group& g, cudaStream_t stream) {
+    launch_scale(g.dtype, g.data(), g.n_tensors, g.n_chunks, device_scalar(scale),
+                 device_scalar(total_norm), max_norm, found, stream);
+  });
+}
+
+void clamp_inplace_cuda(at::TensorList tensors, double clip_value) {
+  if (tensors.empty()) return;
+  check_tensors(tensors, "clamp", tensors[0].device());
+  TORCH_CHECK_VALUE(clip_value >= 0.0, "mopt_fast.clamp: clip_value must be >= 0, got ", clip_value);
+  for_each_group(tensors, "clamp", [&](const Group& g, cudaStream_t stream) {
+    launch_clamp(g.dtype, g.data(), g.n_tensors, g.n_chunks, clip_value, stream);
+  });
+}
+
+void zero_inplace_cuda(at::TensorList tensors) {
+  if (tensors.empty()) return;
+  check_tensors(tensors, "zero", tensors[0].device());
+  for_each_group(tensors, "zero", [&](const Group& g, cudaStream_t stream) {
+    launch_zero(g.dtype, g.data(), g.n_tensors, g.n_chunks, stream);
+  });
+}
+
+void unscale_inplace_cuda(at::TensorList tensors, const at::Tensor& found_inf, const at::Tensor& inv_scale) {
+  if (tensors.empty()) return;
+  const at::Device device = tensors[0].device();
+  check_tensors(tensors, "unscale", device);
+  check_scalar(found_inf, "found_inf", "unscale", device, false);
+  check_scalar(inv_scale, "inv_scale", "unscale", device, false);
+  for_each_group(tensors, "unscale", [&](const Group& g, cudaStream_t stream) {
+    launch_unscale(g.dtype, g.data(), g.n_tensors, g.n_chunks, inv_scale.data_ptr<float>(),
+                   found_inf.data_ptr<float>(), stream);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mopt_fast, CUDA, m) {
+  m.impl("norm", &norm_cuda);
+  m.impl("unscale_norm", &unscale_norm_cuda);
+  m.impl("scale_inplace", &scale_inplace_cuda);
+  m.impl("clamp_inplace", &clamp_inplace_cuda);
+  m.impl("zero_inplace", &zero_inplace_cuda);
+  m.impl("unscale_inplace", &unscale_inplace_cuda);
+}
+
+}  // namespace mopt_fast::cuda
