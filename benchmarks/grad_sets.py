@@ -21,6 +21,17 @@ def gpt2_124m_shapes() -> list[tuple[int, ...]]:
     return shapes
 
 
+def gpt_1b_shapes() -> list[tuple[int, ...]]:
+    """A GPT-style model of about 1.1B parameters (d=2048, 20 layers, 50257-token vocabulary),
+    for the GPU runs only."""
+    d = 2048
+    shapes: list[tuple[int, ...]] = [(50257, d), (2048, d)]
+    for _ in range(20):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,),
+                   (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
 SETS = {
     "gpt2_124m": gpt2_124m_shapes,
     "many_small": lambda: [(4096,)] * 1000,
@@ -40,12 +51,15 @@ PASSES = {
 }
 
 
-def make_params(set_name: str, dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
-    gen = torch.Generator().manual_seed(seed)
+GPU_SETS = {**SETS, "gpt_1b": gpt_1b_shapes}
+
+
+def make_params(set_name: str, dtype: torch.dtype, seed: int = 0, device: str = "cpu") -> list[torch.nn.Parameter]:
+    gen = torch.Generator(device=device).manual_seed(seed)
     params = []
-    for shape in SETS[set_name]():
-        p = torch.nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=True)
-        p.grad = torch.randn(shape, generator=gen).to(dtype)
+    for shape in GPU_SETS[set_name]():
+        p = torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=True)
+        p.grad = torch.randn(shape, generator=gen, device=device).to(dtype)
         params.append(p)
     return params
 

@@ -5,7 +5,8 @@
 Per case (op / gradient set / dtype): the median time of torch and of each mopt_fast backend,
 torch's time divided by each backend's (>1: mopt_fast is faster), the effective bandwidth over the
 bytes the op must move, and for the AMP pipeline how close the best backend is to the flat-buffer
-roofline.
+roofline (CPU runs) or the fraction of the measured device-to-device copy bandwidth it reaches
+(GPU runs).
 """
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ def load(path: str) -> dict:
     cases: dict[tuple, dict] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b["extra_info"]
-        key = (info["case"] if info["case"] != "roofline" else "amp_pipeline", info["set"], info["dtype"])
+        case = "amp_pipeline" if info["case"] == "roofline" else info["case"]
+        if info["case"] == "copy":
+            # The copy ceiling applies to every op of its set and dtype.
+            for other in ("amp_pipeline", "norm", "clip_norm", "clip_value", "scale", "zero", "unscale"):
+                cases[(other, info["set"], info["dtype"])]["copy"] = (b["stats"]["median"], info["bytes"])
+            continue
+        key = (case, info["set"], info["dtype"])
         cases[key][info["impl"]] = (b["stats"]["median"], info["bytes"])
     return data, cases
 
@@ -31,7 +38,8 @@ def table(path: str, markdown: bool = False) -> str:
     head = ["case", "set", "dtype", "torch ms"]
     for i in impls:
         head += [f"{i} ms", f"x torch", "GB/s"]
-    head += ["roofline ms", "best/roofline"]
+    has_copy = any("copy" in c for c in cases.values())
+    head += ["copy GB/s", "best % of copy"] if has_copy else ["roofline ms", "best/roofline"]
     rows = []
     for key in sorted(cases):
         c = cases[key]
@@ -47,7 +55,11 @@ def table(path: str, markdown: bool = False) -> str:
                 row += [f"{t * 1e3:.2f}", f"{t_torch / t:.2f}", f"{nb / t / 1e9:.1f}"]
             else:
                 row += ["-", "-", "-"]
-        if "roofline" in c and best is not None:
+        if has_copy and "copy" in c and best is not None:
+            t_copy, copy_bytes = c["copy"]
+            copy_bw = copy_bytes / t_copy
+            row += [f"{copy_bw / 1e9:.0f}", f"{100 * nbytes / best / copy_bw:.0f}%"]
+        elif "roofline" in c and best is not None:
             roof = c["roofline"][0]
             row += [f"{roof * 1e3:.2f}", f"{best / roof:.2f}"]
         else:

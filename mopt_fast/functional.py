@@ -217,17 +217,17 @@ def scale_grads_(parameters: Tensors, scale: float | torch.Tensor) -> None:
     """
     if isinstance(scale, torch.Tensor):
         _validate.scale_tensor(scale, "scale_grads_")
-        factor = scale
-    else:
-        s = float(scale)
-        if s == 1.0:
-            return
-        factor = torch.tensor(s, dtype=torch.float64)
+    elif float(scale) == 1.0:
+        return
     grads = _grads(parameters)
     if not grads:
         return
     for device, group in _device_groups(grads, "scale"):
-        kernel("scale_inplace", device)(group, factor.to(device), None, 0.0, None)
+        if isinstance(scale, torch.Tensor):
+            factor = scale.to(device)
+        else:  # filled on the device: a host-to-device copy of a number would sync
+            factor = torch.full((), float(scale), dtype=torch.float64, device=device)
+        kernel("scale_inplace", device)(group, factor, None, 0.0, None)
 
 
 def zero_grad_(parameters: Tensors, set_to_none: bool = True) -> None:

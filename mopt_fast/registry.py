@@ -47,7 +47,7 @@ def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _unavailable_reason(name: str) -> str | None:
+def unavailable_reason(name: str) -> str | None:
     """None when the backend can run here, else why not."""
     if name == "torch":
         return None
@@ -72,7 +72,7 @@ def _unavailable_reason(name: str) -> str | None:
 
 def available_backends() -> list[str]:
     """Names of the backends that can run on this machine, fastest first."""
-    return [b for b in BACKENDS if _unavailable_reason(b) is None]
+    return [b for b in BACKENDS if unavailable_reason(b) is None]
 
 
 def _compiled_table() -> dict[str, Callable]:
@@ -120,7 +120,7 @@ def _device_types(name: str) -> tuple[str, ...] | None:
 
 
 def _check_name(name: str) -> str:
-    reason = _unavailable_reason(name)
+    reason = unavailable_reason(name)
     if reason is not None:
         raise RuntimeError(f"mopt_fast backend {name!r} is not available: {reason}")
     return name
@@ -145,7 +145,7 @@ def _default_backend(device_type: str) -> str:
         return "cpu"
     if device_type == "cuda":
         for name in ("cuda", "triton"):
-            if _unavailable_reason(name) is None:
+            if unavailable_reason(name) is None:
                 return name
     return "torch"
 

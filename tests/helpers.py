@@ -8,6 +8,7 @@ import torch
 from hypothesis import strategies as st
 
 import mopt_fast
+from mopt_fast.registry import unavailable_reason
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LAYOUTS = ["contiguous", "transposed", "strided"]
@@ -29,8 +30,8 @@ def device_of(backend: str) -> str:
 
 
 def skip_unless_available(backend: str) -> None:
-    if backend not in mopt_fast.available_backends():
-        reason = mopt_fast.build_info()["reason"] if backend == "cpu" else "not built/no GPU here"
+    reason = unavailable_reason(backend)
+    if reason is not None:
         pytest.skip(f"backend {backend!r} is not available on this machine: {reason}")
 
 

@@ -11,7 +11,9 @@ int64 table holding, back to back (n tensors, c chunks):
     [5n + c, 5n + 2c) for each chunk: its first element
 One program handles one chunk of CHUNK elements, BLOCK at a time. Sizes and offsets are int64.
 The table reaches the device in one copy from pinned memory, asynchronous on the current stream:
-no host sync.
+no host sync. Tables are cached by content: gradients keep their memory from step to step, so
+after the first step nothing is copied, and CUDA graphs captured after a warm-up step replay with
+tables that stay alive.
 """
 from __future__ import annotations
 
@@ -87,11 +89,20 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+_TABLES: dict[tuple, torch.Tensor] = {}
+_MAX_TABLES = 64
+
+
 def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
-    host = torch.tensor(values, dtype=torch.int64)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host
+    key = (device, tuple(values))
+    table = _TABLES.get(key)
+    if table is None:
+        host = torch.tensor(values, dtype=torch.int64)
+        table = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        if len(_TABLES) >= _MAX_TABLES:
+            _TABLES.clear()
+        _TABLES[key] = table
+    return table
 
 
 def make_plan(tensors: list[torch.Tensor]) -> Plan:
