@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
@@ -43,12 +44,16 @@ _DEVICE_TYPES: dict[str, tuple[str, ...] | None] = {
     "cpu": ("cpu",),
     "torch": None,
 }
+
+
 def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
 def unavailable_reason(name: str) -> str | None:
-    """None when the backend can run here, else why not."""
+    """None when the backend can run here, else why not. Cached: it is asked on every op call,
+    and what is installed does not change within a process."""
     if name == "torch":
         return None
     if name == "cpu":

@@ -21,6 +21,16 @@ def _kind(p: float) -> int:
 
 
 @triton.jit
+def _reduce_block(acc, KIND: tl.constexpr):
+    """Sum of the lanes, or for the inf norm their max, NaN if any lane is NaN (tl.max alone may
+    drop NaN)."""
+    if KIND == 2:
+        has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
+        return tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
 def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p,
                    HAS_SCALE: tl.constexpr, KIND: tl.constexpr, DTYPE: tl.constexpr,
                    ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
@@ -45,12 +55,7 @@ def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p
             acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
         else:
             acc += tl.where(v == 0, 0.0, tl.exp2(p * tl.log2(v)))  # NaN and inf carry through
-    if KIND == 2:
-        has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
-        partial = tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
-    else:
-        partial = tl.sum(acc, axis=0)
-    tl.store(partials + pid, partial)
+    tl.store(partials + pid, _reduce_block(acc, KIND))
     bad = tl.sum(check, axis=0)
     tl.store(flags + pid, (bad != bad).to(tl.int32))
 
@@ -73,12 +78,7 @@ def _segment_reduce(values, seg_start, seg_end, out, LONGEST: tl.constexpr, KIND
             acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
         else:
             acc += v
-    if KIND == 2:
-        has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
-        total = tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
-    else:
-        total = tl.sum(acc, axis=0)
-    tl.store(out + pid, total)
+    tl.store(out + pid, _reduce_block(acc, KIND))
 
 
 def _finish(kind: int, value: torch.Tensor, p: float) -> torch.Tensor:

@@ -16,12 +16,9 @@ struct ClampOp {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) clamp_kernel(ChunkTable table, double limit) {
-  const int64_t k = blockIdx.x;
-  const int64_t t = table.chunk_tensor(k);
-  const int64_t begin = table.chunk_start(k);
-  const int64_t end = min(begin + kChunk, table.numel(t));
+  const ChunkRange chunk = this_chunk(table);
   ClampOp<T> op{static_cast<acc_t<T>>(limit)};
-  visit_chunk<true>(static_cast<T*>(table.ptr(t)), begin, end, op);
+  visit_chunk<true>(static_cast<T*>(chunk.base), chunk.begin, chunk.end, op);
 }
 
 }  // namespace

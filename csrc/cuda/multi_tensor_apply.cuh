@@ -40,6 +40,20 @@ struct ChunkTable {
   }
 };
 
+// This block's chunk: its tensor's data and the element range [begin, end).
+struct ChunkRange {
+  void* base;
+  int64_t begin;
+  int64_t end;
+};
+
+__device__ __forceinline__ ChunkRange this_chunk(const ChunkTable& table) {
+  const int64_t k = blockIdx.x;
+  const int64_t t = table.chunk_tensor(k);
+  const int64_t begin = table.chunk_start(k);
+  return {table.ptr(t), begin, min(begin + kChunk, table.numel(t))};
+}
+
 // Compute type: fp32 for fp32/fp16/bf16, fp64 for fp64.
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };

@@ -30,16 +30,13 @@ template <typename T, NormKind K, bool kScaled>
 __global__ void __launch_bounds__(kThreads) norm_partials_kernel(ChunkTable table,
                                                                  const float* inv_scale, double p,
                                                                  double* partials, float* found_inf) {
-  const int64_t k = blockIdx.x;
-  const int64_t t = table.chunk_tensor(k);
-  const int64_t begin = table.chunk_start(k);
-  const int64_t end = min(begin + kChunk, table.numel(t));
+  const ChunkRange chunk = this_chunk(table);
   NormOp<T, K, kScaled> op{kScaled ? static_cast<acc_t<T>>(*inv_scale) : acc_t<T>(1), p};
-  visit_chunk<false>(static_cast<T*>(table.ptr(t)), begin, end, op);
+  visit_chunk<false>(static_cast<T*>(chunk.base), chunk.begin, chunk.end, op);
   const double total = block_reduce<K == NormKind::kLinf>(op.acc);
   const bool bad = __syncthreads_or(op.check != op.check);
   if (threadIdx.x == 0) {
-    partials[k] = total;
+    partials[blockIdx.x] = total;
     // Every block that finds an inf/NaN stores the same 1.0: no atomics, same result.
     if (bad && found_inf != nullptr) *found_inf = 1.0f;
   }

@@ -37,12 +37,9 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(ChunkTable table, Devic
   const double factor = wide ? factor_in<double>(scale, norm, max_norm)
                              : static_cast<double>(factor_in<float>(scale, norm, static_cast<float>(max_norm)));
   if (factor == 1.0) return;  // x * 1 == x bit for bit
-  const int64_t k = blockIdx.x;
-  const int64_t t = table.chunk_tensor(k);
-  const int64_t begin = table.chunk_start(k);
-  const int64_t end = min(begin + kChunk, table.numel(t));
+  const ChunkRange chunk = this_chunk(table);
   ScaleOp<T> op{static_cast<acc_t<T>>(factor)};
-  visit_chunk<true>(static_cast<T*>(table.ptr(t)), begin, end, op);
+  visit_chunk<true>(static_cast<T*>(chunk.base), chunk.begin, chunk.end, op);
 }
 
 }  // namespace

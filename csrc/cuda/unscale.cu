@@ -18,12 +18,9 @@ struct UnscaleOp {
 template <typename T>
 __global__ void __launch_bounds__(kThreads) unscale_kernel(ChunkTable table, const float* inv_scale,
                                                            float* found_inf) {
-  const int64_t k = blockIdx.x;
-  const int64_t t = table.chunk_tensor(k);
-  const int64_t begin = table.chunk_start(k);
-  const int64_t end = min(begin + kChunk, table.numel(t));
+  const ChunkRange chunk = this_chunk(table);
   UnscaleOp<T> op{static_cast<acc_t<T>>(*inv_scale)};
-  visit_chunk<true>(static_cast<T*>(table.ptr(t)), begin, end, op);
+  visit_chunk<true>(static_cast<T*>(chunk.base), chunk.begin, chunk.end, op);
   if (__syncthreads_or(op.check != op.check) && threadIdx.x == 0) *found_inf = 1.0f;
 }
 

@@ -5,11 +5,10 @@ namespace mopt_fast::cuda {
 namespace {
 
 __global__ void __launch_bounds__(kThreads) zero_kernel(ChunkTable table, int element_size) {
-  const int64_t k = blockIdx.x;
-  const int64_t t = table.chunk_tensor(k);
-  const int64_t begin = table.chunk_start(k) * element_size;
-  const int64_t end = min(table.chunk_start(k) + kChunk, table.numel(t)) * element_size;
-  char* p = static_cast<char*>(table.ptr(t));
+  const ChunkRange chunk = this_chunk(table);
+  const int64_t begin = chunk.begin * element_size;
+  const int64_t end = chunk.end * element_size;
+  char* p = static_cast<char*>(chunk.base);
   int64_t i = begin;
   if (reinterpret_cast<uintptr_t>(p + begin) % 16 == 0) {
     const int64_t n_vec = (end - begin) / 16;
