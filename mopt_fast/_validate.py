@@ -27,6 +27,11 @@ def check_tensors(tensors: list[torch.Tensor], op: str) -> None:
                 f"mopt_fast.{op}: tensor {i} has dtype {t.dtype}; supported dtypes are "
                 "float32, float64, float16 and bfloat16"
             )
+        if not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
+            raise ValueError(
+                f"mopt_fast.{op}: tensor {i} has elements that share memory (e.g. an expanded "
+                "tensor); give it its own memory first (.contiguous())"
+            )
 
 
 def norm_type(value: float | int | str) -> float:
@@ -60,10 +65,12 @@ def amp_scalar(t: torch.Tensor, name: str, device: torch.device, op: str) -> Non
         )
 
 
-def scale_tensor(t: torch.Tensor, op: str) -> None:
-    """A scale, norm or found_inf tensor: one element, float32 or float64."""
+def scale_tensor(t: torch.Tensor, op: str, device: torch.device | None = None) -> None:
+    """A scale or norm tensor: one element, float32 or float64 (on `device` when given)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"mopt_fast.{op}: expected a Tensor, got {type(t).__name__}")
+    if device is not None and t.device != device:
+        raise ValueError(f"mopt_fast.{op}: a scale/norm on {t.device} for tensors on {device}")
     if t.numel() != 1 or t.dtype not in (torch.float32, torch.float64):
         raise ValueError(
             f"mopt_fast.{op}: the scale/norm must be a number or a one-element float32 or "

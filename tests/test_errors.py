@@ -157,3 +157,15 @@ def test_unknown_backend():
     with pytest.raises(RuntimeError, match="unknown backend"):
         with mopt_fast.use_backend("nope"):
             pass
+
+
+@pytest.mark.parametrize("call", ["clip_grad_norm_", "clip_grad_value_", "scale_grads_", "zero_grad_", "unscale_grads_"])
+def test_expanded_gradient_rejected_and_nothing_written(backend, call):
+    # An expanded tensor's elements share memory: in-place results could not be written back.
+    dev = device_of(backend)
+    grads = fresh_grads(dev)
+    before = [g.clone() for g in grads]
+    expanded = torch.randn(1, 64, device=dev).expand(32, 64)
+    with pytest.raises((ValueError, RuntimeError), match="share memory|single memory location"):
+        CALLS[call](grads + [expanded], dev)
+    assert_unchanged(grads, before)

@@ -11,12 +11,15 @@ int64 table holding, back to back (n tensors, c chunks):
     [5n + c, 5n + 2c) for each chunk: its first element
 One program handles one chunk of CHUNK elements, BLOCK at a time. Sizes and offsets are int64.
 The table reaches the device in one copy from pinned memory, asynchronous on the current stream:
-no host sync. Tables are cached by content: gradients keep their memory from step to step, so
-after the first step nothing is copied, and CUDA graphs captured after a warm-up step replay with
-tables that stay alive.
+no host sync. Tables are cached by stream and content: gradients keep their memory from step to
+step, so after the first step nothing is copied. A table used while a CUDA graph is captured is
+kept for the life of the process (the graph holds its address); a table missing during capture is
+an error (warm up with one eager step first). Other tables are evicted least recently used.
 """
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -89,20 +92,40 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
-_TABLES: dict[tuple, torch.Tensor] = {}
+_TABLES: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # least recently used first
+_PINNED: dict[tuple, torch.Tensor] = {}  # used under CUDA-graph capture: never freed
 _MAX_TABLES = 64
 
 
 def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
-    key = (device, tuple(values))
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=torch.int64)
+    key = (device, torch.cuda.current_stream(device).cuda_stream, tuple(values))
+    capturing = torch.cuda.is_current_stream_capturing()
+    table = _PINNED.get(key)
+    if table is not None:
+        return table
     table = _TABLES.get(key)
-    if table is None:
-        host = torch.tensor(values, dtype=torch.int64)
-        table = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
-        if len(_TABLES) >= _MAX_TABLES:
-            _TABLES.clear()
-        _TABLES[key] = table
+    if table is not None:
+        _TABLES.move_to_end(key)
+        if capturing:
+            _PINNED[key] = _TABLES.pop(key)
+        return table
+    if capturing:
+        raise RuntimeError(
+            "mopt_fast: a CUDA graph is being captured over a gradient list this stream has not "
+            "seen before; run the same step once eagerly on the capture stream first"
+        )
+    table = torch.tensor(values, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
+    if len(_TABLES) >= _MAX_TABLES:
+        _TABLES.popitem(last=False)
+    _TABLES[key] = table
     return table
+
+
+def on_device(device: torch.device):
+    """Triton launches on the current CUDA device and stream: make them the tensors' own."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def make_plan(tensors: list[torch.Tensor]) -> Plan:
@@ -112,6 +135,11 @@ def make_plan(tensors: list[torch.Tensor]) -> Plan:
     for i, t in enumerate(tensors):
         dense = t
         if not is_dense(t):
+            if torch._debug_has_internal_overlap(t) == 1:
+                raise ValueError(
+                    f"mopt_fast: tensor {i} has elements that share memory (e.g. an expanded "
+                    "tensor); give it its own memory first (.contiguous())"
+                )
             dense = t.contiguous()
             plan.copies.append((t, dense))
         by_dtype.setdefault(t.dtype, []).append((i, dense))

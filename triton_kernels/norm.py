@@ -31,7 +31,7 @@ def _reduce_block(acc, KIND: tl.constexpr):
 
 
 @triton.jit
-def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p,
+def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p_ptr,
                    HAS_SCALE: tl.constexpr, KIND: tl.constexpr, DTYPE: tl.constexpr,
                    ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -40,6 +40,8 @@ def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p
     check = tl.zeros([BLOCK], dtype=ACC)
     if HAS_SCALE:
         s = tl.load(inv_scale_ptr).to(ACC)
+    if KIND == 3:
+        p = tl.load(p_ptr)  # fp64: float arguments would reach the kernel as fp32
     for off in range(0, CHUNK, BLOCK):
         idx = start + off + tl.arange(0, BLOCK)
         x = tl.load(base + idx, mask=idx < end, other=0.0).to(ACC)
@@ -95,13 +97,14 @@ def _reduce(tensors, p, per_tensor, inv_scale, found_inf):
     n = len(tensors)
     plan = make_plan(tensors)
     per_sum = torch.empty(n, dtype=torch.float64, device=device)
+    p_dev = torch.full((), p, dtype=torch.float64, device=device)
     for g in plan.groups:
         partials = torch.empty(max(g.n_chunks, 1), dtype=torch.float64, device=device)
         flags = torch.zeros(max(g.n_chunks, 1), dtype=torch.int32, device=device)
         if g.n_chunks:
             _norm_partials[(g.n_chunks,)](
                 g.table, g.n_tensors, g.n_chunks, partials, flags,
-                inv_scale if inv_scale is not None else partials, float(p),
+                inv_scale if inv_scale is not None else partials, p_dev,
                 HAS_SCALE=inv_scale is not None, KIND=kind, DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
                 CHUNK=CHUNK, BLOCK=BLOCK)
         group_sum = torch.empty(g.n_tensors, dtype=torch.float64, device=device)

@@ -39,9 +39,12 @@ def _scale_kernel(table, n_tensors, n_chunks, scale_ptr, norm_ptr, found_ptr, ma
 
 def scale_inplace(tensors, scale, total_norm, max_norm: float, found_inf) -> None:
     _validate.check_tensors(tensors, "scale")
-    for t in (scale, total_norm, found_inf):
+    device = tensors[0].device
+    for t in (scale, total_norm):
         if t is not None:
-            _validate.scale_tensor(t, "scale")
+            _validate.scale_tensor(t, "scale", device)
+    if found_inf is not None:
+        _validate.amp_scalar(found_inf, "found_inf", device, "scale")
     if total_norm is not None:
         _validate.non_negative(max_norm, "max_norm")
     if scale is None and total_norm is None:

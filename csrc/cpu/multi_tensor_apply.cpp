@@ -1,5 +1,7 @@
 #include "multi_tensor_apply.h"
 
+#include <ATen/MemoryOverlap.h>
+
 namespace mopt_fast::cpu {
 
 void check_tensors(at::TensorList tensors, const char* op) {
@@ -20,6 +22,10 @@ Plan make_plan(at::TensorList tensors) {
     // exactly numel elements starting at data_ptr: elementwise ops and sums can use it directly.
     const at::Tensor* dense = &t;
     if (!t.is_non_overlapping_and_dense()) {
+      // An expanded tensor could not take its results back; rejected before anything is written.
+      TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "mopt_fast: tensor ",
+                        i, " has elements that share memory (e.g. an expanded tensor); give it "
+                        "its own memory first (.contiguous())");
       plan.copies.emplace_back(i, t.contiguous());
       dense = &plan.copies.back().second;
     }

@@ -14,6 +14,8 @@
 #include <tuple>
 #include <vector>
 
+#include <ATen/MemoryOverlap.h>
+
 #include "checks.h"
 #include "cuda/launch.h"
 
@@ -43,55 +45,106 @@ struct Group {
   const int64_t* end_chunk() const { return data() + 4 * n_tensors; }
 };
 
+// A tensor whose elements share memory (an expanded gradient) cannot be copied back after an
+// in-place op; rejected before anything is written.
+void check_no_internal_overlap(const at::Tensor& t, size_t i) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "mopt_fast: tensor ", i,
+                    " has elements that share memory (e.g. an expanded tensor); give it its own "
+                    "memory first (.contiguous())");
+}
+
 struct Plan {
   std::vector<Group> groups;
   std::vector<std::pair<int64_t, at::Tensor>> copies;  // non-dense tensors: written back after
 };
 
-// Device tables keyed by their host contents (pointers, sizes, layout). Gradients keep their
-// memory from step to step, so after the first step no table is copied to the device again, and
-// a CUDA graph captured after one eager step replays with tables that stay alive.
+// Device tables keyed by stream and host contents (pointers, sizes, layout). Gradients keep their
+// memory from step to step, so after the first step no table is copied to the device again.
+// The stream is part of the key: a table is uploaded and read on one stream, so every use is
+// ordered after its upload and its memory belongs to that stream's pool.
+// CUDA graphs: a graph keeps the raw table address, so a table used while capturing is pinned for
+// the life of the process, and a table missing during capture is an error (warm up with one eager
+// call first, as torch's graph docs advise). Other tables are evicted least recently used.
 class TableCache {
  public:
-  at::Tensor get(const std::vector<int64_t>& host, const at::Device& device) {
+  at::Tensor get(const std::vector<int64_t>& host, const at::Device& device, cudaStream_t stream) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto key = std::make_pair(device.index(), host);
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    const bool capturing = status != cudaStreamCaptureStatusNone;
+    Key key{device.index(), reinterpret_cast<uintptr_t>(stream), host};
     auto it = tables_.find(key);
-    if (it != tables_.end()) return it->second;
-    if (tables_.size() >= kMaxEntries) tables_.clear();
+    if (it != tables_.end()) {
+      it->second.last_use = ++clock_;
+      it->second.pinned |= capturing;
+      return it->second.table;
+    }
+    TORCH_CHECK(!capturing,
+                "mopt_fast: a CUDA graph is being captured over a gradient list this stream has "
+                "not seen before; run the same step once eagerly on the capture stream first");
+    evict_unpinned_lru();
     auto pinned = at::empty({static_cast<int64_t>(host.size())},
                             at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     std::memcpy(pinned.data_ptr<int64_t>(), host.data(), host.size() * sizeof(int64_t));
     // Asynchronous on the current stream; torch keeps the pinned block until the copy is done.
     at::Tensor table = pinned.to(device, /*non_blocking=*/true);
-    tables_.emplace(std::move(key), table);
+    tables_.emplace(std::move(key), Entry{table, ++clock_, false});
     return table;
   }
 
  private:
-  static constexpr size_t kMaxEntries = 64;
+  struct Key {
+    int8_t device;
+    uintptr_t stream;
+    std::vector<int64_t> host;
+    bool operator<(const Key& o) const {
+      return std::tie(device, stream, host) < std::tie(o.device, o.stream, o.host);
+    }
+  };
+  struct Entry {
+    at::Tensor table;
+    uint64_t last_use;
+    bool pinned;
+  };
+
+  void evict_unpinned_lru() {
+    size_t unpinned = 0;
+    auto oldest = tables_.end();
+    for (auto it = tables_.begin(); it != tables_.end(); ++it) {
+      if (it->second.pinned) continue;
+      ++unpinned;
+      if (oldest == tables_.end() || it->second.last_use < oldest->second.last_use) oldest = it;
+    }
+    if (unpinned >= kMaxUnpinned) tables_.erase(oldest);
+  }
+
+  static constexpr size_t kMaxUnpinned = 64;
   std::mutex mutex_;
-  std::map<std::pair<int8_t, std::vector<int64_t>>, at::Tensor> tables_;
+  uint64_t clock_ = 0;
+  std::map<Key, Entry> tables_;
 };
 
 TableCache& table_cache() {
-  static TableCache cache;
-  return cache;
+  // Never destroyed: device tensors must not be freed after the CUDA runtime shut down.
+  static auto* cache = new TableCache();
+  return *cache;
 }
 
-Plan make_plan(at::TensorList tensors) {
+Plan make_plan(at::TensorList tensors, cudaStream_t stream) {
   Plan plan;
   const at::Device device = tensors[0].device();
   std::vector<at::ScalarType> order;
-  std::map<at::ScalarType, std::vector<std::pair<int64_t, const at::Tensor*>>> by_dtype;
+  // Tensor handles by value: pointers into plan.copies would dangle when it grows.
+  std::map<at::ScalarType, std::vector<std::pair<int64_t, at::Tensor>>> by_dtype;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor* t = &tensors[i];
-    if (!t->is_non_overlapping_and_dense()) {
-      plan.copies.emplace_back(static_cast<int64_t>(i), t->contiguous());
-      t = &plan.copies.back().second;
+    at::Tensor t = tensors[i];
+    if (!t.is_non_overlapping_and_dense()) {
+      check_no_internal_overlap(t, i);
+      t = t.contiguous();
+      plan.copies.emplace_back(static_cast<int64_t>(i), t);
     }
-    auto& members = by_dtype[t->scalar_type()];
-    if (members.empty()) order.push_back(t->scalar_type());
+    auto& members = by_dtype[t.scalar_type()];
+    if (members.empty()) order.push_back(t.scalar_type());
     members.emplace_back(static_cast<int64_t>(i), t);
   }
   for (at::ScalarType dtype : order) {
@@ -99,7 +152,7 @@ Plan make_plan(at::TensorList tensors) {
     const auto n = static_cast<int64_t>(members.size());
     std::vector<int64_t> ptrs, numels, index, first, end, chunk_tensor, chunk_start;
     for (int64_t k = 0; k < n; ++k) {
-      const at::Tensor& t = *members[k].second;
+      const at::Tensor& t = members[k].second;
       ptrs.push_back(reinterpret_cast<int64_t>(t.data_ptr()));
       numels.push_back(t.numel());
       index.push_back(members[k].first);
@@ -116,7 +169,7 @@ Plan make_plan(at::TensorList tensors) {
     for (auto* part : {&ptrs, &numels, &index, &first, &end, &chunk_tensor, &chunk_start}) {
       host.insert(host.end(), part->begin(), part->end());
     }
-    plan.groups.push_back({dtype_of(dtype), table_cache().get(host, device), n, n_chunks});
+    plan.groups.push_back({dtype_of(dtype), table_cache().get(host, device, stream), n, n_chunks});
   }
   return plan;
 }
@@ -150,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> reduce(at::TensorList tensors, double p, bool
   if (found_inf) check_scalar(*found_inf, "found_inf", op, device, false);
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const Plan plan = make_plan(tensors);
+  const Plan plan = make_plan(tensors, stream);
   const NormKind kind = norm_kind(p);
   const bool is_max = kind == NormKind::kLinf;
   const auto n = static_cast<int64_t>(tensors.size());
@@ -204,7 +257,7 @@ void for_each_group(at::TensorList tensors, const char* op, Launch&& launch) {
   const at::Device device = tensors[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const Plan plan = make_plan(tensors);
+  const Plan plan = make_plan(tensors, stream);
   for (const Group& g : plan.groups) {
     launch(g, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -134,6 +134,7 @@ __device__ double block_reduce(double v) {
     const int n_warps = (blockDim.x + 31) / 32;
     for (int w = 0; w < n_warps; ++w) total = kMax ? nan_max(total, warp_results[w]) : total + warp_results[w];
   }
+  __syncthreads();  // warp_results may be reused by a later call
   return total;
 }
 

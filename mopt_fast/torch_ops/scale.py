@@ -19,9 +19,12 @@ def scale_inplace(
     exactly 1 (x * 1 == x bit for bit).
     """
     _validate.check_tensors(tensors, "scale")
-    for t in (scale, total_norm, found_inf):
+    device = tensors[0].device
+    for t in (scale, total_norm):
         if t is not None:
-            _validate.scale_tensor(t, "scale")
+            _validate.scale_tensor(t, "scale", device)
+    if found_inf is not None:
+        _validate.amp_scalar(found_inf, "found_inf", device, "scale")
     factor = scale.reshape(()) if scale is not None else None
     if total_norm is not None:
         _validate.non_negative(max_norm, "max_norm")
@@ -31,7 +34,6 @@ def scale_inplace(
         return
     if found_inf is not None:
         factor = torch.where(found_inf.reshape(()) != 0, torch.ones_like(factor), factor)
-    device = tensors[0].device
     factor = factor.to(device)
     if device.type in ("cpu", "cuda"):
         torch._foreach_mul_(tensors, factor)
