@@ -82,3 +82,16 @@ def tensor_list(tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Te
     if isinstance(tensors, torch.Tensor):
         return [tensors]
     return list(tensors)
+
+
+def scale_args(tensors: list[torch.Tensor], scale, total_norm, max_norm: float, found_inf) -> None:
+    """The arguments of the scale_inplace op (see csrc/registry.cpp), checked as the C++ kernels do."""
+    check_tensors(tensors, "scale")
+    device = tensors[0].device
+    for t in (scale, total_norm):
+        if t is not None:
+            scale_tensor(t, "scale", device)
+    if found_inf is not None:
+        amp_scalar(found_inf, "found_inf", device, "scale")
+    if total_norm is not None:
+        non_negative(max_norm, "max_norm")

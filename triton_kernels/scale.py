@@ -38,15 +38,7 @@ def _scale_kernel(table, n_tensors, n_chunks, scale_ptr, norm_ptr, found_ptr, ma
 
 
 def scale_inplace(tensors, scale, total_norm, max_norm: float, found_inf) -> None:
-    _validate.check_tensors(tensors, "scale")
-    device = tensors[0].device
-    for t in (scale, total_norm):
-        if t is not None:
-            _validate.scale_tensor(t, "scale", device)
-    if found_inf is not None:
-        _validate.amp_scalar(found_inf, "found_inf", device, "scale")
-    if total_norm is not None:
-        _validate.non_negative(max_norm, "max_norm")
+    _validate.scale_args(tensors, scale, total_norm, max_norm, found_inf)
     if scale is None and total_norm is None:
         return
     plan = make_plan(tensors)

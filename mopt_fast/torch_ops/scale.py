@@ -18,16 +18,10 @@ def scale_inplace(
     Without a host sync the pass cannot be skipped here, so a set found_inf turns the factor into
     exactly 1 (x * 1 == x bit for bit).
     """
-    _validate.check_tensors(tensors, "scale")
+    _validate.scale_args(tensors, scale, total_norm, max_norm, found_inf)
     device = tensors[0].device
-    for t in (scale, total_norm):
-        if t is not None:
-            _validate.scale_tensor(t, "scale", device)
-    if found_inf is not None:
-        _validate.amp_scalar(found_inf, "found_inf", device, "scale")
     factor = scale.reshape(()) if scale is not None else None
     if total_norm is not None:
-        _validate.non_negative(max_norm, "max_norm")
         coef = torch.clamp(max_norm / (total_norm.reshape(()) + 1e-6), max=1.0)
         factor = coef if factor is None else factor.to(coef.dtype) * coef
     if factor is None:
