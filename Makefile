@@ -51,6 +51,10 @@ cmake-check: $(VENV)/.stamp-deps
 	  -DMOPT_FAST_CUDA_KERNELS=$(if $(NVCC),ON,OFF) \
 	  -DCMAKE_PREFIX_PATH="$$($(VPY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build/cmake -j2
+	# The CMake-built library registers working ops on its own (no mopt_fast import).
+	$(VPY) -c "import torch; torch.ops.load_library('build/cmake/libmopt_fast_ops.so'); \
+	  t = torch.randn(100000); n, _ = torch.ops.mopt_fast.norm([t], 2.0, False); \
+	  assert abs(n.item() - t.double().norm().item()) < 1e-5 * n.item(), n; print('libmopt_fast_ops.so: ok')"
 ifneq ($(NVCC),)
 	# The CUDA binding needs a CUDA torch to build; here its syntax is checked against the CPU
 	# wheel's headers, plus the one generated c10 header that wheel lacks.
