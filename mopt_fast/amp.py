@@ -1,0 +1,119 @@
+"""A torch.amp.GradScaler on mopt_fast's fused kernels.
+
+`GradScaler` is torch's own class (same state, `update` rule, `state_dict`, per-optimizer stage
+tracking) with two changes:
+
+- the unscale pass (`unscale_`, and the inf check that `step` makes for fused optimizers) runs on
+  mopt_fast's multi-tensor kernels, one call per device instead of one per (device, dtype);
+- `unscale_clip_grad_norm_(optimizer, max_norm)` does unscale + inf/NaN check + clip-by-norm with
+  one read pass over the gradients. For torch's fused optimizers (`fused=True`: Adam, AdamW, SGD)
+  the factor `scale / clip_coef` is handed to the optimizer as its `grad_scale`, so the gradients
+  are never rewritten; for other optimizers one in-place pass applies `inv_scale * clip_coef`.
+  No host sync either way (the step of a non-fused optimizer still reads found_inf, as torch's
+  GradScaler does).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.amp.grad_scaler import OptState
+
+from mopt_fast import _validate
+from mopt_fast.registry import kernel
+
+__all__ = ["GradScaler"]
+
+
+def _optimizer_grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and bool(
+        optimizer.defaults.get("fused", False)
+    )
+
+
+class GradScaler(torch.amp.GradScaler):
+    """torch.amp.GradScaler whose unscale and clip passes are mopt_fast's fused kernels."""
+
+    def _unscale_grads_(
+        self,
+        optimizer: torch.optim.Optimizer,
+        inv_scale: torch.Tensor,
+        found_inf: torch.Tensor,
+        allow_fp16: bool,
+    ) -> dict[torch.device, torch.Tensor]:
+        grads = _optimizer_grads(optimizer)
+        if any(g.is_sparse for g in grads):
+            # torch's own path coalesces sparse fp16 gradients first; keep it for them.
+            return super()._unscale_grads_(optimizer, inv_scale, found_inf, allow_fp16)
+        if not allow_fp16 and any(g.dtype == torch.float16 for g in grads):
+            raise ValueError("Attempting to unscale FP16 gradients.")
+        per_device: dict[torch.device, list[torch.Tensor]] = {}
+        for g in grads:
+            per_device.setdefault(g.device, []).append(g)
+        found: dict[torch.device, torch.Tensor] = {}
+        for device, group in per_device.items():
+            found[device] = found_inf.to(device, copy=True) if found_inf.device != device else found_inf
+            inv = inv_scale.to(device) if inv_scale.device != device else inv_scale
+            with torch.no_grad():
+                kernel("unscale_inplace", device)(group, found[device], inv)
+        return found
+
+    def unscale_clip_grad_norm_(
+        self, optimizer: torch.optim.Optimizer, max_norm: float, norm_type: float = 2.0
+    ) -> torch.Tensor:
+        """Unscale and clip the gradients of `optimizer` to `max_norm`; returns the total norm of
+        the unscaled gradients (a tensor, no host sync).
+
+        Call it where you would call ``scaler.unscale_(optimizer)`` followed by
+        ``clip_grad_norm_(params, max_norm)``, before ``scaler.step(optimizer)``. With a fused
+        optimizer the gradients stay as they are and the optimizer applies ``1 / grad_scale``;
+        otherwise they are unscaled and clipped in place (and left untouched when an inf/NaN was
+        found: the step is skipped then).
+        """
+        max_norm = _validate.non_negative(max_norm, "max_norm")
+        p = _validate.norm_type(norm_type)
+        if not self._enabled:
+            return _clip_unscaled(optimizer, max_norm, p)
+        self._check_scale_growth_tracker("unscale_clip_grad_norm_")
+        state = self._per_optimizer_states[id(optimizer)]
+        if state["stage"] is OptState.UNSCALED:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+        if state["stage"] is OptState.STEPPED:
+            raise RuntimeError("unscale_() is being called after step().")
+        grads = _optimizer_grads(optimizer)
+        if not grads:
+            raise ValueError("mopt_fast.GradScaler.unscale_clip_grad_norm_: the optimizer has no gradients")
+        devices = {g.device for g in grads}
+        if len(devices) != 1 or next(iter(devices)) != self._scale.device:
+            raise NotImplementedError(
+                "mopt_fast.GradScaler.unscale_clip_grad_norm_ needs every gradient on the scaler's "
+                f"device ({self._scale.device}); got {sorted(map(str, devices))}. Use unscale_() "
+                "and mopt_fast.clip_grad_norm_ for gradients spread over devices."
+            )
+        device = self._scale.device
+        inv_scale = self._scale.double().reciprocal().float()
+        found_inf = torch.zeros((), dtype=torch.float32, device=device)
+        with torch.no_grad():
+            total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
+            if _is_fused(optimizer):
+                # The optimizer divides by grad_scale: scale / coef unscales and clips in its own
+                # pass. torch's step() uses an optimizer.grad_scale set before an UNSCALED step.
+                coef = torch.clamp(max_norm / (total.float() + 1e-6), max=1.0)
+                optimizer.grad_scale = self._scale / coef  # type: ignore[attr-defined]
+            else:
+                kernel("scale_inplace", device)(grads, inv_scale, total, max_norm, found_inf)
+        state["found_inf_per_device"] = {device: found_inf}
+        state["stage"] = OptState.UNSCALED
+        return total
+
+
+def _clip_unscaled(optimizer: torch.optim.Optimizer, max_norm: float, p: float) -> torch.Tensor:
+    """A disabled scaler: plain clipping."""
+    from mopt_fast.functional import clip_grad_norm_
+
+    params = [q for group in optimizer.param_groups for q in group["params"]]
+    return clip_grad_norm_(params, max_norm, p)
