@@ -37,7 +37,7 @@ def table(path: str, markdown: bool = False) -> str:
     impls = sorted({i for c in cases.values() for i in c if i.startswith("mopt_")})
     head = ["case", "set", "dtype", "torch ms"]
     for i in impls:
-        head += [f"{i} ms", f"x torch", "GB/s"]
+        head += [f"{i} ms", "x torch", "GB/s"]
     has_copy = any("copy" in c for c in cases.values())
     head += ["copy GB/s", "best % of copy"] if has_copy else ["roofline ms", "best/roofline"]
     rows = []

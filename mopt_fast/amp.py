@@ -14,12 +14,12 @@ tracking) with two changes:
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch.amp.grad_scaler import OptState
 
 from mopt_fast import _validate
+from mopt_fast.functional import clip_grad_norm_
 from mopt_fast.registry import kernel
 
 __all__ = ["GradScaler"]
@@ -76,8 +76,9 @@ class GradScaler(torch.amp.GradScaler):
         """
         max_norm = _validate.non_negative(max_norm, "max_norm")
         p = _validate.norm_type(norm_type)
-        if not self._enabled:
-            return _clip_unscaled(optimizer, max_norm, p)
+        if not self._enabled:  # nothing is scaled: plain clipping
+            params = [q for group in optimizer.param_groups for q in group["params"]]
+            return clip_grad_norm_(params, max_norm, p)
         self._check_scale_growth_tracker("unscale_clip_grad_norm_")
         state = self._per_optimizer_states[id(optimizer)]
         if state["stage"] is OptState.UNSCALED:
@@ -110,10 +111,3 @@ class GradScaler(torch.amp.GradScaler):
         state["stage"] = OptState.UNSCALED
         return total
 
-
-def _clip_unscaled(optimizer: torch.optim.Optimizer, max_norm: float, p: float) -> torch.Tensor:
-    """A disabled scaler: plain clipping."""
-    from mopt_fast.functional import clip_grad_norm_
-
-    params = [q for group in optimizer.param_groups for q in group["params"]]
-    return clip_grad_norm_(params, max_norm, p)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-import mopt_fast
 from mopt_fast.registry import unavailable_reason
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

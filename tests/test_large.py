@@ -28,7 +28,7 @@ def test_bf16_tensor_over_2_pow_31_elements():
     v = vals.double()
     expected_sq = (N - idx.numel()) + (v * v).sum().item()
     with mopt_fast.use_backend("cpu"):
-        total, per = kernel("norm", t.device)([t], 2.0, True)
+        total, _ = kernel("norm", t.device)([t], 2.0, True)
         assert math.isclose(total.item(), math.sqrt(expected_sq), rel_tol=1e-6)
         assert math.isclose(mopt_fast.get_total_norm(t, math.inf).item(), v.max().item())
         mopt_fast.scale_grads_([SimpleNamespace(grad=t)], 0.5)

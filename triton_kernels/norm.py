@@ -31,8 +31,8 @@ def _reduce_block(acc, KIND: tl.constexpr):
 
 
 @triton.jit
-def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p_ptr,
-                   HAS_SCALE: tl.constexpr, KIND: tl.constexpr, DTYPE: tl.constexpr,
+def _norm_partials(table, n_tensors, n_chunks, partials, found_ptr, inv_scale_ptr, p_ptr,
+                   HAS_SCALE: tl.constexpr, HAS_FOUND: tl.constexpr, KIND: tl.constexpr, DTYPE: tl.constexpr,
                    ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     base, start, end = chunk_of(table, n_tensors, n_chunks, DTYPE, CHUNK)
@@ -58,8 +58,10 @@ def _norm_partials(table, n_tensors, n_chunks, partials, flags, inv_scale_ptr, p
         else:
             acc += tl.where(v == 0, 0.0, tl.exp2(p * tl.log2(v)))  # NaN and inf carry through
     tl.store(partials + pid, _reduce_block(acc, KIND))
-    bad = tl.sum(check, axis=0)
-    tl.store(flags + pid, (bad != bad).to(tl.int32))
+    if HAS_FOUND:
+        bad = tl.sum(check, axis=0)
+        # Every program that sees an inf/NaN stores the same 1.0: no atomics, same result.
+        tl.store(found_ptr, 1.0, mask=bad != bad)
 
 
 @triton.jit
@@ -100,19 +102,17 @@ def _reduce(tensors, p, per_tensor, inv_scale, found_inf):
     p_dev = torch.full((), p, dtype=torch.float64, device=device)
     for g in plan.groups:
         partials = torch.empty(max(g.n_chunks, 1), dtype=torch.float64, device=device)
-        flags = torch.zeros(max(g.n_chunks, 1), dtype=torch.int32, device=device)
         if g.n_chunks:
             _norm_partials[(g.n_chunks,)](
-                g.table, g.n_tensors, g.n_chunks, partials, flags,
+                g.table, g.n_tensors, g.n_chunks, partials,
+                found_inf if found_inf is not None else partials,
                 inv_scale if inv_scale is not None else partials, p_dev,
-                HAS_SCALE=inv_scale is not None, KIND=kind, DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
+                HAS_SCALE=inv_scale is not None, HAS_FOUND=found_inf is not None, KIND=kind, DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
                 CHUNK=CHUNK, BLOCK=BLOCK)
         group_sum = torch.empty(g.n_tensors, dtype=torch.float64, device=device)
         _segment_reduce[(g.n_tensors,)](partials, g.first_chunk, g.end_chunk, group_sum,
                                         LONGEST=g.max_chunks, KIND=kind, BLOCK=BLOCK)
         per_sum[g.index] = group_sum
-        if found_inf is not None and g.n_chunks:
-            found_inf.copy_(torch.maximum(found_inf, flags.max().to(found_inf.dtype).reshape(found_inf.shape)))
     total_sum = torch.empty(1, dtype=torch.float64, device=device)
     zero = torch.zeros(1, dtype=torch.int64, device=device)
     _segment_reduce[(1,)](per_sum, zero, zero + n, total_sum, LONGEST=n, KIND=kind, BLOCK=BLOCK)

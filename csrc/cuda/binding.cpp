@@ -250,10 +250,10 @@ DeviceScalar device_scalar(const std::optional<at::Tensor>& t) {
   return {t->data_ptr(), dtype_of(t->scalar_type())};
 }
 
-// Shared preamble of the in-place ops: checks, device guard, plan.
+// Shared body of the in-place ops (after their checks): device guard, plan, one launch per dtype
+// group, write-back of non-dense tensors.
 template <typename Launch>
-void for_each_group(at::TensorList tensors, const char* op, Launch&& launch) {
-  if (tensors.empty()) return;
+void for_each_group(at::TensorList tensors, Launch&& launch) {
   const at::Device device = tensors[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -279,7 +279,7 @@ void scale_inplace_cuda(at::TensorList tensors, const std::optional<at::Tensor>&
   }
   if (!scale && !total_norm) return;
   const float* found = found_inf ? found_inf->data_ptr<float>() : nullptr;
-  for_each_group(tensors, "scale", [&](const Group& g, cudaStream_t stream) {
+  for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {
     launch_scale(g.dtype, g.data(), g.n_tensors, g.n_chunks, device_scalar(scale),
                  device_scalar(total_norm), max_norm, found, stream);
   });
@@ -289,7 +289,7 @@ void clamp_inplace_cuda(at::TensorList tensors, double clip_value) {
   if (tensors.empty()) return;
   check_tensors(tensors, "clamp", tensors[0].device());
   TORCH_CHECK_VALUE(clip_value >= 0.0, "mopt_fast.clamp: clip_value must be >= 0, got ", clip_value);
-  for_each_group(tensors, "clamp", [&](const Group& g, cudaStream_t stream) {
+  for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {
     launch_clamp(g.dtype, g.data(), g.n_tensors, g.n_chunks, clip_value, stream);
   });
 }
@@ -297,7 +297,7 @@ void clamp_inplace_cuda(at::TensorList tensors, double clip_value) {
 void zero_inplace_cuda(at::TensorList tensors) {
   if (tensors.empty()) return;
   check_tensors(tensors, "zero", tensors[0].device());
-  for_each_group(tensors, "zero", [&](const Group& g, cudaStream_t stream) {
+  for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {
     launch_zero(g.dtype, g.data(), g.n_tensors, g.n_chunks, stream);
   });
 }
@@ -308,7 +308,7 @@ void unscale_inplace_cuda(at::TensorList tensors, const at::Tensor& found_inf, c
   check_tensors(tensors, "unscale", device);
   check_scalar(found_inf, "found_inf", "unscale", device, false);
   check_scalar(inv_scale, "inv_scale", "unscale", device, false);
-  for_each_group(tensors, "unscale", [&](const Group& g, cudaStream_t stream) {
+  for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {
     launch_unscale(g.dtype, g.data(), g.n_tensors, g.n_chunks, inv_scale.data_ptr<float>(),
                    found_inf.data_ptr<float>(), stream);
   });
