@@ -1,7 +1,9 @@
 """mopt_fast: fused multi-tensor kernels for the work around optimizer.step().
 
 Layers, bottom up: kernels (csrc/, triton_kernels/, mopt_fast/torch_ops) → op registry
-(mopt_fast.registry) → functional API (mopt_fast.functional, re-exported here).
+(mopt_fast.registry) → functional API (mopt_fast.functional, re-exported here) → precision
+plugins and the optimizer wrapper (mopt_fast.precision, mopt_fast.optimizer) → LightningModule
+(mopt_fast.module) → Trainer (mopt_fast.trainer).
 """
 from mopt_fast import _extension
 from mopt_fast.functional import (
@@ -15,6 +17,10 @@ from mopt_fast.functional import (
     zero_grad_,
 )
 from mopt_fast.registry import available_backends, backend_for, use_backend
+from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.optimizer import LightningOptimizer
+from mopt_fast.module import LightningModule
+from mopt_fast.trainer import Callback, CSVLogger, ModelSummary, TensorBoardLogger, TQDMProgressBar, Trainer
 
 if _extension.COMPILED:
     from mopt_fast import _fake
@@ -37,6 +43,15 @@ def build_info() -> dict:
 
 
 __all__ = [
+    "CSVLogger",
+    "Callback",
+    "LightningModule",
+    "LightningOptimizer",
+    "MisconfigurationException",
+    "ModelSummary",
+    "TQDMProgressBar",
+    "TensorBoardLogger",
+    "Trainer",
     "available_backends",
     "backend_for",
     "build_info",

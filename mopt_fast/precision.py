@@ -1,0 +1,224 @@
+"""Precision plugins: where autocast, loss scaling, gradient clipping and the optimizer step meet.
+
+One plugin is shared by every optimizer a Trainer drives (or owned by one standalone
+`LightningOptimizer`). It answers four questions:
+
+- `forward_context()`: what the forward passes run under (autocast for the mixed modes);
+- `backward(loss)`: how a loss is back-propagated (scaled first under 16-mixed);
+- `clip_gradients(optimizer, value, algorithm)`: clipping, on mopt_fast's fused kernels;
+- `optimizer_step(optimizer, closure, ...)`: the step, with the hooks and clipping that must see
+  the gradients between the closure and the update.
+
+Under 16-mixed the unscale, inf/NaN check and clip-by-norm run as one read pass
+(`mopt_fast.amp.GradScaler.unscale_clip_grad_norm_`); with torch's fused Adam/AdamW/SGD the
+factor `scale / clip_coef` and `found_inf` are handed to the optimizer, so no gradient is rewritten
+and nothing waits on the device. `scaler.update()` runs once per training iteration
+(`end_iteration`), not once per optimizer.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.amp.grad_scaler import OptState
+
+from mopt_fast.amp import GradScaler, _is_fused
+from mopt_fast.functional import clip_grad_norm_, clip_grad_value_
+
+__all__ = ["Precision", "MixedPrecision", "make_precision", "PRECISIONS", "CLIP_ALGORITHMS"]
+
+#: Accepted spellings of each precision setting, as Lightning accepts them.
+PRECISIONS = {
+    "32-true": "32-true", "32": "32-true", 32: "32-true",
+    "16-mixed": "16-mixed", "16": "16-mixed", 16: "16-mixed",
+    "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
+}
+CLIP_ALGORITHMS = ("norm", "value")
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _noop_closure() -> None:
+    return None
+
+
+class Precision:
+    """32-true: no autocast, no loss scaling."""
+
+    name = "32-true"
+    scaler: GradScaler | None = None
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self.scale_loss(loss).backward(*args, **kwargs)
+
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str) -> None:
+        """Clip `optimizer`'s gradients; a value ≤ 0 does nothing (as Lightning)."""
+        if clip_val <= 0:
+            return
+        params = _optimizer_params(optimizer)
+        if algorithm == "value":
+            clip_grad_value_(params, clip_val)
+        else:
+            clip_grad_norm_(params, clip_val)
+
+    def optimizer_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        closure: Callable[[], Any] | None,
+        before_step: Callable[[], None] | None = None,
+        skip_if_no_loss: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """`optimizer.step` with `before_step` (hooks, then automatic clipping) run after the
+        closure, inside the step: the closure computes the gradients, so the hooks see them. An
+        optimizer that calls its closure several times (LBFGS) runs the hooks each time."""
+        closure = closure or _noop_closure
+        if before_step is None:
+            return optimizer.step(closure=closure, **kwargs)
+
+        def closure_then_hooks() -> Any:
+            result = closure()
+            before_step()
+            return result
+
+        return optimizer.step(closure=closure_then_hooks, **kwargs)
+
+    def end_iteration(self) -> None:
+        """Called once per training iteration, after every optimizer has stepped."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class MixedPrecision(Precision):
+    """16-mixed (autocast to fp16 with loss scaling) or bf16-mixed (autocast to bf16, no scaling)."""
+
+    def __init__(self, precision: str, device_type: str, scaler: GradScaler | None = None) -> None:
+        if precision not in ("16-mixed", "bf16-mixed"):
+            raise ValueError(f"MixedPrecision takes '16-mixed' or 'bf16-mixed', got {precision!r}")
+        self.name = precision
+        self.device_type = device_type
+        self.dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+        if precision == "16-mixed":
+            self.scaler = scaler if scaler is not None else GradScaler(device_type)
+        elif scaler is not None:
+            raise ValueError("bf16-mixed does not scale the loss: pass no scaler")
+        self._steps_since_update = 0
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def _stage(self, optimizer: torch.optim.Optimizer) -> OptState:
+        return self.scaler._per_optimizer_states[id(optimizer)]["stage"]
+
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str) -> None:
+        """Under 16-mixed the gradients are unscaled before they are clipped (Lightning clips the
+        scaled gradients, its issue #18089): clip-by-norm is the fused unscale + inf-check + norm
+        read pass, then one scaling pass, or none for a fused torch optimizer."""
+        scaler = self.scaler
+        if scaler is None or clip_val <= 0 or not scaler.is_enabled():
+            return super().clip_gradients(optimizer, clip_val, algorithm)
+        stage = self._stage(optimizer)
+        if stage is OptState.STEPPED:
+            raise RuntimeError("clip_gradients() was called after this optimizer's step() in the same iteration")
+        if stage is OptState.READY:
+            if algorithm == "norm":
+                scaler.unscale_clip_grad_norm_(optimizer, clip_val)
+                return
+            scaler.unscale_(optimizer)
+        elif getattr(optimizer, "grad_scale", None) is not None:
+            # The earlier clip left the gradients scaled and gave the factor to the optimizer.
+            raise RuntimeError(
+                "clip_gradients() was called twice for the same optimizer step under 16-mixed with a "
+                "fused optimizer; clip once per step"
+            )
+        super().clip_gradients(optimizer, clip_val, algorithm)
+
+    def optimizer_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        closure: Callable[[], Any] | None,
+        before_step: Callable[[], None] | None = None,
+        skip_if_no_loss: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        scaler = self.scaler
+        if scaler is None:
+            return super().optimizer_step(optimizer, closure, before_step, skip_if_no_loss, **kwargs)
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError(
+                "16-mixed and LBFGS do not go together: LBFGS re-evaluates its closure inside step(), "
+                "where the loss scale cannot be applied. Use precision='32-true' or 'bf16-mixed'."
+            )
+        closure_result = (closure or _noop_closure)()
+        if skip_if_no_loss and closure_result is None:
+            return None  # automatic optimization, training_step returned None: no backward, no step
+        if before_step is not None:
+            if self._stage(optimizer) is OptState.READY and not _is_fused(optimizer):
+                # The hooks expect unscaled gradients; a fused optimizer keeps its scaled ones
+                # (it unscales inside its own step), so only non-fused ones pay this pass here.
+                scaler.unscale_(optimizer)
+            before_step()
+        result = scaler.step(optimizer, **kwargs)
+        self._steps_since_update += 1
+        return result
+
+    def end_iteration(self) -> None:
+        if self.scaler is not None and self._steps_since_update:
+            self.scaler.update()
+            self._steps_since_update = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def normalize_precision(precision: Any) -> str:
+    try:
+        return PRECISIONS[precision]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"precision={precision!r} is not supported; use one of '32-true', '16-mixed', 'bf16-mixed'"
+        ) from None
+
+
+def make_precision(precision: Any, device_type: str) -> Precision:
+    """The plugin for a precision setting on a device type ("cpu", "cuda")."""
+    if isinstance(precision, Precision):
+        return precision
+    name = normalize_precision(precision)
+    if name == "32-true":
+        return Precision()
+    if name == "16-mixed" and device_type == "cpu":
+        warnings.warn(
+            "precision='16-mixed' on the CPU: AMP with fp16 is not supported there, using "
+            "'bf16-mixed' instead (as Lightning does).",
+            stacklevel=3,
+        )
+        name = "bf16-mixed"
+    return MixedPrecision(name, device_type)
+
+
+def iter_params(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    for group in optimizer.param_groups:
+        yield from group["params"]
