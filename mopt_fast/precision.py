@@ -120,7 +120,9 @@ class MixedPrecision(Precision):
         self._steps_since_update = 0
 
     def forward_context(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        # No weight-cast cache: in manual optimization a step inside training_step changes the
+        # weights, and a cached low-precision copy would be stale for the next forward.
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False)
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss) if self.scaler is not None else loss

@@ -422,7 +422,7 @@ class Trainer:
         """What runs between the closure and the update: on_before_optimizer_step, then (automatic
         optimization) configure_gradient_clipping. None when neither has anything to do."""
         module = self.lightning_module
-        hooks = self._hooks["on_before_optimizer_step"]
+        hooks = self._hooks.get("on_before_optimizer_step")
         clip = module.automatic_optimization and (
             _overrides(module, LightningModule, "configure_gradient_clipping") or bool(self.gradient_clip_val)
         )
