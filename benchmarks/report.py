@@ -21,6 +21,8 @@ def load(path: str) -> dict:
     cases: dict[tuple, dict] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b["extra_info"]
+        if info.get("kind") == "trainer":
+            continue
         case = "amp_pipeline" if info["case"] == "roofline" else info["case"]
         if info["case"] == "copy":
             # The copy ceiling applies to every op of its set and dtype.
@@ -77,5 +79,40 @@ def table(path: str, markdown: bool = False) -> str:
     return "\n".join([title, fmt.format(*head)] + [fmt.format(*r) for r in rows])
 
 
+def trainer_table(path: str, markdown: bool = False) -> str:
+    """Seconds per step with the set-up removed, (T(long) - T(short)) / (long - short) on the
+    medians, and each Trainer's ratio to the hand-written loop."""
+    with open(path) as f:
+        data = json.load(f)
+    runs: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if info.get("kind") == "trainer":
+            runs[(info["workload"], info["impl"])][info["steps"]] = b["stats"]["median"]
+    per_step = {}
+    for key, by_steps in runs.items():
+        if len(by_steps) == 2:
+            (s0, t0), (s1, t1) = sorted(by_steps.items())
+            per_step[key] = (t1 - t0) / (s1 - s0)
+    if not per_step:
+        return ""
+    head = ["workload", "impl", "µs/step", "x loop", "overhead µs/step"]
+    rows = []
+    for (workload, impl), t in sorted(per_step.items(), key=lambda kv: (kv[0][0], kv[0][1] != "loop", kv[0][1])):
+        loop = per_step.get((workload, "loop"))
+        rows.append([workload, impl, f"{t * 1e6:.0f}", f"{t / loop:.3f}" if loop else "-",
+                     f"{(t - loop) * 1e6:.0f}" if loop else "-"])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
+
+
 if __name__ == "__main__":
-    print(table(sys.argv[1], markdown="--markdown" in sys.argv))
+    md = "--markdown" in sys.argv
+    print(table(sys.argv[1], markdown=md))
+    trainer = trainer_table(sys.argv[1], markdown=md)
+    if trainer:
+        print("\nTrainer per-step time (set-up removed):\n" + trainer)
