@@ -83,9 +83,10 @@ class Precision:
         """`optimizer.step` with `before_step` (hooks, then automatic clipping) run after the
         closure, inside the step: the closure computes the gradients, so the hooks see them. An
         optimizer that calls its closure several times (LBFGS) runs the hooks each time."""
-        closure = closure or _noop_closure
         if before_step is None:
-            return optimizer.step(closure=closure, **kwargs)
+            # Nothing runs between closure and update: hand the closure (or none) straight over.
+            return optimizer.step(closure=closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
+        closure = closure or _noop_closure
 
         def closure_then_hooks() -> Any:
             result = closure()
