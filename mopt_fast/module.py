@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import warnings
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -224,8 +225,6 @@ class LightningModule(torch.nn.Module):
                 f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged"
             )
         if self._trainer is None:
-            import warnings
-
             warnings.warn(
                 "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model yet.",
                 stacklevel=2,

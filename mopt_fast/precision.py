@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -221,7 +221,3 @@ def make_precision(precision: Any, device_type: str) -> Precision:
         name = "bf16-mixed"
     return MixedPrecision(name, device_type)
 
-
-def iter_params(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
-    for group in optimizer.param_groups:
-        yield from group["params"]

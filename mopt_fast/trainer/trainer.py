@@ -44,7 +44,6 @@ _ALWAYS = {
     "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step", "backward",
     "on_validation_model_eval", "on_validation_model_train", "on_validation_model_zero_grad",
 }
-_MODULE_HOOKS = tuple(h for h in HOOKS if h not in ("on_sanity_check_start", "on_sanity_check_end", "on_exception"))
 
 
 def _overrides(obj: Any, base: type, name: str) -> bool:
@@ -204,9 +203,8 @@ class Trainer:
         if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < -1):
             raise MisconfigurationException(f"`max_epochs` must be an int >= -1 or None, got {max_epochs!r}")
         self.accumulate_grad_batches = accumulate_grad_batches
-        self.gradient_clip_val, self.gradient_clip_algorithm = validate_clip_args(gradient_clip_val, gradient_clip_algorithm)
-        if gradient_clip_val is not None and not isinstance(gradient_clip_val, bool):
-            self.gradient_clip_val = gradient_clip_val  # keep the user's int/float for the equality check
+        _, self.gradient_clip_algorithm = validate_clip_args(gradient_clip_val, gradient_clip_algorithm)
+        self.gradient_clip_val = gradient_clip_val  # as given (Lightning compares it with clip_gradients')
         if max_epochs is None:
             max_epochs = 1000 if max_steps == -1 else -1
         self.max_epochs = max_epochs
