@@ -327,14 +327,8 @@ class LightningModule(torch.nn.Module):
         self.zero_grad()
 
     def on_validation_model_eval(self) -> None:
-        self._train_modes = {m: m.training for m in self.modules()}
         self.eval()
 
     def on_validation_model_train(self) -> None:
-        modes = getattr(self, "_train_modes", None)
-        if modes is None:
-            self.train()
-            return
-        for m, training in modes.items():
-            m.training = training
-        self._train_modes = None
+        # The Trainer then puts each submodule back in the mode it had before validation.
+        self.train()

@@ -137,7 +137,10 @@ class LightningOptimizer:
         return result
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Set the gradients to None, or zero them with one fused kernel per device."""
+        """Set the gradients to None, or zero them with one fused kernel per device. An optimizer
+        class with its own ``zero_grad`` keeps it."""
+        if type(self._optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+            return self._optimizer.zero_grad(set_to_none=set_to_none)
         params = [p for group in self._optimizer.param_groups for p in group["params"]]
         zero_grad_(params, set_to_none=set_to_none)
 

@@ -304,6 +304,49 @@ def manual_returns_loss(LM: type) -> type:
     return ReturnsLoss
 
 
+def epoch_hook_logging(LM: type) -> type:
+    class EpochHookLogging(minimal(LM)):
+        def on_train_start(self) -> None:
+            self.log("start", 0.5)
+
+        def on_train_epoch_start(self) -> None:
+            self.log("epoch_start", float(self.current_epoch))
+
+        def on_validation_epoch_end(self) -> None:
+            self.log("val_end", torch.tensor(2.0), reduce_fx="max")
+
+    return EpochHookLogging
+
+
+def eval_submodule_and_stale_grads(LM: type) -> type:
+    class EvalSubmodule(accumulation(LM)):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net[2].eval()  # a dropout the user froze: fit must leave it in eval mode
+            for p in self.parameters():  # gradients from before fit must not reach the first step
+                p.grad = torch.full_like(p, 3.0)
+
+    return EvalSubmodule
+
+
+class SetToNoneFalseSGD(torch.optim.SGD):
+    """An optimizer with its own zero_grad, which the wrapper must keep."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(0.5)  # decays instead of clearing: visible in the weights
+
+
+def custom_zero_grad(LM: type) -> type:
+    class CustomZeroGrad(minimal(LM)):
+        def configure_optimizers(self) -> Any:
+            return SetToNoneFalseSGD(self.parameters(), lr=0.05)
+
+    return CustomZeroGrad
+
+
 # -- automatic optimization ---------------------------------------------------------------------
 def automatic(optimizer: str = "sgd", scheduler: str | None = None, returns: str = "tensor") -> Callable[[type], type]:
     def make(LM: type) -> type:

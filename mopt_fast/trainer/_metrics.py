@@ -258,6 +258,11 @@ class MetricStore:
         allowed_step, allowed_epoch, default_step, default_epoch = opts
         on_step = default_step if on_step is None else bool(on_step)
         on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
+        if not on_step and not on_epoch:
+            raise MisconfigurationException(
+                f"{fx}: `self.log({name!r}, ..., on_step=False, on_epoch=False)` is not useful: it would be "
+                "recorded nowhere"
+            )
         if on_step not in allowed_step:
             raise MisconfigurationException(
                 f"You can't `self.log({fx}, on_step={on_step})`. Possible values are {list(allowed_step)}"

@@ -38,6 +38,9 @@ _UNSUPPORTED = {
     "profiler": None, "detect_anomaly": False, "barebones": False, "plugins": None,
     "sync_batchnorm": False, "reload_dataloaders_every_n_epochs": 0, "use_distributed_sampler": True,
     "deterministic": None, "benchmark": None, "model_registry": None,
+    # Lightning's fit validates under no_grad whatever this says; it matters for validate/test,
+    # which this Trainer lacks.
+    "inference_mode": True,
 }
 # Module hooks with a default that does something: always called.
 _ALWAYS = {
@@ -142,7 +145,6 @@ class Trainer:
         accumulate_grad_batches: automatic optimization only: step every N batches, loss / N.
         gradient_clip_val / gradient_clip_algorithm: automatic optimization only ("norm"/"value").
         default_root_dir: where the loggers write (default: the working directory).
-        inference_mode: validate under torch.inference_mode (True) or torch.no_grad.
     """
 
     def __init__(
@@ -170,7 +172,6 @@ class Trainer:
         gradient_clip_val: int | float | None = None,
         gradient_clip_algorithm: str | None = None,
         default_root_dir: str | os.PathLike | None = None,
-        inference_mode: bool = True,
         **unsupported: Any,
     ) -> None:
         for name, value in unsupported.items():
@@ -224,7 +225,6 @@ class Trainer:
         if self.log_every_n_steps < 0:
             raise MisconfigurationException("`log_every_n_steps` must be >= 0")
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
-        self.inference_mode = inference_mode
 
         if logger is None or logger is True:
             self.loggers: list[Logger] = [CSVLogger(self.default_root_dir)]
@@ -254,6 +254,7 @@ class Trainer:
         self._auto_steps = 0
         self._batches_that_stepped = 0
         self._total_batch_idx = -1
+        self._val_batches_logged = 0
         self.batch_idx = -1
         self.is_last_batch = False
         self.num_training_batches: int | float = float("inf")
@@ -310,7 +311,11 @@ class Trainer:
         if isinstance(limit, int):
             return min(length, limit)
         if length == float("inf"):
-            return length if limit == 1.0 else 0 if limit == 0.0 else length
+            if limit not in (0.0, 1.0):
+                raise MisconfigurationException(
+                    f"A loader without a length needs an int limit (batches) or 0.0 / 1.0, got {limit}"
+                )
+            return length if limit == 1.0 else 0
         return int(length * limit)
 
     # -- properties ----------------------------------------------------------------------------
@@ -366,12 +371,12 @@ class Trainer:
             for cb in self.callbacks:
                 if name in HOOKS and hasattr(cb, name) and _overrides(cb, Callback, name):
                     fns.append((getattr(cb, name), True))
-            if hasattr(module, name) and (name in _ALWAYS or _overrides(module, LightningModule, name)):
+            if hasattr(LightningModule, name) and (name in _ALWAYS or _overrides(module, LightningModule, name)):
                 fns.append((getattr(module, name), False))
             table[name] = fns
         self._hooks = table
 
-    def _call(self, name: str, *args: Any) -> Any:
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Calls `name` on the callbacks (with trainer, module) and then the module; returns the
         module's result."""
         fns = self._hooks.get(name)
@@ -383,9 +388,9 @@ class Trainer:
         try:
             for fn, is_callback in fns:
                 if is_callback:
-                    fn(self, self.lightning_module, *args)
+                    fn(self, self.lightning_module, *args, **kwargs)
                 else:
-                    result = fn(*args)
+                    result = fn(*args, **kwargs)
         finally:
             self._current_fx = prev
         return result
@@ -472,13 +477,13 @@ class Trainer:
         self._build_hook_table(model)
         self.should_stop = False
         model.to(self.root_device)
-        self._call("setup", "fit")
+        self.training = True
+        self._call("setup", stage="fit")
         self._setup_optimizers(model)
         for lg in self.loggers:
             lg.log_hyperparams(dict(model.hparams))
         self._call("on_fit_start")
-        self.training = True
-        model.train()
+        model.zero_grad()  # gradients left from before fit must not leak into the first step
 
         if val_loader is None and _overrides(model, LightningModule, "validation_step") and self.limit_val_batches != 0:
             if _overrides(model, LightningModule, "val_dataloader"):
@@ -496,6 +501,7 @@ class Trainer:
                 with _isolated_rng():
                     self._run_validation(steps, sanity=True)
                 self._metrics = MetricStore()
+        self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
 
         if train_loader is None:
             self._current_fx = "train_dataloader"
@@ -503,9 +509,8 @@ class Trainer:
             self._current_fx = None
         self._train_loader = train_loader
         self._run_training(model, train_loader)
-        self.training = False
         self._call("on_fit_end")
-        self._call("teardown", "fit")
+        self._call("teardown", stage="fit")
         for lg in self.loggers:
             lg.finalize("success")
 
@@ -583,6 +588,8 @@ class Trainer:
         # The first epoch's iterator is made before on_train_start, later ones after
         # on_train_epoch_start: the same points as Lightning, so the RNG draws line up.
         iterator = self._new_iterator(loader)
+        if self._fit_done():
+            return
         self._call("on_train_start")
         first = True
         while not self._fit_done():
@@ -784,13 +791,14 @@ class Trainer:
         self.sanity_checking = sanity
         if sanity:
             self._call("on_sanity_check_start")
-        self.training, self.validating = False, True
+        # The sanity check is neither training nor validating, as in Lightning.
+        self.training, self.validating = False, not sanity
         step_fn = model.validation_step
         pass_idx = _takes_batch_idx(step_fn)
-        grad_mode = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        modes = {m: m.training for m in model.modules()}
         self._call_module("on_validation_model_eval")
         try:
-            with grad_mode:
+            with torch.no_grad():
                 self._call("on_validation_start")
                 self._call("on_validation_epoch_start")
                 if limit:
@@ -815,7 +823,8 @@ class Trainer:
                         if not sanity:
                             step_logs = metrics.val.metrics(on_step=True)[1]
                             if step_logs:
-                                self._log_to_loggers(step_logs, step=batch_idx)
+                                self._log_to_loggers(step_logs, step=self._val_batches_logged)
+                            self._val_batches_logged += 1
                         metrics.on_batch_end()
                         batch_idx += 1
                 metrics.epoch_end_reached()
@@ -825,11 +834,14 @@ class Trainer:
                 self._call("on_validation_end")
         finally:
             self._call_module("on_validation_model_train")
+            for m, training in modes.items():  # each submodule back to its own mode
+                m.training = training
             metrics.active, metrics.first_loop_iter = saved_active, saved_first
-            self.training, self.validating = True, False
-            self.sanity_checking = False
+            self.training, self.validating = not sanity, False
         if sanity:
             self._call("on_sanity_check_end")
+        self.sanity_checking = False
+        self.training = True
 
 
 class _AutomaticClosure:
@@ -873,7 +885,7 @@ class _AutomaticClosure:
             loss = loss / n
         if trainer.batch_idx % n == 0:
             trainer._call("on_before_zero_grad", self.wrapper._optimizer)
-            trainer._call_module("optimizer_zero_grad", trainer.current_epoch, trainer.batch_idx, self.wrapper)
+            trainer._call_module("optimizer_zero_grad", trainer.current_epoch, trainer.batch_idx, self.wrapper._optimizer)
         if loss is not None:
             trainer._backward(loss, self.wrapper)
             detached = loss.detach()
