@@ -20,7 +20,7 @@ from mopt_fast.registry import available_backends, backend_for, use_backend
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.module import LightningModule
-from mopt_fast.trainer import Callback, CSVLogger, ModelSummary, TensorBoardLogger, TQDMProgressBar, Trainer
+from mopt_fast.trainer import Callback, CSVLogger, ModelCheckpoint, ModelSummary, TensorBoardLogger, TQDMProgressBar, Trainer
 
 if _extension.COMPILED:
     from mopt_fast import _fake
@@ -48,6 +48,7 @@ __all__ = [
     "LightningModule",
     "LightningOptimizer",
     "MisconfigurationException",
+    "ModelCheckpoint",
     "ModelSummary",
     "TQDMProgressBar",
     "TensorBoardLogger",

@@ -302,6 +302,12 @@ class LightningModule(torch.nn.Module):
             scheduler.step(metric)
 
     # -- hooks (no-ops) -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add to (or edit) a checkpoint before it is written; plain data and tensors only."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Read what `on_save_checkpoint` added, when a fit resumes from the checkpoint."""
+
     def setup(self, stage: str) -> None: ...
     def teardown(self, stage: str) -> None: ...
     def on_fit_start(self) -> None: ...

@@ -8,6 +8,7 @@ learning rates and the hooks called.
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -423,7 +424,8 @@ def run(framework: str, case: Callable[[type], type], data: tuple | None = None,
         model.recorded = []
     train, val = data if data is not None else make_data()
     kwargs = dict(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
-                  enable_progress_bar=False, enable_model_summary=False)
+                  enable_progress_bar=False, enable_model_summary=False,
+                  default_root_dir=tempfile.mkdtemp(prefix="mopt_fast_test_"))
     kwargs.update(trainer_kwargs)
     trainer = Trainer(**kwargs)
     with warnings.catch_warnings():

@@ -19,7 +19,8 @@ from mopt_fast.precision import MixedPrecision
 
 
 def quiet_trainer(**kw) -> Trainer:
-    args = dict(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    args = dict(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                enable_checkpointing=False)
     args.update(kw)
     return Trainer(**args)
 
@@ -362,7 +363,7 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
     [
         ({"strategy": "ddp"}, NotImplementedError),
         ({"devices": 2}, NotImplementedError),
-        ({"enable_checkpointing": True}, NotImplementedError),
+        ({"enable_checkpointing": False, "callbacks": [mopt_fast.ModelCheckpoint()]}, MisconfigurationException),
         ({"fast_dev_run": True}, NotImplementedError),
         ({"no_such_argument": 1}, TypeError),
         ({"precision": "64-true"}, ValueError),

@@ -54,7 +54,7 @@ def test_16_mixed_fused_clip_has_no_host_sync_and_matches_torch():
             torch.cuda.set_sync_debug_mode(0)
             steps.append(batch_idx)
 
-    trainer = mopt_fast.Trainer(accelerator="cuda", precision="16-mixed", max_epochs=1, logger=False,
+    trainer = mopt_fast.Trainer(accelerator="cuda", precision="16-mixed", max_epochs=1, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False, callbacks=[SyncGuard()])
     try:
         trainer.fit(model, data)

@@ -349,3 +349,29 @@ class MetricStore:
 
     def step_log_metrics(self) -> dict[str, torch.Tensor]:
         return self._current()[1]
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The training metrics and the three dictionaries, as plain data (for exact resume)."""
+        train = {
+            key: {
+                "fx": m.fx, "name": m.name, "options": list(m.options()), "value": m.value, "count": m.count,
+                "step_value": m.step_value, "has_reset": m.has_reset,
+            }
+            for key, m in self.train.items()
+        }
+        return {
+            "train": train, "callback": dict(self._callback), "logged": dict(self._logged), "pbar": dict(self._pbar),
+            "first_loop_iter": self.first_loop_iter, "current_fx": self.current_fx,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train.clear()
+        for key, d in state["train"].items():
+            prog_bar, logger, on_step, on_epoch, reduction, enable_graph = d["options"]
+            m = _Metric(d["fx"], d["name"], prog_bar, logger, on_step, on_epoch, reduction, enable_graph,
+                        d["value"].device)
+            m.value, m.count, m.step_value, m.has_reset = d["value"], d["count"], d["step_value"], d["has_reset"]
+            self.train[key] = m
+        self._callback, self._logged, self._pbar = dict(state["callback"]), dict(state["logged"]), dict(state["pbar"])
+        self.first_loop_iter, self.current_fx = state["first_loop_iter"], state["current_fx"]

@@ -6,7 +6,11 @@ module gives the same weights, global_step and callback_metrics under either Tra
 leaner per step: hooks nobody overrides are not called, logged values stay on the device until a
 logger or the progress bar reads them, and the optimizer work runs on mopt_fast's kernels.
 
-Single process, one device. Distributed strategies and checkpoints raise NotImplementedError.
+Checkpoints resume exactly: a checkpoint records where in the loop it was taken and the RNG state
+at the start of its epoch, and a resumed fit rebuilds the epoch's data order, skips the batches
+already done and carries on from there.
+
+Single process, one device. Distributed strategies raise NotImplementedError.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
 from mopt_fast.trainer._metrics import MetricStore, to_scalars
 from mopt_fast.trainer.callbacks import HOOKS, Callback, ModelSummary, TQDMProgressBar
+from mopt_fast.trainer.checkpoint import FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from mopt_fast.trainer.loggers import CSVLogger, Logger
 
 __all__ = ["Trainer"]
@@ -140,7 +145,8 @@ class Trainer:
         check_val_every_n_epoch: validate every N epochs (None: count batches across epochs).
         num_sanity_val_steps: validation batches run before training (results discarded).
         log_every_n_steps: how often step metrics go to the loggers.
-        enable_checkpointing: must be False for now (checkpoints come with the scale-out work).
+        enable_checkpointing: add a ModelCheckpoint (one checkpoint per epoch, the newest kept)
+            unless the callbacks have one; False: none (and a ModelCheckpoint given is an error).
         enable_progress_bar / enable_model_summary: the tqdm bar and the summary table.
         accumulate_grad_batches: automatic optimization only: step every N batches, loss / N.
         gradient_clip_val / gradient_clip_algorithm: automatic optimization only ("norm"/"value").
@@ -191,11 +197,6 @@ class Trainer:
         self._precision: Precision = make_precision(self.precision, self.root_device.type)
         self.precision = getattr(self._precision, "name", self.precision)
 
-        if enable_checkpointing:
-            raise NotImplementedError(
-                "enable_checkpointing=True: checkpoints (ModelCheckpoint, save_checkpoint, resume) are not built "
-                "yet in mopt_fast.Trainer; pass enable_checkpointing=False"
-            )
         for name, value in (("accumulate_grad_batches", accumulate_grad_batches),):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise MisconfigurationException(f"`{name}` should be an int >= 1, got {value!r}")
@@ -241,6 +242,15 @@ class Trainer:
             cbs = [c for c in cbs if not isinstance(c, TQDMProgressBar)]
         if enable_model_summary is not False and not any(isinstance(c, ModelSummary) for c in cbs):
             cbs.insert(0, ModelSummary())
+        has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in cbs)
+        if enable_checkpointing is False and has_checkpoint:
+            raise MisconfigurationException(
+                "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in callbacks list."
+            )
+        if enable_checkpointing is not False and not has_checkpoint:
+            cbs.append(ModelCheckpoint())
+        # Checkpoint callbacks go last, as Lightning orders them: they see what the others did.
+        cbs = [c for c in cbs if not isinstance(c, ModelCheckpoint)] + [c for c in cbs if isinstance(c, ModelCheckpoint)]
         self.callbacks: list[Any] = cbs
 
         self._metrics = MetricStore()
@@ -255,6 +265,8 @@ class Trainer:
         self._batches_that_stepped = 0
         self._total_batch_idx = -1
         self._val_batches_logged = 0
+        self._loop_stage = "start"  # where a checkpoint taken now sits in the loop (see _resume)
+        self._epoch_rng: dict[str, Any] | None = None
         self.batch_idx = -1
         self.is_last_batch = False
         self.num_training_batches: int | float = float("inf")
@@ -360,6 +372,15 @@ class Trainer:
         return self._precision.scaler
 
     @property
+    def checkpoint_callbacks(self) -> list[ModelCheckpoint]:
+        return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self) -> ModelCheckpoint | None:
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
     def progress_bar_callback(self) -> TQDMProgressBar | None:
         return next((c for c in self.callbacks if isinstance(c, TQDMProgressBar)), None)
 
@@ -458,12 +479,10 @@ class Trainer:
             raise TypeError(f"`model` must be a `mopt_fast.LightningModule`, got {type(model).__qualname__}")
         if datamodule is not None:
             raise NotImplementedError("fit(datamodule=...) is not supported yet; pass the dataloaders")
-        if ckpt_path is not None:
-            raise NotImplementedError("fit(ckpt_path=...): checkpoints and resume are not built yet")
         self.lightning_module = model
         model.trainer = self
         try:
-            self._fit(model, train_dataloaders, val_dataloaders)
+            self._fit(model, train_dataloaders, val_dataloaders, ckpt_path)
         except BaseException as exc:
             for cb in self.callbacks:
                 if _overrides(cb, Callback, "on_exception"):
@@ -472,7 +491,7 @@ class Trainer:
                 lg.finalize("failed")
             raise
 
-    def _fit(self, model: LightningModule, train_loader: Any, val_loader: Any) -> None:
+    def _fit(self, model: LightningModule, train_loader: Any, val_loader: Any, ckpt_path: str | None) -> None:
         self._metrics = MetricStore()
         self._build_hook_table(model)
         self.should_stop = False
@@ -480,6 +499,9 @@ class Trainer:
         self.training = True
         self._call("setup", stage="fit")
         self._setup_optimizers(model)
+        resume = self._load_for_resume(ckpt_path) if ckpt_path is not None else None
+        if resume is not None:
+            self._restore(resume)
         for lg in self.loggers:
             lg.log_hyperparams(dict(model.hparams))
         self._call("on_fit_start")
@@ -501,6 +523,8 @@ class Trainer:
                 with _isolated_rng():
                     self._run_validation(steps, sanity=True)
                 self._metrics = MetricStore()
+        if resume is not None:  # after the sanity check, which starts the metrics afresh
+            self._metrics.load_state_dict(resume["metrics"])
         self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
 
         if train_loader is None:
@@ -508,7 +532,7 @@ class Trainer:
             train_loader = model.train_dataloader()
             self._current_fx = None
         self._train_loader = train_loader
-        self._run_training(model, train_loader)
+        self._run_training(model, train_loader, resume)
         self._call("on_fit_end")
         self._call("teardown", stage="fit")
         for lg in self.loggers:
@@ -564,7 +588,7 @@ class Trainer:
         final = ready == self.num_training_batches or self.is_last_batch
         return not done and not final
 
-    def _run_training(self, model: LightningModule, loader: Any) -> None:
+    def _run_training(self, model: LightningModule, loader: Any, resume: dict[str, Any] | None) -> None:
         self.num_training_batches = self._num_batches(loader, self.limit_train_batches)
         if self.num_training_batches == 0:
             return
@@ -587,19 +611,25 @@ class Trainer:
 
         # The first epoch's iterator is made before on_train_start, later ones after
         # on_train_epoch_start: the same points as Lightning, so the RNG draws line up.
-        iterator = self._new_iterator(loader)
+        first = resume is None
+        if first:
+            self._epoch_rng = rng_state()
+            iterator = self._new_iterator(loader)
         if self._fit_done():
             return
         self._call("on_train_start")
-        first = True
+        if resume is not None:
+            self._resume(model, loader, resume)
         while not self._fit_done():
             self._set_sampler_epoch(loader)
             self._call("on_train_epoch_start")
             if not first:
+                self._epoch_rng = rng_state()
                 iterator = self._new_iterator(loader)
             first = False
             self._run_epoch(model, iterator)
             self._end_epoch()
+        self._loop_stage = "end"
         self._call("on_train_end")
 
     def _fit_done(self) -> bool:
@@ -609,15 +639,18 @@ class Trainer:
             or self.should_stop
         )
 
-    def _run_epoch(self, model: LightningModule, iterator: Any) -> None:
-        self.batch_idx = -1
-        self.is_last_batch = False
+    def _run_epoch(self, model: LightningModule, iterator: Any, resume_tail: bool = False) -> None:
+        if not resume_tail:
+            self.batch_idx = -1
+            self.is_last_batch = False
         automatic = model.automatic_optimization
         metrics = self._metrics
         metrics.active = metrics.train
         on_cpu = self.root_device.type == "cpu"
         step_fn = model.training_step
         pass_idx = _takes_batch_idx(step_fn)
+        if resume_tail:
+            self._batch_tail(automatic)
         while True:
             if _max_reached(self.global_step, self.max_steps) or self._ready_batches_reached() or self.should_stop:
                 break
@@ -627,6 +660,7 @@ class Trainer:
                 break
             self.batch_idx += 1
             self._total_batch_idx += 1
+            self._loop_stage = "in_batch"
             ready = self.batch_idx + 1
             self.is_last_batch = (
                 iterator.done if isinstance(iterator, _Lookahead) else ready >= self.num_training_batches
@@ -660,22 +694,33 @@ class Trainer:
                 (self._batches_that_stepped + 1) % max(self.log_every_n_steps, 1) == 0 or self.should_stop
             ) and self.log_every_n_steps > 0:
                 self._log_to_loggers(metrics.step_log_metrics())
-            if self._should_check_val():
-                if not accumulating:
-                    self._call_module("on_validation_model_zero_grad")
-                self._run_validation(self.num_val_batches, sanity=False)
-            if automatic:
-                self._update_schedulers("step", plateau=True)
+            self._loop_point("batch")
+            self._batch_tail(automatic)
+
+    def _batch_tail(self, automatic: bool) -> None:
+        """What follows a batch after the checkpoint point: validation when due, plateau
+        schedulers, the logging step counter. A resumed fit starts here."""
+        accumulating = self._should_accumulate()
+        if self._should_check_val():
             if not accumulating:
-                self._batches_that_stepped += 1
+                self._call_module("on_validation_model_zero_grad")
+            self._run_validation(self.num_val_batches, sanity=False)
+        if automatic:
+            self._update_schedulers("step", plateau=True)
+        if not accumulating:
+            self._batches_that_stepped += 1
 
     def _ready_batches_reached(self) -> bool:
         return self.batch_idx + 1 == self.num_training_batches or self.is_last_batch
 
     def _end_epoch(self) -> None:
-        metrics = self._metrics
-        metrics.epoch_end_reached()
+        self._metrics.epoch_end_reached()
         self._call("on_train_epoch_end")
+        self._loop_point("epoch")
+        self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        metrics = self._metrics
         metrics.active = metrics.train
         metrics.on_epoch_end()
         if self.lightning_module.automatic_optimization and self._ready_batches_reached():
@@ -686,6 +731,132 @@ class Trainer:
         metrics.reset_results(metrics.train)
         self._batches_that_stepped += 1
         self._epochs_completed += 1
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _loop_point(self, point: str) -> None:
+        """The end of a batch ("batch") or of an epoch after on_train_epoch_end ("epoch"): the
+        places where a checkpoint can be resumed from exactly."""
+        self._loop_stage = point
+        for cb in self.checkpoint_callbacks:
+            cb._on_loop_point(self, point)
+
+    def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any]:
+        model = self.lightning_module
+        ckpt: dict[str, Any] = {
+            "format": FORMAT,
+            "epoch": self.current_epoch,
+            "global_step": self.global_step,
+            "state_dict": model.state_dict(),
+            "hyper_parameters": _plain(dict(model.hparams)),
+        }
+        if not weights_only:
+            ckpt.update(
+                optimizer_states=[o.state_dict() for o in self.optimizers],
+                lr_schedulers=[c.scheduler.state_dict() for c in self.lr_scheduler_configs],
+                precision=self._precision.state_dict(),
+                loops={
+                    "stage": self._loop_stage, "epochs_completed": self._epochs_completed,
+                    "manual_steps": self._manual_steps, "auto_steps": self._auto_steps,
+                    "batches_that_stepped": self._batches_that_stepped, "total_batch_idx": self._total_batch_idx,
+                    "val_batches_logged": self._val_batches_logged, "batch_idx": self.batch_idx,
+                    "is_last_batch": self.is_last_batch, "epoch_rng": self._epoch_rng,
+                },
+                metrics=self._metrics.state_dict(),
+                rng=rng_state(),
+            )
+        prev = self._current_fx
+        self._current_fx = "on_save_checkpoint"
+        try:
+            model.on_save_checkpoint(ckpt)
+        finally:
+            self._current_fx = prev
+        return ckpt
+
+    def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
+        """Write a checkpoint of the current state to `filepath` (atomically). `weights_only`:
+        the model only, no optimizer, scheduler or loop state (such a file cannot resume a fit)."""
+        if self.lightning_module is None or not self.optimizers and not weights_only:
+            raise RuntimeError("save_checkpoint() needs a model that has been fitted (or is being fitted)")
+        save_atomic(self._checkpoint_dict(weights_only), os.fspath(filepath))
+
+    def _load_for_resume(self, ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
+        path = os.fspath(ckpt_path)
+        if path == "last":
+            candidates = [
+                os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+                for cb in self.checkpoint_callbacks if cb.dirpath
+            ]
+            found = [c for c in candidates if os.path.isfile(c)]
+            if not found:
+                warnings.warn(
+                    '.fit(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will '
+                    "be loaded.",
+                    stacklevel=4,
+                )
+                return None
+            path = max(found, key=os.path.getmtime)
+        ckpt = load_checkpoint(path)
+        if "loops" not in ckpt:
+            raise ValueError(f"{path!r} was saved with weights_only=True: it has no training state to resume from")
+        if len(ckpt["optimizer_states"]) != len(self.optimizers) or len(ckpt["lr_schedulers"]) != len(
+            self.lr_scheduler_configs
+        ):
+            raise ValueError(
+                f"{path!r} holds {len(ckpt['optimizer_states'])} optimizer(s) and {len(ckpt['lr_schedulers'])} "
+                f"scheduler(s); configure_optimizers gave {len(self.optimizers)} and {len(self.lr_scheduler_configs)}"
+            )
+        return ckpt
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        """Everything but the metrics (loaded after the sanity check) and the RNG (set by
+        `_resume` once the data order is rebuilt)."""
+        model = self.lightning_module
+        model.load_state_dict(ckpt["state_dict"])
+        model.on_load_checkpoint(ckpt)
+        for opt, state in zip(self.optimizers, ckpt["optimizer_states"]):
+            opt.load_state_dict(state)
+        for config, state in zip(self.lr_scheduler_configs, ckpt["lr_schedulers"]):
+            config.scheduler.load_state_dict(state)
+        self._precision.load_state_dict(ckpt["precision"])
+        loops = ckpt["loops"]
+        self._epochs_completed = loops["epochs_completed"]
+        self._manual_steps, self._auto_steps = loops["manual_steps"], loops["auto_steps"]
+        self._batches_that_stepped = loops["batches_that_stepped"]
+        self._total_batch_idx = loops["total_batch_idx"]
+        self._val_batches_logged = loops["val_batches_logged"]
+        self.batch_idx, self.is_last_batch = loops["batch_idx"], loops["is_last_batch"]
+        self._epoch_rng = loops["epoch_rng"]
+        for cb in self.checkpoint_callbacks:
+            state = ckpt.get("callbacks", {}).get("ModelCheckpoint")
+            if state is not None:
+                cb.load_state_dict(state)
+
+    def _resume(self, model: LightningModule, loader: Any, ckpt: dict[str, Any]) -> None:
+        """Carry on from where the checkpoint was taken: the rest of that batch or epoch."""
+        stage = ckpt["loops"]["stage"]
+        if stage in ("batch", "in_batch"):
+            if stage == "in_batch":
+                warnings.warn(
+                    "The checkpoint was saved in the middle of a batch; the fit resumes after that batch.",
+                    stacklevel=4,
+                )
+            # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
+            # up the RNG where the checkpoint left it.
+            self._set_sampler_epoch(loader)
+            set_rng_state(self._epoch_rng)
+            iterator = self._new_iterator(loader)
+            for _ in range(self.batch_idx + 1):
+                next(iterator)
+            set_rng_state(ckpt["rng"])
+            self._metrics.active = self._metrics.train
+            self._run_epoch(model, iterator, resume_tail=True)
+            self._end_epoch()
+        elif stage == "epoch":
+            set_rng_state(ckpt["rng"])
+            self._metrics.active = self._metrics.train
+            self._finish_epoch()
+        else:  # saved before training started, or after it ended
+            set_rng_state(ckpt["rng"])
 
     def _log_to_loggers(self, logged: Mapping[str, torch.Tensor], step: int | None = None) -> None:
         if not logged or not self.loggers:
@@ -842,6 +1013,18 @@ class Trainer:
             self._call("on_sanity_check_end")
         self.sanity_checking = False
         self.training = True
+
+
+def _plain(value: Any) -> Any:
+    """`value` if it is plain data (what a weights_only load accepts), else None."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if all(i is not None or v is None for i, v in zip(items, value)) else None
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if isinstance(k, str) and (_plain(v) is not None or v is None)}
+    return None
 
 
 class _AutomaticClosure:
