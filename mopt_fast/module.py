@@ -230,14 +230,13 @@ class LightningModule(torch.nn.Module):
                 stacklevel=2,
             )
             return
-        if sync_dist or sync_dist_group is not None or metric_attribute is not None:
+        if sync_dist_group is not None or metric_attribute is not None:
             raise NotImplementedError(
-                "self.log(sync_dist=..., sync_dist_group=..., metric_attribute=...) is not supported by "
-                "mopt_fast.Trainer yet (single process, tensors only)"
+                "self.log(sync_dist_group=..., metric_attribute=...) is not supported by mopt_fast.Trainer yet"
             )
         self._trainer._metrics.log(
             self._trainer, name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
-            reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size,
+            reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size, sync_dist=sync_dist,
         )
 
     def log_dict(

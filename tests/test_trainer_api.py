@@ -361,8 +361,10 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
 @pytest.mark.parametrize(
     "kw,error",
     [
-        ({"strategy": "ddp"}, NotImplementedError),
-        ({"devices": 2}, NotImplementedError),
+        ({"strategy": "fsdp"}, NotImplementedError),
+        ({"strategy": "deepspeed"}, MisconfigurationException),
+        ({"devices": "two"}, MisconfigurationException),
+        ({"num_nodes": 0}, MisconfigurationException),
         ({"enable_checkpointing": False, "callbacks": [mopt_fast.ModelCheckpoint()]}, MisconfigurationException),
         ({"fast_dev_run": True}, NotImplementedError),
         ({"no_such_argument": 1}, TypeError),

@@ -245,7 +245,8 @@ class MetricStore:
 
     # -- self.log ---------------------------------------------------------------------------
     def log(self, trainer: Any, name: str, value: Any, *, prog_bar: bool, logger: bool | None, on_step: bool | None,
-            on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None) -> None:
+            on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
+            sync_dist: bool = False) -> None:
         fx = trainer._current_fx
         results = self.active
         if results is None or fx is None:
@@ -282,6 +283,10 @@ class MetricStore:
                 value = value.detach()
         else:
             value = torch.tensor(float(value), dtype=_default_dtype(), device=trainer.root_device)
+        reduction = _reduction(reduce_fx)
+        if sync_dist and trainer.world_size > 1:
+            # Reduced across ranks when logged (a collective: every rank must log it).
+            value = trainer.strategy.reduce(value.float() if not value.is_floating_point() else value, reduction)
         if self.current_fx != fx and self.first_loop_iter in (None, True):
             results.reset(fx=fx)
         if logger and not trainer.loggers:
@@ -289,7 +294,7 @@ class MetricStore:
                 f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured.", stacklevel=4
             )
         results.log(fx, name, value, prog_bar, True if logger is None else bool(logger), on_step, on_epoch,
-                    _reduction(reduce_fx), enable_graph, batch_size)
+                    reduction, enable_graph, batch_size)
         self.current_fx = fx
 
     # -- the loop's events ------------------------------------------------------------------

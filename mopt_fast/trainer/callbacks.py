@@ -77,6 +77,8 @@ class TQDMProgressBar(Callback):
         return {k: f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in trainer.progress_bar_metrics.items()}
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
         if self._train_bar is not None:
             self._train_bar.close()
         total = trainer.num_training_batches
@@ -101,7 +103,7 @@ class TQDMProgressBar(Callback):
             self._train_bar.set_postfix(self._postfix(trainer), refresh=True)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         self._val_bar = self._tqdm(total=None, desc="Validation", leave=False, position=1)
 
@@ -170,4 +172,5 @@ class ModelSummary(Callback):
         return "\n".join(out)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        print(self.summarize(pl_module, self.max_depth))
+        if trainer.is_global_zero:
+            print(self.summarize(pl_module, self.max_depth))

@@ -186,6 +186,12 @@ class ModelCheckpoint(Callback):
         return re.sub(r"\{([^{}:]+)(:[^{}]*)?\}", fill, template)
 
     def save(self, trainer: Any) -> None:
+        """Rank zero writes (every rank holds the same DDP state); the others wait for it."""
+        if trainer.is_global_zero:
+            self._save(trainer)
+        trainer.strategy.barrier()
+
+    def _save(self, trainer: Any) -> None:
         metrics = dict(trainer.callback_metrics)
         score = None
         if self.monitor is not None:

@@ -10,7 +10,7 @@ Checkpoints resume exactly: a checkpoint records where in the loop it was taken 
 at the start of its epoch, and a resumed fit rebuilds the epoch's data order, skips the batches
 already done and carries on from there.
 
-Single process, one device. Distributed strategies raise NotImplementedError.
+Distributed data parallel runs on torch.distributed's DDP (see strategies.py); FSDP is not built.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from mopt_fast.trainer._metrics import MetricStore, to_scalars
 from mopt_fast.trainer.callbacks import HOOKS, Callback, ModelSummary, TQDMProgressBar
 from mopt_fast.trainer.checkpoint import FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from mopt_fast.trainer.loggers import CSVLogger, Logger
+from mopt_fast.trainer.strategies import DDPStrategy, Strategy, make_strategy
 
 __all__ = ["Trainer"]
 
@@ -133,8 +134,10 @@ class Trainer:
 
     Args:
         accelerator: "cpu", "cuda" (or "gpu"), or "auto" (CUDA when available).
-        strategy: "auto" only (one process); "ddp"/"fsdp" raise NotImplementedError.
-        devices: "auto", 1, or a one-element list of device indices.
+        strategy: "auto", "ddp", "ddp_find_unused_parameters_true" or a `DDPStrategy`; "fsdp"
+            raises NotImplementedError.
+        devices: processes per node: "auto" (1), an int, or a list of CUDA device indices.
+        num_nodes: nodes (each started by torchrun).
         precision: "32-true" / "32", "16-mixed" (CUDA; on the CPU it falls back to bf16-mixed with
             a warning, as Lightning), "bf16-mixed".
         logger: True (a CSVLogger under `default_root_dir`), False, a logger or a list of them.
@@ -185,16 +188,17 @@ class Trainer:
                 raise TypeError(f"Trainer() got an unexpected keyword argument {name!r}")
             if value != _UNSUPPORTED[name]:
                 raise NotImplementedError(f"mopt_fast.Trainer does not support `{name}={value!r}` yet")
-        if strategy not in ("auto", "single_device", None):
-            raise NotImplementedError(
-                f"strategy={strategy!r}: mopt_fast.Trainer runs one process on one device for now; DDP and "
-                "FSDP2 (on torch.distributed) come with the scale-out work"
-            )
-        if num_nodes != 1:
-            raise NotImplementedError("num_nodes > 1 needs a distributed strategy, which mopt_fast.Trainer lacks yet")
-        self.root_device = self._pick_device(accelerator, devices)
+        self._accelerator, n_devices, self._device_index = self._parse_devices(accelerator, devices)
+        if not isinstance(num_nodes, int) or num_nodes < 1:
+            raise MisconfigurationException(f"`num_nodes` must be an int >= 1, got {num_nodes!r}")
+        self.num_nodes = num_nodes
+        self.num_devices = n_devices
+        self.strategy: Strategy = make_strategy(strategy, n_devices, num_nodes)
+        # The device is known once the process knows its rank (at fit); until then, this one.
+        self.root_device = torch.device("cpu") if self._accelerator == "cpu" else torch.device(
+            "cuda", self._device_index or 0)
         self.precision = normalize_precision("32-true" if precision is None else precision)
-        self._precision: Precision = make_precision(self.precision, self.root_device.type)
+        self._precision: Precision = make_precision(self.precision, self._accelerator)
         self.precision = getattr(self._precision, "name", self.precision)
 
         for name, value in (("accumulate_grad_batches", accumulate_grad_batches),):
@@ -280,7 +284,8 @@ class Trainer:
 
     # -- set-up helpers ---------------------------------------------------------------------
     @staticmethod
-    def _pick_device(accelerator: str, devices: Any) -> torch.device:
+    def _parse_devices(accelerator: str, devices: Any) -> tuple[str, int, int | None]:
+        """(accelerator type, processes per node, the one CUDA index asked for or None)."""
         acc = (accelerator or "auto").lower()
         if acc == "auto":
             acc = "cuda" if torch.cuda.is_available() else "cpu"
@@ -290,17 +295,19 @@ class Trainer:
             raise MisconfigurationException(f"accelerator={accelerator!r} is not supported; use 'cpu', 'cuda' or 'auto'")
         if acc == "cuda" and not torch.cuda.is_available():
             raise MisconfigurationException("accelerator='cuda' but CUDA is not available")
-        if devices in ("auto", 1, "1", -1, "-1", None):
-            index = 0
-        elif isinstance(devices, (list, tuple)) and len(devices) == 1:
-            index = int(devices[0])
-        elif isinstance(devices, int) and devices > 1 or isinstance(devices, (list, tuple)) and len(devices) > 1:
-            raise NotImplementedError(
-                f"devices={devices!r}: more than one device needs strategy='ddp', which mopt_fast.Trainer lacks yet"
-            )
-        else:
-            raise MisconfigurationException(f"devices={devices!r} is not understood; use 'auto', 1 or [index]")
-        return torch.device("cpu") if acc == "cpu" else torch.device("cuda", index)
+        if devices in ("auto", None):
+            return acc, 1, None
+        if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+            devices = int(devices)
+        if devices == -1 and acc == "cuda":
+            return acc, torch.cuda.device_count(), None
+        if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+            return acc, devices, None
+        if isinstance(devices, (list, tuple)) and devices and all(isinstance(d, int) for d in devices):
+            if acc == "cpu" and len(devices) == 1:
+                return acc, 1, None
+            return acc, len(devices), int(devices[0]) if len(devices) == 1 else None
+        raise MisconfigurationException(f"devices={devices!r} is not understood; use 'auto', an int >= 1 or a list")
 
     @staticmethod
     def _check_limit(name: str, value: Any) -> int | float:
@@ -372,6 +379,26 @@ class Trainer:
         return self._precision.scaler
 
     @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.strategy.node_rank
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.global_rank == 0
+
+    @property
     def checkpoint_callbacks(self) -> list[ModelCheckpoint]:
         return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
 
@@ -428,6 +455,7 @@ class Trainer:
     def _backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         self._call("on_before_backward", loss)
         loss = self._precision.scale_loss(loss)
+        self.strategy.before_backward(self.lightning_module, loss)
         self._call_module("backward", loss, *args, **kwargs)
         self._call("on_after_backward")
 
@@ -438,9 +466,8 @@ class Trainer:
             raw, closure, before, skip_if_no_loss=self.lightning_module.automatic_optimization, **kwargs
         )
 
-    @contextlib.contextmanager
-    def _block_grad_sync(self, block: bool) -> Iterator[None]:
-        yield  # one process: there is no gradient all-reduce to skip
+    def _block_grad_sync(self, block: bool) -> contextlib.AbstractContextManager:
+        return self.strategy.block_grad_sync(block)
 
     def _make_before_update(self, raw: torch.optim.Optimizer) -> Callable[[], None] | None:
         """What runs between the closure and the update: on_before_optimizer_step, then (automatic
@@ -482,13 +509,20 @@ class Trainer:
         self.lightning_module = model
         model.trainer = self
         try:
+            self.strategy.setup_environment(self)
+            if self.strategy.is_distributed:
+                self.root_device = self.strategy.root_device(self._accelerator)
             self._fit(model, train_dataloaders, val_dataloaders, ckpt_path)
+            self.strategy.teardown()
         except BaseException as exc:
+            if isinstance(self.strategy, DDPStrategy):
+                self.strategy.kill_children()
             for cb in self.callbacks:
                 if _overrides(cb, Callback, "on_exception"):
                     cb.on_exception(self, model, exc)
-            for lg in self.loggers:
-                lg.finalize("failed")
+            if self.is_global_zero:
+                for lg in self.loggers:
+                    lg.finalize("failed")
             raise
 
     def _fit(self, model: LightningModule, train_loader: Any, val_loader: Any, ckpt_path: str | None) -> None:
@@ -498,11 +532,12 @@ class Trainer:
         model.to(self.root_device)
         self.training = True
         self._call("setup", stage="fit")
+        self.strategy.wrap(model)
         self._setup_optimizers(model)
         resume = self._load_for_resume(ckpt_path) if ckpt_path is not None else None
         if resume is not None:
             self._restore(resume)
-        for lg in self.loggers:
+        for lg in self._rank_zero_loggers():
             lg.log_hyperparams(dict(model.hparams))
         self._call("on_fit_start")
         model.zero_grad()  # gradients left from before fit must not leak into the first step
@@ -512,6 +547,8 @@ class Trainer:
                 self._current_fx = "val_dataloader"
                 val_loader = model.val_dataloader()
                 self._current_fx = None
+        if val_loader is not None:
+            val_loader = self.strategy.process_loader(val_loader, shuffle_default=False)
         self._val_loader = val_loader
         self.enable_validation = (
             val_loader is not None and _overrides(model, LightningModule, "validation_step") and self.limit_val_batches != 0
@@ -531,11 +568,12 @@ class Trainer:
             self._current_fx = "train_dataloader"
             train_loader = model.train_dataloader()
             self._current_fx = None
+        train_loader = self.strategy.process_loader(train_loader, shuffle_default=True)
         self._train_loader = train_loader
         self._run_training(model, train_loader, resume)
         self._call("on_fit_end")
         self._call("teardown", stage="fit")
-        for lg in self.loggers:
+        for lg in self._rank_zero_loggers():
             lg.finalize("success")
 
     def _setup_optimizers(self, model: LightningModule) -> None:
@@ -777,7 +815,10 @@ class Trainer:
         the model only, no optimizer, scheduler or loop state (such a file cannot resume a fit)."""
         if self.lightning_module is None or not self.optimizers and not weights_only:
             raise RuntimeError("save_checkpoint() needs a model that has been fitted (or is being fitted)")
-        save_atomic(self._checkpoint_dict(weights_only), os.fspath(filepath))
+        ckpt = self._checkpoint_dict(weights_only)
+        if self.is_global_zero:  # the DDP ranks hold the same state: one writes, all wait
+            save_atomic(ckpt, os.fspath(filepath))
+        self.strategy.barrier()
 
     def _load_for_resume(self, ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
         path = os.fspath(ckpt_path)
@@ -858,8 +899,11 @@ class Trainer:
         else:  # saved before training started, or after it ended
             set_rng_state(ckpt["rng"])
 
+    def _rank_zero_loggers(self) -> list[Logger]:
+        return self.loggers if self.is_global_zero else []
+
     def _log_to_loggers(self, logged: Mapping[str, torch.Tensor], step: int | None = None) -> None:
-        if not logged or not self.loggers:
+        if not logged or not self.loggers or not self.is_global_zero:
             return
         scalars = to_scalars(logged)
         if step is None:
@@ -873,7 +917,8 @@ class Trainer:
         wrapper = self._lightning_optimizers[0]
         closure = _AutomaticClosure(self, args, wrapper)
         if self._should_accumulate():
-            closure()
+            with self.strategy.block_grad_sync(True):  # no all-reduce until the stepping batch
+                closure()
         else:
             self._call_module("optimizer_step", self.current_epoch, self.batch_idx, wrapper, closure)
             self._auto_steps += 1
@@ -889,7 +934,7 @@ class Trainer:
         try:
             self._current_fx = "training_step"
             with self._precision.forward_context():
-                out = self.lightning_module.training_step(*args)
+                out = self.strategy.training_step(self.lightning_module, args)
         finally:
             self._current_fx = None
             for w in wrappers:
@@ -1045,7 +1090,7 @@ class _AutomaticClosure:
         trainer._current_fx = "training_step"
         try:
             with trainer._precision.forward_context():
-                out = module.training_step(*self.args)
+                out = trainer.strategy.training_step(module, self.args)
         finally:
             trainer._current_fx = None
         if out is None:

@@ -1,0 +1,281 @@
+"""Strategies: one process (`SingleDeviceStrategy`), or data parallel on torch.distributed
+(`DDPStrategy`: torch's DistributedDataParallel, gloo on CPU, nccl on CUDA).
+
+DDP processes come from `torchrun` (its RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR /
+MASTER_PORT environment is read as it is), or, run as a plain script, from the Trainer itself: the
+first process becomes rank 0 and starts the others by running the same command again with their
+rank in the environment (as Lightning does). Multi-node runs need torchrun on every node.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from mopt_fast.exceptions import MisconfigurationException
+
+__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "make_strategy"]
+
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class _TrainingStepForward(nn.Module):
+    """Routes DDP's forward to `training_step`: DDP prepares its gradient reduction in forward."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+
+    def forward(self, *args: Any) -> Any:
+        out = self.module.training_step(*args)
+        if not self.module.automatic_optimization and self.ddp is not None:
+            # Manual optimization has already run its backward passes inside training_step (each
+            # prepared by before_backward): DDP must not prepare for another one after forward.
+            self.ddp.require_backward_grad_sync = False
+        return out
+
+
+class Strategy:
+    """One process on one device."""
+
+    is_distributed = False
+
+    def __init__(self) -> None:
+        self.world_size = 1
+        self.global_rank = 0
+        self.local_rank = 0
+        self.node_rank = 0
+
+    def setup_environment(self, trainer: Any) -> None:
+        pass
+
+    def root_device(self, accelerator: str) -> torch.device:
+        return torch.device("cpu") if accelerator == "cpu" else torch.device("cuda", self.local_rank)
+
+    def wrap(self, module: nn.Module) -> None:
+        pass
+
+    def training_step(self, module: Any, args: tuple) -> Any:
+        return module.training_step(*args)
+
+    def before_backward(self, module: Any, loss: torch.Tensor) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def block_grad_sync(self, block: bool) -> Iterator[None]:
+        yield
+
+    def process_loader(self, loader: Any, shuffle_default: bool) -> Any:
+        return loader
+
+    def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
+        return value
+
+    def barrier(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        pass
+
+
+SingleDeviceStrategy = Strategy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _relaunch_command() -> list[str]:
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is None:
+        return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+    return [sys.executable, "-m", spec.name, *sys.argv[1:]]
+
+
+class DDPStrategy(Strategy):
+    """torch.nn.parallel.DistributedDataParallel over `devices` processes per node.
+
+    Args:
+        find_unused_parameters: DDP's flag; needed when a backward does not reach every
+            parameter (a GAN's two optimizers under manual optimization, as in Lightning).
+        timeout: how long a collective waits for a missing rank before raising (a rank that
+            dies makes the others fail at their next collective, not hang).
+        process_group_backend: "gloo" (the CPU default) or "nccl" (the CUDA default).
+    """
+
+    is_distributed = True
+
+    def __init__(
+        self,
+        find_unused_parameters: bool = False,
+        timeout: datetime.timedelta = datetime.timedelta(minutes=30),
+        process_group_backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.find_unused_parameters = find_unused_parameters
+        self.timeout = timeout
+        self.process_group_backend = process_group_backend
+        self.num_processes = 1
+        self.num_nodes = 1
+        self._ddp: nn.parallel.DistributedDataParallel | None = None
+        self._children: list[subprocess.Popen] = []
+
+    def configure(self, devices: int, num_nodes: int) -> None:
+        self.num_processes, self.num_nodes = devices, num_nodes
+        self.world_size = devices * num_nodes
+
+    def setup_environment(self, trainer: Any) -> None:
+        if dist.is_available() and dist.is_initialized():
+            self._read_ranks()
+            return
+        if all(v in os.environ for v in _TORCHRUN_VARS):
+            if int(os.environ["WORLD_SIZE"]) != self.world_size:
+                raise MisconfigurationException(
+                    f"WORLD_SIZE={os.environ['WORLD_SIZE']} from the launcher, but the Trainer was given "
+                    f"devices={self.num_processes} x num_nodes={self.num_nodes} = {self.world_size} processes"
+                )
+        elif self.num_nodes > 1:
+            raise MisconfigurationException(
+                "num_nodes > 1: start the processes with torchrun on every node (see the README)"
+            )
+        else:
+            self._launch_local_processes()
+        self._read_ranks()
+        backend = self.process_group_backend or ("nccl" if trainer._accelerator == "cuda" else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(self.local_rank)
+        dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+
+    def _read_ranks(self) -> None:
+        self.global_rank = int(os.environ.get("RANK", dist.get_rank() if dist.is_initialized() else 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.global_rank % self.num_processes))
+        self.node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", 0)))
+        if dist.is_initialized():
+            self.world_size = dist.get_world_size()
+
+    def _launch_local_processes(self) -> None:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(self.world_size),
+                          NODE_RANK="0")
+        command = _relaunch_command()
+        for rank in range(1, self.num_processes):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank))
+            self._children.append(subprocess.Popen(command, env=env))
+        os.environ.update(RANK="0", LOCAL_RANK="0")
+
+    def wrap(self, module: nn.Module) -> None:
+        device_ids = [self.local_rank] if next(module.parameters(), torch.empty(0)).is_cuda else None
+        wrapper = _TrainingStepForward(module)
+        self._ddp = nn.parallel.DistributedDataParallel(
+            wrapper, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
+        )
+        wrapper.ddp = self._ddp
+
+    def training_step(self, module: Any, args: tuple) -> Any:
+        out = self._ddp(*args)
+        if not module.automatic_optimization:
+            self._ddp.require_backward_grad_sync = True
+        return out
+
+    def before_backward(self, module: Any, loss: torch.Tensor) -> None:
+        """Manual optimization calls backward several times per forward: each one needs the
+        reducer prepared again (with the tensors that tell it which parameters were used)."""
+        if module.automatic_optimization or self._ddp is None:
+            return
+        ddp = self._ddp
+        if torch.is_grad_enabled() and ddp.require_backward_grad_sync:
+            ddp.require_forward_param_sync = True
+            tensors = [loss] if ddp.find_unused_parameters and not ddp.static_graph else []
+            ddp.reducer._rebuild_buckets()
+            ddp.reducer.prepare_for_backward(tensors)
+        else:
+            ddp.require_forward_param_sync = False
+
+    @contextlib.contextmanager
+    def block_grad_sync(self, block: bool) -> Iterator[None]:
+        if block and self._ddp is not None:
+            with self._ddp.no_sync():
+                yield
+        else:
+            yield
+
+    def process_loader(self, loader: Any, shuffle_default: bool) -> Any:
+        """A DataLoader with the default sampler gets a DistributedSampler (shuffling when the
+        original did), as Lightning does; anything else is left as it is."""
+        if not isinstance(loader, DataLoader) or isinstance(loader.sampler, DistributedSampler):
+            return loader
+        if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)) or loader.batch_size is None:
+            return loader
+        sampler = DistributedSampler(
+            loader.dataset, num_replicas=self.world_size, rank=self.global_rank,
+            shuffle=isinstance(loader.sampler, RandomSampler), seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+        return DataLoader(
+            loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+            timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+            persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+        )
+
+    def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
+        op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+              "min": dist.ReduceOp.MIN}[reduction]
+        out = value.clone()
+        dist.all_reduce(out, op=op)
+        return out / self.world_size if reduction == "mean" else out
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def teardown(self) -> None:
+        failed = []
+        for proc in self._children:
+            if proc.wait() != 0:
+                failed.append(proc.returncode)
+        self._children = []
+        if failed:
+            raise RuntimeError(f"{len(failed)} DDP worker process(es) failed (exit codes {failed})")
+
+    def kill_children(self) -> None:
+        for proc in self._children:
+            if proc.poll() is None:
+                proc.kill()
+        self._children = []
+
+
+def make_strategy(strategy: Any, devices: int, num_nodes: int) -> Strategy:
+    if isinstance(strategy, Strategy):
+        s = strategy
+    elif strategy in ("auto", "single_device", None):
+        s = DDPStrategy() if devices * num_nodes > 1 else Strategy()
+    elif strategy == "ddp":
+        s = DDPStrategy()
+    elif strategy == "ddp_find_unused_parameters_true":
+        s = DDPStrategy(find_unused_parameters=True)
+    elif isinstance(strategy, str) and strategy.startswith("fsdp"):
+        raise NotImplementedError(
+            "strategy='fsdp' is not built in mopt_fast.Trainer yet. mopt_fast.clip_grad_norm_ does clip FSDP2 "
+            "(fully_shard) gradients correctly, with one all-reduce; shard and train in your own loop meanwhile."
+        )
+    else:
+        raise MisconfigurationException(f"strategy={strategy!r} is not supported; use 'auto', 'ddp' or a DDPStrategy")
+    if isinstance(s, DDPStrategy):
+        s.configure(devices, num_nodes)
+    elif devices * num_nodes > 1:
+        raise MisconfigurationException(f"{type(s).__name__} runs one process; got devices={devices} x num_nodes={num_nodes}")
+    return s

@@ -1,0 +1,76 @@
+"""DDP on torch.distributed with two gloo processes on the CPU: equal to one process training on
+the full batches, started by the Trainer itself or by torchrun, and a dead rank is an error, not a
+hang. (Each test runs tests/ddp_child.py as its own processes.)"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ddp_child
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+CHILD = os.path.join(os.path.dirname(__file__), "ddp_child.py")
+
+
+def run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def check_against_single_process(mode: str, out: str) -> None:
+    ref = ddp_child.reference(mode)
+    ranks = [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in (0, 1)]
+    for r in ranks:
+        assert r["world_size"] == 2 and r["global_step"] == ref["global_step"]
+        for k, v in ref["state"].items():
+            assert torch.equal(r["state"][k], ranks[0]["state"][k]), k  # replicas stay identical
+            # the all-reduce sums in another order than one process does: a few fp32 ulps
+            torch.testing.assert_close(r["state"][k], v, rtol=1e-5, atol=1e-6)
+        # sync_dist=True: the mean of the two halves' losses is the full batch's loss
+        for k in ("loss_step", "loss_epoch"):
+            torch.testing.assert_close(r["metrics"][k], ref["metrics"][k], rtol=1e-5, atol=1e-6)
+    moved = max((ranks[0]["state"][k] - ddp_child.Regressor(mode).state_dict()[k]).abs().max() for k in ref["state"])
+    assert moved > 1e-3  # training did happen
+
+
+@pytest.mark.parametrize("mode", ["manual", "automatic", "manual_no_sync"])
+def test_ddp_two_processes_equal_one_on_the_full_batch(mode: str, tmp_path) -> None:
+    out = str(tmp_path)
+    proc = run([sys.executable, CHILD, mode, out])  # the Trainer starts rank 1 itself
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_against_single_process(mode, out)
+    # rank zero alone writes logs and checkpoints, and prints the summary
+    assert os.listdir(os.path.join(out, "lightning_logs")) == ["version_0"]
+    ckpts = os.listdir(os.path.join(out, "lightning_logs", "version_0", "checkpoints"))
+    assert len(ckpts) == 1 and ckpts[0].startswith("epoch=1-")
+    assert proc.stdout.count("Total params") == 1
+
+
+def test_ddp_under_torchrun(tmp_path) -> None:
+    out = str(tmp_path)
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(ddp_child_port()), CHILD, "manual", out])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_against_single_process("manual", out)
+
+
+def ddp_child_port() -> int:
+    from mopt_fast.trainer.strategies import _free_port
+
+    return _free_port()
+
+
+def test_a_dead_rank_is_an_error_not_a_hang(tmp_path) -> None:
+    start = time.monotonic()
+    proc = run([sys.executable, CHILD, "die", str(tmp_path)], timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 90
+    assert "Connection" in proc.stderr or "timed out" in proc.stderr.lower() or "worker" in proc.stderr
+    assert not os.path.exists(os.path.join(str(tmp_path), "rank0.pt"))
