@@ -20,7 +20,7 @@ from mopt_fast.registry import available_backends, backend_for, use_backend
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.module import LightningModule
-from mopt_fast.trainer.strategies import DDPStrategy
+from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
 from mopt_fast.trainer import Callback, CSVLogger, ModelCheckpoint, ModelSummary, TensorBoardLogger, TQDMProgressBar, Trainer
 
 if _extension.COMPILED:
@@ -47,6 +47,7 @@ __all__ = [
     "CSVLogger",
     "Callback",
     "DDPStrategy",
+    "FSDPStrategy",
     "LightningModule",
     "LightningOptimizer",
     "MisconfigurationException",

@@ -9,9 +9,11 @@ Bad input raises before anything is written: a rejected call leaves every gradie
 """
 from __future__ import annotations
 
+import math
 import types
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -19,6 +21,11 @@ from mopt_fast import _validate
 from mopt_fast.registry import kernel
 
 Tensors = torch.Tensor | Iterable[torch.Tensor]
+
+try:  # FSDP2 gradients are DTensors; builds without torch.distributed have none
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover
+    _DTensor = None
 
 __all__ = [
     "clip_grad_norm_",
@@ -33,9 +40,49 @@ __all__ = [
 
 
 def _grads(parameters: Tensors) -> list[torch.Tensor]:
+    """The gradients, with FSDP2's sharded (DTensor) ones replaced by their local shards: every
+    op here is elementwise or a sum, so each rank works on its shard (see _sharded_group)."""
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
-    return [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if _DTensor is not None and any(isinstance(g, _DTensor) for g in grads):
+        return [g.to_local() if isinstance(g, _DTensor) else g for g in grads]
+    return grads
+
+
+def _sharded_group(parameters: list[torch.Tensor]) -> Any:
+    """The process group over which partial norms of DTensor gradients are reduced, or None
+    for plain tensors. Only gradients sharded on a 1-D mesh (FSDP2's `fully_shard`) are
+    supported: replicated placements would be counted once per rank."""
+    if _DTensor is None:
+        return None
+    dts = [p.grad for p in parameters if isinstance(p.grad, _DTensor)]
+    if not dts:
+        return None
+    if len(dts) != sum(p.grad is not None for p in parameters):
+        raise ValueError("mopt_fast: gradients mix DTensors and plain tensors; clip them separately")
+    meshes = {g.device_mesh for g in dts}
+    mesh = next(iter(meshes))
+    if len(meshes) != 1 or mesh.ndim != 1 or not all(pl.is_shard() for g in dts for pl in g.placements):
+        raise NotImplementedError(
+            "mopt_fast norms of DTensor gradients support one 1-D mesh with sharded placements (FSDP2's "
+            "fully_shard); got another layout"
+        )
+    return mesh.get_group()
+
+
+def _reduce_norm(local_norm: torch.Tensor, p: float, group: Any) -> torch.Tensor:
+    """The global norm from each rank's norm of its shards: one all-reduce of the partial sums
+    of |x|^p (the max for p = inf)."""
+    import torch.distributed as dist
+
+    if math.isinf(p):
+        total = local_norm.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
+        return total
+    partial = local_norm.double().pow(p)
+    dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
+    return partial.pow(1.0 / p).to(local_norm.dtype)
 
 
 def _device_groups(tensors: list[torch.Tensor], op: str) -> list[tuple[torch.device, list[torch.Tensor]]]:
@@ -170,6 +217,12 @@ def clip_grad_norm_(
         error_if_nonfinite: raise RuntimeError, leaving the gradients unchanged, when the norm is
             NaN or inf.
         foreach: accepted for torch compatibility.
+
+    FSDP2 (``fully_shard``) gradients are DTensors: each rank takes the norm of its own shards
+    with the fused kernel, one all-reduce combines the partial sums of |x|^p (the max for
+    ``inf``), and each rank scales its shards by the one global coefficient, whose eps is added
+    once (torch adds it per rank, its issue #149768). Every rank gets the global norm back, as a
+    plain tensor.
     """
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
@@ -182,10 +235,13 @@ def clip_grad_norm_(
             )
     max_norm = _validate.non_negative(max_norm, "max_norm")
     p = _validate.norm_type(norm_type)
+    group = _sharded_group(parameters)
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
     total = _total_norm(grads, p)
+    if group is not None:  # FSDP2: the eps of the clip coefficient is added once, to the global norm
+        total = _reduce_norm(total, p, group)
     if error_if_nonfinite and not bool(torch.isfinite(total)):
         _raise_nonfinite(p)
     _clip(grads, max_norm, total)

@@ -1,6 +1,7 @@
-"""DDP on torch.distributed with two gloo processes on the CPU: equal to one process training on
-the full batches, started by the Trainer itself or by torchrun, and a dead rank is an error, not a
-hang. (Each test runs tests/ddp_child.py as its own processes.)"""
+"""DDP and FSDP2 on torch.distributed with two gloo processes on the CPU: equal to one process
+training on the full batches, started by the Trainer itself or by torchrun; FSDP2 clipping equal to
+unsharded clipping; a dead rank is an error, not a hang. (Each test runs tests/ddp_child.py or
+tests/fsdp_child.py as its own processes.)"""
 from __future__ import annotations
 
 import os
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 import ddp_child
+import fsdp_child
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 CHILD = os.path.join(os.path.dirname(__file__), "ddp_child.py")
+FSDP_CHILD = os.path.join(os.path.dirname(__file__), "fsdp_child.py")
 
 
 def run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
@@ -74,3 +77,27 @@ def test_a_dead_rank_is_an_error_not_a_hang(tmp_path) -> None:
     assert time.monotonic() - start < 90
     assert "Connection" in proc.stderr or "timed out" in proc.stderr.lower() or "worker" in proc.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), "rank0.pt"))
+
+
+def test_fsdp2_clipping_equals_unsharded_clipping(tmp_path) -> None:
+    """p = 2, inf, 1.5, 1 on uneven shards (one rank holds an empty shard): same total norm and
+    same clipped gradients as torch's clip_grad_norm_ on the unsharded model, on every rank."""
+    out = str(tmp_path)
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(ddp_child_port()), FSDP_CHILD, "clip", out])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        report = open(os.path.join(out, f"clip{rank}.txt")).read()
+        assert report.endswith("OK\n") and report.count("p=") == 8
+
+
+def test_fsdp2_trainer_with_clipping_equals_one_process(tmp_path) -> None:
+    out = str(tmp_path)
+    proc = run([sys.executable, FSDP_CHILD, "train", out])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = fsdp_child.reference()
+    for rank in (0, 1):
+        got = torch.load(os.path.join(out, f"rank{rank}.pt"), weights_only=True)
+        assert got["world_size"] == 2 and got["global_step"] == ref["global_step"]
+        for k, v in ref["state"].items():
+            torch.testing.assert_close(got["state"][k], v, rtol=1e-5, atol=1e-6)

@@ -361,7 +361,7 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
 @pytest.mark.parametrize(
     "kw,error",
     [
-        ({"strategy": "fsdp"}, NotImplementedError),
+        ({"strategy": "fsdp", "enable_checkpointing": True}, NotImplementedError),
         ({"strategy": "deepspeed"}, MisconfigurationException),
         ({"devices": "two"}, MisconfigurationException),
         ({"num_nodes": 0}, MisconfigurationException),

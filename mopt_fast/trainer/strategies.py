@@ -1,5 +1,6 @@
-"""Strategies: one process (`SingleDeviceStrategy`), or data parallel on torch.distributed
-(`DDPStrategy`: torch's DistributedDataParallel, gloo on CPU, nccl on CUDA).
+"""Strategies: one process (`SingleDeviceStrategy`), or data parallel on torch.distributed:
+`DDPStrategy` (torch's DistributedDataParallel) and `FSDPStrategy` (FSDP2's fully_shard), gloo
+on CPU, nccl on CUDA.
 
 DDP processes come from `torchrun` (its RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR /
 MASTER_PORT environment is read as it is), or, run as a plain script, from the Trainer itself: the
@@ -8,6 +9,7 @@ rank in the environment (as Lightning does). Multi-node runs need torchrun on ev
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from mopt_fast.exceptions import MisconfigurationException
 
-__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "make_strategy"]
+__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy", "make_strategy"]
 
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -83,9 +85,6 @@ class Strategy:
         return value
 
     def barrier(self) -> None:
-        pass
-
-    def teardown(self) -> None:
         pass
 
 
@@ -176,6 +175,9 @@ class DDPStrategy(Strategy):
             env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank))
             self._children.append(subprocess.Popen(command, env=env))
         os.environ.update(RANK="0", LOCAL_RANK="0")
+        # The other ranks run the whole script, which may go on with collectives after fit:
+        # rank zero waits for them only when it exits.
+        atexit.register(self._wait_for_children)
 
     def wrap(self, module: nn.Module) -> None:
         device_ids = [self.local_rank] if next(module.parameters(), torch.empty(0)).is_cuda else None
@@ -242,20 +244,66 @@ class DDPStrategy(Strategy):
         if dist.is_initialized():
             dist.barrier()
 
-    def teardown(self) -> None:
-        failed = []
-        for proc in self._children:
-            if proc.wait() != 0:
-                failed.append(proc.returncode)
+    def _wait_for_children(self) -> None:
+        failed = [proc.returncode for proc in self._children if proc.wait() != 0]
         self._children = []
         if failed:
-            raise RuntimeError(f"{len(failed)} DDP worker process(es) failed (exit codes {failed})")
+            print(f"mopt_fast: {len(failed)} worker process(es) failed (exit codes {failed})", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(1)  # from an atexit hook this is the only way to make the exit code say so
 
     def kill_children(self) -> None:
         for proc in self._children:
             if proc.poll() is None:
                 proc.kill()
         self._children = []
+
+
+class FSDPStrategy(DDPStrategy):
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``) over the same processes as DDP.
+
+    Each direct child module that holds parameters is sharded, then the root, on a 1-D device
+    mesh of all ranks; training_step calls the module directly (the children's forward hooks
+    gather and free their parameters). Gradients are DTensor shards, which mopt_fast's clipping
+    handles with one all-reduce of the partial norms. Checkpoints are not built for FSDP.
+    """
+
+    def __init__(self, timeout: datetime.timedelta = datetime.timedelta(minutes=30),
+                 process_group_backend: str | None = None) -> None:
+        super().__init__(find_unused_parameters=False, timeout=timeout, process_group_backend=process_group_backend)
+        self._sharded: list[nn.Module] = []
+
+    def wrap(self, module: nn.Module) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        device_type = "cuda" if next(module.parameters(), torch.empty(0)).is_cuda else "cpu"
+        mesh = init_device_mesh(device_type, (self.world_size,))
+        for child in module.children():
+            if any(True for _ in child.parameters()):
+                fully_shard(child, mesh=mesh)
+                self._sharded.append(child)
+        fully_shard(module, mesh=mesh)
+        self._sharded.append(module)
+
+    def training_step(self, module: Any, args: tuple) -> Any:
+        return module.training_step(*args)
+
+    def before_backward(self, module: Any, loss: torch.Tensor) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def block_grad_sync(self, block: bool) -> Iterator[None]:
+        if not block:
+            yield
+            return
+        for m in self._sharded:
+            m.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            for m in self._sharded:
+                m.set_requires_gradient_sync(True)
 
 
 def make_strategy(strategy: Any, devices: int, num_nodes: int) -> Strategy:
@@ -267,11 +315,8 @@ def make_strategy(strategy: Any, devices: int, num_nodes: int) -> Strategy:
         s = DDPStrategy()
     elif strategy == "ddp_find_unused_parameters_true":
         s = DDPStrategy(find_unused_parameters=True)
-    elif isinstance(strategy, str) and strategy.startswith("fsdp"):
-        raise NotImplementedError(
-            "strategy='fsdp' is not built in mopt_fast.Trainer yet. mopt_fast.clip_grad_norm_ does clip FSDP2 "
-            "(fully_shard) gradients correctly, with one all-reduce; shard and train in your own loop meanwhile."
-        )
+    elif strategy == "fsdp":
+        s = FSDPStrategy()
     else:
         raise MisconfigurationException(f"strategy={strategy!r} is not supported; use 'auto', 'ddp' or a DDPStrategy")
     if isinstance(s, DDPStrategy):
