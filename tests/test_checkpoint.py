@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -213,3 +214,75 @@ def test_resume_last_without_a_checkpoint_warns_and_starts_fresh(tmp_path) -> No
     with pytest.warns(UserWarning, match="no last checkpoint"):
         _, trainer = _fitted(tmp_path, ckpt_path="last", callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "none"))])
     assert trainer.current_epoch == 2
+
+
+# -- which files ModelCheckpoint keeps, against Lightning's own ------------------------------------
+@pytest.mark.parametrize(
+    "ckpt_kwargs,trainer_kwargs",
+    [
+        ({"monitor": "val_loss", "save_top_k": 2, "filename": "{epoch}-{step}"}, {}),
+        ({"every_n_train_steps": 2, "save_top_k": -1, "save_last": True}, {"accumulate_grad_batches": 3}),
+        ({"filename": "{epoch}", "save_top_k": -1}, {"val_check_interval": 0.5}),
+        ({"save_top_k": -1}, {"check_val_every_n_epoch": 2}),
+        ({"monitor": "loss_step", "mode": "max", "every_n_train_steps": 1, "save_top_k": 3,
+          "filename": "{loss_step:.0f}"}, {}),
+    ],
+    ids=["top2_val", "steps_accumulating", "val_twice_per_epoch", "val_every_2_epochs", "name_clash_versions"],
+)
+def test_model_checkpoint_keeps_the_files_lightning_keeps(ckpt_kwargs, trainer_kwargs, tmp_path) -> None:
+    pl = pytest.importorskip("lightning.pytorch")
+    results = {}
+    for name, LM, T, MC in (("lightning", pl.LightningModule, pl.Trainer, pl.callbacks.ModelCheckpoint),
+                            ("mopt_fast", LightningModule, Trainer, ModelCheckpoint)):
+        folder = tmp_path / name
+        cb = MC(dirpath=str(folder), **ckpt_kwargs)
+        torch.manual_seed(0)
+        model = cases.automatic()(LM)()
+        trainer = T(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, callbacks=[cb], default_root_dir=str(tmp_path), **trainer_kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, *cases.make_data())
+        score = cb.best_model_score
+        results[name] = (sorted(os.listdir(folder)), os.path.basename(cb.best_model_path),
+                         None if score is None else round(float(score), 6))
+    assert results["mopt_fast"] == results["lightning"]
+    assert len(results["lightning"][0]) >= 2
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs",
+    [{"accumulate_grad_batches": 4}, {"val_check_interval": 0.5}, {"check_val_every_n_epoch": 2}],
+    ids=["accumulation", "mid_epoch_validation", "validation_every_2_epochs"],
+)
+def test_every_checkpoint_resumes_bitwise(trainer_kwargs, tmp_path) -> None:
+    """Resume from each checkpoint a run wrote (after steps, validations and epochs) and end
+    where the run ended: weights, optimizer state, schedulers and callback_metrics."""
+    # (validating every 2 epochs leaves no val_loss for a plateau scheduler after epoch 0)
+    scheduler = "step_interval" if trainer_kwargs.get("check_val_every_n_epoch") else "plateau"
+
+    def fit(ckpt_path=None, callbacks=()):
+        torch.manual_seed(0 if ckpt_path is None else 99)
+        model = cases.automatic(scheduler=scheduler)(LightningModule)()
+        trainer = Trainer(accelerator="cpu", max_epochs=4, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
+                          **trainer_kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, *cases.make_data(), ckpt_path=ckpt_path)
+        return model, trainer
+
+    every_step = ModelCheckpoint(dirpath=str(tmp_path / "s"), every_n_train_steps=1, save_top_k=-1)
+    every_epoch = ModelCheckpoint(dirpath=str(tmp_path / "e"), filename="end-{epoch}-{step}", save_top_k=-1)
+    ref_model, ref = fit(callbacks=(every_step, every_epoch))
+    files = sorted(tmp_path.glob("*/*.ckpt"))
+    assert len(files) > 8
+    for path in files[:: max(1, len(files) // 8)]:
+        model, trainer = fit(ckpt_path=str(path))
+        assert trainer.global_step == ref.global_step, path
+        for k, v in ref_model.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), (path, k)
+        assert str(trainer.optimizers[0].state_dict()) == str(ref.optimizers[0].state_dict()), path
+        assert trainer.lr_scheduler_configs[0].scheduler.state_dict() == ref.lr_scheduler_configs[0].scheduler.state_dict()
+        assert {k: v.item() for k, v in trainer.callback_metrics.items()} == {
+            k: v.item() for k, v in ref.callback_metrics.items()}, path

@@ -11,11 +11,13 @@ a crash during a save leaves the previous file intact, never a torn one.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
 import re
 import tempfile
+import warnings
 import zipfile
 from typing import Any
 
@@ -134,6 +136,11 @@ class ModelCheckpoint(Callback):
             raise ValueError(f"`mode` can be 'min' or 'max', got {mode!r}")
         if save_top_k < -1:
             raise ValueError(f"Invalid value for save_top_k={save_top_k}. Must be >= -1")
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise ValueError(
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: without a "
+                "monitor there is no ranking; use save_top_k 1 (the newest), -1 (all) or 0"
+            )
         for name, n in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if n is not None and (not isinstance(n, int) or n < 0):
                 raise ValueError(f"`{name}` must be a non-negative int or None, got {n!r}")
@@ -149,7 +156,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = ""
         self.best_model_score: float | None = None
         self.last_model_path = ""
-        self._last_global_step_saved = -1
+        self._last_global_step_saved = 0  # nothing is saved before the first optimizer step
 
     # -- the Trainer calls these at the end of a batch and of an epoch --------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -157,16 +164,27 @@ class ModelCheckpoint(Callback):
             root = trainer.log_dir if trainer.loggers else trainer.default_root_dir
             self.dirpath = os.path.join(root, "checkpoints")
 
+    def _save_on_train_epoch_end(self, trainer: Any) -> bool:
+        """Lightning's rule: with validation every epoch at the epoch's end, save at the end of
+        the training epoch; when validation runs at other times, save after each validation."""
+        if not trainer.enable_validation:
+            return True
+        return trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
+
     def _on_loop_point(self, trainer: Any, point: str) -> None:
-        if trainer.sanity_checking:
+        """Called by the Trainer at the end of a batch, after a validation run, and at the end
+        of an epoch (after the module's on_train_epoch_end): the points a fit resumes from."""
+        if trainer.sanity_checking or trainer.global_step == self._last_global_step_saved:
             return
         if point == "batch":
             n = self.every_n_train_steps
-            if not n or trainer.global_step % n != 0 or trainer.global_step == self._last_global_step_saved:
+            if not n or trainer.global_step % n != 0:
                 return
-        elif point == "epoch":
+        elif point in ("epoch", "validation"):
             n = self.every_n_epochs
             if not n or (trainer.current_epoch + 1) % n != 0:
+                return
+            if (point == "epoch") != self._save_on_train_epoch_end(trainer):
                 return
         else:
             return
@@ -186,62 +204,85 @@ class ModelCheckpoint(Callback):
         return re.sub(r"\{([^{}:]+)(:[^{}]*)?\}", fill, template)
 
     def save(self, trainer: Any) -> None:
-        """Rank zero writes (every rank holds the same DDP state); the others wait for it."""
+        """Every rank decides the same way and keeps the same bookkeeping; rank zero alone writes
+        (DDP ranks hold the same state), and the others wait for it."""
+        metrics = dict(trainer.callback_metrics)
+        self._last_global_step_saved = trainer.global_step
+        path, score, drop = None, None, None
+        if self.save_top_k != 0:
+            topk = True
+            if self.monitor is not None:
+                if self.monitor not in metrics:
+                    message = (f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the "
+                               f"returned metrics: {list(metrics)}. HINT: Did you call `self.log({self.monitor!r}, "
+                               "value)`?")
+                    if trainer._validation_has_run:
+                        raise KeyError(message)
+                    warnings.warn(message + " (skipping this save: no validation has run yet)", stacklevel=3)
+                    topk = False
+                else:
+                    score = float(metrics[self.monitor])
+                    if math.isnan(score):  # a NaN is the worst score, never the best
+                        score = math.inf if self.mode == "min" else -math.inf
+            if topk and self._keeps(score):
+                stem = os.path.join(self.dirpath, self._format(trainer, metrics))
+                # Without a monitor the newest file may take its predecessor's name (as Lightning).
+                replaced = self._pushed_out(score) if score is not None else (self.best_model_path or None)
+                path = self._unused_path(stem, replaced)
+                drop = self._record(path, score)
+        last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION) if self.save_last else None
+        if last is not None:
+            self.last_model_path = last
+        if path is None and last is None:
+            return
+        ckpt = trainer._checkpoint_dict()  # after the bookkeeping: the file carries its own entry
         if trainer.is_global_zero:
-            self._save(trainer)
+            if path is not None:
+                save_atomic(ckpt, path)
+                if drop is not None and drop != path and os.path.exists(drop):
+                    os.unlink(drop)
+            if last is not None:
+                save_atomic(ckpt, last)
         trainer.strategy.barrier()
 
-    def _save(self, trainer: Any) -> None:
-        metrics = dict(trainer.callback_metrics)
-        score = None
-        if self.monitor is not None:
-            if self.monitor not in metrics:
-                raise KeyError(
-                    f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the returned "
-                    f"metrics: {list(metrics)}. HINT: Did you call `self.log({self.monitor!r}, value)`?"
-                )
-            score = float(metrics[self.monitor])
-        self._last_global_step_saved = trainer.global_step
-        ckpt = None
-        if self.save_top_k != 0:
-            path = os.path.join(self.dirpath, self._format(trainer, metrics) + self.FILE_EXTENSION)
-            if self._keeps(score):
-                ckpt = trainer._checkpoint_dict()
-                self._add_callback_state(ckpt)
-                save_atomic(ckpt, path)
-                self._update_best(path, score, trainer)
-        if self.save_last:
-            if ckpt is None:
-                ckpt = trainer._checkpoint_dict()
-                self._add_callback_state(ckpt)
-            last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-            save_atomic(ckpt, last)
-            self.last_model_path = last
+    def _pushed_out(self, score: float) -> str | None:
+        """The kept file a new checkpoint with a monitored `score` will replace, if any."""
+        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return None
+        worse = min if self.mode == "max" else max
+        return worse(self.best_k_models, key=self.best_k_models.__getitem__)
 
-    def _higher_is_better(self) -> bool:
-        return self.monitor is None or self.mode == "max"  # without a monitor the newest step is best
+    def _unused_path(self, stem: str, replaced: str | None) -> str:
+        """``stem.ckpt``, or ``stem-v1.ckpt``, ... when that name is taken by another file than
+        the one this checkpoint replaces (as Lightning names them)."""
+        path, version = stem + self.FILE_EXTENSION, 1
+        while os.path.exists(path) and path != replaced:
+            path = f"{stem}-v{version}{self.FILE_EXTENSION}"
+            version += 1
+        return path
 
     def _keeps(self, score: float | None) -> bool:
-        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k or score is None:
+        if score is None or self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
             return True
-        if self._higher_is_better():
+        if self.mode == "max":
             return score > min(self.best_k_models.values())
         return score < max(self.best_k_models.values())
 
-    def _update_best(self, path: str, score: float | None, trainer: Any) -> None:
-        self.best_k_models[path] = score if score is not None else float(trainer.global_step)
-        by_value = self.best_k_models.__getitem__
-        better, worse = (max, min) if self._higher_is_better() else (min, max)
+    def _record(self, path: str, score: float | None) -> str | None:
+        """Updates the best-k bookkeeping for a new file; returns the file it pushes out."""
+        if score is None:  # no monitor: the newest is the best; keep one (or all, save_top_k=-1)
+            drop = self.best_model_path if self.save_top_k == 1 and self.best_model_path else None
+            self.best_model_path = path
+            return drop
+        self.best_k_models[path] = score
+        better, worse = (max, min) if self.mode == "max" else (min, max)
+        drop = None
         if self.save_top_k != -1 and len(self.best_k_models) > self.save_top_k:
-            drop = worse(self.best_k_models, key=by_value)
+            drop = worse(self.best_k_models, key=self.best_k_models.__getitem__)
             del self.best_k_models[drop]
-            if drop != path and os.path.exists(drop):
-                os.unlink(drop)
-        self.best_model_path = better(self.best_k_models, key=by_value)
-        self.best_model_score = self.best_k_models[self.best_model_path] if score is not None else None
-
-    def _add_callback_state(self, ckpt: dict[str, Any]) -> None:
-        ckpt.setdefault("callbacks", {})["ModelCheckpoint"] = self.state_dict()
+        self.best_model_path = better(self.best_k_models, key=self.best_k_models.__getitem__)
+        self.best_model_score = self.best_k_models[self.best_model_path]
+        return drop
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -256,4 +297,4 @@ class ModelCheckpoint(Callback):
             self.best_model_score = state["best_model_score"]
             self.best_k_models = dict(state["best_k_models"])
             self.last_model_path = state["last_model_path"]
-        self._last_global_step_saved = state.get("last_global_step_saved", -1)
+        self._last_global_step_saved = state.get("last_global_step_saved", 0)

@@ -226,11 +226,14 @@ class DDPStrategy(Strategy):
             loader.dataset, num_replicas=self.world_size, rank=self.global_rank,
             shuffle=isinstance(loader.sampler, RandomSampler), seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
         )
+        workers = {}
+        if loader.num_workers > 0:
+            workers = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
+                           multiprocessing_context=loader.multiprocessing_context)
         return DataLoader(
             loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
             collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-            timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-            persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+            timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator, **workers,
         )
 
     def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -277,6 +280,7 @@ class FSDPStrategy(DDPStrategy):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        self._sharded = []
         device_type = "cuda" if next(module.parameters(), torch.empty(0)).is_cuda else "cpu"
         mesh = init_device_mesh(device_type, (self.world_size,))
         for child in module.children():

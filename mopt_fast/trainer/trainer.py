@@ -273,6 +273,7 @@ class Trainer:
         self._batches_that_stepped = 0
         self._total_batch_idx = -1
         self._val_batches_logged = 0
+        self._validation_has_run = False
         self._loop_stage = "start"  # where a checkpoint taken now sits in the loop (see _resume)
         self._epoch_rng: dict[str, Any] | None = None
         self.batch_idx = -1
@@ -680,7 +681,9 @@ class Trainer:
             or self.should_stop
         )
 
-    def _run_epoch(self, model: LightningModule, iterator: Any, resume_tail: bool = False) -> None:
+    def _run_epoch(self, model: LightningModule, iterator: Any, resume_tail: str | None = None) -> None:
+        """One epoch's batches; `resume_tail` ("batch" or "validation") first finishes the batch a
+        checkpoint was taken in, from that point."""
         if not resume_tail:
             self.batch_idx = -1
             self.is_last_batch = False
@@ -691,7 +694,7 @@ class Trainer:
         step_fn = model.training_step
         pass_idx = _takes_batch_idx(step_fn)
         if resume_tail:
-            self._batch_tail(automatic)
+            self._batch_tail(automatic, after_validation=resume_tail == "validation")
         while True:
             if _max_reached(self.global_step, self.max_steps) or self._ready_batches_reached() or self.should_stop:
                 break
@@ -738,14 +741,17 @@ class Trainer:
             self._loop_point("batch")
             self._batch_tail(automatic)
 
-    def _batch_tail(self, automatic: bool) -> None:
-        """What follows a batch after the checkpoint point: validation when due, plateau
-        schedulers, the logging step counter. A resumed fit starts here."""
+    def _batch_tail(self, automatic: bool, after_validation: bool = False) -> None:
+        """What follows a batch after its checkpoint point: validation when due (then another
+        checkpoint point), plateau schedulers, the logging step counter. A resumed fit starts
+        here."""
         accumulating = self._should_accumulate()
-        if self._should_check_val():
+        if not after_validation and self._should_check_val():
             if not accumulating:
                 self._call_module("on_validation_model_zero_grad")
             self._run_validation(self.num_val_batches, sanity=False)
+            self._validation_has_run = True
+            self._loop_point("validation")
         if automatic:
             self._update_schedulers("step", plateau=True)
         if not accumulating:
@@ -756,9 +762,11 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         self._metrics.epoch_end_reached()
+        self._loop_stage = "in_epoch_end"
         self._call("on_train_epoch_end")
         self._loop_point("epoch")
         self._finish_epoch()
+        self._loop_stage = "between_epochs"
 
     def _finish_epoch(self) -> None:
         metrics = self._metrics
@@ -775,11 +783,13 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _loop_point(self, point: str) -> None:
-        """The end of a batch ("batch") or of an epoch after on_train_epoch_end ("epoch"): the
-        places where a checkpoint can be resumed from exactly."""
+        """The end of a batch ("batch"), of a validation run inside it ("validation"), or of an
+        epoch after on_train_epoch_end ("epoch"): the places a checkpoint resumes from exactly.
+        A checkpoint saved anywhere else records an approximate stage (see `_resume`)."""
         self._loop_stage = point
         for cb in self.checkpoint_callbacks:
             cb._on_loop_point(self, point)
+        self._loop_stage = {"batch": "in_batch", "validation": "in_batch", "epoch": "in_epoch_end"}[point]
 
     def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any]:
         if isinstance(self.strategy, FSDPStrategy):
@@ -806,6 +816,7 @@ class Trainer:
                 },
                 metrics=self._metrics.state_dict(),
                 rng=rng_state(),
+                callbacks={f"ModelCheckpoint[{i}]": cb.state_dict() for i, cb in enumerate(self.checkpoint_callbacks)},
             )
         prev = self._current_fx
         self._current_fx = "on_save_checkpoint"
@@ -872,20 +883,21 @@ class Trainer:
         self._val_batches_logged = loops["val_batches_logged"]
         self.batch_idx, self.is_last_batch = loops["batch_idx"], loops["is_last_batch"]
         self._epoch_rng = loops["epoch_rng"]
-        for cb in self.checkpoint_callbacks:
-            state = ckpt.get("callbacks", {}).get("ModelCheckpoint")
-            if state is not None:
-                cb.load_state_dict(state)
+        saved = ckpt.get("callbacks", {})
+        for i, cb in enumerate(self.checkpoint_callbacks):
+            if f"ModelCheckpoint[{i}]" in saved:
+                cb.load_state_dict(saved[f"ModelCheckpoint[{i}]"])
 
     def _resume(self, model: LightningModule, loader: Any, ckpt: dict[str, Any]) -> None:
         """Carry on from where the checkpoint was taken: the rest of that batch or epoch."""
         stage = ckpt["loops"]["stage"]
-        if stage in ("batch", "in_batch"):
-            if stage == "in_batch":
-                warnings.warn(
-                    "The checkpoint was saved in the middle of a batch; the fit resumes after that batch.",
-                    stacklevel=4,
-                )
+        if stage in ("in_batch", "in_epoch_end"):
+            warnings.warn(
+                f"The checkpoint was saved from inside the loop ({stage}), not at a resume point: the fit "
+                "resumes after that batch or epoch, which may repeat or skip hooks run after the save.",
+                stacklevel=4,
+            )
+        if stage in ("batch", "in_batch", "validation"):
             # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
             # up the RNG where the checkpoint left it.
             self._set_sampler_epoch(loader)
@@ -895,13 +907,13 @@ class Trainer:
                 next(iterator)
             set_rng_state(ckpt["rng"])
             self._metrics.active = self._metrics.train
-            self._run_epoch(model, iterator, resume_tail=True)
+            self._run_epoch(model, iterator, resume_tail="validation" if stage == "validation" else "batch")
             self._end_epoch()
-        elif stage == "epoch":
+        elif stage in ("epoch", "in_epoch_end"):
             set_rng_state(ckpt["rng"])
             self._metrics.active = self._metrics.train
             self._finish_epoch()
-        else:  # saved before training started, or after it ended
+        else:  # saved before training started, between epochs, or after it ended
             set_rng_state(ckpt["rng"])
 
     def _rank_zero_loggers(self) -> list[Logger]:
