@@ -387,23 +387,21 @@ def automatic(optimizer: str = "sgd", scheduler: str | None = None, returns: str
     return make
 
 
-class HookRecorder:
-    """Mixin body: records every hook the Trainer calls, with the arguments that matter."""
-
-    HOOKS = (
-        "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "on_train_epoch_start",
-        "on_train_epoch_end", "on_train_batch_start", "on_train_batch_end", "on_before_backward",
-        "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad", "on_validation_start",
-        "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end",
-        "on_validation_batch_start", "on_validation_batch_end",
-    )
+# The hooks `recording` wraps: each call is recorded with global_step and current_epoch.
+RECORDED_HOOKS = (
+    "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "on_train_epoch_start",
+    "on_train_epoch_end", "on_train_batch_start", "on_train_batch_end", "on_before_backward",
+    "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad", "on_validation_start",
+    "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_validation_batch_start", "on_validation_batch_end",
+)
 
 
 def recording(case: Callable[[type], type]) -> Callable[[type], type]:
     def make(LM: type) -> type:
         cls = case(LM)
         namespace: dict[str, Any] = {}
-        for hook in HookRecorder.HOOKS:
+        for hook in RECORDED_HOOKS:
             def hook_fn(self: Any, *args: Any, _hook: str = hook, **kwargs: Any) -> None:
                 self.recorded.append((_hook, self.trainer.global_step, self.trainer.current_epoch))
                 getattr(super(recorded_cls, self), _hook)(*args, **kwargs)

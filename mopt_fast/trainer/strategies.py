@@ -87,6 +87,9 @@ class Strategy:
     def barrier(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """A fit failed: stop any processes this strategy started."""
+
 
 SingleDeviceStrategy = Strategy
 
@@ -106,32 +109,22 @@ def _relaunch_command() -> list[str]:
     return [sys.executable, "-m", spec.name, *sys.argv[1:]]
 
 
-class DDPStrategy(Strategy):
-    """torch.nn.parallel.DistributedDataParallel over `devices` processes per node.
-
-    Args:
-        find_unused_parameters: DDP's flag; needed when a backward does not reach every
-            parameter (a GAN's two optimizers under manual optimization, as in Lightning).
-        timeout: how long a collective waits for a missing rank before raising (a rank that
-            dies makes the others fail at their next collective, not hang).
-        process_group_backend: "gloo" (the CPU default) or "nccl" (the CUDA default).
-    """
+class _ProcessGroupStrategy(Strategy):
+    """What DDP and FSDP share: the processes (from torchrun or started here), the process group,
+    the ranks, distributed samplers, reductions and barriers."""
 
     is_distributed = True
 
     def __init__(
         self,
-        find_unused_parameters: bool = False,
         timeout: datetime.timedelta = datetime.timedelta(minutes=30),
         process_group_backend: str | None = None,
     ) -> None:
         super().__init__()
-        self.find_unused_parameters = find_unused_parameters
         self.timeout = timeout
         self.process_group_backend = process_group_backend
         self.num_processes = 1
         self.num_nodes = 1
-        self._ddp: nn.parallel.DistributedDataParallel | None = None
         self._children: list[subprocess.Popen] = []
 
     def configure(self, devices: int, num_nodes: int) -> None:
@@ -179,42 +172,6 @@ class DDPStrategy(Strategy):
         # rank zero waits for them only when it exits.
         atexit.register(self._wait_for_children)
 
-    def wrap(self, module: nn.Module) -> None:
-        device_ids = [self.local_rank] if next(module.parameters(), torch.empty(0)).is_cuda else None
-        wrapper = _TrainingStepForward(module)
-        self._ddp = nn.parallel.DistributedDataParallel(
-            wrapper, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
-        )
-        wrapper.ddp = self._ddp
-
-    def training_step(self, module: Any, args: tuple) -> Any:
-        out = self._ddp(*args)
-        if not module.automatic_optimization:
-            self._ddp.require_backward_grad_sync = True
-        return out
-
-    def before_backward(self, module: Any, loss: torch.Tensor) -> None:
-        """Manual optimization calls backward several times per forward: each one needs the
-        reducer prepared again (with the tensors that tell it which parameters were used)."""
-        if module.automatic_optimization or self._ddp is None:
-            return
-        ddp = self._ddp
-        if torch.is_grad_enabled() and ddp.require_backward_grad_sync:
-            ddp.require_forward_param_sync = True
-            tensors = [loss] if ddp.find_unused_parameters and not ddp.static_graph else []
-            ddp.reducer._rebuild_buckets()
-            ddp.reducer.prepare_for_backward(tensors)
-        else:
-            ddp.require_forward_param_sync = False
-
-    @contextlib.contextmanager
-    def block_grad_sync(self, block: bool) -> Iterator[None]:
-        if block and self._ddp is not None:
-            with self._ddp.no_sync():
-                yield
-        else:
-            yield
-
     def process_loader(self, loader: Any, shuffle_default: bool) -> Any:
         """A DataLoader with the default sampler gets a DistributedSampler (shuffling when the
         original did), as Lightning does; anything else is left as it is."""
@@ -255,14 +212,72 @@ class DDPStrategy(Strategy):
             sys.stderr.flush()
             os._exit(1)  # from an atexit hook this is the only way to make the exit code say so
 
-    def kill_children(self) -> None:
+    def abort(self) -> None:
         for proc in self._children:
             if proc.poll() is None:
                 proc.kill()
         self._children = []
 
 
-class FSDPStrategy(DDPStrategy):
+class DDPStrategy(_ProcessGroupStrategy):
+    """torch.nn.parallel.DistributedDataParallel over `devices` processes per node.
+
+    Args:
+        find_unused_parameters: DDP's flag; needed when a backward does not reach every
+            parameter (a GAN's two optimizers under manual optimization, as in Lightning).
+        timeout: how long a collective waits for a missing rank before raising (a rank that
+            dies makes the others fail at their next collective, not hang).
+        process_group_backend: "gloo" (the CPU default) or "nccl" (the CUDA default).
+    """
+
+    def __init__(
+        self,
+        find_unused_parameters: bool = False,
+        timeout: datetime.timedelta = datetime.timedelta(minutes=30),
+        process_group_backend: str | None = None,
+    ) -> None:
+        super().__init__(timeout, process_group_backend)
+        self.find_unused_parameters = find_unused_parameters
+        self._ddp: nn.parallel.DistributedDataParallel | None = None
+
+    def wrap(self, module: nn.Module) -> None:
+        device_ids = [self.local_rank] if next(module.parameters(), torch.empty(0)).is_cuda else None
+        wrapper = _TrainingStepForward(module)
+        self._ddp = nn.parallel.DistributedDataParallel(
+            wrapper, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
+        )
+        wrapper.ddp = self._ddp
+
+    def training_step(self, module: Any, args: tuple) -> Any:
+        out = self._ddp(*args)
+        if not module.automatic_optimization:
+            self._ddp.require_backward_grad_sync = True
+        return out
+
+    def before_backward(self, module: Any, loss: torch.Tensor) -> None:
+        """Manual optimization calls backward several times per forward: each one needs the
+        reducer prepared again (with the tensors that tell it which parameters were used)."""
+        if module.automatic_optimization or self._ddp is None:
+            return
+        ddp = self._ddp
+        if torch.is_grad_enabled() and ddp.require_backward_grad_sync:
+            ddp.require_forward_param_sync = True
+            tensors = [loss] if ddp.find_unused_parameters and not ddp.static_graph else []
+            ddp.reducer._rebuild_buckets()
+            ddp.reducer.prepare_for_backward(tensors)
+        else:
+            ddp.require_forward_param_sync = False
+
+    @contextlib.contextmanager
+    def block_grad_sync(self, block: bool) -> Iterator[None]:
+        if block and self._ddp is not None:
+            with self._ddp.no_sync():
+                yield
+        else:
+            yield
+
+
+class FSDPStrategy(_ProcessGroupStrategy):
     """FSDP2 (``torch.distributed.fsdp.fully_shard``) over the same processes as DDP.
 
     Each direct child module that holds parameters is sharded, then the root, on a 1-D device
@@ -273,7 +288,7 @@ class FSDPStrategy(DDPStrategy):
 
     def __init__(self, timeout: datetime.timedelta = datetime.timedelta(minutes=30),
                  process_group_backend: str | None = None) -> None:
-        super().__init__(find_unused_parameters=False, timeout=timeout, process_group_backend=process_group_backend)
+        super().__init__(timeout, process_group_backend)
         self._sharded: list[nn.Module] = []
 
     def wrap(self, module: nn.Module) -> None:
@@ -289,12 +304,6 @@ class FSDPStrategy(DDPStrategy):
                 self._sharded.append(child)
         fully_shard(module, mesh=mesh)
         self._sharded.append(module)
-
-    def training_step(self, module: Any, args: tuple) -> Any:
-        return module.training_step(*args)
-
-    def before_backward(self, module: Any, loss: torch.Tensor) -> None:
-        pass
 
     @contextlib.contextmanager
     def block_grad_sync(self, block: bool) -> Iterator[None]:
@@ -323,7 +332,7 @@ def make_strategy(strategy: Any, devices: int, num_nodes: int) -> Strategy:
         s = FSDPStrategy()
     else:
         raise MisconfigurationException(f"strategy={strategy!r} is not supported; use 'auto', 'ddp' or a DDPStrategy")
-    if isinstance(s, DDPStrategy):
+    if isinstance(s, _ProcessGroupStrategy):
         s.configure(devices, num_nodes)
     elif devices * num_nodes > 1:
         raise MisconfigurationException(f"{type(s).__name__} runs one process; got devices={devices} x num_nodes={num_nodes}")

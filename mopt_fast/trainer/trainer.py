@@ -33,7 +33,7 @@ from mopt_fast.trainer._metrics import MetricStore, to_scalars
 from mopt_fast.trainer.callbacks import HOOKS, Callback, ModelSummary, TQDMProgressBar
 from mopt_fast.trainer.checkpoint import FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from mopt_fast.trainer.loggers import CSVLogger, Logger
-from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy, Strategy, make_strategy
+from mopt_fast.trainer.strategies import FSDPStrategy, Strategy, make_strategy
 
 __all__ = ["Trainer"]
 
@@ -519,8 +519,7 @@ class Trainer:
                 self.root_device = self.strategy.root_device(self._accelerator)
             self._fit(model, train_dataloaders, val_dataloaders, ckpt_path)
         except BaseException as exc:
-            if isinstance(self.strategy, DDPStrategy):
-                self.strategy.kill_children()
+            self.strategy.abort()
             for cb in self.callbacks:
                 if _overrides(cb, Callback, "on_exception"):
                     cb.on_exception(self, model, exc)
@@ -734,9 +733,10 @@ class Trainer:
             self._call("on_train_batch_end", outputs, batch, self.batch_idx)
             metrics.on_batch_end()
             accumulating = self._should_accumulate()
-            if self.loggers and not (accumulating and automatic) and (
-                (self._batches_that_stepped + 1) % max(self.log_every_n_steps, 1) == 0 or self.should_stop
-            ) and self.log_every_n_steps > 0:
+            every = self.log_every_n_steps
+            if self.loggers and every > 0 and not (accumulating and automatic) and (
+                (self._batches_that_stepped + 1) % every == 0 or self.should_stop
+            ):
                 self._log_to_loggers(metrics.step_log_metrics())
             self._loop_point("batch")
             self._batch_tail(automatic)
