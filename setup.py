@@ -76,7 +76,7 @@ def _sources(folder: str, pattern: str) -> list[str]:
 def extensions():
     isa = cpu_isa()
     debug = os.environ.get("MOPT_FAST_DEBUG") == "1"
-    sources = ["csrc/registry.cpp", "csrc/module.cpp"] + _sources("cpu", "*.cpp")
+    sources = ["csrc/registry.cpp", "csrc/autograd.cpp", "csrc/module.cpp"] + _sources("cpu", "*.cpp")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-Wno-unknown-pragmas"]
     # -fopenmp: at::parallel_for is inlined into our code and runs on OpenMP like torch's own ops.

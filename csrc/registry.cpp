@@ -9,11 +9,13 @@ TORCH_LIBRARY(mopt_fast, m) {
   // an empty tensor). fp32 result, fp64 when any input is fp64.
   m.def("norm(Tensor[] tensors, float norm_type, bool per_tensor) -> (Tensor, Tensor)");
   // Read-only AMP pass: norm of tensors * inv_scale; sets found_inf when any value is inf/NaN.
-  m.def("unscale_norm(Tensor[] tensors, Tensor inv_scale, Tensor(a!) found_inf, float norm_type, "
-        "bool per_tensor) -> (Tensor, Tensor)");
+  m.def(
+      "unscale_norm(Tensor[] tensors, Tensor inv_scale, Tensor(a!) found_inf, float norm_type, "
+      "bool per_tensor) -> (Tensor, Tensor)");
   // tensors *= scale * min(1, max_norm / (total_norm + 1e-6)); skipped when found_inf is set.
-  m.def("scale_inplace(Tensor(a!)[] tensors, Tensor? scale, Tensor? total_norm, float max_norm, "
-        "Tensor? found_inf) -> ()");
+  m.def(
+      "scale_inplace(Tensor(a!)[] tensors, Tensor? scale, Tensor? total_norm, float max_norm, "
+      "Tensor? found_inf) -> ()");
   // tensors = clamp(tensors, -clip_value, clip_value) in one pass.
   m.def("clamp_inplace(Tensor(a!)[] tensors, float clip_value) -> ()");
   m.def("zero_inplace(Tensor(a!)[] tensors) -> ()");

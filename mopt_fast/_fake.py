@@ -1,6 +1,9 @@
 """Fake (meta) kernels of the compiled ops, so torch.compile and FakeTensor tracing know the
-output shapes without running anything. Registered only when the compiled ops exist."""
+output shapes without running anything. Registered for the C++ ops when they exist, and for the
+Triton backend's ops when it is first used."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -18,27 +21,28 @@ def _norm_outputs(tensors: list[torch.Tensor], per_tensor: bool) -> tuple[torch.
     )
 
 
-def register() -> None:
-    @torch.library.register_fake("mopt_fast::norm")
-    def _norm(tensors, norm_type, per_tensor):
-        return _norm_outputs(tensors, per_tensor)
+def _norm(tensors, norm_type, per_tensor):
+    return _norm_outputs(tensors, per_tensor)
 
-    @torch.library.register_fake("mopt_fast::unscale_norm")
-    def _unscale_norm(tensors, inv_scale, found_inf, norm_type, per_tensor):
-        return _norm_outputs(tensors, per_tensor)
 
-    @torch.library.register_fake("mopt_fast::scale_inplace")
-    def _scale_inplace(tensors, scale, total_norm, max_norm, found_inf):
-        return None
+def _unscale_norm(tensors, inv_scale, found_inf, norm_type, per_tensor):
+    return _norm_outputs(tensors, per_tensor)
 
-    @torch.library.register_fake("mopt_fast::clamp_inplace")
-    def _clamp_inplace(tensors, clip_value):
-        return None
 
-    @torch.library.register_fake("mopt_fast::zero_inplace")
-    def _zero_inplace(tensors):
-        return None
+def _writes_only(*args) -> None:
+    return None
 
-    @torch.library.register_fake("mopt_fast::unscale_inplace")
-    def _unscale_inplace(tensors, found_inf, inv_scale):
-        return None
+
+FAKES: dict[str, Callable] = {
+    "norm": _norm,
+    "unscale_norm": _unscale_norm,
+    "scale_inplace": _writes_only,
+    "clamp_inplace": _writes_only,
+    "zero_inplace": _writes_only,
+    "unscale_inplace": _writes_only,
+}
+
+
+def register(namespace: str = "mopt_fast") -> None:
+    for name, fake in FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}")(fake)

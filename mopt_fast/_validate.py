@@ -13,7 +13,10 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def check_tensors(tensors: list[torch.Tensor], op: str) -> None:
+def check_tensors(tensors: list[torch.Tensor], op: str, writes: bool = True) -> None:
+    """Every item a dense floating-point Tensor. An op that `writes` also refuses a tensor whose
+    elements share memory (an expanded one): its results could not be written back. Read-only ops
+    read such a tensor as it is."""
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"mopt_fast.{op}: item {i} is {type(t).__name__}, not a Tensor")
@@ -27,7 +30,7 @@ def check_tensors(tensors: list[torch.Tensor], op: str) -> None:
                 f"mopt_fast.{op}: tensor {i} has dtype {t.dtype}; supported dtypes are "
                 "float32, float64, float16 and bfloat16"
             )
-        if not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
+        if writes and not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
             raise ValueError(
                 f"mopt_fast.{op}: tensor {i} has elements that share memory (e.g. an expanded "
                 "tensor); give it its own memory first (.contiguous())"
@@ -41,9 +44,9 @@ def norm_type(value: float | int | str) -> float:
     return p
 
 
-def non_negative(value: float, name: str) -> float:
-    if isinstance(value, torch.Tensor):
-        raise TypeError(f"mopt_fast: {name} must be a Python number, got a Tensor")
+def non_negative(value: float | torch.Tensor, name: str) -> float:
+    """A number >= 0 (NaN rejected). Like torch's clipping functions, a one-element tensor is
+    taken as float(value), which reads a device tensor back to the host."""
     v = float(value)
     if not v >= 0.0:  # also rejects NaN
         raise ValueError(f"mopt_fast: {name} must be a non-negative number, got {value!r}")
@@ -78,6 +81,18 @@ def scale_tensor(t: torch.Tensor, op: str, device: torch.device | None = None) -
         )
 
 
+def norm_tensor(t: torch.Tensor, op: str) -> None:
+    """A total norm given to clip with: a one-element floating-point tensor (fp16/bf16 too, as
+    torch's clip_grads_with_norm_ takes them)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"mopt_fast.{op}: total_norm must be a Tensor, got {type(t).__name__}")
+    if t.numel() != 1 or t.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"mopt_fast.{op}: total_norm must be a one-element float32, float64, float16 or "
+            f"bfloat16 tensor, got {t.dtype} of shape {tuple(t.shape)}"
+        )
+
+
 def tensor_list(tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         return [tensors]
@@ -95,3 +110,42 @@ def scale_args(tensors: list[torch.Tensor], scale, total_norm, max_norm: float, 
         amp_scalar(found_inf, "found_inf", device, "scale")
     if total_norm is not None:
         non_negative(max_norm, "max_norm")
+
+
+def byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes [first, end) a tensor's elements can touch; (0, 0) for a zero-size tensor."""
+    if t.numel() == 0:
+        return 0, 0
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    first = t.data_ptr()
+    return first, first + (last + 1) * t.element_size()
+
+
+def disjoint_rounds(tensors: list[torch.Tensor]) -> list[list[int]] | None:
+    """A list that names one tensor twice, or two views of shared memory, must be written one entry
+    after another, as torch's foreach ops do on the CPU (scale_grads_([p, p], 0.5) quarters p): a
+    multi-tensor kernel would otherwise race on that memory. Returns the positions of the list
+    split into rounds, in list order, so that no two tensors of one round share bytes and a
+    tensor comes after every earlier tensor it shares bytes with; None when no two tensors share
+    bytes (the usual case). The C++ twin is disjoint_rounds in csrc/checks.h."""
+    ranges = [byte_range(t) for t in tensors]
+    spans = sorted(r for r in ranges if r[0] != r[1])
+    reach = 0
+    for first, end in spans:
+        if first < reach:
+            break
+        reach = max(reach, end)
+    else:
+        return None
+    round_of: list[int] = []
+    rounds: list[list[int]] = []
+    for i, (first, end) in enumerate(ranges):
+        r = 0
+        for j in range(i):
+            if first < ranges[j][1] and ranges[j][0] < end:
+                r = max(r, round_of[j] + 1)
+        round_of.append(r)
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(i)
+    return rounds

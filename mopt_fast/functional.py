@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import types
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -85,22 +85,34 @@ def _reduce_norm(local_norm: torch.Tensor, p: float, group: Any) -> torch.Tensor
     return partial.pow(1.0 / p).to(local_norm.dtype)
 
 
-def _device_groups(tensors: list[torch.Tensor], op: str) -> list[tuple[torch.device, list[torch.Tensor]]]:
-    """Splits a non-empty list by device, keeping the order inside each group.
+def _device_groups(
+    tensors: list[torch.Tensor], op: str, writes: bool = True
+) -> list[tuple[torch.device, list[torch.Tensor]]]:
+    """Splits a non-empty list by device, keeping the order inside each group (`writes`: whether
+    the op writes the tensors, see _validate.check_tensors).
 
     One device (the usual case) returns the list as it is: the kernel checks every tensor before it
     writes. With several devices every tensor is checked here first, so that a bad tensor in a
     later group cannot leave an earlier group already modified.
     """
-    grouped = torch._C._group_tensors_by_device_and_dtype([tensors], False)
-    devices = {device for device, _ in grouped}
-    if len(devices) == 1:
+    try:
+        grouped = torch._C._group_tensors_by_device_and_dtype([tensors], False)
+    except TypeError:  # an item that is no Tensor: say which
+        _validate.check_tensors(tensors, op, writes=writes)
+        raise
+    if len({device for device, _ in grouped}) == 1:
         return [(tensors[0].device, tensors)]
-    _validate.check_tensors(tensors, op)
+    _validate.check_tensors(tensors, op, writes=writes)
     groups: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault(t.device, []).append(t)
     return list(groups.items())
+
+
+def _kernels(op: str, groups: list[tuple[torch.device, list[torch.Tensor]]]) -> list[Callable]:
+    """The kernel of `op` for every group, all looked up before the first one runs: a backend
+    forced onto a device it cannot run raises here, before anything is written."""
+    return [kernel(op, device) for device, _ in groups]
 
 
 def _single_device(
@@ -128,16 +140,17 @@ def _raise_nonfinite(norm_type: float) -> None:
 
 
 def _total_norm(tensors: list[torch.Tensor], p: float) -> torch.Tensor:
-    groups = _device_groups(tensors, "norm")
+    groups = _device_groups(tensors, "norm", writes=False)
+    kernels = _kernels("norm", groups)
     if len(groups) == 1:
-        device, group = groups[0]
-        return kernel("norm", device)(group, p, False)[0]
-    norms = [kernel("norm", device)(group, p, False)[0] for device, group in groups]
+        return kernels[0](groups[0][1], p, False)[0]
+    norms = [run(group, p, False)[0] for run, (_, group) in zip(kernels, groups)]
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
     first = tensors[0].device
     return torch.linalg.vector_norm(torch.stack([n.to(first, dtype) for n in norms]), p)
 
 
+@torch.no_grad()  # as torch's own: results never require grad
 def get_total_norm(
     tensors: Tensors,
     norm_type: float = 2.0,
@@ -168,11 +181,24 @@ def get_total_norm(
     return total
 
 
-def _clip(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
-    for device, group in _device_groups(grads, "clip"):
-        kernel("scale_inplace", device)(group, None, total_norm.to(device), max_norm, None)
+def _clip_plan(grads: list[torch.Tensor]) -> list[tuple[Callable, torch.device, list[torch.Tensor]]]:
+    """Groups and scale kernels of a clip, checked and looked up before the norm is taken."""
+    groups = _device_groups(grads, "clip")
+    return [(run, device, group) for run, (device, group) in zip(_kernels("scale_inplace", groups), groups)]
 
 
+def _clip(plan: list[tuple[Callable, torch.device, list[torch.Tensor]]], max_norm: float, total_norm: torch.Tensor) -> None:
+    if total_norm.dtype in (torch.float16, torch.bfloat16):
+        # torch computes the coefficient in the norm's own dtype; the kernels take it as a scale.
+        coef = torch.clamp(max_norm / (total_norm.reshape(()) + 1e-6), max=1.0).float()
+        for run, device, group in plan:
+            run(group, coef.to(device), None, 0.0, None)
+        return
+    for run, device, group in plan:
+        run(group, None, total_norm.to(device), max_norm, None)
+
+
+@torch.no_grad()  # as torch's own: results never require grad
 def clip_grads_with_norm_(
     parameters: Tensors,
     max_norm: float,
@@ -191,12 +217,13 @@ def clip_grads_with_norm_(
         foreach: accepted for torch compatibility.
     """
     max_norm = _validate.non_negative(max_norm, "max_norm")
-    _validate.scale_tensor(total_norm, "clip_grads_with_norm_")
+    _validate.norm_tensor(total_norm, "clip_grads_with_norm_")
     grads = _grads(parameters)
     if grads:
-        _clip(grads, max_norm, total_norm)
+        _clip(_clip_plan(grads), max_norm, total_norm)
 
 
+@torch.no_grad()  # as torch's own: results never require grad
 def clip_grad_norm_(
     parameters: Tensors,
     max_norm: float,
@@ -239,15 +266,17 @@ def clip_grad_norm_(
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
+    plan = _clip_plan(grads)
     total = _total_norm(grads, p)
     if group is not None:  # FSDP2: the eps of the clip coefficient is added once, to the global norm
         total = _reduce_norm(total, p, group)
     if error_if_nonfinite and not bool(torch.isfinite(total)):
         _raise_nonfinite(p)
-    _clip(grads, max_norm, total)
+    _clip(plan, max_norm, total)
     return total
 
 
+@torch.no_grad()  # as torch's own: results never require grad
 def clip_grad_value_(parameters: Tensors, clip_value: float, foreach: bool | None = None) -> None:
     r"""Clamp gradients in place to ``[-clip_value, clip_value]`` in one pass (torch makes two).
 
@@ -260,10 +289,12 @@ def clip_grad_value_(parameters: Tensors, clip_value: float, foreach: bool | Non
     grads = _grads(parameters)
     if not grads:
         return
-    for device, group in _device_groups(grads, "clamp"):
-        kernel("clamp_inplace", device)(group, v)
+    groups = _device_groups(grads, "clamp")
+    for run, (_, group) in zip(_kernels("clamp_inplace", groups), groups):
+        run(group, v)
 
 
+@torch.no_grad()  # as torch's own: results never require grad
 def scale_grads_(parameters: Tensors, scale: float | torch.Tensor) -> None:
     r"""Multiply gradients in place by ``scale`` (e.g. ``1 / accumulation_steps``).
 
@@ -278,12 +309,13 @@ def scale_grads_(parameters: Tensors, scale: float | torch.Tensor) -> None:
     grads = _grads(parameters)
     if not grads:
         return
-    for device, group in _device_groups(grads, "scale"):
+    groups = _device_groups(grads, "scale")
+    for run, (device, group) in zip(_kernels("scale_inplace", groups), groups):
         if isinstance(scale, torch.Tensor):
             factor = scale.to(device)
         else:  # filled on the device: a host-to-device copy of a number would sync
             factor = torch.full((), float(scale), dtype=torch.float64, device=device)
-        kernel("scale_inplace", device)(group, factor, None, 0.0, None)
+        run(group, factor, None, 0.0, None)
 
 
 def zero_grad_(parameters: Tensors, set_to_none: bool = True) -> None:
@@ -300,24 +332,23 @@ def zero_grad_(parameters: Tensors, set_to_none: bool = True) -> None:
         for p in parameters:
             p.grad = None
         return
-    dense: list[torch.Tensor] = []
-    for p in parameters:
-        g = p.grad
-        if g is None:
-            continue
+    grads = [p.grad for p in parameters if p.grad is not None]
+    dense = [g for g in grads if g.layout is torch.strided]
+    # The dense kernels run first: they check every tensor before they write, so a rejected call
+    # has not yet zeroed a sparse gradient nor cut one out of its graph.
+    groups = _device_groups(dense, "zero") if dense else []
+    for run, (_, group) in zip(_kernels("zero_inplace", groups), groups):
+        run(group)
+    for g in grads:  # as Optimizer.zero_grad: no gradient stays part of a graph
         if g.grad_fn is not None:
             g.detach_()
         elif g.requires_grad:
             g.requires_grad_(False)
-        if g.layout is torch.strided:
-            dense.append(g)
-        else:
+        if g.layout is not torch.strided:
             g.zero_()
-    if dense:
-        for device, group in _device_groups(dense, "zero"):
-            kernel("zero_inplace", device)(group)
 
 
+@torch.no_grad()  # as torch's own: results never require grad
 def unscale_grads_(parameters: Tensors, inv_scale: torch.Tensor, found_inf: torch.Tensor) -> None:
     r"""AMP unscale in place, with ``torch._amp_foreach_non_finite_check_and_unscale_`` semantics.
 
@@ -336,6 +367,7 @@ def unscale_grads_(parameters: Tensors, inv_scale: torch.Tensor, found_inf: torc
     kernel("unscale_inplace", device)(grads, found_inf, inv_scale)
 
 
+@torch.no_grad()  # as torch's own: results never require grad
 def unscale_clip_grad_norm_(
     parameters: Tensors,
     max_norm: float,

@@ -98,15 +98,22 @@ def _reject_sparse(op: str) -> Callable:
 # otherwise fail with a dump of registered kernels; this gives the same clear error as the dense
 # kernels' own checks, before anything is written.
 _SPARSE_KEYS = ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA")
+
+
+def reject_sparse(lib: torch.library.Library) -> None:
+    """Registers the clear sparse-layout error for every op of `lib`'s namespace."""
+    for op in OPS:
+        for key in _SPARSE_KEYS:
+            lib.impl(op, _reject_sparse(op), key)
+
+
 _TABLES: dict[str, dict[str, Callable]] = {"torch": dict(OPS)}
 if _extension.COMPILED:
     _TABLES["cpu"] = _compiled_table()
     if _extension.WITH_CUDA:
         _TABLES["cuda"] = _TABLES["cpu"]  # the same ops: torch's dispatcher picks the CUDA kernels
     _sparse_lib = torch.library.Library("mopt_fast", "IMPL")
-    for _op in OPS:
-        for _key in _SPARSE_KEYS:
-            _sparse_lib.impl(_op, _reject_sparse(_op), _key)
+    reject_sparse(_sparse_lib)
 
 
 def _table(name: str) -> dict[str, Callable]:

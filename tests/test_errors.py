@@ -147,10 +147,10 @@ def test_multi_device_list_is_checked_before_any_group_is_written():
 
 
 def test_non_tensor_items():
-    with pytest.raises(TypeError):
-        mopt_fast.get_total_norm([torch.randn(3), 3.0])
-    with pytest.raises(TypeError):
-        mopt_fast.clip_grad_norm_([], torch.tensor(1.0))
+    with pytest.raises(TypeError, match="item 2 is float, not a Tensor"):
+        mopt_fast.get_total_norm([torch.randn(3), torch.randn(2, device="meta"), 3.0])
+    with pytest.raises(TypeError, match="must be a Tensor"):
+        mopt_fast.clip_grads_with_norm_([], 1.0, 3.0)
 
 
 def test_unknown_backend():

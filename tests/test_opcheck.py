@@ -1,5 +1,8 @@
-"""torch.library.opcheck for every compiled op: schema (declared mutation only), fake kernels,
-and AOT dispatch with dynamic shapes (what torch.compile relies on)."""
+"""torch.library.opcheck for every compiled op, on every device the machine has: schema
+(declared mutation only), fake kernels, autograd registration, and AOT dispatch with dynamic
+shapes (what torch.compile relies on). Both registered namespaces: the C++ ops
+(torch.ops.mopt_fast) and the Triton ones (torch.ops.mopt_fast_triton). Cases where inputs require
+grad check that the Autograd kernels keep the ops out of autograd."""
 import pytest
 import torch
 
@@ -8,10 +11,11 @@ from helpers import skip_unless_available
 from mopt_fast.registry import OPS
 
 
-def grads(seed):
+def grads(seed, requires_grad=False):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(1000, generator=gen), torch.randn(70, 3, generator=gen).half(),
-            torch.randn(5, generator=gen).to(torch.bfloat16)]
+    out = [torch.randn(1000, generator=gen), torch.randn(70, 3, generator=gen).half(),
+           torch.randn(5, generator=gen).to(torch.bfloat16)]
+    return [t.requires_grad_() for t in out] if requires_grad else out
 
 
 def amp():
@@ -19,8 +23,9 @@ def amp():
 
 
 CASES = {
-    "norm": [lambda: (grads(1), 2.0, True), lambda: (grads(2), float("inf"), False), lambda: (grads(3), 1.5, True)],
-    "unscale_norm": [lambda: (grads(4), *amp(), 2.0, True)],
+    "norm": [lambda: (grads(1), 2.0, True), lambda: (grads(2), float("inf"), False), lambda: (grads(3), 1.5, True),
+             lambda: (grads(11, requires_grad=True), 2.0, True)],
+    "unscale_norm": [lambda: (grads(4), *amp(), 2.0, True), lambda: (grads(12, requires_grad=True), *amp(), 2.0, False)],
     "scale_inplace": [
         lambda: (grads(5), torch.tensor(0.5), None, 0.0, None),
         lambda: (grads(6), torch.full((1,), 0.5), torch.tensor(100.0), 1.0, torch.zeros(1)),
@@ -36,7 +41,26 @@ def test_every_op_has_cases():
     assert set(CASES) == set(OPS)
 
 
+def to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device).requires_grad_(value.requires_grad)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    return value
+
+
+def targets():
+    """(namespace, backend, device) for every compiled backend and device the machine has."""
+    out = [("mopt_fast", "cpu", "cpu"), ("mopt_fast", "cuda", "cuda")]
+    out += [("mopt_fast_triton", "triton", "cuda" if torch.cuda.is_available() else "cpu")]
+    return out
+
+
+@pytest.mark.parametrize("namespace,backend,device", targets(), ids=lambda v: str(v))
 @pytest.mark.parametrize("op,case", [(op, i) for op, cases in CASES.items() for i in range(len(cases))])
-def test_opcheck(op, case):
-    skip_unless_available("cpu")
-    torch.library.opcheck(getattr(torch.ops.mopt_fast, op).default, CASES[op][case]())
+def test_opcheck(namespace, backend, device, op, case):
+    skip_unless_available(backend)
+    if namespace == "mopt_fast_triton":
+        from mopt_fast import triton_kernels  # noqa: F401  (registers the namespace)
+    args = to_device(CASES[op][case](), device)
+    torch.library.opcheck(getattr(getattr(torch.ops, namespace), op).default, args)

@@ -134,12 +134,7 @@ def make_plan(tensors: list[torch.Tensor]) -> Plan:
     by_dtype: dict[torch.dtype, list[tuple[int, torch.Tensor]]] = {}
     for i, t in enumerate(tensors):
         dense = t
-        if not is_dense(t):
-            if torch._debug_has_internal_overlap(t) == 1:
-                raise ValueError(
-                    f"mopt_fast: tensor {i} has elements that share memory (e.g. an expanded "
-                    "tensor); give it its own memory first (.contiguous())"
-                )
+        if not is_dense(t):  # read through a contiguous copy (written back after in-place kernels)
             dense = t.contiguous()
             plan.copies.append((t, dense))
         by_dtype.setdefault(t.dtype, []).append((i, dense))

@@ -123,12 +123,12 @@ def _reduce(tensors, p, per_tensor, inv_scale, found_inf):
 
 
 def norm(tensors: list[torch.Tensor], norm_type: float, per_tensor: bool):
-    _validate.check_tensors(tensors, "norm")
+    _validate.check_tensors(tensors, "norm", writes=False)
     return _reduce(tensors, _validate.norm_type(norm_type), per_tensor, None, None)
 
 
 def unscale_norm(tensors, inv_scale, found_inf, norm_type: float, per_tensor: bool):
-    _validate.check_tensors(tensors, "unscale_norm")
+    _validate.check_tensors(tensors, "unscale_norm", writes=False)
     device = tensors[0].device
     _validate.amp_scalar(inv_scale, "inv_scale", device, "unscale_norm")
     _validate.amp_scalar(found_inf, "found_inf", device, "unscale_norm")

@@ -1,11 +1,9 @@
 #include "multi_tensor_apply.h"
 
-#include <ATen/MemoryOverlap.h>
-
 namespace mopt_fast::cpu {
 
-void check_tensors(at::TensorList tensors, const char* op) {
-  mopt_fast::check_tensors(tensors, op, at::Device(at::kCPU));
+void check_tensors(at::TensorList tensors, const char* op, bool writes) {
+  mopt_fast::check_tensors(tensors, op, at::Device(at::kCPU), writes);
 }
 
 Plan make_plan(at::TensorList tensors) {
@@ -22,14 +20,11 @@ Plan make_plan(at::TensorList tensors) {
     // exactly numel elements starting at data_ptr: elementwise ops and sums can use it directly.
     const at::Tensor* dense = &t;
     if (!t.is_non_overlapping_and_dense()) {
-      // An expanded tensor could not take its results back; rejected before anything is written.
-      TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "mopt_fast: tensor ",
-                        i, " has elements that share memory (e.g. an expanded tensor); give it "
-                        "its own memory first (.contiguous())");
       plan.copies.emplace_back(i, t.contiguous());
       dense = &plan.copies.back().second;
     }
-    plan.spans.push_back({dense->data_ptr(), t.scalar_type(), static_cast<int64_t>(t.element_size())});
+    plan.spans.push_back(
+        {dense->data_ptr(), t.scalar_type(), static_cast<int64_t>(t.element_size())});
     plan.first_item.push_back(static_cast<int64_t>(plan.items.size()));
     const int64_t numel = t.numel();
     for (int64_t begin = 0; begin < numel; begin += kChunkElems) {

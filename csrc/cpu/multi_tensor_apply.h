@@ -54,11 +54,12 @@ struct Plan {
   std::vector<int64_t> first_item;
 };
 
-// Checks that every tensor can be handled by the CPU kernels. Runs before anything is written, so a
-// rejected call leaves every tensor as it was.
-void check_tensors(at::TensorList tensors, const char* op);
+// Checks that every tensor can be handled by the CPU kernels (see mopt_fast::check_tensors). Runs
+// before anything is written, so a rejected call leaves every tensor as it was.
+void check_tensors(at::TensorList tensors, const char* op, bool writes);
 
-// Builds the work items for `tensors` (already checked).
+// Builds the work items for `tensors` (already checked); a tensor that is not one dense run of
+// memory is read through a contiguous copy.
 Plan make_plan(at::TensorList tensors);
 
 // After an in-place op: copies the results of non-dense tensors back into the caller's tensors.

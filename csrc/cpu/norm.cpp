@@ -37,7 +37,9 @@ struct Partial {
 };
 
 // max that propagates NaN, as torch's inf norm does.
-inline double nan_max(double a, double b) { return (std::isnan(b) || b > a) ? b : a; }
+inline double nan_max(double a, double b) {
+  return (std::isnan(b) || b > a) ? b : a;
+}
 
 template <typename V>
 inline double lane_sum(const V& v) {
@@ -66,10 +68,14 @@ Partial reduce_exact(const T* p, int64_t n, double scale, double order) {
     const double x = static_cast<double>(p[i]);
     if (!std::isfinite(x)) r.nonfinite = true;
     const double v = std::abs(x * scale);
-    if constexpr (K == NormKind::kL2) r.value += v * v;
-    else if constexpr (K == NormKind::kL1) r.value += v;
-    else if constexpr (K == NormKind::kLinf) r.value = nan_max(r.value, v);
-    else r.value += std::pow(v, order);
+    if constexpr (K == NormKind::kL2)
+      r.value += v * v;
+    else if constexpr (K == NormKind::kL1)
+      r.value += v;
+    else if constexpr (K == NormKind::kLinf)
+      r.value = nan_max(r.value, v);
+    else
+      r.value += std::pow(v, order);
   }
   return r;
 }
@@ -119,7 +125,8 @@ Partial reduce_item(const T* p, int64_t n, float scale, double order) {
     Partial r;
     for (int64_t b = 0; b < n; b += kBlockElems) {
       const int64_t len = std::min(kBlockElems, n - b);
-      double v = reduce_block_fast<T, K, kScaled>(p + b, len, static_cast<at::opmath_type<T>>(scale));
+      double v =
+          reduce_block_fast<T, K, kScaled>(p + b, len, static_cast<at::opmath_type<T>>(scale));
       if (!std::isfinite(v)) {
         // Either an inf/NaN input (the AMP check wants to know) or an fp32 overflow of a finite
         // sum: the exact pass tells them apart and gives the right value in both cases.
@@ -158,7 +165,7 @@ void check_order(double order) {
 std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double order,
                                                bool per_tensor, const float* inv_scale,
                                                const at::Tensor* found_inf, const char* op) {
-  check_tensors(tensors, op);
+  check_tensors(tensors, op, /*writes=*/false);
   check_order(order);
   const Plan plan = make_plan(tensors);
   const NormKind kind = norm_kind(order);

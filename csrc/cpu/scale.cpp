@@ -2,7 +2,8 @@
 //   factor = scale * min(1, max_norm / (total_norm + 1e-6))
 // where either part may be absent. This one pass serves scale_grads_ (scale only), clipping
 // (total_norm only) and AMP unscale + clip (both). When found_inf is given and set, nothing is
-// written (the optimizer step will be skipped); when the factor is exactly 1, nothing needs writing.
+// written (the optimizer step will be skipped); when the factor is exactly 1, nothing needs
+// writing.
 #include "multi_tensor_apply.h"
 
 #include <torch/library.h>
@@ -37,7 +38,7 @@ F clip_factor(F scale, F total_norm, F max_norm) {
 void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& scale,
                        const std::optional<at::Tensor>& total_norm, double max_norm,
                        const std::optional<at::Tensor>& found_inf) {
-  check_tensors(tensors, "scale");
+  check_tensors(tensors, "scale", /*writes=*/true);
   const at::Device cpu(at::kCPU);
   if (scale) check_scalar(*scale, "scale", "scale", cpu, true);
   if (found_inf) check_scalar(*found_inf, "found_inf", "scale", cpu, false);
@@ -59,18 +60,22 @@ void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& 
   }
   if (factor == 1.0) return;  // x * 1 == x bit for bit, NaN and -0 included.
 
-  const Plan plan = make_plan(tensors);
-  for_each_item(plan, [&](int64_t, const WorkItem& item) {
-    MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_scale", [&] {
-      scale_run<scalar_t>(item_ptr<scalar_t>(plan, item), item.end - item.begin,
-                          static_cast<at::opmath_type<scalar_t>>(factor));
+  for_each_round(tensors, [&](at::TensorList round) {
+    const Plan plan = make_plan(round);
+    for_each_item(plan, [&](int64_t, const WorkItem& item) {
+      MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_scale", [&] {
+        scale_run<scalar_t>(item_ptr<scalar_t>(plan, item), item.end - item.begin,
+                            static_cast<at::opmath_type<scalar_t>>(factor));
+      });
     });
+    write_back(plan, round);
   });
-  write_back(plan, tensors);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) { m.impl("scale_inplace", &scale_inplace_cpu); }
+TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) {
+  m.impl("scale_inplace", &scale_inplace_cpu);
+}
 
 }  // namespace mopt_fast::cpu

@@ -41,34 +41,35 @@ bool unscale_run(T* p, int64_t n, at::opmath_type<T> inv_scale) {
 
 void unscale_inplace_cpu(at::TensorList tensors, const at::Tensor& found_inf,
                          const at::Tensor& inv_scale) {
-  check_tensors(tensors, "unscale");
+  check_tensors(tensors, "unscale", /*writes=*/true);
   const at::Device cpu(at::kCPU);
   check_scalar(found_inf, "found_inf", "unscale", cpu, false);
   check_scalar(inv_scale, "inv_scale", "unscale", cpu, false);
   const float s = inv_scale.item<float>();
   const bool write = s != 1.0f;
-  const Plan plan = make_plan(tensors);
-  std::vector<char> nonfinite(plan.items.size(), 0);
-  for_each_item(plan, [&](int64_t i, const WorkItem& item) {
-    MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_unscale", [&] {
-      scalar_t* p = item_ptr<scalar_t>(plan, item);
-      const int64_t n = item.end - item.begin;
-      const auto scale = static_cast<at::opmath_type<scalar_t>>(s);
-      nonfinite[i] = write ? unscale_run<scalar_t, true>(p, n, scale)
-                           : unscale_run<scalar_t, false>(p, n, scale);
+  bool any_nonfinite = false;
+  for_each_round(tensors, [&](at::TensorList round) {
+    const Plan plan = make_plan(round);
+    std::vector<char> nonfinite(plan.items.size(), 0);
+    for_each_item(plan, [&](int64_t i, const WorkItem& item) {
+      MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_unscale", [&] {
+        scalar_t* p = item_ptr<scalar_t>(plan, item);
+        const int64_t n = item.end - item.begin;
+        const auto scale = static_cast<at::opmath_type<scalar_t>>(s);
+        nonfinite[i] = write ? unscale_run<scalar_t, true>(p, n, scale)
+                             : unscale_run<scalar_t, false>(p, n, scale);
+      });
     });
+    if (write) write_back(plan, round);
+    for (char f : nonfinite) any_nonfinite |= f != 0;
   });
-  if (write) write_back(plan, tensors);
-  for (char f : nonfinite) {
-    if (f) {
-      found_inf.fill_(1.0);
-      break;
-    }
-  }
+  if (any_nonfinite) found_inf.fill_(1.0);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) { m.impl("unscale_inplace", &unscale_inplace_cpu); }
+TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) {
+  m.impl("unscale_inplace", &unscale_inplace_cpu);
+}
 
 }  // namespace mopt_fast::cpu

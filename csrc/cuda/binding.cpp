@@ -14,8 +14,6 @@
 #include <tuple>
 #include <vector>
 
-#include <ATen/MemoryOverlap.h>
-
 #include "checks.h"
 #include "cuda/launch.h"
 
@@ -44,14 +42,6 @@ struct Group {
   const int64_t* first_chunk() const { return data() + 3 * n_tensors; }
   const int64_t* end_chunk() const { return data() + 4 * n_tensors; }
 };
-
-// A tensor whose elements share memory (an expanded gradient) cannot be copied back after an
-// in-place op; rejected before anything is written.
-void check_no_internal_overlap(const at::Tensor& t, size_t i) {
-  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "mopt_fast: tensor ", i,
-                    " has elements that share memory (e.g. an expanded tensor); give it its own "
-                    "memory first (.contiguous())");
-}
 
 struct Plan {
   std::vector<Group> groups;
@@ -139,7 +129,6 @@ Plan make_plan(at::TensorList tensors, cudaStream_t stream) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     at::Tensor t = tensors[i];
     if (!t.is_non_overlapping_and_dense()) {
-      check_no_internal_overlap(t, i);
       t = t.contiguous();
       plan.copies.emplace_back(static_cast<int64_t>(i), t);
     }
@@ -197,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor> reduce(at::TensorList tensors, double p, bool
                                           const char* op) {
   TORCH_CHECK_VALUE(!tensors.empty(), "mopt_fast.", op, ": empty tensor list");
   const at::Device device = tensors[0].device();
-  check_tensors(tensors, op, device);
+  check_tensors(tensors, op, device, /*writes=*/false);
   TORCH_CHECK_VALUE(p > 0.0, "mopt_fast: norm_type must be > 0 or inf, got ", p);
   if (inv_scale) check_scalar(*inv_scale, "inv_scale", op, device, false);
   if (found_inf) check_scalar(*found_inf, "found_inf", op, device, false);
@@ -227,10 +216,12 @@ std::tuple<at::Tensor, at::Tensor> reduce(at::TensorList tensors, double p, bool
   const at::ScalarType out_dtype = result_dtype(tensors);
   const auto out_opts = at::TensorOptions().dtype(out_dtype).device(device);
   at::Tensor total = at::empty({}, out_opts);
-  launch_norm_finish(total_sum.data_ptr<double>(), 1, kind, p, total.data_ptr(), dtype_of(out_dtype), stream);
+  launch_norm_finish(total_sum.data_ptr<double>(), 1, kind, p, total.data_ptr(),
+                     dtype_of(out_dtype), stream);
   at::Tensor per = at::empty({per_tensor ? n : 0}, out_opts);
   if (per_tensor) {
-    launch_norm_finish(per_sum.data_ptr<double>(), n, kind, p, per.data_ptr(), dtype_of(out_dtype), stream);
+    launch_norm_finish(per_sum.data_ptr<double>(), n, kind, p, per.data_ptr(), dtype_of(out_dtype),
+                       stream);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {total, per};
@@ -240,8 +231,10 @@ std::tuple<at::Tensor, at::Tensor> norm_cuda(at::TensorList tensors, double p, b
   return reduce(tensors, p, per_tensor, nullptr, nullptr, "norm");
 }
 
-std::tuple<at::Tensor, at::Tensor> unscale_norm_cuda(at::TensorList tensors, const at::Tensor& inv_scale,
-                                                     const at::Tensor& found_inf, double p, bool per_tensor) {
+std::tuple<at::Tensor, at::Tensor> unscale_norm_cuda(at::TensorList tensors,
+                                                     const at::Tensor& inv_scale,
+                                                     const at::Tensor& found_inf, double p,
+                                                     bool per_tensor) {
   return reduce(tensors, p, per_tensor, &inv_scale, &found_inf, "unscale_norm");
 }
 
@@ -251,18 +244,21 @@ DeviceScalar device_scalar(const std::optional<at::Tensor>& t) {
 }
 
 // Shared body of the in-place ops (after their checks): device guard, plan, one launch per dtype
-// group, write-back of non-dense tensors.
+// group, write-back of non-dense tensors; one such pass per round when tensors of the list share
+// memory (see disjoint_rounds), so that no launch races on it.
 template <typename Launch>
 void for_each_group(at::TensorList tensors, Launch&& launch) {
   const at::Device device = tensors[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const Plan plan = make_plan(tensors, stream);
-  for (const Group& g : plan.groups) {
-    launch(g, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  write_back(plan, tensors);
+  for_each_round(tensors, [&](at::TensorList round) {
+    const Plan plan = make_plan(round, stream);
+    for (const Group& g : plan.groups) {
+      launch(g, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    write_back(plan, round);
+  });
 }
 
 void scale_inplace_cuda(at::TensorList tensors, const std::optional<at::Tensor>& scale,
@@ -270,7 +266,7 @@ void scale_inplace_cuda(at::TensorList tensors, const std::optional<at::Tensor>&
                         const std::optional<at::Tensor>& found_inf) {
   if (tensors.empty()) return;
   const at::Device device = tensors[0].device();
-  check_tensors(tensors, "scale", device);
+  check_tensors(tensors, "scale", device, /*writes=*/true);
   if (scale) check_scalar(*scale, "scale", "scale", device, true);
   if (found_inf) check_scalar(*found_inf, "found_inf", "scale", device, false);
   if (total_norm) {
@@ -287,8 +283,9 @@ void scale_inplace_cuda(at::TensorList tensors, const std::optional<at::Tensor>&
 
 void clamp_inplace_cuda(at::TensorList tensors, double clip_value) {
   if (tensors.empty()) return;
-  check_tensors(tensors, "clamp", tensors[0].device());
-  TORCH_CHECK_VALUE(clip_value >= 0.0, "mopt_fast.clamp: clip_value must be >= 0, got ", clip_value);
+  check_tensors(tensors, "clamp", tensors[0].device(), /*writes=*/true);
+  TORCH_CHECK_VALUE(clip_value >= 0.0, "mopt_fast.clamp: clip_value must be >= 0, got ",
+                    clip_value);
   for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {
     launch_clamp(g.dtype, g.data(), g.n_tensors, g.n_chunks, clip_value, stream);
   });
@@ -296,16 +293,17 @@ void clamp_inplace_cuda(at::TensorList tensors, double clip_value) {
 
 void zero_inplace_cuda(at::TensorList tensors) {
   if (tensors.empty()) return;
-  check_tensors(tensors, "zero", tensors[0].device());
+  check_tensors(tensors, "zero", tensors[0].device(), /*writes=*/true);
   for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {
     launch_zero(g.dtype, g.data(), g.n_tensors, g.n_chunks, stream);
   });
 }
 
-void unscale_inplace_cuda(at::TensorList tensors, const at::Tensor& found_inf, const at::Tensor& inv_scale) {
+void unscale_inplace_cuda(at::TensorList tensors, const at::Tensor& found_inf,
+                          const at::Tensor& inv_scale) {
   if (tensors.empty()) return;
   const at::Device device = tensors[0].device();
-  check_tensors(tensors, "unscale", device);
+  check_tensors(tensors, "unscale", device, /*writes=*/true);
   check_scalar(found_inf, "found_inf", "unscale", device, false);
   check_scalar(inv_scale, "inv_scale", "unscale", device, false);
   for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {

@@ -28,7 +28,8 @@ void launch_clamp(DType dtype, const int64_t* table, int64_t n_tensors, int64_t 
   if (n_chunks == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    clamp_kernel<T><<<chunk_grid(n_chunks), kThreads, 0, stream>>>(ChunkTable{table, n_tensors, n_chunks}, limit);
+    clamp_kernel<T><<<chunk_grid(n_chunks), kThreads, 0, stream>>>(
+        ChunkTable{table, n_tensors, n_chunks}, limit);
   });
 }
 

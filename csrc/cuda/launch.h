@@ -29,8 +29,8 @@ void launch_norm_partials(DType dtype, const int64_t* table, int64_t n_tensors, 
 // out[index ? index[s] : s] = sum (or NaN-propagating max) of values[start[s] .. end[s]) for each
 // segment s, in a fixed order. start/end null: one segment [0, n_values).
 void launch_segment_reduce(const double* values, int64_t n_values, const int64_t* start,
-                           const int64_t* end, const int64_t* index, int64_t n_segments,
-                           bool max, double* out, cudaStream_t stream);
+                           const int64_t* end, const int64_t* index, int64_t n_segments, bool max,
+                           double* out, cudaStream_t stream);
 
 // out[i] = finish(sums[i]): sqrt for L2, pow(., 1/p) for general p, as is otherwise; written as
 // fp32 or fp64 (out_dtype).

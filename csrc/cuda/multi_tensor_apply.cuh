@@ -34,7 +34,9 @@ struct ChunkTable {
   }
   __device__ __forceinline__ int64_t numel(int64_t t) const { return data[n_tensors + t]; }
   __device__ __forceinline__ int64_t index(int64_t t) const { return data[2 * n_tensors + t]; }
-  __device__ __forceinline__ int64_t chunk_tensor(int64_t k) const { return data[5 * n_tensors + k]; }
+  __device__ __forceinline__ int64_t chunk_tensor(int64_t k) const {
+    return data[5 * n_tensors + k];
+  }
   __device__ __forceinline__ int64_t chunk_start(int64_t k) const {
     return data[5 * n_tensors + n_chunks + k];
   }
@@ -55,17 +57,42 @@ __device__ __forceinline__ ChunkRange this_chunk(const ChunkTable& table) {
 }
 
 // Compute type: fp32 for fp32/fp16/bf16, fp64 for fp64.
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_t = typename AccOf<T>::type;
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccOf<T>::type;
 
-template <typename T> __device__ __forceinline__ acc_t<T> to_acc(T x) { return static_cast<acc_t<T>>(x); }
-template <> __device__ __forceinline__ float to_acc<__half>(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ acc_t<T> to_acc(T x) {
+  return static_cast<acc_t<T>>(x);
+}
+template <>
+__device__ __forceinline__ float to_acc<__half>(__half x) {
+  return __half2float(x);
+}
+template <>
+__device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
 
-template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> x) { return static_cast<T>(x); }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_t<T> x) {
+  return static_cast<T>(x);
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 template <typename T>
 struct alignas(16) Vec16 {
@@ -74,7 +101,9 @@ struct alignas(16) Vec16 {
 };
 
 // max that propagates NaN, as torch's inf norm does.
-__device__ __forceinline__ double nan_max(double a, double b) { return (b != b || b > a) ? b : a; }
+__device__ __forceinline__ double nan_max(double a, double b) {
+  return (b != b || b > a) ? b : a;
+}
 
 // Visits elements [begin, end) of p in this block: fn(x) with x a register copy of each element;
 // with kWrite the (possibly changed) copy is stored back.
@@ -132,7 +161,8 @@ __device__ double block_reduce(double v) {
   double total = 0.0;
   if (threadIdx.x == 0) {
     const int n_warps = (blockDim.x + 31) / 32;
-    for (int w = 0; w < n_warps; ++w) total = kMax ? nan_max(total, warp_results[w]) : total + warp_results[w];
+    for (int w = 0; w < n_warps; ++w)
+      total = kMax ? nan_max(total, warp_results[w]) : total + warp_results[w];
   }
   __syncthreads();  // warp_results may be reused by a later call
   return total;
@@ -155,6 +185,8 @@ void dispatch_dtype(DType dtype, Fn&& fn) {
   }
 }
 
-inline dim3 chunk_grid(int64_t n_chunks) { return dim3(static_cast<unsigned>(n_chunks)); }
+inline dim3 chunk_grid(int64_t n_chunks) {
+  return dim3(static_cast<unsigned>(n_chunks));
+}
 
 }  // namespace mopt_fast::cuda

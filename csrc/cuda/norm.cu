@@ -19,17 +19,21 @@ struct NormOp {
     if constexpr (kScaled) v *= scale;
     // fp64 accumulation: exact enough for any list, and huge finite values cannot overflow.
     const double d = fabs(static_cast<double>(v));
-    if constexpr (K == NormKind::kL2) acc = fma(d, d, acc);
-    else if constexpr (K == NormKind::kL1) acc += d;
-    else if constexpr (K == NormKind::kLinf) acc = nan_max(acc, d);
-    else acc += d == 0.0 ? 0.0 : pow(d, p);
+    if constexpr (K == NormKind::kL2)
+      acc = fma(d, d, acc);
+    else if constexpr (K == NormKind::kL1)
+      acc += d;
+    else if constexpr (K == NormKind::kLinf)
+      acc = nan_max(acc, d);
+    else
+      acc += d == 0.0 ? 0.0 : pow(d, p);
   }
 };
 
 template <typename T, NormKind K, bool kScaled>
-__global__ void __launch_bounds__(kThreads) norm_partials_kernel(ChunkTable table,
-                                                                 const float* inv_scale, double p,
-                                                                 double* partials, float* found_inf) {
+__global__ void __launch_bounds__(kThreads)
+    norm_partials_kernel(ChunkTable table, const float* inv_scale, double p, double* partials,
+                         float* found_inf) {
   const ChunkRange chunk = this_chunk(table);
   NormOp<T, K, kScaled> op{kScaled ? static_cast<acc_t<T>>(*inv_scale) : acc_t<T>(1), p};
   visit_chunk<false>(static_cast<T*>(chunk.base), chunk.begin, chunk.end, op);
@@ -43,9 +47,9 @@ __global__ void __launch_bounds__(kThreads) norm_partials_kernel(ChunkTable tabl
 }
 
 template <bool kMax>
-__global__ void __launch_bounds__(kThreads) segment_reduce_kernel(const double* values, int64_t n_values,
-                                                                  const int64_t* start, const int64_t* end,
-                                                                  const int64_t* index, double* out) {
+__global__ void __launch_bounds__(kThreads)
+    segment_reduce_kernel(const double* values, int64_t n_values, const int64_t* start,
+                          const int64_t* end, const int64_t* index, double* out) {
   const int64_t s = blockIdx.x;
   const int64_t lo = start ? start[s] : 0;
   const int64_t hi = end ? end[s] : n_values;
@@ -58,7 +62,8 @@ __global__ void __launch_bounds__(kThreads) segment_reduce_kernel(const double* 
 }
 
 template <typename Out>
-__global__ void norm_finish_kernel(const double* sums, int64_t n, NormKind kind, double p, Out* out) {
+__global__ void norm_finish_kernel(const double* sums, int64_t n, NormKind kind, double p,
+                                   Out* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double v = sums[i];
@@ -69,12 +74,15 @@ __global__ void norm_finish_kernel(const double* sums, int64_t n, NormKind kind,
 
 template <typename T, NormKind K>
 void launch_partials(const int64_t* table, int64_t n_tensors, int64_t n_chunks, double p,
-                     const float* inv_scale, double* partials, float* found_inf, cudaStream_t stream) {
+                     const float* inv_scale, double* partials, float* found_inf,
+                     cudaStream_t stream) {
   const ChunkTable tab{table, n_tensors, n_chunks};
   if (inv_scale) {
-    norm_partials_kernel<T, K, true><<<chunk_grid(n_chunks), kThreads, 0, stream>>>(tab, inv_scale, p, partials, found_inf);
+    norm_partials_kernel<T, K, true>
+        <<<chunk_grid(n_chunks), kThreads, 0, stream>>>(tab, inv_scale, p, partials, found_inf);
   } else {
-    norm_partials_kernel<T, K, false><<<chunk_grid(n_chunks), kThreads, 0, stream>>>(tab, inv_scale, p, partials, found_inf);
+    norm_partials_kernel<T, K, false>
+        <<<chunk_grid(n_chunks), kThreads, 0, stream>>>(tab, inv_scale, p, partials, found_inf);
   }
 }
 
@@ -87,10 +95,22 @@ void launch_norm_partials(DType dtype, const int64_t* table, int64_t n_tensors, 
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     switch (kind) {
-      case NormKind::kL2: launch_partials<T, NormKind::kL2>(table, n_tensors, n_chunks, p, inv_scale, partials, found_inf, stream); break;
-      case NormKind::kL1: launch_partials<T, NormKind::kL1>(table, n_tensors, n_chunks, p, inv_scale, partials, found_inf, stream); break;
-      case NormKind::kLinf: launch_partials<T, NormKind::kLinf>(table, n_tensors, n_chunks, p, inv_scale, partials, found_inf, stream); break;
-      case NormKind::kLp: launch_partials<T, NormKind::kLp>(table, n_tensors, n_chunks, p, inv_scale, partials, found_inf, stream); break;
+      case NormKind::kL2:
+        launch_partials<T, NormKind::kL2>(table, n_tensors, n_chunks, p, inv_scale, partials,
+                                          found_inf, stream);
+        break;
+      case NormKind::kL1:
+        launch_partials<T, NormKind::kL1>(table, n_tensors, n_chunks, p, inv_scale, partials,
+                                          found_inf, stream);
+        break;
+      case NormKind::kLinf:
+        launch_partials<T, NormKind::kLinf>(table, n_tensors, n_chunks, p, inv_scale, partials,
+                                            found_inf, stream);
+        break;
+      case NormKind::kLp:
+        launch_partials<T, NormKind::kLp>(table, n_tensors, n_chunks, p, inv_scale, partials,
+                                          found_inf, stream);
+        break;
     }
   });
 }
@@ -100,9 +120,11 @@ void launch_segment_reduce(const double* values, int64_t n_values, const int64_t
                            double* out, cudaStream_t stream) {
   if (n_segments == 0) return;
   if (max) {
-    segment_reduce_kernel<true><<<chunk_grid(n_segments), kThreads, 0, stream>>>(values, n_values, start, end, index, out);
+    segment_reduce_kernel<true>
+        <<<chunk_grid(n_segments), kThreads, 0, stream>>>(values, n_values, start, end, index, out);
   } else {
-    segment_reduce_kernel<false><<<chunk_grid(n_segments), kThreads, 0, stream>>>(values, n_values, start, end, index, out);
+    segment_reduce_kernel<false>
+        <<<chunk_grid(n_segments), kThreads, 0, stream>>>(values, n_values, start, end, index, out);
   }
 }
 
@@ -111,9 +133,11 @@ void launch_norm_finish(const double* sums, int64_t n, NormKind kind, double p, 
   if (n == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 1024));
   if (out_dtype == DType::kFloat64) {
-    norm_finish_kernel<double><<<blocks, 256, 0, stream>>>(sums, n, kind, p, static_cast<double*>(out));
+    norm_finish_kernel<double>
+        <<<blocks, 256, 0, stream>>>(sums, n, kind, p, static_cast<double*>(out));
   } else {
-    norm_finish_kernel<float><<<blocks, 256, 0, stream>>>(sums, n, kind, p, static_cast<float*>(out));
+    norm_finish_kernel<float>
+        <<<blocks, 256, 0, stream>>>(sums, n, kind, p, static_cast<float*>(out));
   }
 }
 

@@ -30,12 +30,15 @@ struct ScaleOp {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) scale_kernel(ChunkTable table, DeviceScalar scale, DeviceScalar norm,
-                                                         double max_norm, const float* found_inf) {
+__global__ void __launch_bounds__(kThreads)
+    scale_kernel(ChunkTable table, DeviceScalar scale, DeviceScalar norm, double max_norm,
+                 const float* found_inf) {
   if (found_inf != nullptr && *found_inf != 0.0f) return;
-  const bool wide = norm.ptr ? norm.dtype == DType::kFloat64 : (scale.ptr && scale.dtype == DType::kFloat64);
-  const double factor = wide ? factor_in<double>(scale, norm, max_norm)
-                             : static_cast<double>(factor_in<float>(scale, norm, static_cast<float>(max_norm)));
+  const bool wide =
+      norm.ptr ? norm.dtype == DType::kFloat64 : (scale.ptr && scale.dtype == DType::kFloat64);
+  const double factor =
+      wide ? factor_in<double>(scale, norm, max_norm)
+           : static_cast<double>(factor_in<float>(scale, norm, static_cast<float>(max_norm)));
   if (factor == 1.0) return;  // x * 1 == x bit for bit
   const ChunkRange chunk = this_chunk(table);
   ScaleOp<T> op{static_cast<acc_t<T>>(factor)};

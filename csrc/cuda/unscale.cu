@@ -16,8 +16,8 @@ struct UnscaleOp {
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) unscale_kernel(ChunkTable table, const float* inv_scale,
-                                                           float* found_inf) {
+__global__ void __launch_bounds__(kThreads)
+    unscale_kernel(ChunkTable table, const float* inv_scale, float* found_inf) {
   const ChunkRange chunk = this_chunk(table);
   UnscaleOp<T> op{static_cast<acc_t<T>>(*inv_scale)};
   visit_chunk<true>(static_cast<T*>(chunk.base), chunk.begin, chunk.end, op);
@@ -31,7 +31,8 @@ void launch_unscale(DType dtype, const int64_t* table, int64_t n_tensors, int64_
   if (n_chunks == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    unscale_kernel<T><<<chunk_grid(n_chunks), kThreads, 0, stream>>>(ChunkTable{table, n_tensors, n_chunks}, inv_scale, found_inf);
+    unscale_kernel<T><<<chunk_grid(n_chunks), kThreads, 0, stream>>>(
+        ChunkTable{table, n_tensors, n_chunks}, inv_scale, found_inf);
   });
 }
 

@@ -26,7 +26,8 @@ void launch_zero(DType dtype, const int64_t* table, int64_t n_tensors, int64_t n
   if (n_chunks == 0) return;
   int element_size = 4;
   dispatch_dtype(dtype, [&](auto tag) { element_size = static_cast<int>(sizeof(tag)); });
-  zero_kernel<<<chunk_grid(n_chunks), kThreads, 0, stream>>>(ChunkTable{table, n_tensors, n_chunks}, element_size);
+  zero_kernel<<<chunk_grid(n_chunks), kThreads, 0, stream>>>(ChunkTable{table, n_tensors, n_chunks},
+                                                             element_size);
 }
 
 }  // namespace mopt_fast::cuda

@@ -46,7 +46,7 @@ def result_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
 def norm(
     tensors: list[torch.Tensor], norm_type: float, per_tensor: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _validate.check_tensors(tensors, "norm")
+    _validate.check_tensors(tensors, "norm", writes=False)
     p = _validate.norm_type(norm_type)
     dtype = result_dtype(tensors)
     norms = per_tensor_norms(tensors, p)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from mopt_fast import _validate
+from mopt_fast.torch_ops._rounds import write_in_rounds
 
 
 @torch.no_grad()
@@ -29,8 +30,12 @@ def scale_inplace(
     if found_inf is not None:
         factor = torch.where(found_inf.reshape(()) != 0, torch.ones_like(factor), factor)
     factor = factor.to(device)
-    if device.type in ("cpu", "cuda"):
-        torch._foreach_mul_(tensors, factor)
-    else:
-        for t in tensors:
-            t.mul_(factor)
+
+    def write(group: list[torch.Tensor]) -> None:
+        if device.type in ("cpu", "cuda"):
+            torch._foreach_mul_(group, factor)
+        else:
+            for t in group:
+                t.mul_(factor)
+
+    write_in_rounds(write, tensors)

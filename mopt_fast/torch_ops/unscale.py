@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from mopt_fast import _validate
+from mopt_fast.torch_ops._rounds import write_in_rounds
 
 
 @torch.no_grad()
@@ -14,4 +15,9 @@ def unscale_inplace(
     device = tensors[0].device
     _validate.amp_scalar(found_inf, "found_inf", device, "unscale")
     _validate.amp_scalar(inv_scale, "inv_scale", device, "unscale")
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found_inf, inv_scale)
+    write_in_rounds(
+        lambda group: torch._amp_foreach_non_finite_check_and_unscale_(group, found_inf, inv_scale), tensors
+    )
+    # torch's AMP op bumps no version counter; every mopt_fast op bumps what it writes.
+    for t in (*tensors, found_inf):
+        torch.autograd.graph.increment_version(t)

@@ -21,7 +21,7 @@ def unscale_norm(
     |x|^p overflow for |x| above ~1e19 (fp32/bf16 gradients), which then also sets found_inf; the
     compiled kernels check the values themselves and redo such sums in fp64.
     """
-    _validate.check_tensors(tensors, "unscale_norm")
+    _validate.check_tensors(tensors, "unscale_norm", writes=False)
     device = tensors[0].device
     _validate.amp_scalar(inv_scale, "inv_scale", device, "unscale_norm")
     _validate.amp_scalar(found_inf, "found_inf", device, "unscale_norm")
