@@ -7,6 +7,8 @@
 #   make bench    the benchmark comparison table (torch vs every mopt_fast backend)
 #   make cmake-check   build the C++ op library and the CUDA kernels (sm_80, sm_90) with CMake,
 #                      and syntax-check the CUDA binding against torch's headers (what CI checks)
+#   make lint     ruff (pyflakes, isort, bugbear, pyupgrade) and clang-format, as CI runs them
+#   make format   apply ruff's fixes and clang-format
 #
 # TORCH_SPEC picks the torch to install into .venv (default: the version we test with).
 
@@ -14,9 +16,10 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+CXX_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 SOURCES := setup.py $(shell find csrc mopt_fast triton_kernels -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py')
 
-.PHONY: demo test bench install cmake-check clean
+.PHONY: demo test bench install cmake-check lint format clean
 
 $(VENV)/.stamp-deps: requirements-dev.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +45,14 @@ bench: install
 
 demo: install
 	$(VPY) examples/gan_2d.py --out out/demo
+
+lint: $(VENV)/.stamp-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(VENV)/.stamp-deps
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 NVCC ?= $(shell command -v nvcc)
 TORCH_INCLUDE = $$($(VPY) -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')
