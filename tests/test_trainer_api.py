@@ -14,6 +14,7 @@ from torch import nn
 
 import lightning_cases as cases
 import mopt_fast
+from helpers import importorskip_unless_ci
 from mopt_fast import LightningModule, LightningOptimizer, MisconfigurationException, Trainer
 from mopt_fast.precision import MixedPrecision
 
@@ -217,7 +218,7 @@ def test_toggle_with_shared_and_frozen_parameters() -> None:
     ["opt", "list", "tuple", "lists", "dict", "dict_sched_dict", "list_of_dicts"],
 )
 def test_configure_optimizers_forms_match_lightning(conf: str) -> None:
-    _configure_optimizers = pytest.importorskip("lightning.pytorch.core.optimizer")._configure_optimizers
+    _configure_optimizers = importorskip_unless_ci("lightning.pytorch.core.optimizer")._configure_optimizers
 
     from mopt_fast.trainer._configure import configure_optimizers
 
@@ -458,7 +459,7 @@ def test_csv_logger_progress_bar_and_summary(tmp_path, capsys) -> None:
 
 
 def test_tensorboard_logger(tmp_path) -> None:
-    pytest.importorskip("tensorboard")
+    importorskip_unless_ci("tensorboard")
     torch.manual_seed(0)
     logger = mopt_fast.TensorBoardLogger(str(tmp_path))
     quiet_trainer(logger=logger, log_every_n_steps=1).fit(cases.minimal(LightningModule)(), cases.make_data()[0])

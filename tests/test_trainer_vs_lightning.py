@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import lightning_cases as cases
+from helpers import importorskip_unless_ci
 
-pytest.importorskip("lightning")
+importorskip_unless_ci("lightning")
 
 
 def assert_same(ref: dict, got: dict, exact: bool = True) -> None:
