@@ -319,6 +319,26 @@ def epoch_hook_logging(LM: type) -> type:
     return EpochHookLogging
 
 
+def logging_variety(LM: type) -> type:
+    """self.log in its forms: hidden from the loggers, step-only, step and epoch in validation, from
+    an epoch-end hook."""
+    class LoggingVariety(minimal(LM)):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            super().training_step(batch, batch_idx)
+            self.log("hidden", float(batch_idx), logger=False)
+            self.log("step_only", 2.0 * batch_idx, prog_bar=True, on_step=True, on_epoch=False)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            loss = self.compute_loss(batch)
+            self.log("val_loss", loss, on_step=True, on_epoch=True)
+            self.log("val_hidden", loss, logger=False)
+
+        def on_train_epoch_end(self) -> None:
+            self.log("epoch_end_value", self.current_epoch + 0.5)
+
+    return LoggingVariety
+
+
 def eval_submodule_and_stale_grads(LM: type) -> type:
     class EvalSubmodule(accumulation(LM)):
         def __init__(self) -> None:
@@ -411,6 +431,42 @@ def recording(case: Callable[[type], type]) -> Callable[[type], type]:
         return recorded_cls
 
     return make
+
+
+def recording_logger(framework: str) -> Any:
+    """A logger of `framework` that keeps every log_metrics call (step, metrics) and finalize status."""
+    if framework == "lightning":
+        from lightning.pytorch.loggers import Logger
+    else:
+        from mopt_fast.trainer.loggers import Logger
+
+    class RecordingLogger(Logger):
+        def __init__(self) -> None:
+            if framework == "lightning":
+                super().__init__()
+            else:
+                super().__init__(tempfile.mkdtemp(prefix="mopt_fast_test_"))
+            self.calls: list[tuple[int | None, dict[str, float]]] = []
+            self.finalized: list[str] = []
+
+        @property
+        def name(self) -> str:
+            return "recording"
+
+        @property
+        def version(self) -> int:
+            return 0
+
+        def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+            self.calls.append((step, dict(metrics)))
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def finalize(self, status: str) -> None:
+            self.finalized.append(status)
+
+    return RecordingLogger()
 
 
 def run(framework: str, case: Callable[[type], type], data: tuple | None = None, seed: int = 0,

@@ -145,12 +145,24 @@ def test_hook_order(case, kwargs: dict) -> None:
     assert len(ref["recorded"]) > (2 if kwargs["max_epochs"] == 0 else 20)
 
 
-def test_logged_metrics_match() -> None:
-    ref = cases.run("lightning", cases.minimal, logger=None)
-    got = cases.run("mopt_fast", cases.minimal)
+@pytest.mark.parametrize("log_every_n_steps", [1, 4, 50])
+@pytest.mark.parametrize("with_logger", [True, False], ids=["logger", "no_logger"])
+@pytest.mark.parametrize("name", ["minimal", "logging_variety", "automatic"])
+def test_logged_metrics_match(name: str, with_logger: bool, log_every_n_steps: int) -> None:
+    """Both Trainers with the same logger setting: the same logged_metrics, and with a logger the
+    same log_metrics calls (step and values) and the same final status."""
+    case = {"minimal": cases.minimal, "logging_variety": cases.logging_variety, "automatic": cases.automatic()}[name]
+    loggers = {fw: cases.recording_logger(fw) if with_logger else False for fw in ("lightning", "mopt_fast")}
+    ref = cases.run("lightning", case, logger=loggers["lightning"], max_epochs=2, log_every_n_steps=log_every_n_steps)
+    got = cases.run("mopt_fast", case, logger=loggers["mopt_fast"], max_epochs=2, log_every_n_steps=log_every_n_steps)
     assert sorted(got["logged_metrics"]) == sorted(ref["logged_metrics"])
+    assert "loss_epoch" in ref["logged_metrics"]
     for k, v in ref["logged_metrics"].items():
         assert torch.equal(got["logged_metrics"][k], v), k
+    if with_logger:
+        assert loggers["mopt_fast"].calls == loggers["lightning"].calls
+        assert len(loggers["lightning"].calls) >= 4  # the epoch ends and validation runs at least
+        assert loggers["mopt_fast"].finalized == loggers["lightning"].finalized == ["success"]
 
 
 def test_shuffled_data_and_dropout_draw_the_same_random_numbers() -> None:
