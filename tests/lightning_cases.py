@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 N_ACC = 2
 
@@ -39,6 +39,25 @@ def make_data(n: int = 96, batch_size: int = 16, shuffle: bool = True) -> tuple[
     train = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
     val = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
     return train, val
+
+
+class Stream(IterableDataset):
+    """make_data's samples as a stream without a length, in an order drawn from the global RNG at
+    every pass (so both Trainers must create their iterators at the same points)."""
+
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in torch.randperm(len(self.x)).tolist():
+            yield self.x[i], self.y[i]
+
+
+def make_stream_data(n: int = 96, batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
+    """make_data's sizes, from loaders without a length (IterableDatasets)."""
+    return DataLoader(Stream(n), batch_size=batch_size), DataLoader(Stream(40), batch_size=16)
 
 
 def base(LM: type) -> type:

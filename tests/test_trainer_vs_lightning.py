@@ -165,6 +165,54 @@ def test_logged_metrics_match(name: str, with_logger: bool, log_every_n_steps: i
         assert loggers["mopt_fast"].finalized == loggers["lightning"].finalized == ["success"]
 
 
+def batch_tracking(case):
+    """`case` recording, at each batch end, batch_idx, is_last_batch and global_step, and at each
+    validation start global_step and current_epoch."""
+    def make(LM: type) -> type:
+        class Tracking(case(LM)):
+            def on_train_batch_end(self, outputs, batch, batch_idx):
+                self.recorded.append(("batch", batch_idx, self.trainer.is_last_batch, self.trainer.global_step))
+                super().on_train_batch_end(outputs, batch, batch_idx)
+
+            def on_validation_start(self):
+                self.recorded.append(("validation", self.trainer.global_step, self.trainer.current_epoch))
+
+        return Tracking
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "case,kwargs",
+    [
+        (cases.minimal, {}),
+        (cases.sched_every_n, {}),  # steps its scheduler on trainer.is_last_batch
+        (cases.automatic(), {}),
+        (cases.automatic(), {"accumulate_grad_batches": 4}),  # the last, short window steps on is_last_batch
+        (cases.automatic(scheduler="step_interval"), {"accumulate_grad_batches": 4}),
+        (cases.automatic(scheduler="epoch"), {}),
+        (cases.automatic(), {"limit_train_batches": 4}),
+        (cases.automatic(), {"max_steps": 8, "max_epochs": None}),
+        (cases.automatic(), {"val_check_interval": 4, "check_val_every_n_epoch": None}),
+    ],
+    ids=["manual", "manual_sched_on_last_batch", "automatic", "accumulate", "accumulate_step_sched", "epoch_sched",
+         "limit_train_batches", "max_steps", "val_every_4_batches"],
+)
+def test_loader_without_a_length(case, kwargs: dict) -> None:
+    """IterableDataset loaders: the Trainer must find each epoch's last batch by looking ahead. Same
+    weights, steps, is_last_batch at every batch and validation points as Lightning."""
+    kwargs = {"max_epochs": 2, **kwargs}
+    ref = cases.run("lightning", batch_tracking(case), data=cases.make_stream_data(), **kwargs)
+    train, val = cases.make_stream_data()
+    with pytest.raises(TypeError):
+        len(train)
+    got = cases.run("mopt_fast", batch_tracking(case), data=(train, val), **kwargs)
+    assert got["trainer"].num_training_batches == kwargs.get("limit_train_batches", float("inf"))
+    assert_same(ref, got)
+    assert got["recorded"] == ref["recorded"]
+    assert any(r[0] == "batch" and r[2] for r in ref["recorded"])  # some batch was the last
+
+
 def test_shuffled_data_and_dropout_draw_the_same_random_numbers() -> None:
     """Equal weights after several epochs of a shuffled loader, dropout and a sanity check can
     only happen when both Trainers draw from the global RNG in the same order."""
