@@ -4,6 +4,10 @@ mopt_fast.Trainer must end with the same weights, global_step, callback_metrics 
 fp64), and call the same hooks in the same order."""
 from __future__ import annotations
 
+import tempfile
+import warnings
+from typing import Any
+
 import pytest
 import torch
 
@@ -211,6 +215,129 @@ def test_loader_without_a_length(case, kwargs: dict) -> None:
     assert_same(ref, got)
     assert got["recorded"] == ref["recorded"]
     assert any(r[0] == "batch" and r[2] for r in ref["recorded"])  # some batch was the last
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def failing(case, where: str, epoch: int = 1, batch: int = 2):
+    """`case` raising Boom in training_step (at `batch` of `epoch`), in validation_step (in `epoch`)
+    or in the sanity check; the exception raised is kept in `self.raised`."""
+    def make(LM: type) -> type:
+        class Failing(case(LM)):
+            raised: Boom | None = None
+
+            def _boom(self, message: str) -> None:
+                self.raised = Boom(message)
+                raise self.raised
+
+            def training_step(self, batch_, batch_idx):
+                if where == "training_step" and self.current_epoch == epoch and batch_idx == batch:
+                    self._boom("boom in training_step")
+                return super().training_step(batch_, batch_idx)
+
+            def validation_step(self, batch_, batch_idx):
+                if where == "validation_step" and self.current_epoch == epoch and not self.trainer.sanity_checking:
+                    self._boom("boom in validation_step")
+                if where == "sanity_check" and self.trainer.sanity_checking:
+                    self._boom("boom in the sanity check")
+                return super().validation_step(batch_, batch_idx)
+
+        return Failing
+
+    return make
+
+
+def run_failing(framework: str, case) -> dict[str, Any]:
+    """cases.run for a fit that raises: what the exception, the callbacks, the logger, the trainer
+    and the module were left with."""
+    LM, Trainer = cases.frameworks(framework)
+    if framework == "lightning":
+        from lightning.pytorch import Callback
+    else:
+        from mopt_fast import Callback
+    events: list[tuple] = []
+    logger = cases.recording_logger(framework)
+
+    def stage(trainer) -> tuple:
+        return (trainer.training, trainer.validating, trainer.sanity_checking, trainer.global_step,
+                trainer.current_epoch, trainer.is_last_batch)
+
+    class Recorder(Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            events.append(("on_exception", exception, pl_module, stage(trainer), list(logger.finalized)))
+
+        def on_train_end(self, trainer, pl_module):
+            events.append(("on_train_end",))
+
+        def on_fit_end(self, trainer, pl_module):
+            events.append(("on_fit_end",))
+
+        def teardown(self, trainer, pl_module, stage):
+            events.append(("teardown", stage))
+
+    torch.manual_seed(0)
+    model = case(LM)()
+    trainer = Trainer(accelerator="cpu", max_epochs=3, logger=logger, callbacks=[Recorder()],
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tempfile.mkdtemp(prefix="mopt_fast_test_"))
+    train, val = cases.make_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Boom) as excinfo:
+            trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
+    assert excinfo.value is model.raised  # the exception itself propagates
+    exception_events = [e for e in events if e[0] == "on_exception"]
+    assert len(exception_events) == 1
+    _, exc, module, stage_then, finalized_then = exception_events[0]
+    assert exc is model.raised and module is model
+    return {
+        "events": [e[0] for e in events],
+        "stage_in_on_exception": stage_then,
+        "finalized_before_on_exception": finalized_then,
+        "finalized": list(logger.finalized),
+        "stage_after": (*stage(trainer), trainer.should_stop),
+        "attached": model.trainer is trainer,
+        "modes": [m.training for m in model.modules()],
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "optimizer_states": [opt.state_dict() for opt in trainer.optimizers],
+        "callback_metrics": {k: v.detach().clone() for k, v in trainer.callback_metrics.items()},
+        "logged_metrics": {k: v.detach().clone() for k, v in trainer.logged_metrics.items()},
+    }
+
+
+@pytest.mark.parametrize("where", ["training_step", "validation_step", "sanity_check"])
+@pytest.mark.parametrize("name", ["minimal", "automatic"])
+def test_failed_fit(name: str, where: str) -> None:
+    """An exception inside fit propagates; on_exception is called on the callbacks (and the loggers
+    finalized as "failed") as Lightning does, with the trainer in the stage it failed in, and the
+    trainer, weights, gradients, optimizer state and metrics are left as Lightning leaves them."""
+    case = failing(cases.minimal if name == "minimal" else cases.automatic(), where)
+    ref = run_failing("lightning", case)
+    got = run_failing("mopt_fast", case)
+    assert ref["events"] == got["events"] == ["on_exception"]  # no on_train_end, on_fit_end or teardown
+    assert got["stage_in_on_exception"] == ref["stage_in_on_exception"]
+    assert got["finalized_before_on_exception"] == ref["finalized_before_on_exception"] == []
+    assert got["finalized"] == ref["finalized"] == ["failed"]
+    assert got["stage_after"] == ref["stage_after"]
+    assert got["attached"] and ref["attached"]
+    if where == "training_step":
+        # A failed validation leaves Lightning's modules in eval mode; mopt_fast puts each back.
+        assert got["modes"] == ref["modes"]
+    for k, v in ref["state"].items():
+        assert torch.equal(got["state"][k], v), k
+    assert len(got["grads"]) == len(ref["grads"])
+    for g, r in zip(got["grads"], ref["grads"]):
+        assert (g is None) == (r is None) and (g is None or torch.equal(g, r))
+    torch.testing.assert_close(got["optimizer_states"], ref["optimizer_states"], rtol=0, atol=0)
+    for key in ("callback_metrics", "logged_metrics"):
+        assert sorted(got[key]) == sorted(ref[key]), key
+        for k, v in ref[key].items():
+            assert torch.equal(got[key][k], v), (key, k)
+    if where == "training_step":
+        assert ref["stage_in_on_exception"][3] > 0  # it failed after some steps
 
 
 def test_shuffled_data_and_dropout_draw_the_same_random_numbers() -> None:
