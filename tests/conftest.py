@@ -41,3 +41,21 @@ def backend(request):
     skip_unless_available(request.param)
     with mopt_fast.use_backend(request.param):
         yield request.param
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Skips as one line per distinct reason: most are the same few reasons (a backend this machine
+    lacks) repeated for every parametrization. pyproject's `-r` leaves `s` out for this; failures,
+    errors and xfails are still listed one by one. With `-rs` / `-ra` given, pytest lists them itself."""
+    if any(c in (config.option.reportchars or "") for c in "saA"):
+        return
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        counts[reason] = counts.get(reason, 0) + 1
+    if not counts:
+        return
+    terminalreporter.write_sep("=", "skipped, by reason")
+    for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        terminalreporter.write_line(f"skipped {n}: {reason}")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 N_ACC = 2
 
@@ -39,6 +39,25 @@ def make_data(n: int = 96, batch_size: int = 16, shuffle: bool = True) -> tuple[
     train = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
     val = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
     return train, val
+
+
+class Stream(IterableDataset):
+    """make_data's samples as a stream without a length, in an order drawn from the global RNG at
+    every pass (so both Trainers must create their iterators at the same points)."""
+
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in torch.randperm(len(self.x)).tolist():
+            yield self.x[i], self.y[i]
+
+
+def make_stream_data(n: int = 96, batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
+    """make_data's sizes, from loaders without a length (IterableDatasets)."""
+    return DataLoader(Stream(n), batch_size=batch_size), DataLoader(Stream(40), batch_size=16)
 
 
 def base(LM: type) -> type:
@@ -319,6 +338,26 @@ def epoch_hook_logging(LM: type) -> type:
     return EpochHookLogging
 
 
+def logging_variety(LM: type) -> type:
+    """self.log in its forms: hidden from the loggers, step-only, step and epoch in validation, from
+    an epoch-end hook."""
+    class LoggingVariety(minimal(LM)):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            super().training_step(batch, batch_idx)
+            self.log("hidden", float(batch_idx), logger=False)
+            self.log("step_only", 2.0 * batch_idx, prog_bar=True, on_step=True, on_epoch=False)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            loss = self.compute_loss(batch)
+            self.log("val_loss", loss, on_step=True, on_epoch=True)
+            self.log("val_hidden", loss, logger=False)
+
+        def on_train_epoch_end(self) -> None:
+            self.log("epoch_end_value", self.current_epoch + 0.5)
+
+    return LoggingVariety
+
+
 def eval_submodule_and_stale_grads(LM: type) -> type:
     class EvalSubmodule(accumulation(LM)):
         def __init__(self) -> None:
@@ -411,6 +450,42 @@ def recording(case: Callable[[type], type]) -> Callable[[type], type]:
         return recorded_cls
 
     return make
+
+
+def recording_logger(framework: str) -> Any:
+    """A logger of `framework` that keeps every log_metrics call (step, metrics) and finalize status."""
+    if framework == "lightning":
+        from lightning.pytorch.loggers import Logger
+    else:
+        from mopt_fast.trainer.loggers import Logger
+
+    class RecordingLogger(Logger):
+        def __init__(self) -> None:
+            if framework == "lightning":
+                super().__init__()
+            else:
+                super().__init__(tempfile.mkdtemp(prefix="mopt_fast_test_"))
+            self.calls: list[tuple[int | None, dict[str, float]]] = []
+            self.finalized: list[str] = []
+
+        @property
+        def name(self) -> str:
+            return "recording"
+
+        @property
+        def version(self) -> int:
+            return 0
+
+        def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+            self.calls.append((step, dict(metrics)))
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def finalize(self, status: str) -> None:
+            self.finalized.append(status)
+
+    return RecordingLogger()
 
 
 def run(framework: str, case: Callable[[type], type], data: tuple | None = None, seed: int = 0,

@@ -37,15 +37,33 @@ def test_default_is_fastest_for_cpu():
     assert backend_for(torch.device("meta")) == "torch"
 
 
+def _runs_cpu(name: str) -> bool:
+    with mopt_fast.use_backend(name):
+        try:
+            return backend_for(CPU) == name
+        except RuntimeError:  # a backend for other devices only
+            return False
+
+
 def test_use_backend_nests_and_restores():
+    # Two different backends, each in turn outside: when the default is one of them, the other
+    # as the outer one tells "restored the outer" from "back to the default".
+    others = [b for b in mopt_fast.available_backends() if b != "torch" and _runs_cpu(b)]
+    if not others:
+        pytest.skip("no backend but 'torch' runs CPU tensors here (compiled CPU kernels not built)")
     before = backend_for(CPU)
-    with mopt_fast.use_backend("torch"):
-        assert backend_for(CPU) == "torch"
-        with pytest.raises(KeyError):
-            with mopt_fast.use_backend("torch"):
-                raise KeyError("inner")
-        assert backend_for(CPU) == "torch"
-    assert backend_for(CPU) == before
+    for outer, inner in (("torch", others[0]), (others[0], "torch")):
+        with mopt_fast.use_backend(outer):
+            assert backend_for(CPU) == outer
+            with mopt_fast.use_backend(inner):
+                assert backend_for(CPU) == inner
+            assert backend_for(CPU) == outer  # the outer one is back after the inner exits
+            with pytest.raises(KeyError, match="inner"):
+                with mopt_fast.use_backend(inner):
+                    assert backend_for(CPU) == inner
+                    raise KeyError("inner")
+            assert backend_for(CPU) == outer  # and after an exception inside the inner one
+        assert backend_for(CPU) == before
 
 
 def test_backend_refuses_other_devices():

@@ -526,6 +526,8 @@ class Trainer:
             if self.is_global_zero:
                 for lg in self.loggers:
                     lg.finalize("failed")
+            # A failed fit leaves no stage running (Lightning sets its stage to None).
+            self.training = self.validating = self.sanity_checking = False
             raise
 
     def _fit(self, model: LightningModule, train_loader: Any, val_loader: Any, ckpt_path: str | None) -> None:
@@ -1070,7 +1072,8 @@ class Trainer:
             for m, training in modes.items():  # each submodule back to its own mode
                 m.training = training
             metrics.active, metrics.first_loop_iter = saved_active, saved_first
-            self.training, self.validating = not sanity, False
+        # Not in the `finally`: a failure inside leaves the stage as it was for on_exception, as in Lightning.
+        self.training, self.validating = not sanity, False
         if sanity:
             self._call("on_sanity_check_end")
         self.sanity_checking = False
