@@ -16,6 +16,7 @@ Environment knobs:
   TORCH_CUDA_ARCH_LIST  GPU architectures of the CUDA kernels; default "8.0;9.0" (sm_80, sm_90).
 """
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def extensions():
 
 setup(
     name="mopt_fast",
-    version="0.1.0",
+    # Read, not imported: importing mopt_fast needs the extension this build makes.
+    version=re.search(r'__version__ = "([^"]+)"', (ROOT / "mopt_fast" / "_version.py").read_text()).group(1),
     description="Fused multi-tensor kernels for the work around optimizer.step()",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
@@ -113,7 +115,9 @@ setup(
     packages=find_packages(include=["mopt_fast", "mopt_fast.*"]) + ["mopt_fast.triton_kernels"],
     package_dir={"mopt_fast.triton_kernels": "triton_kernels"},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "tqdm>=4.57"],
+    license="BSD-3-Clause",
+    # The torch CI builds and tests against (README: Supported); the C++ ops are tied to it.
+    install_requires=["torch>=2.13", "tqdm>=4.57"],
     extras_require={"tensorboard": ["tensorboard>=2.9"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -6,6 +6,7 @@ plugins and the optimizer wrapper (mopt_fast.precision, mopt_fast.optimizer) →
 (mopt_fast.module) → Trainer (mopt_fast.trainer).
 """
 from mopt_fast import _extension
+from mopt_fast._version import __version__
 from mopt_fast.functional import (
     clip_grad_norm_,
     clip_grad_value_,
@@ -28,7 +29,6 @@ if _extension.COMPILED:
 
     _fake.register()
 
-__version__ = "0.1.0"
 
 
 def build_info() -> dict:

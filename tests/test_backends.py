@@ -111,3 +111,10 @@ def test_checkout_without_extension_runs_on_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['torch'] False"
     assert "compiled kernels not built" in out.stderr and "pure-torch backend" in out.stderr
+
+
+def test_version_has_one_source():
+    """setup.py reads mopt_fast/_version.py; the installed metadata and the module agree."""
+    import importlib.metadata
+
+    assert importlib.metadata.version("mopt_fast") == mopt_fast.__version__ == mopt_fast.build_info()["version"]
