@@ -11,12 +11,13 @@
 // the ops the same meaning at the dispatcher, where torch.compile and every backend see it.
 //
 // Both kernels are boxed and schema-driven: the written arguments are those the schema in
-// registry.cpp marks with (a!). A new op adds its name to kOps (tests/test_autograd.py checks
-// that every op of the namespace has both kernels).
+// csrc/ops.h marks with (a!), and every op of that list gets both, so a new op needs no line here.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
+
+#include "ops.h"
 
 namespace mopt_fast {
 namespace {
@@ -74,22 +75,21 @@ void inplace_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
   for (const at::Tensor& t : written) t.unsafeGetTensorImpl()->bump_version();
 }
 
-// Fallbacks cannot be scoped to one namespace, so each op is named.
-constexpr const char* kOps[] = {"norm",          "unscale_norm", "scale_inplace",
-                                "clamp_inplace", "zero_inplace", "unscale_inplace"};
-
 }  // namespace
 
+// Fallbacks cannot be scoped to one namespace, so each op of csrc/ops.h is named.
 TORCH_LIBRARY_IMPL(mopt_fast, Autograd, m) {
-  for (const char* name : kOps) {
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
-  }
+#define MOPT_FAST_AUTOGRAD(name, schema) \
+  m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());
+  MOPT_FAST_OPS(MOPT_FAST_AUTOGRAD)
+#undef MOPT_FAST_AUTOGRAD
 }
 
 TORCH_LIBRARY_IMPL(mopt_fast, ADInplaceOrView, m) {
-  for (const char* name : kOps) {
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&inplace_kernel>());
-  }
+#define MOPT_FAST_INPLACE(name, schema) \
+  m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&inplace_kernel>());
+  MOPT_FAST_OPS(MOPT_FAST_INPLACE)
+#undef MOPT_FAST_INPLACE
 }
 
 }  // namespace mopt_fast

@@ -1,5 +1,6 @@
-// Checks shared by the CPU and CUDA bindings. They run before any kernel writes, so a rejected
-// call leaves every tensor as it was.
+// Checks and list handling shared by the CPU and CUDA bindings (the torch side; csrc/common.h
+// holds what the torch-free CUDA kernels share too). They run before any kernel writes, so a
+// rejected call leaves every tensor as it was.
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
@@ -8,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -50,6 +52,28 @@ inline void check_scalar(const at::Tensor& t, const char* name, const char* op,
   TORCH_CHECK_VALUE(t.numel() == 1 && dtype_ok, "mopt_fast.", op, ": ", name,
                     " must be a one-element ", allow_double ? "float32 or float64" : "float32",
                     " tensor, got ", t.scalar_type(), " of shape ", t.sizes());
+}
+
+// The arguments of scale_inplace (csrc/ops.h), checked on `device` before anything is written.
+inline void check_scale_args(at::TensorList tensors, const std::optional<at::Tensor>& scale,
+                             const std::optional<at::Tensor>& total_norm, double max_norm,
+                             const std::optional<at::Tensor>& found_inf, const at::Device& device) {
+  check_tensors(tensors, "scale", device, /*writes=*/true);
+  if (scale) check_scalar(*scale, "scale", "scale", device, true);
+  if (found_inf) check_scalar(*found_inf, "found_inf", "scale", device, false);
+  if (total_norm) {
+    check_scalar(*total_norm, "total_norm", "scale", device, true);
+    TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.scale: max_norm must be >= 0, got ", max_norm);
+  }
+}
+
+// The dtype of a norm: float32, or float64 when any tensor is float64 (fp16/bf16 values are
+// accumulated in fp32, so their norms do not overflow at 65504).
+inline at::ScalarType result_dtype(at::TensorList tensors) {
+  for (const auto& t : tensors) {
+    if (t.scalar_type() == at::kDouble) return at::kDouble;
+  }
+  return at::kFloat;
 }
 
 // The bytes [first, end) a tensor's elements can touch; empty for a zero-size tensor.

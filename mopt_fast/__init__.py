@@ -25,9 +25,9 @@ from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
 from mopt_fast.trainer import Callback, CSVLogger, ModelCheckpoint, ModelSummary, TensorBoardLogger, TQDMProgressBar, Trainer
 
 if _extension.COMPILED:
-    from mopt_fast import _fake
+    from mopt_fast import _ops
 
-    _fake.register()
+    _ops.register_fakes("mopt_fast")
 
 
 

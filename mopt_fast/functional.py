@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mopt_fast import _validate
+from mopt_fast._ops import result_dtype
 from mopt_fast.registry import kernel
 
 Tensors = torch.Tensor | Iterable[torch.Tensor]
@@ -145,7 +146,7 @@ def _total_norm(tensors: list[torch.Tensor], p: float) -> torch.Tensor:
     if len(groups) == 1:
         return kernels[0](groups[0][1], p, False)[0]
     norms = [run(group, p, False)[0] for run, (_, group) in zip(kernels, groups)]
-    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    dtype = result_dtype(norms)
     first = tensors[0].device
     return torch.linalg.vector_norm(torch.stack([n.to(first, dtype) for n in norms]), p)
 

@@ -23,18 +23,12 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from mopt_fast import _extension, torch_ops
+from mopt_fast import _extension, _ops, torch_ops
 
-# The op set: name -> pure-torch implementation. The compiled backends serve the same names through
-# torch.ops.mopt_fast.<name>, whose schemas are in csrc/registry.cpp.
-OPS: dict[str, Callable] = {
-    "norm": torch_ops.norm,
-    "unscale_norm": torch_ops.unscale_norm,
-    "scale_inplace": torch_ops.scale_inplace,
-    "clamp_inplace": torch_ops.clamp_inplace,
-    "zero_inplace": torch_ops.zero_inplace,
-    "unscale_inplace": torch_ops.unscale_inplace,
-}
+# The op set (mopt_fast._ops): name -> pure-torch implementation, found by the op's name in
+# mopt_fast.torch_ops. The compiled backends serve the same names through torch.ops.mopt_fast.<name>
+# (csrc/ops.h) and torch.ops.mopt_fast_triton.<name>.
+OPS: dict[str, Callable] = {name: getattr(torch_ops, name) for name in _ops.NAMES}
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 # Device types each backend runs; None: any.

@@ -8,11 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import device_of, skip_unless_available
-
 import mopt_fast
-from mopt_fast._schema import SCHEMAS
 from mopt_fast.registry import OPS
+
+from helpers import device_of, skip_unless_available
 
 
 def amp_pair(dev):
@@ -142,18 +141,14 @@ def namespaces():
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
-def test_every_op_has_autograd_and_inplace_kernels_and_the_shared_schema(op):
+def test_every_op_has_autograd_and_inplace_kernels(op):
     spaces = namespaces()
     if not spaces:
         pytest.skip("no compiled backend here")
     for ns in spaces:
         overload = getattr(getattr(torch.ops, ns), op).default
-        assert str(overload._schema) == f"{ns}::{op}{SCHEMAS[op]}"
         name = f"{ns}::{op}"
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd"), name
         if overload._schema.is_mutable:
             assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "ADInplaceOrView"), name
 
-
-def test_schema_table_covers_the_op_set():
-    assert set(SCHEMAS) == set(OPS)

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import device_of
-
 import mopt_fast
+
+from helpers import device_of
 
 
 def params(grads):

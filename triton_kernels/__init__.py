@@ -2,9 +2,9 @@
 signatures of the custom ops in csrc/registry.cpp. Runs on CUDA tensors, and on CPU tensors under
 Triton's interpreter (TRITON_INTERPRET=1), which is how CI checks it.
 
-The kernels are registered as torch custom ops, torch.ops.mopt_fast_triton.<op>, with the schemas
-of mopt_fast._schema: the dispatcher then bumps the version of what they write and keeps them out
-of autograd (mopt_fast._autograd), and torch.compile sees them as ops (mopt_fast._fake).
+The kernels are registered as torch custom ops, torch.ops.mopt_fast_triton.<op>, from the op table
+of mopt_fast._ops (schemas and fake kernels, so torch.compile sees them as ops); the dispatcher
+bumps the version of what they write and keeps them out of autograd (mopt_fast._autograd).
 
 Installed as mopt_fast.triton_kernels (see setup.py), so that it cannot clash with other
 top-level `triton_kernels` packages.
@@ -16,24 +16,18 @@ from collections.abc import Callable
 
 import torch
 
-from mopt_fast import _autograd, _fake, _validate, registry
-from mopt_fast._schema import SCHEMAS
+from mopt_fast import _autograd, _ops, _validate, registry
+from mopt_fast.triton_kernels import clamp, norm, scale, unscale, zero
 from mopt_fast.triton_kernels._apply import on_device
-from mopt_fast.triton_kernels.clamp import clamp_inplace
-from mopt_fast.triton_kernels.norm import norm, unscale_norm
-from mopt_fast.triton_kernels.scale import scale_inplace
-from mopt_fast.triton_kernels.unscale import unscale_inplace
-from mopt_fast.triton_kernels.zero import zero_inplace
+
+# One kernel family per file; a new op's file joins this tuple.
+_KERNEL_MODULES = (clamp, norm, scale, unscale, zero)
 
 NAMESPACE = "mopt_fast_triton"
 
+# Each op's kernel, found by the op's name in the kernel modules.
 KERNELS: dict[str, Callable] = {
-    "norm": norm,
-    "unscale_norm": unscale_norm,
-    "scale_inplace": scale_inplace,
-    "clamp_inplace": clamp_inplace,
-    "zero_inplace": zero_inplace,
-    "unscale_inplace": unscale_inplace,
+    name: next(getattr(m, name) for m in _KERNEL_MODULES if hasattr(m, name)) for name in _ops.NAMES
 }
 
 
@@ -59,16 +53,16 @@ def _on_tensors_device(op: Callable, writes_list: bool) -> Callable:
 
 def _register() -> dict[str, Callable]:
     lib = torch.library.Library(NAMESPACE, "DEF")
-    for name, kernel in KERNELS.items():
-        lib.define(name + SCHEMAS[name])
-        writes_list = SCHEMAS[name].startswith("(Tensor(a!)[]")
+    for spec in _ops.OPS:
+        lib.define(spec.name + spec.schema)
+        kernel = _on_tensors_device(KERNELS[spec.name], spec.writes_list)
         for key in ("CUDA", "CPU"):  # CPU tensors only reach it under TRITON_INTERPRET=1
-            lib.impl(name, _on_tensors_device(kernel, writes_list), key)
-        _autograd.register(lib, name)
-    _fake.register(NAMESPACE)
+            lib.impl(spec.name, kernel, key)
+        _autograd.register(lib, spec.name)
+    _ops.register_fakes(NAMESPACE)
     registry.reject_sparse(lib)
     _LIBRARIES.append(lib)  # the registrations live as long as the library object
-    return {name: getattr(getattr(torch.ops, NAMESPACE), name).default for name in KERNELS}
+    return {name: getattr(getattr(torch.ops, NAMESPACE), name).default for name in _ops.NAMES}
 
 
 _LIBRARIES: list[torch.library.Library] = []

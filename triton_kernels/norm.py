@@ -11,20 +11,21 @@ import triton
 import triton.language as tl
 
 from mopt_fast import _validate
+from mopt_fast._ops import NormKind, norm_kind, result_dtype
 from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, make_plan
 
-L2, L1, LINF, LP = 0, 1, 2, 3
-
-
-def _kind(p: float) -> int:
-    return {2.0: L2, 1.0: L1, float("inf"): LINF}.get(p, LP)
+# The norm kinds of mopt_fast._ops (csrc/common.h), as constexprs the kernels can name.
+L2 = tl.constexpr(int(NormKind.L2))
+L1 = tl.constexpr(int(NormKind.L1))
+LINF = tl.constexpr(int(NormKind.LINF))
+LP = tl.constexpr(int(NormKind.LP))
 
 
 @triton.jit
 def _reduce_block(acc, KIND: tl.constexpr):
     """Sum of the lanes, or for the inf norm their max, NaN if any lane is NaN (tl.max alone may
     drop NaN)."""
-    if KIND == 2:
+    if KIND == LINF:
         has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
         return tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
     return tl.sum(acc, axis=0)
@@ -40,7 +41,7 @@ def _norm_partials(table, n_tensors, n_chunks, partials, found_ptr, inv_scale_pt
     check = tl.zeros([BLOCK], dtype=ACC)
     if HAS_SCALE:
         s = tl.load(inv_scale_ptr).to(ACC)
-    if KIND == 3:
+    if KIND == LP:
         p = tl.load(p_ptr)  # fp64: float arguments would reach the kernel as fp32
     for off in range(0, CHUNK, BLOCK):
         idx = start + off + tl.arange(0, BLOCK)
@@ -49,11 +50,11 @@ def _norm_partials(table, n_tensors, n_chunks, partials, found_ptr, inv_scale_pt
         if HAS_SCALE:
             x = x * s
         v = tl.abs(x.to(tl.float64))
-        if KIND == 0:
+        if KIND == L2:
             acc += v * v
-        elif KIND == 1:
+        elif KIND == L1:
             acc += v
-        elif KIND == 2:
+        elif KIND == LINF:
             acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
         else:
             acc += tl.where(v == 0, 0.0, tl.exp2(p * tl.log2(v)))  # NaN and inf carry through
@@ -78,23 +79,23 @@ def _segment_reduce(values, seg_start, seg_end, out, LONGEST: tl.constexpr, KIND
     for off in range(0, LONGEST, BLOCK):
         idx = lo + off + tl.arange(0, BLOCK)
         v = tl.load(values + idx, mask=idx < hi, other=0.0)
-        if KIND == 2:
+        if KIND == LINF:
             acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
         else:
             acc += v
     tl.store(out + pid, _reduce_block(acc, KIND))
 
 
-def _finish(kind: int, value: torch.Tensor, p: float) -> torch.Tensor:
-    if kind == L2:
+def _finish(kind: NormKind, value: torch.Tensor, p: float) -> torch.Tensor:
+    if kind == NormKind.L2:
         return value.sqrt()
-    if kind == LP:
+    if kind == NormKind.LP:
         return value.pow(1.0 / p)
     return value
 
 
 def _reduce(tensors, p, per_tensor, inv_scale, found_inf):
-    kind = _kind(p)
+    kind = norm_kind(p)
     device = tensors[0].device
     n = len(tensors)
     plan = make_plan(tensors)
@@ -107,16 +108,16 @@ def _reduce(tensors, p, per_tensor, inv_scale, found_inf):
                 g.table, g.n_tensors, g.n_chunks, partials,
                 found_inf if found_inf is not None else partials,
                 inv_scale if inv_scale is not None else partials, p_dev,
-                HAS_SCALE=inv_scale is not None, HAS_FOUND=found_inf is not None, KIND=kind, DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
+                HAS_SCALE=inv_scale is not None, HAS_FOUND=found_inf is not None, KIND=int(kind), DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
                 CHUNK=CHUNK, BLOCK=BLOCK)
         group_sum = torch.empty(g.n_tensors, dtype=torch.float64, device=device)
         _segment_reduce[(g.n_tensors,)](partials, g.first_chunk, g.end_chunk, group_sum,
-                                        LONGEST=g.max_chunks, KIND=kind, BLOCK=BLOCK)
+                                        LONGEST=g.max_chunks, KIND=int(kind), BLOCK=BLOCK)
         per_sum[g.index] = group_sum
     total_sum = torch.empty(1, dtype=torch.float64, device=device)
     zero = torch.zeros(1, dtype=torch.int64, device=device)
-    _segment_reduce[(1,)](per_sum, zero, zero + n, total_sum, LONGEST=n, KIND=kind, BLOCK=BLOCK)
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    _segment_reduce[(1,)](per_sum, zero, zero + n, total_sum, LONGEST=n, KIND=int(kind), BLOCK=BLOCK)
+    dtype = result_dtype(tensors)
     total = _finish(kind, total_sum.reshape(()), p).to(dtype)
     per = _finish(kind, per_sum, p).to(dtype) if per_tensor else per_sum.new_empty(0, dtype=dtype)
     return total, per

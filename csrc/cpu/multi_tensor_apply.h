@@ -18,16 +18,14 @@
 #include <c10/util/Exception.h>
 
 #include "checks.h"
+#include "common.h"
 
 #include <cstdint>
 #include <vector>
 
 namespace mopt_fast::cpu {
 
-// 64K elements: 256 KiB of fp32, sized to stay in L2 while a thread works on it, and small enough
-// that gpt2-sized lists give a few thousand items to balance over the threads.
-constexpr int64_t kChunkElems = int64_t{1} << 16;
-
+// Work items are kChunkElems (csrc/common.h) long.
 struct WorkItem {
   int64_t tensor;  // index into Plan::spans
   int64_t begin;   // element offset inside that tensor

@@ -22,15 +22,6 @@ namespace {
 
 constexpr int64_t kBlockElems = 4096;
 
-enum class NormKind { kL1, kL2, kLinf, kLp };
-
-NormKind norm_kind(double order) {
-  if (order == 2.0) return NormKind::kL2;
-  if (order == 1.0) return NormKind::kL1;
-  if (std::isinf(order)) return NormKind::kLinf;
-  return NormKind::kLp;
-}
-
 struct Partial {
   double value = 0.0;  // sum of |x|^p, or max |x| for the inf norm
   bool nonfinite = false;
@@ -151,13 +142,6 @@ double finish(NormKind kind, double value, double order) {
 }
 
 // fp32 result, fp64 when any input is fp64.
-at::ScalarType result_dtype(at::TensorList tensors) {
-  for (const auto& t : tensors) {
-    if (t.scalar_type() == at::kDouble) return at::kDouble;
-  }
-  return at::kFloat;
-}
-
 void check_order(double order) {
   TORCH_CHECK_VALUE(order > 0.0, "mopt_fast: norm_type must be > 0 or inf, got ", order);
 }

@@ -27,25 +27,10 @@ void scale_run(T* p, int64_t n, at::opmath_type<T> factor) {
   for (; i < n; ++i) p[i] = static_cast<T>(static_cast<at::opmath_type<T>>(p[i]) * factor);
 }
 
-// The clip coefficient in the norm's own precision, as torch computes it.
-template <typename F>
-F clip_factor(F scale, F total_norm, F max_norm) {
-  F coef = max_norm / (total_norm + static_cast<F>(1e-6));
-  coef = std::isnan(coef) ? coef : std::min(coef, F(1));
-  return scale * coef;
-}
-
 void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& scale,
                        const std::optional<at::Tensor>& total_norm, double max_norm,
                        const std::optional<at::Tensor>& found_inf) {
-  check_tensors(tensors, "scale", /*writes=*/true);
-  const at::Device cpu(at::kCPU);
-  if (scale) check_scalar(*scale, "scale", "scale", cpu, true);
-  if (found_inf) check_scalar(*found_inf, "found_inf", "scale", cpu, false);
-  if (total_norm) {
-    check_scalar(*total_norm, "total_norm", "scale", cpu, true);
-    TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.scale: max_norm must be >= 0, got ", max_norm);
-  }
+  check_scale_args(tensors, scale, total_norm, max_norm, found_inf, at::Device(at::kCPU));
   if (found_inf && found_inf->item<double>() != 0.0) return;
 
   double factor;
@@ -53,10 +38,10 @@ void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& 
   if (!total_norm) {
     factor = s;
   } else if (total_norm->scalar_type() == at::kDouble) {
-    factor = clip_factor<double>(s, total_norm->item<double>(), max_norm);
+    factor = s * clip_coefficient<double>(total_norm->item<double>(), max_norm);
   } else {
-    factor = clip_factor<float>(static_cast<float>(s), total_norm->item<float>(),
-                                static_cast<float>(max_norm));
+    factor = static_cast<float>(s) *
+             clip_coefficient<float>(total_norm->item<float>(), static_cast<float>(max_norm));
   }
   if (factor == 1.0) return;  // x * 1 == x bit for bit, NaN and -0 included.
 

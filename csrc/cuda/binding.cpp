@@ -20,8 +20,6 @@
 namespace mopt_fast::cuda {
 namespace {
 
-constexpr int64_t kChunkElems = 65536;  // kChunk of multi_tensor_apply.cuh
-
 DType dtype_of(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return DType::kFloat32;
@@ -167,20 +165,6 @@ void write_back(const Plan& plan, at::TensorList tensors) {
   for (const auto& [i, copy] : plan.copies) tensors[i].copy_(copy);
 }
 
-NormKind norm_kind(double p) {
-  if (p == 2.0) return NormKind::kL2;
-  if (p == 1.0) return NormKind::kL1;
-  if (std::isinf(p)) return NormKind::kLinf;
-  return NormKind::kLp;
-}
-
-at::ScalarType result_dtype(at::TensorList tensors) {
-  for (const auto& t : tensors) {
-    if (t.scalar_type() == at::kDouble) return at::kDouble;
-  }
-  return at::kFloat;
-}
-
 std::tuple<at::Tensor, at::Tensor> reduce(at::TensorList tensors, double p, bool per_tensor,
                                           const at::Tensor* inv_scale, const at::Tensor* found_inf,
                                           const char* op) {
@@ -266,13 +250,7 @@ void scale_inplace_cuda(at::TensorList tensors, const std::optional<at::Tensor>&
                         const std::optional<at::Tensor>& found_inf) {
   if (tensors.empty()) return;
   const at::Device device = tensors[0].device();
-  check_tensors(tensors, "scale", device, /*writes=*/true);
-  if (scale) check_scalar(*scale, "scale", "scale", device, true);
-  if (found_inf) check_scalar(*found_inf, "found_inf", "scale", device, false);
-  if (total_norm) {
-    check_scalar(*total_norm, "total_norm", "scale", device, true);
-    TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.scale: max_norm must be >= 0, got ", max_norm);
-  }
+  check_scale_args(tensors, scale, total_norm, max_norm, found_inf, device);
   if (!scale && !total_norm) return;
   const float* found = found_inf ? found_inf->data_ptr<float>() : nullptr;
   for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {

@@ -8,10 +8,12 @@
 
 #include <cstdint>
 
+#include "common.h"
+
 namespace mopt_fast::cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
-enum class NormKind : int { kL2 = 0, kL1 = 1, kLinf = 2, kLp = 3 };
+using mopt_fast::NormKind;  // csrc/common.h: one encoding for every backend
 
 // A one-element device scalar of dtype kFloat32 or kFloat64; ptr == nullptr: absent.
 struct DeviceScalar {

@@ -18,9 +18,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common.h"
+
 namespace mopt_fast::cuda {
 
-constexpr int64_t kChunk = 65536;
+constexpr int64_t kChunk = kChunkElems;  // csrc/common.h
 constexpr int kThreads = 512;
 constexpr int kUnroll = 4;
 

@@ -15,11 +15,7 @@ __device__ __forceinline__ double load_scalar(DeviceScalar s) {
 template <typename F>
 __device__ __forceinline__ F factor_in(DeviceScalar scale, DeviceScalar norm, F max_norm) {
   F f = scale.ptr ? static_cast<F>(load_scalar(scale)) : F(1);
-  if (norm.ptr) {
-    F coef = max_norm / (static_cast<F>(load_scalar(norm)) + static_cast<F>(1e-6));
-    coef = coef != coef ? coef : (coef < F(1) ? coef : F(1));
-    f *= coef;
-  }
+  if (norm.ptr) f *= clip_coefficient(static_cast<F>(load_scalar(norm)), max_norm);
   return f;
 }
 

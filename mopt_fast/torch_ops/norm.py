@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from mopt_fast import _validate
+from mopt_fast._ops import result_dtype
 
 
 def per_tensor_norms(tensors: list[torch.Tensor], p: float) -> list[torch.Tensor]:
@@ -36,10 +37,6 @@ def per_tensor_norms(tensors: list[torch.Tensor], p: float) -> list[torch.Tensor
 
 def combine(norms: list[torch.Tensor], p: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]), p)
-
-
-def result_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 @torch.no_grad()

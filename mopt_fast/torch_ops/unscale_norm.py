@@ -3,7 +3,8 @@ from __future__ import annotations
 import torch
 
 from mopt_fast import _validate
-from mopt_fast.torch_ops.norm import per_tensor_norms, result_dtype
+from mopt_fast._ops import result_dtype
+from mopt_fast.torch_ops.norm import per_tensor_norms
 
 
 @torch.no_grad()
