@@ -44,7 +44,20 @@ def result_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _one_device(tensors: list[torch.Tensor]) -> None:
+    """The kernels' device check, in the fake kernels too: the dispatcher sends a list that mixes
+    meta tensors with others to the fake (Meta) kernel, which must refuse it as the real ones do,
+    so the functional API splits the list by device (mopt_fast._validate.ONE_DEVICE)."""
+    from mopt_fast._validate import ONE_DEVICE
+
+    first = tensors[0].device
+    for i, t in enumerate(tensors):
+        if t.device != first:
+            raise ValueError(f"mopt_fast: tensor {i} is on {t.device} but tensor 0 is on {first}; {ONE_DEVICE}")
+
+
 def _norm_outputs(tensors: list[torch.Tensor], per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _one_device(tensors)
     dtype = result_dtype(tensors)
     first = tensors[0]
     return (
@@ -61,7 +74,12 @@ def _fake_unscale_norm(tensors, inv_scale, found_inf, norm_type, per_tensor):
     return _norm_outputs(tensors, per_tensor)
 
 
-def _fake_writes_only(*args) -> None:
+def _fake_unscale_clip_inplace(tensors, inv_scale, found_inf, max_norm, norm_type):
+    return _norm_outputs(tensors, False)[0]
+
+
+def _fake_writes_only(tensors, *args) -> None:
+    _one_device(tensors)
     return None
 
 
@@ -70,11 +88,10 @@ class OpSpec:
     name: str
     schema: str  # as in csrc/ops.h; (a!) marks what the op writes
     fake: Callable  # output shapes and dtypes, for FakeTensor tracing
-
-    @property
-    def writes_list(self) -> bool:
-        """Whether the op writes its tensor list (then a tensor listed twice is written twice)."""
-        return self.schema.startswith("(Tensor(a!)[]")
+    # An elementwise writer of its list: a list whose tensors share memory can be run as several
+    # calls, one per round of disjoint tensors (see _validate.disjoint_rounds), by a backend whose
+    # kernels do not split it themselves (Triton). Ops that first read the whole list do not.
+    elementwise_writer: bool = False
 
 
 OPS: tuple[OpSpec, ...] = (
@@ -89,13 +106,20 @@ OPS: tuple[OpSpec, ...] = (
         "scale_inplace",
         "(Tensor(a!)[] tensors, Tensor? scale, Tensor? total_norm, float max_norm, Tensor? found_inf) -> ()",
         _fake_writes_only,
+        elementwise_writer=True,
     ),
-    OpSpec("clamp_inplace", "(Tensor(a!)[] tensors, float clip_value) -> ()", _fake_writes_only),
-    OpSpec("zero_inplace", "(Tensor(a!)[] tensors) -> ()", _fake_writes_only),
+    OpSpec("clamp_inplace", "(Tensor(a!)[] tensors, float clip_value) -> ()", _fake_writes_only, True),
+    OpSpec("zero_inplace", "(Tensor(a!)[] tensors) -> ()", _fake_writes_only, True),
     OpSpec(
         "unscale_inplace",
         "(Tensor(a!)[] tensors, Tensor(b!) found_inf, Tensor inv_scale) -> ()",
         _fake_writes_only,
+        elementwise_writer=True,
+    ),
+    OpSpec(
+        "unscale_clip_inplace",
+        "(Tensor(a!)[] tensors, Tensor inv_scale, Tensor(b!) found_inf, float max_norm, float norm_type) -> Tensor",
+        _fake_unscale_clip_inplace,
     ),
 )
 

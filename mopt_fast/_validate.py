@@ -13,13 +13,22 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def check_tensors(tensors: list[torch.Tensor], op: str, writes: bool = True) -> None:
-    """Every item a dense floating-point Tensor. An op that `writes` also refuses a tensor whose
-    elements share memory (an expanded one): its results could not be written back. Read-only ops
-    read such a tensor as it is."""
+# The end of the message every backend's kernel raises (ValueError) for a list that spans devices;
+# the functional API splits such a list by device when it sees it (csrc/checks.h says the same).
+ONE_DEVICE = "one call takes tensors on one device"
+
+
+def check_tensors(tensors: list[torch.Tensor], op: str, writes: bool = True, one_device: bool = True) -> None:
+    """Every item a dense floating-point Tensor, all on tensors[0]'s device unless not
+    `one_device`. An op that `writes` also refuses a tensor whose elements share memory (an
+    expanded one): its results could not be written back. Read-only ops read such a tensor as it
+    is."""
+    first = tensors[0].device if one_device and tensors and isinstance(tensors[0], torch.Tensor) else None
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"mopt_fast.{op}: item {i} is {type(t).__name__}, not a Tensor")
+        if first is not None and t.device != first:
+            raise ValueError(f"mopt_fast.{op}: tensor {i} is on {t.device} but tensor 0 is on {first}; {ONE_DEVICE}")
         if t.layout is not torch.strided:
             raise ValueError(
                 f"mopt_fast.{op}: tensor {i} has layout {t.layout}; only dense (strided) "

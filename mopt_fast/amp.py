@@ -88,25 +88,30 @@ class GradScaler(torch.amp.GradScaler):
         grads = _optimizer_grads(optimizer)
         if not grads:
             raise ValueError("mopt_fast.GradScaler.unscale_clip_grad_norm_: the optimizer has no gradients")
-        devices = {g.device for g in grads}
-        if len(devices) != 1 or next(iter(devices)) != self._scale.device:
-            raise NotImplementedError(
-                "mopt_fast.GradScaler.unscale_clip_grad_norm_ needs every gradient on the scaler's "
-                f"device ({self._scale.device}); got {sorted(map(str, devices))}. Use unscale_() "
-                "and mopt_fast.clip_grad_norm_ for gradients spread over devices."
-            )
         device = self._scale.device
         inv_scale = self._scale.double().reciprocal().float()
         found_inf = torch.zeros((), dtype=torch.float32, device=device)
-        with torch.no_grad():
-            total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
-            if _is_fused(optimizer):
-                # The optimizer divides by grad_scale: scale / coef unscales and clips in its own
-                # pass. torch's step() uses an optimizer.grad_scale set before an UNSCALED step.
-                coef = torch.clamp(max_norm / (total.float() + 1e-6), max=1.0)
-                optimizer.grad_scale = self._scale / coef  # type: ignore[attr-defined]
-            else:
-                kernel("scale_inplace", device)(grads, inv_scale, total, max_norm, found_inf)
+        try:
+            if grads[0].device != device:
+                raise ValueError(_validate.ONE_DEVICE)
+            with torch.no_grad():
+                if _is_fused(optimizer):
+                    # The optimizer divides by grad_scale: scale / coef unscales and clips in its
+                    # own pass. torch's step() uses an optimizer.grad_scale set before an UNSCALED
+                    # step.
+                    total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
+                    coef = torch.clamp(max_norm / (total.float() + 1e-6), max=1.0)
+                    optimizer.grad_scale = self._scale / coef  # type: ignore[attr-defined]
+                else:
+                    total = kernel("unscale_clip_inplace", device)(grads, inv_scale, found_inf, max_norm, p)
+        except ValueError as error:  # the kernels check every gradient's device before writing
+            if _validate.ONE_DEVICE not in str(error):
+                raise
+            raise NotImplementedError(
+                "mopt_fast.GradScaler.unscale_clip_grad_norm_ needs every gradient on the scaler's "
+                f"device ({device}); got {sorted({str(g.device) for g in grads})}. Use unscale_() "
+                "and mopt_fast.clip_grad_norm_ for gradients spread over devices."
+            ) from None
         state["found_inf_per_device"] = {device: found_inf}
         state["stage"] = OptState.UNSCALED
         return total

@@ -42,13 +42,19 @@ __all__ = [
 
 def _grads(parameters: Tensors) -> list[torch.Tensor]:
     """The gradients, with FSDP2's sharded (DTensor) ones replaced by their local shards: every
-    op here is elementwise or a sum, so each rank works on its shard (see _sharded_group)."""
+    op here is elementwise or a sum, so each rank works on its shard (see _sharded_group). Each
+    `.grad` is read once: on a thousand parameters these reads are a large part of a call."""
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if _DTensor is not None and any(isinstance(g, _DTensor) for g in grads):
+    grads = [g for g in [p.grad for p in parameters] if g is not None]
+    if _sharding_possible() and any(isinstance(g, _DTensor) for g in grads):
         return [g.to_local() if isinstance(g, _DTensor) else g for g in grads]
     return grads
+
+
+def _sharding_possible() -> bool:
+    """DTensor gradients need an initialized process group; without one no list is scanned."""
+    return _DTensor is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _sharded_group(parameters: list[torch.Tensor]) -> Any:
@@ -86,50 +92,78 @@ def _reduce_norm(local_norm: torch.Tensor, p: float, group: Any) -> torch.Tensor
     return partial.pow(1.0 / p).to(local_norm.dtype)
 
 
-def _device_groups(
-    tensors: list[torch.Tensor], op: str, writes: bool = True
-) -> list[tuple[torch.device, list[torch.Tensor]]]:
-    """Splits a non-empty list by device, keeping the order inside each group (`writes`: whether
-    the op writes the tensors, see _validate.check_tensors).
+def _one_device_refused(error: ValueError) -> bool:
+    return _validate.ONE_DEVICE in str(error)
 
-    One device (the usual case) returns the list as it is: the kernel checks every tensor before it
-    writes. With several devices every tensor is checked here first, so that a bad tensor in a
-    later group cannot leave an earlier group already modified.
-    """
-    try:
-        grouped = torch._C._group_tensors_by_device_and_dtype([tensors], False)
-    except TypeError:  # an item that is no Tensor: say which
-        _validate.check_tensors(tensors, op, writes=writes)
-        raise
-    if len({device for device, _ in grouped}) == 1:
-        return [(tensors[0].device, tensors)]
-    _validate.check_tensors(tensors, op, writes=writes)
+
+def _split_by_device(
+    tensors: list[torch.Tensor], op: str, writes: bool
+) -> list[tuple[torch.device, list[torch.Tensor]]]:
+    """The list split by device, keeping the order inside each group, after every tensor is
+    checked: a bad tensor in a later group must not leave an earlier group already modified."""
+    _validate.check_tensors(tensors, op, writes=writes, one_device=False)
     groups: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault(t.device, []).append(t)
     return list(groups.items())
 
 
-def _kernels(op: str, groups: list[tuple[torch.device, list[torch.Tensor]]]) -> list[Callable]:
-    """The kernel of `op` for every group, all looked up before the first one runs: a backend
-    forced onto a device it cannot run raises here, before anything is written."""
-    return [kernel(op, device) for device, _ in groups]
+def _per_device(
+    op: str, tensors: list[torch.Tensor], call: Callable[[Callable, torch.device, list[torch.Tensor]], Any],
+    writes: bool = True,
+) -> list[Any]:
+    """call(kernel, device, group) for each device's group of a non-empty list; the results.
+
+    The usual list lives on one device: it goes to that device's kernel whole, without a look at
+    each tensor's device here, because every backend's kernel (the fake ones, which the dispatcher
+    picks for a list holding a meta tensor, too) checks that all its tensors share tensors[0]'s
+    device, and everything else, before it writes. When that check refuses the list, it is split
+    by device; then every tensor is checked and every group's kernel looked up (a
+    forced backend that cannot run a device raises) before the first group runs.
+    """
+    device = tensors[0].device
+    try:
+        return [call(kernel(op, device), device, tensors)]
+    except ValueError as error:
+        if not _one_device_refused(error):
+            raise
+    except NotImplementedError:
+        # The dispatcher sent the list to another device's key, one without mopt_fast kernels:
+        # it spans devices (if not, the split below gives one group and the same error again).
+        pass
+    except RuntimeError:
+        # The dispatcher refuses a list holding something other than tensors with a generic
+        # message: say which item it is (TypeError), else let the error through.
+        _validate.check_tensors(tensors, op, writes=writes, one_device=False)
+        raise
+    groups = _split_by_device(tensors, op, writes)
+    kernels = [kernel(op, d) for d, _ in groups]
+    return [call(run, d, group) for run, (d, group) in zip(kernels, groups)]
 
 
-def _single_device(
-    tensors: list[torch.Tensor], found_inf: torch.Tensor, inv_scale: torch.Tensor, op: str
-) -> torch.device:
-    """The AMP ops take one found_inf and one inv_scale: the gradients must all live on their device."""
+def _single_device(found_inf: torch.Tensor, inv_scale: torch.Tensor, op: str) -> torch.device:
+    """The AMP ops take one found_inf and one inv_scale: the gradients must all live on their
+    device (the kernels check it before they write; see _amp_call)."""
     device = found_inf.device if isinstance(found_inf, torch.Tensor) else None
     _validate.amp_scalar(found_inf, "found_inf", device, op)
     _validate.amp_scalar(inv_scale, "inv_scale", device, op)
-    groups = _device_groups(tensors, op)
-    if len(groups) > 1 or groups[0][0] != device:
-        raise ValueError(
-            f"mopt_fast.{op}: gradients on {sorted({str(d) for d, _ in groups})} cannot be grouped "
-            f"with found_inf on {device}: use one found_inf/inv_scale per device and one call each"
-        )
     return device
+
+
+def _amp_call(op: str, grads: list[torch.Tensor], device: torch.device, *args: Any) -> Any:
+    """One AMP op on the gradients, which must all be on found_inf's device."""
+    try:
+        if grads[0].device != device:
+            raise ValueError(_validate.ONE_DEVICE)
+        return kernel(op, device)(grads, *args)
+    except ValueError as error:
+        if not _one_device_refused(error):
+            raise
+        devices = sorted({str(g.device) for g in grads})
+        raise ValueError(
+            f"mopt_fast.{op}: gradients on {devices} cannot be grouped with found_inf on {device}: use "
+            "one found_inf/inv_scale per device and one call each"
+        ) from None
 
 
 def _raise_nonfinite(norm_type: float) -> None:
@@ -141,14 +175,11 @@ def _raise_nonfinite(norm_type: float) -> None:
 
 
 def _total_norm(tensors: list[torch.Tensor], p: float) -> torch.Tensor:
-    groups = _device_groups(tensors, "norm", writes=False)
-    kernels = _kernels("norm", groups)
-    if len(groups) == 1:
-        return kernels[0](groups[0][1], p, False)[0]
-    norms = [run(group, p, False)[0] for run, (_, group) in zip(kernels, groups)]
-    dtype = result_dtype(norms)
+    norms = _per_device("norm", tensors, lambda run, device, group: run(group, p, False)[0], writes=False)
+    if len(norms) == 1:
+        return norms[0]
     first = tensors[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(first, dtype) for n in norms]), p)
+    return torch.linalg.vector_norm(torch.stack([n.to(first, result_dtype(norms)) for n in norms]), p)
 
 
 @torch.no_grad()  # as torch's own: results never require grad
@@ -182,21 +213,13 @@ def get_total_norm(
     return total
 
 
-def _clip_plan(grads: list[torch.Tensor]) -> list[tuple[Callable, torch.device, list[torch.Tensor]]]:
-    """Groups and scale kernels of a clip, checked and looked up before the norm is taken."""
-    groups = _device_groups(grads, "clip")
-    return [(run, device, group) for run, (device, group) in zip(_kernels("scale_inplace", groups), groups)]
-
-
-def _clip(plan: list[tuple[Callable, torch.device, list[torch.Tensor]]], max_norm: float, total_norm: torch.Tensor) -> None:
+def _clip(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
     if total_norm.dtype in (torch.float16, torch.bfloat16):
         # torch computes the coefficient in the norm's own dtype; the kernels take it as a scale.
         coef = torch.clamp(max_norm / (total_norm.reshape(()) + 1e-6), max=1.0).float()
-        for run, device, group in plan:
-            run(group, coef.to(device), None, 0.0, None)
+        _per_device("scale_inplace", grads, lambda run, device, group: run(group, coef.to(device), None, 0.0, None))
         return
-    for run, device, group in plan:
-        run(group, None, total_norm.to(device), max_norm, None)
+    _per_device("scale_inplace", grads, lambda run, device, group: run(group, None, total_norm.to(device), max_norm, None))
 
 
 @torch.no_grad()  # as torch's own: results never require grad
@@ -221,7 +244,7 @@ def clip_grads_with_norm_(
     _validate.norm_tensor(total_norm, "clip_grads_with_norm_")
     grads = _grads(parameters)
     if grads:
-        _clip(_clip_plan(grads), max_norm, total_norm)
+        _clip(grads, max_norm, total_norm)
 
 
 @torch.no_grad()  # as torch's own: results never require grad
@@ -267,13 +290,12 @@ def clip_grad_norm_(
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    plan = _clip_plan(grads)
     total = _total_norm(grads, p)
     if group is not None:  # FSDP2: the eps of the clip coefficient is added once, to the global norm
         total = _reduce_norm(total, p, group)
     if error_if_nonfinite and not bool(torch.isfinite(total)):
         _raise_nonfinite(p)
-    _clip(plan, max_norm, total)
+    _clip(grads, max_norm, total)
     return total
 
 
@@ -290,9 +312,7 @@ def clip_grad_value_(parameters: Tensors, clip_value: float, foreach: bool | Non
     grads = _grads(parameters)
     if not grads:
         return
-    groups = _device_groups(grads, "clamp")
-    for run, (_, group) in zip(_kernels("clamp_inplace", groups), groups):
-        run(group, v)
+    _per_device("clamp_inplace", grads, lambda run, device, group: run(group, v))
 
 
 @torch.no_grad()  # as torch's own: results never require grad
@@ -310,13 +330,15 @@ def scale_grads_(parameters: Tensors, scale: float | torch.Tensor) -> None:
     grads = _grads(parameters)
     if not grads:
         return
-    groups = _device_groups(grads, "scale")
-    for run, (device, group) in zip(_kernels("scale_inplace", groups), groups):
+
+    def scale_group(run: Callable, device: torch.device, group: list[torch.Tensor]) -> None:
         if isinstance(scale, torch.Tensor):
             factor = scale.to(device)
         else:  # filled on the device: a host-to-device copy of a number would sync
             factor = torch.full((), float(scale), dtype=torch.float64, device=device)
         run(group, factor, None, 0.0, None)
+
+    _per_device("scale_inplace", grads, scale_group)
 
 
 def zero_grad_(parameters: Tensors, set_to_none: bool = True) -> None:
@@ -337,9 +359,8 @@ def zero_grad_(parameters: Tensors, set_to_none: bool = True) -> None:
     dense = [g for g in grads if g.layout is torch.strided]
     # The dense kernels run first: they check every tensor before they write, so a rejected call
     # has not yet zeroed a sparse gradient nor cut one out of its graph.
-    groups = _device_groups(dense, "zero") if dense else []
-    for run, (_, group) in zip(_kernels("zero_inplace", groups), groups):
-        run(group)
+    if dense:
+        _per_device("zero_inplace", dense, lambda run, device, group: run(group))
     for g in grads:  # as Optimizer.zero_grad: no gradient stays part of a graph
         if g.grad_fn is not None:
             g.detach_()
@@ -364,8 +385,8 @@ def unscale_grads_(parameters: Tensors, inv_scale: torch.Tensor, found_inf: torc
     grads = _grads(parameters)
     if not grads:
         return
-    device = _single_device(grads, found_inf, inv_scale, "unscale_grads_")
-    kernel("unscale_inplace", device)(grads, found_inf, inv_scale)
+    device = _single_device(found_inf, inv_scale, "unscale_grads_")
+    _amp_call("unscale_inplace", grads, device, found_inf, inv_scale)
 
 
 @torch.no_grad()  # as torch's own: results never require grad
@@ -402,9 +423,12 @@ def unscale_clip_grad_norm_(
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    device = _single_device(grads, found_inf, inv_scale, "unscale_clip_grad_norm_")
-    total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
-    if error_if_nonfinite and not bool(torch.isfinite(total)):
+    device = _single_device(found_inf, inv_scale, "unscale_clip_grad_norm_")
+    if not error_if_nonfinite:  # both passes in one op: one list handed to the dispatcher
+        return _amp_call("unscale_clip_inplace", grads, device, inv_scale, found_inf, max_norm, p)
+    # The norm must be looked at on the host between the passes.
+    total, _ = _amp_call("unscale_norm", grads, device, inv_scale, found_inf, p, False)
+    if not bool(torch.isfinite(total)):
         _raise_nonfinite(p)
     kernel("scale_inplace", device)(grads, inv_scale, total, max_norm, found_inf)
     return total

@@ -67,6 +67,7 @@ def test_fake_kernels_give_the_real_shapes_and_dtypes():
             "clamp_inplace": (tensors, 0.3),
             "zero_inplace": (tensors,),
             "unscale_inplace": (tensors, amp[1], amp[0]),
+            "unscale_clip_inplace": (tensors, *amp, 1.0, 2.0),
         }[op]
 
     for name in NAMES:
@@ -74,8 +75,8 @@ def test_fake_kernels_give_the_real_shapes_and_dtypes():
         real = op(*args(name, [torch.randn(10), torch.randn(3, dtype=torch.float64)]))
         with FakeTensorMode() as mode:
             fake = op(*args(name, [mode.from_tensor(torch.randn(10)), mode.from_tensor(torch.randn(3).double())]))
-        flat_real = real if isinstance(real, tuple) else ()
-        flat_fake = fake if isinstance(fake, tuple) else ()
+        flat_real = real if isinstance(real, tuple) else (real,) if real is not None else ()
+        flat_fake = fake if isinstance(fake, tuple) else (fake,) if fake is not None else ()
         assert [(t.shape, t.dtype) for t in flat_real] == [(t.shape, t.dtype) for t in flat_fake], name
 
 

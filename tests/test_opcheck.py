@@ -34,6 +34,7 @@ CASES = {
     "clamp_inplace": [lambda: (grads(8), 0.3)],
     "zero_inplace": [lambda: (grads(9),)],
     "unscale_inplace": [lambda: (grads(10), torch.zeros(1), torch.full((1,), 0.25))],
+    "unscale_clip_inplace": [lambda: (grads(13), *amp(), 1.0, 2.0), lambda: (grads(14), *amp(), 1e9, float("inf"))],
 }
 
 

@@ -22,6 +22,9 @@ def test_unscale_matches_float64(backend, case, log2_scale):
     mopt_fast.unscale_grads_(params_with(grads), inv, found)
     assert found.item() == float(planted)
     for g, e in zip(grads, expected):
+        # inv_scale > 1 can carry fp16 values past 65504: there the exact product rounds to inf
+        # (or to the largest finite value), as torch's own unscale gives.
+        e = torch.where(e.abs() > torch.finfo(g.dtype).max, e.to(g.dtype).double(), e)
         assert_close_elementwise(g, e)
 
 

@@ -17,11 +17,11 @@ from collections.abc import Callable
 import torch
 
 from mopt_fast import _autograd, _ops, _validate, registry
-from mopt_fast.triton_kernels import clamp, norm, scale, unscale, zero
+from mopt_fast.triton_kernels import clamp, norm, scale, unscale, unscale_clip, zero
 from mopt_fast.triton_kernels._apply import on_device
 
 # One kernel family per file; a new op's file joins this tuple.
-_KERNEL_MODULES = (clamp, norm, scale, unscale, zero)
+_KERNEL_MODULES = (clamp, norm, scale, unscale, unscale_clip, zero)
 
 NAMESPACE = "mopt_fast_triton"
 
@@ -31,7 +31,7 @@ KERNELS: dict[str, Callable] = {
 }
 
 
-def _on_tensors_device(op: Callable, writes_list: bool) -> Callable:
+def _on_tensors_device(op: Callable, in_rounds: bool) -> Callable:
     """Triton launches on the current CUDA device: run each op on its tensors' device. An op that
     writes its list runs once per round of tensors that share no memory (a tensor listed twice
     is written twice, one after the other, as by torch's foreach ops)."""
@@ -39,7 +39,7 @@ def _on_tensors_device(op: Callable, writes_list: bool) -> Callable:
     @functools.wraps(op)
     def run(tensors, *args):
         with on_device(tensors[0].device):
-            if writes_list:
+            if in_rounds:
                 rounds = _validate.disjoint_rounds(tensors)
                 if rounds is not None:
                     _validate.check_tensors(tensors, op.__name__)  # all of them, before any write
@@ -55,7 +55,7 @@ def _register() -> dict[str, Callable]:
     lib = torch.library.Library(NAMESPACE, "DEF")
     for spec in _ops.OPS:
         lib.define(spec.name + spec.schema)
-        kernel = _on_tensors_device(KERNELS[spec.name], spec.writes_list)
+        kernel = _on_tensors_device(KERNELS[spec.name], spec.elementwise_writer)
         for key in ("CUDA", "CPU"):  # CPU tensors only reach it under TRITON_INTERPRET=1
             lib.impl(spec.name, kernel, key)
         _autograd.register(lib, spec.name)

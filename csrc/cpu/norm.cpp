@@ -7,6 +7,7 @@
 // result is far closer to the fp64 truth than torch's fp32 norm. A block whose fp32 sum overflows
 // (values above ~1e19) is summed again in fp64, so large finite gradients give a finite norm.
 #include "multi_tensor_apply.h"
+#include "passes.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -146,6 +147,8 @@ void check_order(double order) {
   TORCH_CHECK_VALUE(order > 0.0, "mopt_fast: norm_type must be > 0 or inf, got ", order);
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double order,
                                                bool per_tensor, const float* inv_scale,
                                                const at::Tensor* found_inf, const char* op) {
@@ -195,6 +198,8 @@ std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double or
   at::Tensor total_t = at::scalar_tensor(finish(kind, total, order), opts);
   return {total_t.to(dtype), per.to(dtype)};
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> norm_cpu(at::TensorList tensors, double norm_type,
                                             bool per_tensor) {

@@ -5,6 +5,7 @@
 // written (the optimizer step will be skipped); when the factor is exactly 1, nothing needs
 // writing.
 #include "multi_tensor_apply.h"
+#include "passes.h"
 
 #include <torch/library.h>
 
@@ -32,19 +33,24 @@ void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& 
                        const std::optional<at::Tensor>& found_inf) {
   check_scale_args(tensors, scale, total_norm, max_norm, found_inf, at::Device(at::kCPU));
   if (found_inf && found_inf->item<double>() != 0.0) return;
+  scale_list(tensors, scale_factor(scale, total_norm, max_norm));
+}
 
-  double factor;
+}  // namespace
+
+double scale_factor(const std::optional<at::Tensor>& scale,
+                    const std::optional<at::Tensor>& total_norm, double max_norm) {
   const double s = scale ? scale->item<double>() : 1.0;
-  if (!total_norm) {
-    factor = s;
-  } else if (total_norm->scalar_type() == at::kDouble) {
-    factor = s * clip_coefficient<double>(total_norm->item<double>(), max_norm);
-  } else {
-    factor = static_cast<float>(s) *
-             clip_coefficient<float>(total_norm->item<float>(), static_cast<float>(max_norm));
+  if (!total_norm) return s;
+  if (total_norm->scalar_type() == at::kDouble) {
+    return s * clip_coefficient<double>(total_norm->item<double>(), max_norm);
   }
-  if (factor == 1.0) return;  // x * 1 == x bit for bit, NaN and -0 included.
+  return static_cast<float>(s) *
+         clip_coefficient<float>(total_norm->item<float>(), static_cast<float>(max_norm));
+}
 
+void scale_list(at::TensorList tensors, double factor) {
+  if (factor == 1.0) return;  // x * 1 == x bit for bit, NaN and -0 included.
   for_each_round(tensors, [&](at::TensorList round) {
     const Plan plan = make_plan(round);
     for_each_item(plan, [&](int64_t, const WorkItem& item) {
@@ -56,8 +62,6 @@ void scale_inplace_cpu(at::TensorList tensors, const std::optional<at::Tensor>& 
     write_back(plan, round);
   });
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) {
   m.impl("scale_inplace", &scale_inplace_cpu);

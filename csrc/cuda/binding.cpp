@@ -290,6 +290,25 @@ void unscale_inplace_cuda(at::TensorList tensors, const at::Tensor& found_inf,
   });
 }
 
+// unscale_norm, then scale_inplace by inv_scale and the clip coefficient of the norm, masked off
+// on the device when found_inf is set: one call, no host sync.
+at::Tensor unscale_clip_inplace_cuda(at::TensorList tensors, const at::Tensor& inv_scale,
+                                     const at::Tensor& found_inf, double max_norm,
+                                     double norm_type) {
+  TORCH_CHECK_VALUE(!tensors.empty(), "mopt_fast.unscale_clip: empty tensor list");
+  check_tensors(tensors, "unscale_clip", tensors[0].device(), /*writes=*/true);
+  TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.unscale_clip: max_norm must be >= 0, got ",
+                    max_norm);
+  at::Tensor total =
+      std::get<0>(reduce(tensors, norm_type, false, &inv_scale, &found_inf, "unscale_clip"));
+  const float* found = found_inf.data_ptr<float>();
+  for_each_group(tensors, [&](const Group& g, cudaStream_t stream) {
+    launch_scale(g.dtype, g.data(), g.n_tensors, g.n_chunks, device_scalar(inv_scale),
+                 device_scalar(total), max_norm, found, stream);
+  });
+  return total;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mopt_fast, CUDA, m) {
@@ -299,6 +318,7 @@ TORCH_LIBRARY_IMPL(mopt_fast, CUDA, m) {
   m.impl("clamp_inplace", &clamp_inplace_cuda);
   m.impl("zero_inplace", &zero_inplace_cuda);
   m.impl("unscale_inplace", &unscale_inplace_cuda);
+  m.impl("unscale_clip_inplace", &unscale_clip_inplace_cuda);
 }
 
 }  // namespace mopt_fast::cuda

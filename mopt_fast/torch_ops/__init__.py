@@ -6,7 +6,10 @@ from mopt_fast.torch_ops.clamp import clamp_inplace
 from mopt_fast.torch_ops.norm import norm
 from mopt_fast.torch_ops.scale import scale_inplace
 from mopt_fast.torch_ops.unscale import unscale_inplace
+from mopt_fast.torch_ops.unscale_clip import unscale_clip_inplace
 from mopt_fast.torch_ops.unscale_norm import unscale_norm
 from mopt_fast.torch_ops.zero import zero_inplace
 
-__all__ = ["clamp_inplace", "norm", "scale_inplace", "unscale_inplace", "unscale_norm", "zero_inplace"]
+__all__ = [
+    "clamp_inplace", "norm", "scale_inplace", "unscale_clip_inplace", "unscale_inplace", "unscale_norm", "zero_inplace",
+]
