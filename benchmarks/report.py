@@ -21,7 +21,7 @@ def load(path: str) -> dict:
     cases: dict[tuple, dict] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b["extra_info"]
-        if info.get("kind") == "trainer":
+        if info.get("kind") in ("trainer", "lightning_plugin"):  # the per-step tables below
             continue
         case = "amp_pipeline" if info["case"] == "roofline" else info["case"]
         if info["case"] == "copy":
@@ -79,15 +79,16 @@ def table(path: str, markdown: bool = False) -> str:
     return "\n".join([title, fmt.format(*head)] + [fmt.format(*r) for r in rows])
 
 
-def trainer_table(path: str, markdown: bool = False) -> str:
+def trainer_table(path: str, markdown: bool = False, kind: str = "trainer") -> str:
     """Seconds per step with the set-up removed, (T(long) - T(short)) / (long - short) on the
-    medians, and each Trainer's ratio to the hand-written loop."""
+    medians, and each implementation's ratio to the hand-written loop (and, for the Lightning
+    plugin runs, to Lightning's Trainer with its own plugin)."""
     with open(path) as f:
         data = json.load(f)
     runs: dict[tuple, dict[int, float]] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b["extra_info"]
-        if info.get("kind") == "trainer":
+        if info.get("kind") == kind:
             runs[(info["workload"], info["impl"])][info["steps"]] = b["stats"]["median"]
     per_step = {}
     for key, by_steps in runs.items():
@@ -96,12 +97,17 @@ def trainer_table(path: str, markdown: bool = False) -> str:
             per_step[key] = (t1 - t0) / (s1 - s0)
     if not per_step:
         return ""
-    head = ["workload", "impl", "µs/step", "x loop", "overhead µs/step"]
+    versus_lightning = kind == "lightning_plugin"
+    head = ["workload", "impl", "µs/step", "x loop", "overhead µs/step"] + (["x lightning"] if versus_lightning else [])
     rows = []
     for (workload, impl), t in sorted(per_step.items(), key=lambda kv: (kv[0][0], kv[0][1] != "loop", kv[0][1])):
         loop = per_step.get((workload, "loop"))
-        rows.append([workload, impl, f"{t * 1e6:.0f}", f"{t / loop:.3f}" if loop else "-",
-                     f"{(t - loop) * 1e6:.0f}" if loop else "-"])
+        row = [workload, impl, f"{t * 1e6:.0f}", f"{t / loop:.3f}" if loop else "-",
+               f"{(t - loop) * 1e6:.0f}" if loop else "-"]
+        if versus_lightning:
+            lightning = per_step.get((workload, "lightning"))
+            row.append(f"{t / lightning:.3f}" if lightning else "-")
+        rows.append(row)
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
@@ -116,3 +122,6 @@ if __name__ == "__main__":
     trainer = trainer_table(sys.argv[1], markdown=md)
     if trainer:
         print("\nTrainer per-step time (set-up removed):\n" + trainer)
+    plugin = trainer_table(sys.argv[1], markdown=md, kind="lightning_plugin")
+    if plugin:
+        print("\nLightning's Trainer with and without mopt_fast.lightning, per-step time (set-up removed):\n" + plugin)

@@ -116,3 +116,25 @@ class GradScaler(torch.amp.GradScaler):
         state["stage"] = OptState.UNSCALED
         return total
 
+    # -- for precision plugins that call update() once per iteration, not once per step -----------
+    def _stage(self, optimizer: torch.optim.Optimizer) -> OptState:
+        """Where `optimizer` is in the current iteration: READY, UNSCALED or STEPPED."""
+        return self._per_optimizer_states[id(optimizer)]["stage"]
+
+    def _awaits_update(self) -> bool:
+        """Whether an optimizer was unscaled or stepped since the last update()."""
+        return any(state["stage"] is not OptState.READY for state in self._per_optimizer_states.values())
+
+    def _step_again(self, optimizer: torch.optim.Optimizer) -> None:
+        """Let `optimizer`, already stepped since the last update(), be unscaled and stepped again
+        before that update(), with the same scale (its new gradients were scaled by it).
+
+        torch's step() refuses a second step without an update() in between; an update() here
+        would change the scale under gradients that already carry the old one. Instead the
+        earlier step's record is kept under a key of its own: update() sums the inf checks of every
+        record, so it still backs off when either step found an inf, as one update() per iteration
+        does for several optimizers.
+        """
+        states = self._per_optimizer_states
+        states[object()] = states.pop(id(optimizer))
+
