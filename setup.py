@@ -118,7 +118,9 @@ setup(
     license="BSD-3-Clause",
     # The torch CI builds and tests against (README: Supported); the C++ ops are tied to it.
     install_requires=["torch>=2.13", "tqdm>=4.57"],
-    extras_require={"tensorboard": ["tensorboard>=2.9"]},
+    # mopt_fast.lightning subclasses Lightning's precision plugins and relies on how its loops call
+    # them (_after_closure, train_step_context): the minor version the tests run against.
+    extras_require={"tensorboard": ["tensorboard>=2.9"], "lightning": ["lightning>=2.6,<2.7"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

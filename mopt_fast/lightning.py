@@ -19,7 +19,8 @@ of the same names and keep their hooks, their order and their checkpoint key. Wh
 - ``optimizer.zero_grad(set_to_none=False)`` zeroes with one fused kernel per device, whether called
   on Lightning's optimizer wrapper (``self.optimizers()``) or in ``optimizer_zero_grad``.
 
-Lightning is an optional dependency: ``import mopt_fast`` never imports it; this module needs it.
+Lightning is an optional dependency (``pip install mopt_fast[lightning]``, tested with 2.6):
+``import mopt_fast`` never imports it; this module needs it.
 """
 from __future__ import annotations
 
