@@ -118,7 +118,8 @@ class MixedPrecision(Precision):
             self.scaler = scaler if scaler is not None else GradScaler(device_type)
         elif scaler is not None:
             raise ValueError("bf16-mixed does not scale the loss: pass no scaler")
-        self._steps_since_update = 0
+        # Fused optimizers whose clip factor went into their grad_scale, until they step.
+        self._folded: dict[int, torch.optim.Optimizer] = {}
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         # No weight-cast cache: in manual optimization a step inside training_step changes the
@@ -128,9 +129,6 @@ class MixedPrecision(Precision):
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss) if self.scaler is not None else loss
 
-    def _stage(self, optimizer: torch.optim.Optimizer) -> OptState:
-        return self.scaler._per_optimizer_states[id(optimizer)]["stage"]
-
     def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float, algorithm: str) -> None:
         """Under 16-mixed the gradients are unscaled before they are clipped (Lightning clips the
         scaled gradients, its issue #18089): clip-by-norm is the fused unscale + inf-check + norm
@@ -138,12 +136,14 @@ class MixedPrecision(Precision):
         scaler = self.scaler
         if scaler is None or clip_val <= 0 or not scaler.is_enabled():
             return super().clip_gradients(optimizer, clip_val, algorithm)
-        stage = self._stage(optimizer)
+        stage = scaler._stage(optimizer)
         if stage is OptState.STEPPED:
             raise RuntimeError("clip_gradients() was called after this optimizer's step() in the same iteration")
         if stage is OptState.READY:
             if algorithm == "norm":
                 scaler.unscale_clip_grad_norm_(optimizer, clip_val)
+                if _is_fused(optimizer):
+                    self._folded[id(optimizer)] = optimizer
                 return
             scaler.unscale_(optimizer)
         elif getattr(optimizer, "grad_scale", None) is not None:
@@ -173,20 +173,32 @@ class MixedPrecision(Precision):
         closure_result = (closure or _noop_closure)()
         if skip_if_no_loss and closure_result is None:
             return None  # automatic optimization, training_step returned None: no backward, no step
+        if scaler._stage(optimizer) is OptState.STEPPED:
+            # A second step of this optimizer in one iteration: its new gradients carry the scale
+            # not yet updated, so it steps with that scale and both steps count in the update.
+            scaler._step_again(optimizer)
         if before_step is not None:
-            if self._stage(optimizer) is OptState.READY and not _is_fused(optimizer):
+            if scaler._stage(optimizer) is OptState.READY and not _is_fused(optimizer):
                 # The hooks expect unscaled gradients; a fused optimizer keeps its scaled ones
                 # (it unscales inside its own step), so only non-fused ones pay this pass here.
                 scaler.unscale_(optimizer)
             before_step()
         result = scaler.step(optimizer, **kwargs)
-        self._steps_since_update += 1
+        self._folded.pop(id(optimizer), None)
         return result
 
     def end_iteration(self) -> None:
-        if self.scaler is not None and self._steps_since_update:
+        """Once per training iteration: update the loss scale if any optimizer was unscaled or
+        stepped. A clip without a step counts too: otherwise the optimizer would stay marked
+        unscaled and the next iteration would clip its new, still-scaled gradients."""
+        if self.scaler is None:
+            return
+        for optimizer in self._folded.values():  # clipped, not stepped: drop the folded factor
+            if hasattr(optimizer, "grad_scale"):
+                del optimizer.grad_scale  # torch's step() multiplies whatever it finds there
+        self._folded.clear()
+        if self.scaler._awaits_update():
             self.scaler.update()
-            self._steps_since_update = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
