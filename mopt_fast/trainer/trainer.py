@@ -31,7 +31,9 @@ from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
 from mopt_fast.trainer._metrics import MetricStore, to_scalars
 from mopt_fast.trainer.callbacks import HOOKS, Callback, ModelSummary, TQDMProgressBar
-from mopt_fast.trainer.checkpoint import FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
+from mopt_fast.trainer.checkpoint import (
+    FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_checkpoint_file, set_rng_state,
+)
 from mopt_fast.trainer.loggers import CSVLogger, Logger
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy, make_strategy
 
@@ -833,7 +835,7 @@ class Trainer:
             raise RuntimeError("save_checkpoint() needs a model that has been fitted (or is being fitted)")
         ckpt = self._checkpoint_dict(weights_only)
         if self.is_global_zero:  # the DDP ranks hold the same state: one writes, all wait
-            save_atomic(ckpt, os.fspath(filepath))
+            save_checkpoint_file(ckpt, os.fspath(filepath))
         self.strategy.barrier()
 
     def _load_for_resume(self, ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
@@ -843,6 +845,12 @@ class Trainer:
                 os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
                 for cb in self.checkpoint_callbacks if cb.dirpath
             ]
+            for c in candidates:  # not "no last checkpoint": that would train from scratch
+                if os.path.exists(c) and not os.path.isfile(c):
+                    raise IsADirectoryError(
+                        f'.fit(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
+                        "pass the checkpoint's path"
+                    )
             found = [c for c in candidates if os.path.isfile(c)]
             if not found:
                 warnings.warn(
