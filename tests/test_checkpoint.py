@@ -1,6 +1,6 @@
 """Checkpoints: exact resume after SIGKILL (subprocesses), atomic writes, safe loading (corrupt,
-bit-flipped, foreign and code-carrying files), stale temporary files, and ModelCheckpoint's
-selection rules."""
+bit-flipped, foreign and code-carrying files), stale temporary files, resume with persistent
+DataLoader workers, and ModelCheckpoint's selection rules."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import lightning_cases as cases
 import mopt_fast
@@ -491,3 +491,59 @@ def test_every_checkpoint_resumes_bitwise(trainer_kwargs, tmp_path) -> None:
         assert {k: v.item() for k, v in trainer.callback_metrics.items()} == {
             k: v.item() for k, v in ref.callback_metrics.items()}, path
 
+
+# -- resume with persistent DataLoader workers -----------------------------------------------------
+class Jittered(Dataset):
+    """(x + noise, y): the noise is drawn in the DataLoader worker from its own torch RNG, as a
+    random augmentation does; noise=0 draws nothing."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, noise: float) -> None:
+        self.x, self.y, self.noise = x, y, noise
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        x = self.x[i] + self.noise * torch.randn(self.x.shape[1]) if self.noise else self.x[i]
+        return x, self.y[i]
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3], ids=["no_augmentation", "augmentation_in_workers"])
+def test_resume_with_persistent_workers(noise: float, tmp_path) -> None:
+    """Shuffled data, dropout, two persistent workers. Inside the first epoch (where the workers
+    started) every checkpoint resumes exactly. From a later epoch, what the main process draws
+    (shuffle order, dropout) resumes exactly, but the workers start anew and their random streams
+    cannot continue: a warning says so, and without augmentation the resume is exact."""
+
+    def fit(ckpt_path=None, callbacks=()):
+        torch.manual_seed(0 if ckpt_path is None else 99)
+        g = torch.Generator().manual_seed(1234)
+        x = torch.randn(96, 8, generator=g)
+        y = x @ torch.randn(8, 1, generator=g)
+        train = DataLoader(Jittered(x, y, noise), batch_size=16, shuffle=True, num_workers=2, persistent_workers=True)
+        model = cases.minimal(LightningModule)()
+        trainer = Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, train, ckpt_path=ckpt_path)
+        assert train._iterator is None  # the workers stop with the fit, as in Lightning
+        warned = [str(w.message) for w in caught if "persistent_workers" in str(w.message)]
+        return model, trainer, warned
+
+    ref_model, ref, _ = fit(callbacks=(
+        ModelCheckpoint(dirpath=str(tmp_path / "s"), every_n_train_steps=1, save_top_k=-1),
+        ModelCheckpoint(dirpath=str(tmp_path / "e"), filename="end-{epoch}", save_top_k=-1),
+    ))
+    first_epoch = ["s/epoch=0-step=2.ckpt", "s/epoch=0-step=5.ckpt"]
+    later = ["s/epoch=1-step=9.ckpt", "e/end-epoch=0.ckpt", "s/epoch=2-step=16.ckpt"]
+    for name in first_epoch + later:
+        model, trainer, warned = fit(ckpt_path=str(tmp_path / name))
+        assert trainer.global_step == ref.global_step
+        if name in first_epoch:
+            assert not warned, (name, warned)
+        else:
+            assert len(warned) == 1 and "training DataLoader" in warned[0], (name, warned)
+        if name in first_epoch or not noise:
+            assert_identical(model.state_dict(), ref_model.state_dict(), name)
+            assert_identical(trainer.optimizers[0].state_dict(), ref.optimizers[0].state_dict(), name)
