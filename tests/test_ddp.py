@@ -5,6 +5,7 @@ tests/fsdp_child.py as its own processes.)"""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ def run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
 def check_against_single_process(mode: str, out: str) -> None:
     ref = ddp_child.reference(mode)
     ranks = [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in (0, 1)]
+    for rank in (0, 1):  # the group was torn down before interpreter finalization (see strategies.py)
+        assert open(os.path.join(out, f"rank{rank}.exit")).read() == "destroyed=True\n"
     for r in ranks:
         assert r["world_size"] == 2 and r["global_step"] == ref["global_step"]
         for k, v in ref["state"].items():
@@ -77,6 +80,28 @@ def test_a_dead_rank_is_an_error_not_a_hang(tmp_path) -> None:
     assert time.monotonic() - start < 90
     assert "Connection" in proc.stderr or "timed out" in proc.stderr.lower() or "worker" in proc.stderr
     assert not os.path.exists(os.path.join(str(tmp_path), "rank0.pt"))
+
+
+def test_a_rank_that_exits_before_joining_fails_rank_zero_at_once(tmp_path) -> None:
+    """Rank 1 (started by rank 0) exits before it joins the process group, under the default
+    30-minute timeout: rank 0 raises, naming the rank and its exit code, within seconds."""
+    start = time.monotonic()
+    proc = run([sys.executable, CHILD, "exit_before_fit", str(tmp_path)], timeout=120)
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 1
+    assert re.search(r"RuntimeError: DDP rank 1 \(pid \d+\) exited with code 3 before joining the process group",
+                     proc.stderr), proc.stderr[-3000:]
+
+
+def test_a_rank_that_exits_inside_init_process_group_stops_rank_zero(tmp_path) -> None:
+    """Rank 1 checks in, then exits inside init_process_group, where rank 0 waits in C++ that no
+    Python exception reaches: the launcher's watcher ends rank 0 with a message."""
+    start = time.monotonic()
+    proc = run([sys.executable, CHILD, "exit_in_init", str(tmp_path)], timeout=120)
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 1
+    assert re.search(r"mopt_fast: DDP rank 1 \(pid \d+\) exited with code 4 while the process group was being set "
+                     r"up; stopping all ranks", proc.stderr), proc.stderr[-3000:]
 
 
 def test_fsdp2_clipping_equals_unsharded_clipping(tmp_path) -> None:
