@@ -73,12 +73,18 @@ def ddp_child_port() -> int:
     return _free_port()
 
 
+# What gloo raises on rank 0 when its peer's process is gone: the end of the connection seen in a
+# read, or a write to it refused, depending on what rank 0 was doing at the moment.
+PEER_GONE = re.compile(r"\[rank0\]: RuntimeError: \[[^\]]*gloo/transport/tcp/pair\.cc:\d+\] [^\n]*"
+                       r"(Connection closed by peer|connection reset by peer|broken pipe)", re.IGNORECASE)
+
+
 def test_a_dead_rank_is_an_error_not_a_hang(tmp_path) -> None:
     start = time.monotonic()
     proc = run([sys.executable, CHILD, "die", str(tmp_path)], timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     assert time.monotonic() - start < 90
-    assert "Connection" in proc.stderr or "timed out" in proc.stderr.lower() or "worker" in proc.stderr
+    assert PEER_GONE.search(proc.stderr), proc.stderr[-3000:]
     assert not os.path.exists(os.path.join(str(tmp_path), "rank0.pt"))
 
 
