@@ -78,6 +78,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     process still running, are left alone: they may be being written. Returns the removed paths."""
     removed = []
     host = _host()
+    folder = os.path.abspath(folder)  # as save_atomic names the files in _writing
     try:
         names = os.listdir(folder)
     except OSError:

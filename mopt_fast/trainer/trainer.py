@@ -959,11 +959,10 @@ class Trainer:
         self._val_workers_started = bool(loops.get("val_workers_started", False))
         # Were the original run's persistent workers running where this fit goes on? Inside an
         # epoch: if that epoch's iterator continued them; at or after an epoch's end: if any ran.
-        train_workers = loops.get("train_workers")
         if loops["stage"] in ("batch", "in_batch", "validation"):
-            self._resume_train_workers_running = train_workers == "continued"
+            self._resume_train_workers_running = self._train_workers == "continued"
         else:
-            self._resume_train_workers_running = train_workers is not None and loops["stage"] != "start"
+            self._resume_train_workers_running = self._train_workers is not None and loops["stage"] != "start"
         self._resume_val_workers_running = bool(loops.get("val_workers_started", False))
         saved = ckpt.get("callbacks", {})
         for i, cb in enumerate(self.checkpoint_callbacks):
