@@ -4,10 +4,12 @@ unsharded clipping; a dead rank is an error, not a hang. (Each test runs tests/d
 tests/fsdp_child.py as its own processes.)"""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -108,6 +110,36 @@ def test_a_rank_that_exits_inside_init_process_group_stops_rank_zero(tmp_path) -
     assert proc.returncode == 1
     assert re.search(r"mopt_fast: DDP rank 1 \(pid \d+\) exited with code 4 while the process group was being set "
                      r"up; stopping all ranks", proc.stderr), proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread states from /proc (Linux)")
+def test_exit_waits_while_a_gloo_worker_thread_is_busy() -> None:
+    """The wait at exit (see strategies.py) returns only once every thread named as gloo's worker
+    threads is asleep: here one that first computes without the GIL (as a worker releasing a
+    finished collective runs C++), then waits for work."""
+    from mopt_fast.trainer.strategies import _wait_until_gloo_threads_idle
+
+    started, stop = threading.Event(), threading.Event()
+    busy_until: list[float] = []
+
+    def gloo_like_worker() -> None:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write("pt_gloo_runloop")
+        started.set()
+        hashlib.pbkdf2_hmac("sha256", b"busy", b"salt", 300_000)  # one call, GIL released throughout
+        busy_until.append(time.monotonic())
+        stop.wait()
+
+    worker = threading.Thread(target=gloo_like_worker, daemon=True)
+    worker.start()
+    started.wait()
+    start = time.monotonic()
+    _wait_until_gloo_threads_idle()
+    returned = time.monotonic()
+    stop.set()
+    worker.join()
+    assert busy_until and returned > busy_until[0], (busy_until, returned)
+    assert returned - start < 10
 
 
 def test_fsdp2_clipping_equals_unsharded_clipping(tmp_path) -> None:

@@ -11,10 +11,16 @@ Rank 0 of a self-launched run hosts the rendezvous store and watches the ranks i
 they have all joined the process group: one that exits before that (a crash at import, a script
 error before fit) is an error on rank 0 within a fraction of a second, not a wait for the timeout.
 
-A process group this module created is destroyed when the process exits (an atexit hook), while
-the interpreter is still whole: left to interpreter finalization, gloo's worker threads can
-release the last collective's tensors after Python has begun tearing down, and the process dies
-with "terminate called without an active exception" (SIGABRT) after a fit that succeeded.
+At exit (an atexit hook, while the interpreter is whole), a process group this module created is
+destroyed, then the process waits until gloo's worker threads are idle. Why: a gloo work can hold
+Python objects (tensors a collective was given, and the thread-local state it captured, which
+during a backward pass holds a Python object), and a worker thread sometimes drops the last
+reference to one, which needs the GIL, just after the collective has completed. A barrier also
+defers the destruction of earlier works to that moment. If the main thread reaches interpreter
+finalization first, Python ends the worker thread as it asks for the GIL, the C++ unwinding hits
+a noexcept destructor, and the process aborts ("terminate called without an active exception",
+exit -6) after a fit that succeeded. destroy_process_group alone does not help: the threads live
+until the group's C++ object is freed, and DistributedDataParallel keeps it alive to the end.
 """
 from __future__ import annotations
 
@@ -107,6 +113,31 @@ class Strategy:
 
 
 SingleDeviceStrategy = Strategy
+
+
+def _wait_until_gloo_threads_idle(timeout: float = 10.0) -> None:
+    """Sleeps (the GIL free, so a worker thread waiting for it takes it at once) until every
+    gloo worker thread ("pt_gloo_runloop") is seen asleep in two checks in a row: asleep with
+    the GIL free means waiting for work, not for the GIL, and a thread still running or runnable
+    is waited for. Reads the thread states from /proc (Linux); elsewhere, or under a torch that
+    does not name its threads, it is a fixed pause of a few hundredths of a second."""
+    tasks = "/proc/self/task"
+    deadline = time.monotonic() + timeout
+    idle_checks = 0
+    while idle_checks < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        busy = False
+        for tid in os.listdir(tasks) if os.path.isdir(tasks) else ():
+            try:
+                with open(f"{tasks}/{tid}/comm") as f:
+                    if f.read().strip() != "pt_gloo_runloop":
+                        continue
+                with open(f"{tasks}/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]  # the field after "(name)"
+            except (OSError, IndexError):  # the thread ended meanwhile
+                continue
+            busy = busy or state != "S"
+        idle_checks = 0 if busy else idle_checks + 1
 
 
 class _LaunchedRankWatcher(threading.Thread):
@@ -222,11 +253,13 @@ class _ProcessGroupStrategy(Strategy):
                 watcher.stop()
 
     def _destroy_at_exit(self) -> None:
-        """The process group this strategy created, then the store rank 0 hosts for it (see the
-        module's docstring). A group the script destroyed itself is left alone."""
+        """The process group this strategy created, then the store rank 0 hosts for it, then a
+        wait for gloo's worker threads to be idle (see the module's docstring). A group the script
+        destroyed itself is left alone."""
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         self._store = None
+        _wait_until_gloo_threads_idle()
 
     def _await_children(self) -> None:
         """Rank 0: wait until every rank it started has checked in with its store, failing as
