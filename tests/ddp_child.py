@@ -3,12 +3,20 @@
     python tests/ddp_child.py MODE OUT [--devices N]            # the Trainer starts the other ranks
     torchrun --nproc-per-node N tests/ddp_child.py MODE OUT     # torchrun starts them
 
-Each rank writes OUT/rank<r>.pt: the weights, global_step and callback_metrics. `reference(MODE)`
-gives what one process training on the full batches must end with.
+Each rank writes OUT/rank<r>.pt: the weights, global_step and callback_metrics, and at exit
+OUT/rank<r>.exit: whether the process group was already destroyed when the script's own atexit
+hooks ran (before interpreter finalization). `reference(MODE)` gives what one process training on
+the full batches must end with.
+
+Modes that fail on purpose: "die" (rank 1 SIGKILLs itself during training), "exit_before_fit"
+(rank 1, started by rank 0, exits with code 3 before it joins the process group) and
+"exit_in_init" (rank 1 checks in with rank 0, then exits with code 4 inside init_process_group).
+The last two keep the default 30-minute timeout: rank 0 must not wait for it.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import os
 import signal
@@ -91,7 +99,22 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     world = args.devices
-    strategy = mopt_fast.DDPStrategy(timeout=datetime.timedelta(seconds=30))
+    started_by_rank_zero = os.environ.get("RANK") == "1"  # rank 0 has no RANK until its fit starts rank 1
+    if args.mode == "exit_before_fit" and started_by_rank_zero:
+        sys.exit(3)
+    if args.mode == "exit_in_init" and started_by_rank_zero:
+        torch.distributed.init_process_group = lambda *a, **k: os._exit(4)
+
+    # Registered before fit, so it runs after the hooks fit registers (atexit is last-in first-out).
+    def record_teardown() -> None:
+        with open(os.path.join(args.out, f"rank{os.environ.get('RANK', '?')}.exit"), "w") as f:
+            f.write(f"destroyed={not torch.distributed.is_initialized()}\n")
+
+    atexit.register(record_teardown)
+    if args.mode in ("exit_before_fit", "exit_in_init"):
+        strategy = mopt_fast.DDPStrategy()
+    else:
+        strategy = mopt_fast.DDPStrategy(timeout=datetime.timedelta(seconds=30))
     model = Regressor(args.mode)
     trainer = mopt_fast.Trainer(accelerator="cpu", strategy=strategy, devices=world, max_epochs=2,
                                 default_root_dir=args.out, log_every_n_steps=1, enable_progress_bar=False)

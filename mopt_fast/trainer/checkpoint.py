@@ -6,28 +6,44 @@ optimizer and scheduler, the loss scaler, the loop position (epoch, global step,
 epoch, and where in the batch it was taken), the logged-metric state and every RNG state, plus
 the RNG state at the start of the epoch so a resumed run can rebuild the epoch's shuffled order.
 
+Every checkpoint carries a SHA-256 checksum of its contents (the ``"checksum"`` entry, over every
+other entry: tensors by dtype, shape and bytes, plain data by type and value), checked on load: a
+file damaged on disk or in transfer is refused, not loaded with other values. The checksum is an
+entry of the same dictionary, so ``torch.load(path, weights_only=True)`` still gives the
+checkpoint itself, and loading costs no second copy of the payload.
+
 Writes go to a temporary file in the target folder, are fsync'ed, then renamed over the target:
-a crash during a save leaves the previous file intact, never a torn one.
+a crash during a save leaves the previous file intact, never a torn one. The temporary file's
+name carries the writer's process id and host, so a later save into the folder can remove those
+left by a writer that was killed (and only those).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
-import pickle
 import random
 import re
+import socket
+import struct
 import tempfile
 import warnings
-import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from mopt_fast.trainer.callbacks import Callback
 
-__all__ = ["ModelCheckpoint", "save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT"]
+__all__ = ["ModelCheckpoint", "save_atomic", "save_checkpoint_file", "load_checkpoint", "remove_stale_temporaries",
+           "rng_state", "set_rng_state", "FORMAT"]
 
-FORMAT = "mopt_fast.checkpoint/1"
+FORMAT = "mopt_fast.checkpoint/2"
+# Files written before checksums (mopt_fast.checkpoint/1) still load, unverified, with a warning.
+# (No single bit flip turns "/2" into "/1": '1' and '2' differ in two bits.)
+_FORMAT_V1 = "mopt_fast.checkpoint/1"
+_CHECKSUM_KEY = "checksum"
+_CHECKSUM_ALGORITHM = "sha256"
 
 
 def _fsync(f: Any) -> None:
@@ -35,11 +51,64 @@ def _fsync(f: Any) -> None:
     os.fsync(f.fileno())
 
 
+# Temporary files: ".tmp-<pid>-<host>~<random>.ckpt" (a host name has no "~").
+_TMP_NAME = re.compile(r"^\.tmp-(\d+)-([^~/]*)~[^/]*\.ckpt$")
+_writing: set[str] = set()  # temporary files this process is writing now
+_swept: set[str] = set()  # folders already cleared of stale temporaries by this process
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _host() -> str:
+    return socket.gethostname().replace("~", "_")
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Removes the temporary files that a save killed midway left in `folder`: our own name
+    pattern, written on this host by a process that no longer runs (or by this process, under a
+    pid it reuses, when it is not writing that file now). Files from other hosts, or from any
+    process still running, are left alone: they may be being written. Returns the removed paths."""
+    removed = []
+    host = _host()
+    folder = os.path.abspath(folder)  # as save_atomic names the files in _writing
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TMP_NAME.match(name)
+        if m is None or m.group(2) != host:
+            continue
+        path = os.path.join(folder, name)
+        pid = int(m.group(1))
+        if (path in _writing) if pid == os.getpid() else _pid_alive(pid):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:  # gone already, or not ours to remove: leave it
+            pass
+    return removed
+
+
 def save_atomic(obj: Any, path: str) -> None:
     """torch.save `obj` to `path` so that `path` is either the old file or the whole new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+    if folder not in _swept:  # once per folder: stale files come from processes that died before
+        remove_stale_temporaries(folder)
+        _swept.add(folder)
+    prefix = f".tmp-{os.getpid()}-{_host()}~"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".ckpt", dir=folder)
+    _writing.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -49,6 +118,8 @@ def save_atomic(obj: Any, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        _writing.discard(tmp)
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut
@@ -56,20 +127,115 @@ def save_atomic(obj: Any, path: str) -> None:
         os.close(dir_fd)
 
 
+def _feed(h: Any, obj: Any, where: str) -> None:
+    """Feeds `obj` to the hash `h`, unambiguously: a type tag, then lengths and values. Covers
+    what a weights_only load can give back; `where` names the entry for an error."""
+    if obj is None:
+        h.update(b"N")
+    elif isinstance(obj, bool):
+        h.update(b"T" if obj else b"F")
+    elif isinstance(obj, int):
+        text = str(int(obj)).encode()
+        h.update(b"i%d:" % len(text) + text)
+    elif isinstance(obj, float):
+        h.update(b"f" + struct.pack("<d", obj))
+    elif isinstance(obj, complex):
+        h.update(b"c" + struct.pack("<dd", obj.real, obj.imag))
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8", "surrogatepass")
+        h.update(b"s%d:" % len(data) + data)
+    elif isinstance(obj, (bytes, bytearray)):
+        h.update(b"b%d:" % len(obj) + bytes(obj))
+    elif isinstance(obj, torch.Tensor):
+        _feed_tensor(h, obj, where)
+    elif isinstance(obj, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        text = f"{type(obj).__name__}:{obj}".encode()
+        h.update(b"o%d:" % len(text) + text)
+    elif isinstance(obj, Mapping):
+        h.update(b"d%d:" % len(obj))
+        for key, value in obj.items():  # in order: pickling keeps a dict's order
+            _feed(h, key, where)
+            _feed(h, value, f"{where}[{key!r}]")
+    elif isinstance(obj, (list, tuple)):
+        h.update((b"z" if isinstance(obj, torch.Size) else b"t" if isinstance(obj, tuple) else b"l") + b"%d:" % len(obj))
+        for i, value in enumerate(obj):
+            _feed(h, value, f"{where}[{i}]")
+    elif isinstance(obj, (set, frozenset)):  # no order to keep: the sorted digests of the items
+        digests = []
+        for value in obj:
+            item = hashlib.sha256()
+            _feed(item, value, f"{where}{{...}}")
+            digests.append(item.digest())
+        h.update(b"e%d:" % len(digests) + b"".join(sorted(digests)))
+    else:
+        raise TypeError(
+            f"checkpoint entry {where} is a {type(obj).__qualname__}: a checkpoint holds tensors and plain data "
+            "(numbers, strings, lists, tuples, dicts), what torch.load(weights_only=True) can read back"
+        )
+
+
+def _feed_tensor(h: Any, t: torch.Tensor, where: str) -> None:
+    if t.layout != torch.strided or t.is_quantized or t.is_nested:
+        raise TypeError(f"checkpoint entry {where} is a {t.layout} tensor: only dense (strided) tensors are supported")
+    meta = f"{t.dtype}|{tuple(t.shape)}|{t.requires_grad}".encode()
+    h.update(b"x%d:" % len(meta) + meta)
+    if t.device.type == "meta":  # no data to cover
+        return
+    data = t.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
+    h.update(data.reshape(-1).view(torch.uint8).numpy())
+
+
+def checksum(ckpt: Mapping[str, Any]) -> str:
+    """The checksum of a checkpoint's contents: every entry but the checksum itself."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ckpt.items() if k != _CHECKSUM_KEY}, "checkpoint")
+    return f"{_CHECKSUM_ALGORITHM}:{h.hexdigest()}"
+
+
+def save_checkpoint_file(ckpt: dict[str, Any], *paths: str) -> None:
+    """Writes the checkpoint dictionary `ckpt` (with its format marker) to each of `paths`,
+    atomically, with the checksum of its contents added. A value a weights_only load could not
+    read back is a TypeError here, before anything is written."""
+    sealed = {k: v for k, v in ckpt.items() if k != _CHECKSUM_KEY}
+    sealed[_CHECKSUM_KEY] = checksum(sealed)
+    for path in paths:
+        save_atomic(sealed, path)
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """Loads a checkpoint written by `Trainer.save_checkpoint`, with ``weights_only=True``.
-    A truncated, foreign or code-carrying file raises ValueError naming the file."""
+    """Loads a checkpoint written by `Trainer.save_checkpoint` or `ModelCheckpoint`, with
+    ``weights_only=True``, and checks its checksum. A truncated, corrupt, foreign or code-carrying
+    file raises ValueError naming the file; the returned dictionary has no checksum entry."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {path!r} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # a damaged file can fail anywhere in the unpickler or the zip reader
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(
             f"{path!r} is not a loadable mopt_fast checkpoint (truncated, corrupt, or holding objects other "
-            f"than tensors and plain data): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"than tensors and plain data): {type(e).__name__}: {reason}"
         ) from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    marker = ckpt.get("format") if isinstance(ckpt, dict) else None
+    marker = marker if isinstance(marker, str) else None
+    if marker == _FORMAT_V1:
+        warnings.warn(f"{path!r} was written by an older mopt_fast, without a checksum: it is loaded unverified",
+                      stacklevel=2)
+        return ckpt
+    if marker != FORMAT:
         raise ValueError(f"{path!r} is not a mopt_fast checkpoint (no {FORMAT!r} format marker)")
+    stored = ckpt.pop(_CHECKSUM_KEY, None)
+    try:
+        actual = checksum(ckpt)
+    except Exception as e:  # a damaged file may hold what no checkpoint holds
+        raise ValueError(f"{path!r} is corrupt: its contents cannot be checked ({e})") from e
+    if not isinstance(stored, str) or stored != actual:
+        raise ValueError(
+            f"{path!r} is corrupt: its contents do not match the checksum stored in it "
+            f"(stored {stored!r}, computed {actual!r}); the file was damaged after it was written"
+        )
     return ckpt
 
 
@@ -163,6 +329,16 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None:
             root = trainer.log_dir if trainer.loggers else trainer.default_root_dir
             self.dirpath = os.path.join(root, "checkpoints")
+        # Refuse now what would make the first save fail, after training has run.
+        if os.path.exists(self.dirpath) and not os.path.isdir(self.dirpath):
+            raise NotADirectoryError(f"ModelCheckpoint(dirpath={self.dirpath!r}): that path is a file, not a folder")
+        last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        if self.save_last and os.path.exists(last) and not os.path.isfile(last):
+            raise IsADirectoryError(
+                f"ModelCheckpoint(save_last=True) cannot write {last!r}: it is a directory; move it away"
+            )
+        if trainer.is_global_zero and os.path.isdir(self.dirpath):
+            remove_stale_temporaries(self.dirpath)
 
     def _save_on_train_epoch_end(self, trainer: Any) -> bool:
         """Lightning's rule: with validation every epoch at the epoch's end, save at the end of
@@ -237,12 +413,9 @@ class ModelCheckpoint(Callback):
             return
         ckpt = trainer._checkpoint_dict()  # after the bookkeeping: the file carries its own entry
         if trainer.is_global_zero:
-            if path is not None:
-                save_atomic(ckpt, path)
-                if drop is not None and drop != path and os.path.exists(drop):
-                    os.unlink(drop)
-            if last is not None:
-                save_atomic(ckpt, last)
+            save_checkpoint_file(ckpt, *(p for p in (path, last) if p is not None))
+            if path is not None and drop is not None and drop != path and os.path.exists(drop):
+                os.unlink(drop)
         trainer.strategy.barrier()
 
     def _pushed_out(self, score: float) -> str | None:

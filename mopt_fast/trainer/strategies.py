@@ -6,6 +6,21 @@ DDP processes come from `torchrun` (its RANK / LOCAL_RANK / WORLD_SIZE / MASTER_
 MASTER_PORT environment is read as it is), or, run as a plain script, from the Trainer itself: the
 first process becomes rank 0 and starts the others by running the same command again with their
 rank in the environment (as Lightning does). Multi-node runs need torchrun on every node.
+
+Rank 0 of a self-launched run hosts the rendezvous store and watches the ranks it started until
+they have all joined the process group: one that exits before that (a crash at import, a script
+error before fit) is an error on rank 0 within a fraction of a second, not a wait for the timeout.
+
+At exit (an atexit hook, while the interpreter is whole), a process group this module created is
+destroyed, then the process waits until gloo's worker threads are idle. Why: a gloo work can hold
+Python objects (tensors a collective was given, and the thread-local state it captured, which
+during a backward pass holds a Python object), and a worker thread sometimes drops the last
+reference to one, which needs the GIL, just after the collective has completed. A barrier also
+defers the destruction of earlier works to that moment. If the main thread reaches interpreter
+finalization first, Python ends the worker thread as it asks for the GIL, the C++ unwinding hits
+a noexcept destructor, and the process aborts ("terminate called without an active exception",
+exit -6) after a fit that succeeded. destroy_process_group alone does not help: the threads live
+until the group's C++ object is freed, and DistributedDataParallel keeps it alive to the end.
 """
 from __future__ import annotations
 
@@ -16,6 +31,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +46,10 @@ from mopt_fast.exceptions import MisconfigurationException
 __all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy", "make_strategy"]
 
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# Set in the environment of the ranks rank 0 starts: they check in with its store (see
+# _ProcessGroupStrategy._await_children) before setting up the process group.
+_SELF_LAUNCHED_VAR = "MOPT_FAST_SELF_LAUNCHED"
+_JOINED_KEY = "mopt_fast/ranks_joined"
 
 
 class _TrainingStepForward(nn.Module):
@@ -94,6 +115,58 @@ class Strategy:
 SingleDeviceStrategy = Strategy
 
 
+def _wait_until_gloo_threads_idle(timeout: float = 10.0) -> None:
+    """Sleeps (the GIL free, so a worker thread waiting for it takes it at once) until every
+    gloo worker thread ("pt_gloo_runloop") is seen asleep in two checks in a row: asleep with
+    the GIL free means waiting for work, not for the GIL, and a thread still running or runnable
+    is waited for. Reads the thread states from /proc (Linux); elsewhere, or under a torch that
+    does not name its threads, it is a fixed pause of a few hundredths of a second."""
+    tasks = "/proc/self/task"
+    deadline = time.monotonic() + timeout
+    idle_checks = 0
+    while idle_checks < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        busy = False
+        for tid in os.listdir(tasks) if os.path.isdir(tasks) else ():
+            try:
+                with open(f"{tasks}/{tid}/comm") as f:
+                    if f.read().strip() != "pt_gloo_runloop":
+                        continue
+                with open(f"{tasks}/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]  # the field after "(name)"
+            except (OSError, IndexError):  # the thread ended meanwhile
+                continue
+            busy = busy or state != "S"
+        idle_checks = 0 if busy else idle_checks + 1
+
+
+class _LaunchedRankWatcher(threading.Thread):
+    """Watches the ranks rank 0 started while rank 0 sits in ``init_process_group``, after they
+    have all checked in: a blocking wait in C++ that no Python signal interrupts, and that waits
+    the whole timeout (30 minutes by default) for a rank that died in that window. The only way
+    out is to end the process; nothing has run yet that could be lost."""
+
+    def __init__(self, children: list[subprocess.Popen]) -> None:
+        super().__init__(name="mopt_fast-rank-watcher", daemon=True)
+        self._children = children
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            for rank, proc in enumerate(self._children, start=1):
+                if proc.poll() is not None:
+                    print(f"mopt_fast: DDP rank {rank} (pid {proc.pid}) exited with code {proc.returncode} while the "
+                          "process group was being set up; stopping all ranks", file=sys.stderr, flush=True)
+                    for other in self._children:
+                        if other.poll() is None:
+                            other.kill()
+                    os._exit(1)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,6 +199,7 @@ class _ProcessGroupStrategy(Strategy):
         self.num_processes = 1
         self.num_nodes = 1
         self._children: list[subprocess.Popen] = []
+        self._store: dist.TCPStore | None = None  # the rendezvous store rank 0 hosts when it starts the ranks
 
     def configure(self, devices: int, num_nodes: int) -> None:
         self.num_processes, self.num_nodes = devices, num_nodes
@@ -135,6 +209,7 @@ class _ProcessGroupStrategy(Strategy):
         if dist.is_available() and dist.is_initialized():
             self._read_ranks()
             return
+        launched = False
         if all(v in os.environ for v in _TORCHRUN_VARS):
             if int(os.environ["WORLD_SIZE"]) != self.world_size:
                 raise MisconfigurationException(
@@ -146,12 +221,62 @@ class _ProcessGroupStrategy(Strategy):
                 "num_nodes > 1: start the processes with torchrun on every node (see the README)"
             )
         else:
+            launched = True
+        # Registered before the launcher's wait for its ranks, so it runs after it (atexit runs
+        # last-in first-out): rank 0 tears its group (and the store the ranks use) down last.
+        atexit.register(self._destroy_at_exit)
+        if launched:
             self._launch_local_processes()
         self._read_ranks()
         backend = self.process_group_backend or ("nccl" if trainer._accelerator == "cuda" else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
-        dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+        store = None
+        if launched:
+            store = self._store
+            self._await_children()
+        elif os.environ.get(_SELF_LAUNCHED_VAR) == "1":  # a rank rank 0 started: check in with it
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size,
+                                  is_master=False, timeout=self.timeout)
+            store.add(_JOINED_KEY, 1)
+        if store is None:
+            dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
+            return
+        watcher = _LaunchedRankWatcher(self._children) if self._children else None
+        if watcher is not None:
+            watcher.start()
+        try:
+            dist.init_process_group(backend, store=store, rank=self.global_rank, world_size=self.world_size,
+                                    timeout=self.timeout)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+    def _destroy_at_exit(self) -> None:
+        """The process group this strategy created, then the store rank 0 hosts for it, then a
+        wait for gloo's worker threads to be idle (see the module's docstring). A group the script
+        destroyed itself is left alone."""
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        self._store = None
+        _wait_until_gloo_threads_idle()
+
+    def _await_children(self) -> None:
+        """Rank 0: wait until every rank it started has checked in with its store, failing as
+        soon as one of them has exited (it cannot join any more)."""
+        deadline = time.monotonic() + self.timeout.total_seconds()
+        while self._store.add(_JOINED_KEY, 0) < len(self._children):
+            for rank, proc in enumerate(self._children, start=1):
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"DDP rank {rank} (pid {proc.pid}) exited with code {proc.returncode} before joining the "
+                        "process group (its own output says why)"
+                    )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the DDP ranks started by rank 0 did not join the process group within {self.timeout}"
+                )
+            time.sleep(0.02)
 
     def _read_ranks(self) -> None:
         self.global_rank = int(os.environ.get("RANK", dist.get_rank() if dist.is_initialized() else 0))
@@ -161,11 +286,14 @@ class _ProcessGroupStrategy(Strategy):
             self.world_size = dist.get_world_size()
 
     def _launch_local_processes(self) -> None:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(self.world_size),
-                          NODE_RANK="0")
+        # The store listens before any rank starts, on a port the OS picked (no race for a free one).
+        self._store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True, timeout=self.timeout,
+                                    wait_for_workers=False)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(self._store.port),
+                          WORLD_SIZE=str(self.world_size), NODE_RANK="0")
         command = _relaunch_command()
         for rank in range(1, self.num_processes):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank))
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), **{_SELF_LAUNCHED_VAR: "1"})
             self._children.append(subprocess.Popen(command, env=env))
         os.environ.update(RANK="0", LOCAL_RANK="0")
         # The other ranks run the whole script, which may go on with collectives after fit:

@@ -8,7 +8,9 @@ logger or the progress bar reads them, and the optimizer work runs on mopt_fast'
 
 Checkpoints resume exactly: a checkpoint records where in the loop it was taken and the RNG state
 at the start of its epoch, and a resumed fit rebuilds the epoch's data order, skips the batches
-already done and carries on from there.
+already done and carries on from there. One limit: a DataLoader with ``persistent_workers=True``
+keeps its worker processes (and the random streams inside them) from epoch to epoch, and a
+resumed fit can only start new ones; see `_iter_continuing`.
 
 Distributed training runs on torch.distributed's DDP or FSDP2 (see strategies.py).
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.module import LightningModule
@@ -31,7 +34,9 @@ from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
 from mopt_fast.trainer._metrics import MetricStore, to_scalars
 from mopt_fast.trainer.callbacks import HOOKS, Callback, ModelSummary, TQDMProgressBar
-from mopt_fast.trainer.checkpoint import FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
+from mopt_fast.trainer.checkpoint import (
+    FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_checkpoint_file, set_rng_state,
+)
 from mopt_fast.trainer.loggers import CSVLogger, Logger
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy, make_strategy
 
@@ -107,6 +112,38 @@ class _Lookahead:
         item = self._next
         self._advance()
         return item
+
+
+def _persistent_workers(loader: Any) -> bool:
+    return isinstance(loader, DataLoader) and loader.num_workers > 0 and loader.persistent_workers
+
+
+def _shut_down_workers(loader: Any) -> None:
+    iterator = getattr(loader, "_iterator", None) if isinstance(loader, DataLoader) else None
+    if iterator is not None:
+        if hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
+
+
+def _iter_continuing(loader: DataLoader) -> Iterator:
+    """``iter(loader)`` as the run being resumed did it, for a loader with persistent workers
+    that were already running there but are not yet started in this process.
+
+    There, iter() only restarted the sampler on the running workers (`_reset`: the sampler's
+    draw from the RNG). Here the first iter() must start the workers, which also draws their base
+    seed from the RNG (the global one, or the loader's generator) before the sampler draws: the
+    epoch's order and every later draw would shift. So start the workers, put the RNG back, and
+    restart the sampler as the original did. What this cannot restore is the workers' own RNG
+    streams (seeded from that base seed when they started, then advanced by every sample they
+    loaded): they live in the original run's worker processes. The Trainer warns about that."""
+    state = rng_state()
+    generator = loader.generator.get_state() if loader.generator is not None else None
+    iter(loader)  # starts the workers
+    set_rng_state(state)
+    if generator is not None:
+        loader.generator.set_state(generator)
+    return iter(loader)
 
 
 @contextlib.contextmanager
@@ -276,6 +313,14 @@ class Trainer:
         self._validation_has_run = False
         self._loop_stage = "start"  # where a checkpoint taken now sits in the loop (see _resume)
         self._epoch_rng: dict[str, Any] | None = None
+        # Persistent DataLoader workers (see _iter_continuing): for the current epoch's train
+        # iterator, None (no persistent workers), "started" (it started them) or "continued" (it
+        # reused running ones); whether the validation loader's are running; and, in a resumed
+        # fit, whether the original run had them running where this one has yet to start them.
+        self._train_workers: str | None = None
+        self._val_workers_started = False
+        self._resume_train_workers_running = False
+        self._resume_val_workers_running = False
         self.batch_idx = -1
         self.is_last_batch = False
         self.num_training_batches: int | float = float("inf")
@@ -513,6 +558,7 @@ class Trainer:
             raise NotImplementedError("fit(datamodule=...) is not supported yet; pass the dataloaders")
         self.lightning_module = model
         model.trainer = self
+        self._train_loader = self._val_loader = None
         try:
             self.strategy.setup_environment(self)
             if self.strategy.is_distributed:
@@ -529,11 +575,19 @@ class Trainer:
             # A failed fit leaves no stage running (Lightning sets its stage to None).
             self.training = self.validating = self.sanity_checking = False
             raise
+        finally:
+            # As Lightning's teardown: persistent workers stop with the fit (else they live on
+            # until the model/trainer reference cycle is collected, whose finalizers cannot
+            # signal them: each then waits out DataLoader's 5-second join timeout).
+            for loader in (self._train_loader, self._val_loader):
+                _shut_down_workers(loader)
 
     def _fit(self, model: LightningModule, train_loader: Any, val_loader: Any, ckpt_path: str | None) -> None:
         self._metrics = MetricStore()
         self._build_hook_table(model)
         self.should_stop = False
+        self._train_workers, self._val_workers_started = None, False
+        self._resume_train_workers_running = self._resume_val_workers_running = False
         model.to(self.root_device)
         self.training = True
         self._call("setup", stage="fit")
@@ -575,6 +629,8 @@ class Trainer:
             self._current_fx = None
         train_loader = self.strategy.process_loader(train_loader, shuffle_default=True)
         self._train_loader = train_loader
+        if resume is not None:
+            self._warn_if_worker_streams_restart(resume, train_loader)
         self._run_training(model, train_loader, resume)
         self._call("on_fit_end")
         self._call("teardown", stage="fit")
@@ -622,7 +678,16 @@ class Trainer:
                 sampler.set_epoch(self.current_epoch)
 
     def _new_iterator(self, loader: Any) -> Any:
-        it = iter(loader)
+        if not _persistent_workers(loader):
+            self._train_workers = None
+            it = iter(loader)
+        elif loader._iterator is None and self._resume_train_workers_running:
+            self._train_workers = "continued"
+            it = _iter_continuing(loader)
+        else:
+            self._train_workers = "started" if loader._iterator is None else "continued"
+            it = iter(loader)
+        self._resume_train_workers_running = False  # only the first iterator of a resumed fit
         return it if self.num_training_batches != float("inf") else _Lookahead(it)
 
     def _should_accumulate(self) -> bool:
@@ -815,6 +880,7 @@ class Trainer:
                     "batches_that_stepped": self._batches_that_stepped, "total_batch_idx": self._total_batch_idx,
                     "val_batches_logged": self._val_batches_logged, "batch_idx": self.batch_idx,
                     "is_last_batch": self.is_last_batch, "epoch_rng": self._epoch_rng,
+                    "train_workers": self._train_workers, "val_workers_started": self._val_workers_started,
                 },
                 metrics=self._metrics.state_dict(),
                 rng=rng_state(),
@@ -835,7 +901,7 @@ class Trainer:
             raise RuntimeError("save_checkpoint() needs a model that has been fitted (or is being fitted)")
         ckpt = self._checkpoint_dict(weights_only)
         if self.is_global_zero:  # the DDP ranks hold the same state: one writes, all wait
-            save_atomic(ckpt, os.fspath(filepath))
+            save_checkpoint_file(ckpt, os.fspath(filepath))
         self.strategy.barrier()
 
     def _load_for_resume(self, ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
@@ -845,6 +911,12 @@ class Trainer:
                 os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
                 for cb in self.checkpoint_callbacks if cb.dirpath
             ]
+            for c in candidates:  # not "no last checkpoint": that would train from scratch
+                if os.path.exists(c) and not os.path.isfile(c):
+                    raise IsADirectoryError(
+                        f'.fit(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
+                        "pass the checkpoint's path"
+                    )
             found = [c for c in candidates if os.path.isfile(c)]
             if not found:
                 warnings.warn(
@@ -885,10 +957,37 @@ class Trainer:
         self._val_batches_logged = loops["val_batches_logged"]
         self.batch_idx, self.is_last_batch = loops["batch_idx"], loops["is_last_batch"]
         self._epoch_rng = loops["epoch_rng"]
+        self._train_workers = loops.get("train_workers")
+        self._val_workers_started = bool(loops.get("val_workers_started", False))
+        # Were the original run's persistent workers running where this fit goes on? Inside an
+        # epoch: if that epoch's iterator continued them; at or after an epoch's end: if any ran.
+        if loops["stage"] in ("batch", "in_batch", "validation"):
+            self._resume_train_workers_running = self._train_workers == "continued"
+        else:
+            self._resume_train_workers_running = self._train_workers is not None and loops["stage"] != "start"
+        self._resume_val_workers_running = bool(loops.get("val_workers_started", False))
         saved = ckpt.get("callbacks", {})
         for i, cb in enumerate(self.checkpoint_callbacks):
             if f"ModelCheckpoint[{i}]" in saved:
                 cb.load_state_dict(saved[f"ModelCheckpoint[{i}]"])
+
+    def _warn_if_worker_streams_restart(self, ckpt: dict[str, Any], train_loader: Any) -> None:
+        """The one part of a resume that is not exact: see `_iter_continuing`."""
+        restarted = []
+        if _persistent_workers(train_loader) and self._resume_train_workers_running:
+            restarted.append("training")
+        if self.enable_validation and _persistent_workers(self._val_loader) and ckpt["loops"].get("val_workers_started"):
+            restarted.append("validation")
+        if restarted:
+            warnings.warn(
+                f"Resuming with persistent_workers=True on the {' and '.join(restarted)} DataLoader: its worker "
+                "processes were running in the interrupted run and start anew here, so random numbers drawn inside "
+                "them (e.g. random augmentation in the Dataset) do not continue that run's streams, and the resumed "
+                "fit is not exact if the Dataset draws any. What the main process draws still resumes exactly. With "
+                "persistent_workers=False the resume is exact.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _resume(self, model: LightningModule, loader: Any, ckpt: dict[str, Any]) -> None:
         """Carry on from where the checkpoint was taken: the rest of that batch or epoch."""
@@ -1037,7 +1136,14 @@ class Trainer:
                 self._call("on_validation_start")
                 self._call("on_validation_epoch_start")
                 if limit:
-                    it = iter(self._val_loader)
+                    loader = self._val_loader
+                    if _persistent_workers(loader):
+                        continuing = not sanity and loader._iterator is None and self._resume_val_workers_running
+                        it = _iter_continuing(loader) if continuing else iter(loader)
+                        self._val_workers_started = True
+                        self._resume_val_workers_running = False
+                    else:
+                        it = iter(loader)
                     batch_idx = 0
                     while batch_idx < limit:
                         try:
