@@ -230,15 +230,16 @@ def test_early_stopping_messages_and_errors() -> None:
 def test_early_stopping_resumes_from_a_checkpoint(tmp_path) -> None:
     """EarlyStopping's state travels in mopt_fast checkpoints (under Lightning's state_key): a fit
     stopped after 3 epochs and resumed stops where the uninterrupted fit stopped, with its state."""
-    es_kwargs = dict(monitor="val_loss", min_delta=0.005, patience=3)
+    es_kwargs = dict(monitor="val_loss", min_delta=0.005, patience=2)
 
     def callbacks(folder: str) -> Callable[[Any], list]:
         return lambda ns: [ns.EarlyStopping(**es_kwargs), ns.ModelCheckpoint(dirpath=folder, save_last=True)]
 
     ref_trainer, ref_model, (ref_es, _) = fit("mopt_fast", cases.automatic(), callbacks(str(tmp_path / "ref")),
                                               enable_checkpointing=True)
-    assert ref_trainer.should_stop and ref_trainer.current_epoch > 4
-    fit("mopt_fast", cases.automatic(), callbacks(str(tmp_path / "a")), enable_checkpointing=True, max_epochs=3)
+    assert ref_trainer.should_stop and ref_trainer.current_epoch == 3
+    # paused with one check without improvement: a resumed fit that forgot it would not stop at epoch 2
+    fit("mopt_fast", cases.automatic(), callbacks(str(tmp_path / "a")), enable_checkpointing=True, max_epochs=2)
     saved = mopt_fast.trainer.checkpoint.load_checkpoint(str(tmp_path / "a" / "last.ckpt"))
     assert "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}" in saved["callbacks"]
     trainer, model, (es, _) = fit("mopt_fast", cases.automatic(), callbacks(str(tmp_path / "a")),
@@ -248,8 +249,8 @@ def test_early_stopping_resumes_from_a_checkpoint(tmp_path) -> None:
     assert_same_weights(model, ref_model)
     # Lightning's own resume keeps the same state through its checkpoint
     light_trainer, _, (light_es, _) = fit("lightning", cases.automatic(), callbacks(str(tmp_path / "l")),
-                                          enable_checkpointing=True, max_epochs=3)
-    assert light_trainer.current_epoch == 3
+                                          enable_checkpointing=True, max_epochs=2)
+    assert light_trainer.current_epoch == 2 and light_es.wait_count == 1
     assert plain(light_es.state_dict()) == plain(saved["callbacks"][light_es.state_key])
 
 
@@ -576,6 +577,17 @@ def checkpoint_summary(cb: Any, folder: str) -> dict:
     }
 
 
+def files_at_each_epoch(framework: str, folder: str, history: list) -> Any:
+    """A callback noting, at each epoch's start, the checkpoint files and the step each one holds."""
+    class FilesAtEachEpoch(namespace(framework).Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            history.append({n: torch.load(os.path.join(folder, n), weights_only=False)["global_step"] for n in names
+                            if n.endswith(".ckpt")})
+
+    return FilesAtEachEpoch()
+
+
 def raise_at_step(step: int) -> Callable[[type], type]:
     def make(LM: type) -> type:
         class Raises(cases.automatic()(LM)):
@@ -627,11 +639,14 @@ def test_model_checkpoint_matches_lightning(name: str, tmp_path) -> None:
         log_name = ("lightning.pytorch.utilities.rank_zero" if framework == "lightning"
                     else "mopt_fast.trainer")
         handler = capture_logs(log_name)
+        history: list = []
         try:
             kwargs = {"max_epochs": 4, "enable_checkpointing": True, **trainer_kwargs}
             try:
-                trainer, _, (cb,) = fit(
-                    framework, case, lambda ns, folder=folder: [ns.ModelCheckpoint(dirpath=folder, **ckpt_kwargs)],
+                trainer, _, (cb, _) = fit(
+                    framework, case,
+                    lambda ns, fw=framework, folder=folder, history=history: [
+                        ns.ModelCheckpoint(dirpath=folder, **ckpt_kwargs), files_at_each_epoch(fw, folder, history)],
                     **kwargs)
             except RuntimeError as e:
                 assert name == "save_on_exception" and "stop here" in str(e)
@@ -642,6 +657,7 @@ def test_model_checkpoint_matches_lightning(name: str, tmp_path) -> None:
             got[framework] = {"files": sorted(os.listdir(folder))}
             continue
         summary = checkpoint_summary(cb, folder)
+        summary["history"] = history
         summary["messages"] = [m.replace(folder, "<dir>") for m in handler.messages
                                if "global step" in m or "raised" in m]
         state = plain(cb.state_dict())
@@ -684,12 +700,22 @@ def test_model_checkpoint_rerun_names_last_v1_and_resumes_from_the_newest(tmp_pa
         second_trainer, _, (cb,) = fit(framework, cases.automatic(), callbacks, max_epochs=3, enable_checkpointing=True)
         second = sorted(os.listdir(folder))
         last_paths = sorted(os.path.basename(p) for p in cb._find_last_checkpoints(second_trainer))
-        trainer, _, _ = fit(framework, cases.automatic(), callbacks, max_epochs=4, enable_checkpointing=True,
+        batches = []
+
+        def counting(ns: Any, batches: list = batches) -> list:
+            class Count(ns.Callback):
+                def on_train_batch_start(self, *args: Any) -> None:
+                    batches.append(1)
+
+            return [*callbacks(ns), Count()]
+
+        trainer, _, _ = fit(framework, cases.automatic(), counting, max_epochs=4, enable_checkpointing=True,
                             ckpt_path="last")
-        got[framework] = (first, second, os.path.basename(cb.last_model_path), last_paths, trainer.global_step)
+        got[framework] = (first, second, os.path.basename(cb.last_model_path), last_paths, trainer.global_step,
+                          len(batches))
     assert got["mopt_fast"] == got["lightning"]
     assert got["lightning"][1] == ["last-v1.ckpt", "last.ckpt", "model-v1.ckpt", "model.ckpt"]
-    assert got["lightning"][4] == 4 * 6  # resumed from last-v1.ckpt (3 epochs), not last.ckpt (2)
+    assert got["lightning"][4:] == (4 * 6, 6)  # resumed from last-v1.ckpt (3 epochs), not last.ckpt (2)
 
 
 def test_model_checkpoint_paths_state_key_and_yaml(tmp_path, monkeypatch) -> None:
