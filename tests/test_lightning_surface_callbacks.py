@@ -769,3 +769,27 @@ def test_model_checkpoint_missing_monitor_after_validation(tmp_path) -> None:
         errors[framework] = str(info.value)
     assert errors["mopt_fast"] == errors["lightning"]
     assert "could not find the monitored key in the returned metrics" in errors["lightning"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_ddp_ranks_decide_together(tmp_path) -> None:
+    """Under DDP with a metric that differs between ranks: any rank's EarlyStopping stops them all
+    (Lightning's reduce_boolean_decision(all=False)), ModelCheckpoint saves only when every rank
+    agrees the score is better, and only rank 0 logs the learning rate."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    child = os.path.join(os.path.dirname(__file__), "callbacks_ddp_child.py")
+    proc = subprocess.run([sys.executable, child, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(str(tmp_path / f"rank{r}.pt"), weights_only=True) for r in (0, 1))
+    # rank 1 stops improving at epoch 2 (patience 1): both ranks stop there
+    # (rank 0's own criteria did not fire: its reason stays NOT_STOPPED, as in Lightning)
+    assert (r0["epoch"], r0["stopped_epoch"], r0["reason"]) == (3, 2, "NOT_STOPPED")
+    assert (r1["epoch"], r1["stopped_epoch"], r1["reason"]) == (3, 2, "PATIENCE_EXHAUSTED")
+    assert r0["wait_count"] == 0 and r1["wait_count"] == 1  # each rank's own record
+    # epoch 2 is better for rank 0 only: no save there; the epoch-1 file stays the best on both
+    assert r0["best"] == r1["best"] == "epoch=1-step=8.ckpt"
+    assert r0["files"] == ["epoch=1-step=8.ckpt"]
+    assert [step for step, _ in r0["lr_calls"]] == [0, 4, 8] and r1["lr_calls"] == []
