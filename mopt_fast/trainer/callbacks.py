@@ -424,9 +424,14 @@ def convert_inf(x: int | float | None) -> int | float | None:
 
 
 def _update_n(bar: Any, value: int) -> None:
+    """Sets the bar's count; redraws it at most every `mininterval` seconds (tqdm's 0.1 s) and at
+    its end: a redraw formats and writes the whole line, too costly for every fast step."""
     if not bar.disable:
         bar.n = value
-        bar.refresh()
+        now = time.monotonic()
+        if value == bar.total or now - getattr(bar, "_mopt_fast_drawn", -math.inf) >= bar.mininterval:
+            bar._mopt_fast_drawn = now
+            bar.refresh()
 
 
 class TQDMProgressBar(ProgressBar):
