@@ -185,8 +185,6 @@ class ModelCheckpoint(Callback):
         self._last_checkpoint_saved = ""
         # A step- or time-triggered save whose monitored metric only validation produces waits for it.
         self._defer_save_until_validation = False
-        if save_last not in (None, True, False, "link"):
-            raise MisconfigurationException(f"`save_last` must be a bool, None or 'link', got {save_last!r}")
         inf = torch.tensor(torch.inf)
         modes = {"min": (inf, "min"), "max": (-inf, "max")}
         if mode not in modes:
