@@ -7,6 +7,7 @@ plugins and the optimizer wrapper (mopt_fast.precision, mopt_fast.optimizer) →
 """
 from mopt_fast import _extension
 from mopt_fast._version import __version__
+from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.functional import (
     clip_grad_norm_,
     clip_grad_value_,
@@ -17,12 +18,23 @@ from mopt_fast.functional import (
     unscale_grads_,
     zero_grad_,
 )
-from mopt_fast.registry import available_backends, backend_for, use_backend
-from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.module import LightningModule
+from mopt_fast.optimizer import LightningOptimizer
+from mopt_fast.registry import available_backends, backend_for, use_backend
+from mopt_fast.trainer import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    RichProgressBar,
+    TensorBoardLogger,
+    TQDMProgressBar,
+    Trainer,
+)
 from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
-from mopt_fast.trainer import Callback, CSVLogger, ModelCheckpoint, ModelSummary, TensorBoardLogger, TQDMProgressBar, Trainer
 
 if _extension.COMPILED:
     from mopt_fast import _ops
@@ -47,12 +59,16 @@ __all__ = [
     "CSVLogger",
     "Callback",
     "DDPStrategy",
+    "EarlyStopping",
     "FSDPStrategy",
+    "LearningRateMonitor",
     "LightningModule",
     "LightningOptimizer",
     "MisconfigurationException",
     "ModelCheckpoint",
     "ModelSummary",
+    "ProgressBar",
+    "RichProgressBar",
     "TQDMProgressBar",
     "TensorBoardLogger",
     "Trainer",

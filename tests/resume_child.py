@@ -69,8 +69,10 @@ def main() -> None:
     torch.manual_seed(1000 if args.resume else 0)  # a resumed run must not depend on its own seed
     model = make(mopt_fast.LightningModule)()
     train, val = cases.make_data()
-    every = {"every_n_train_steps": 1} if args.save_every == "step" else {"every_n_epochs": 1}
-    ckpt = mopt_fast.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpt"), save_top_k=0, save_last=True, **every)
+    # Per step: last.ckpt alone. Per epoch: the newest epoch file too, since (as in Lightning) a
+    # ModelCheckpoint writes last.ckpt at an epoch's end only when it saved a top-k file there.
+    every = {"every_n_train_steps": 1, "save_top_k": 0} if args.save_every == "step" else {"every_n_epochs": 1}
+    ckpt = mopt_fast.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpt"), save_last=True, **every)
     trainer = mopt_fast.Trainer(accelerator="cpu", max_epochs=args.epochs, logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, callbacks=[ckpt, Killer()], default_root_dir=args.out,
                                 **kwargs)

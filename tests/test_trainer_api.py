@@ -448,7 +448,7 @@ def test_csv_logger_progress_bar_and_summary(tmp_path, capsys) -> None:
     trainer.fit(model, cases.make_data()[0])
     out, err = capsys.readouterr()
     assert "Trainable params" in out and "G" in out and "Sequential" in out
-    assert "Epoch 1" in err and "g_loss" in err and "d_loss" in err
+    assert "Epoch 1" in out and "g_loss" in out and "d_loss" in out  # the tqdm bar writes to stdout, as Lightning's
     csv_path = os.path.join(str(tmp_path), "lightning_logs", "version_0", "metrics.csv")
     lines = open(csv_path).read().splitlines()
     header = lines[0].split(",")

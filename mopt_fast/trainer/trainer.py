@@ -33,9 +33,24 @@ from mopt_fast.optimizer import LightningOptimizer, validate_clip_args
 from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
 from mopt_fast.trainer._metrics import MetricStore, to_scalars
-from mopt_fast.trainer.callbacks import HOOKS, Callback, ModelSummary, TQDMProgressBar
+from mopt_fast.trainer.callbacks import (
+    HOOKS,
+    Callback,
+    ModelSummary,
+    ProgressBar,
+    TQDMProgressBar,
+    load_callback_states,
+    monitoring_last,
+    save_callback_states,
+    validate_callbacks_list,
+)
 from mopt_fast.trainer.checkpoint import (
-    FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_checkpoint_file, set_rng_state,
+    FORMAT,
+    ModelCheckpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint_file,
+    set_rng_state,
 )
 from mopt_fast.trainer.loggers import CSVLogger, Logger
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy, make_strategy
@@ -277,10 +292,17 @@ class Trainer:
         else:
             self.loggers = [logger]
         cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
-        if enable_progress_bar is not False and not any(isinstance(c, TQDMProgressBar) for c in cbs):
+        bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks (callbacks.py)
+        if len(bars) > 1:
+            raise MisconfigurationException(
+                "You added multiple progress bar callbacks to the Trainer, but currently only one progress bar is "
+                "supported.")
+        if bars and enable_progress_bar is False:
+            raise MisconfigurationException(
+                f"Trainer was configured with `enable_progress_bar=False` but found `{type(bars[0]).__name__}` in "
+                "callbacks list.")
+        if enable_progress_bar is not False and not bars:
             cbs.append(TQDMProgressBar())
-        if enable_progress_bar is False:
-            cbs = [c for c in cbs if not isinstance(c, TQDMProgressBar)]
         if enable_model_summary is not False and not any(isinstance(c, ModelSummary) for c in cbs):
             cbs.insert(0, ModelSummary())
         has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in cbs)
@@ -296,6 +318,7 @@ class Trainer:
             cbs.append(ModelCheckpoint())
         # Checkpoint callbacks go last, as Lightning orders them: they see what the others did.
         cbs = [c for c in cbs if not isinstance(c, ModelCheckpoint)] + [c for c in cbs if isinstance(c, ModelCheckpoint)]
+        validate_callbacks_list(cbs)
         self.callbacks: list[Any] = cbs
 
         self._metrics = MetricStore()
@@ -458,8 +481,8 @@ class Trainer:
         return cbs[0] if cbs else None
 
     @property
-    def progress_bar_callback(self) -> TQDMProgressBar | None:
-        return next((c for c in self.callbacks if isinstance(c, TQDMProgressBar)), None)
+    def progress_bar_callback(self) -> ProgressBar | None:
+        return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
 
     # -- hooks -------------------------------------------------------------------------------------
     def _build_hook_table(self, module: LightningModule) -> None:
@@ -471,6 +494,8 @@ class Trainer:
                     fns.append((getattr(cb, name), True))
             if hasattr(LightningModule, name) and (name in _ALWAYS or _overrides(module, LightningModule, name)):
                 fns.append((getattr(module, name), False))
+            if name == "on_train_epoch_end":  # EarlyStopping and checkpoints after the module (callbacks.py)
+                fns = monitoring_last(fns)
             table[name] = fns
         self._hooks = table
 
@@ -884,8 +909,8 @@ class Trainer:
                 },
                 metrics=self._metrics.state_dict(),
                 rng=rng_state(),
-                callbacks={f"ModelCheckpoint[{i}]": cb.state_dict() for i, cb in enumerate(self.checkpoint_callbacks)},
             )
+            save_callback_states(self, ckpt)  # by state_key, then the callbacks' on_save_checkpoint (callbacks.py)
         prev = self._current_fx
         self._current_fx = "on_save_checkpoint"
         try:
@@ -907,6 +932,7 @@ class Trainer:
     def _load_for_resume(self, ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
         path = os.fspath(ckpt_path)
         if path == "last":
+            # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (checkpoint.py); the newest wins
             candidates = [
                 os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
                 for cb in self.checkpoint_callbacks if cb.dirpath
@@ -917,7 +943,7 @@ class Trainer:
                         f'.fit(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
                         "pass the checkpoint's path"
                     )
-            found = [c for c in candidates if os.path.isfile(c)]
+            found = [c for cb in self.checkpoint_callbacks for c in cb._find_last_checkpoints(self) if os.path.isfile(c)]
             if not found:
                 warnings.warn(
                     '.fit(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will '
@@ -966,10 +992,7 @@ class Trainer:
         else:
             self._resume_train_workers_running = self._train_workers is not None and loops["stage"] != "start"
         self._resume_val_workers_running = bool(loops.get("val_workers_started", False))
-        saved = ckpt.get("callbacks", {})
-        for i, cb in enumerate(self.checkpoint_callbacks):
-            if f"ModelCheckpoint[{i}]" in saved:
-                cb.load_state_dict(saved[f"ModelCheckpoint[{i}]"])
+        load_callback_states(self, ckpt)  # on_load_checkpoint, then load_state_dict by state_key (callbacks.py)
 
     def _warn_if_worker_streams_restart(self, ckpt: dict[str, Any], train_loader: Any) -> None:
         """The one part of a resume that is not exact: see `_iter_continuing`."""
