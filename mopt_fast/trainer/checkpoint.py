@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import datetime
 import hashlib
-import math
 import os
 import random
 import re
@@ -32,7 +31,6 @@ import struct
 import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
