@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.functional import zero_grad_
 from mopt_fast.precision import CLIP_ALGORITHMS, Precision, make_precision
+
+if TYPE_CHECKING:
+    from mopt_fast.trainer._protocol import OptimizerTrainer
 
 __all__ = ["LightningOptimizer", "validate_clip_args"]
 
@@ -74,7 +77,7 @@ class LightningOptimizer:
         self._precision: Precision = make_precision(precision, _device_type(optimizer))
         self._clip_val, self._clip_algorithm = validate_clip_args(gradient_clip_val, gradient_clip_algorithm)
         # Set by a Trainer: the step counters, the hooks run before the update, the module.
-        self._trainer: Any = None
+        self._trainer: OptimizerTrainer | None = None
         self._on_before_step: Callable[[], None] | None = None
         self._on_after_step: Callable[[], None] | None = None
         self._before_update: Callable[[], None] | None = self._standalone_clip if self._clips else None

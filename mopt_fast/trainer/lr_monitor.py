@@ -26,7 +26,7 @@ def _should_update_logs(trainer: Any) -> bool:
     every = trainer.log_every_n_steps
     if every == 0:
         return False
-    return (trainer._batches_that_stepped + 1) % every == 0 or trainer.should_stop
+    return (trainer.fit_loop.batches_that_stepped + 1) % every == 0 or trainer.should_stop
 
 
 class LearningRateMonitor(Callback):
@@ -92,7 +92,7 @@ class LearningRateMonitor(Callback):
     def _log(trainer: Any, stats: dict[str, float]) -> None:
         if stats and trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(stats, step=trainer._batches_that_stepped)
+                logger.log_metrics(stats, step=trainer.fit_loop.batches_that_stepped)
 
     def _extract_stats(self, trainer: Any, interval: str) -> dict[str, float]:
         stats: dict[str, float] = {}

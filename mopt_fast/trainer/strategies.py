@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from mopt_fast.exceptions import MisconfigurationException
+
+if TYPE_CHECKING:
+    from mopt_fast.trainer._protocol import StrategyTrainer
 
 __all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy", "make_strategy"]
 
@@ -80,7 +83,7 @@ class Strategy:
         self.local_rank = 0
         self.node_rank = 0
 
-    def setup_environment(self, trainer: Any) -> None:
+    def setup_environment(self, trainer: StrategyTrainer) -> None:
         pass
 
     def root_device(self, accelerator: str) -> torch.device:
@@ -205,7 +208,7 @@ class _ProcessGroupStrategy(Strategy):
         self.num_processes, self.num_nodes = devices, num_nodes
         self.world_size = devices * num_nodes
 
-    def setup_environment(self, trainer: Any) -> None:
+    def setup_environment(self, trainer: StrategyTrainer) -> None:
         if dist.is_available() and dist.is_initialized():
             self._read_ranks()
             return

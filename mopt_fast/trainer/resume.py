@@ -1,0 +1,206 @@
+"""Checkpoints of a fit and resuming from them exactly.
+
+A checkpoint records where in the loop it was taken (a `LoopPoint`) and the RNG state at the
+start of its epoch, so a resumed fit rebuilds the epoch's data order, skips the batches already
+done and carries on from there. One limit: a DataLoader with ``persistent_workers=True`` keeps
+its worker processes (and the random streams inside them) from epoch to epoch, and a resumed fit
+can only start new ones; see `_data.iter_continuing`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mopt_fast.trainer._data import persistent_workers
+from mopt_fast.trainer.callbacks import load_callback_states, save_callback_states
+from mopt_fast.trainer.checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
+from mopt_fast.trainer.states import LoopPoint
+from mopt_fast.trainer.strategies import FSDPStrategy
+
+if TYPE_CHECKING:
+    from mopt_fast.module import LightningModule
+    from mopt_fast.trainer.fit_loop import FitLoop
+    from mopt_fast.trainer.trainer import Trainer
+
+__all__ = ["checkpoint_dict", "continue_epoch", "load_for_resume", "restore", "warn_if_worker_streams_restart"]
+
+
+def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+    """The checkpoint of the current state: model and hyperparameters, and unless `weights_only`
+    the optimizers, schedulers, precision plugin, loop position, metrics, RNG and checkpoint
+    callbacks; then the module's on_save_checkpoint."""
+    if isinstance(trainer.strategy, FSDPStrategy):
+        raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
+    model = trainer.lightning_module
+    loop = trainer.fit_loop
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "epoch": loop.epochs_completed,
+        "global_step": loop.global_step,
+        "state_dict": model.state_dict(),
+        "hyper_parameters": _plain(dict(model.hparams)),
+    }
+    if not weights_only:
+        val_loop = trainer.val_loop
+        ckpt.update(
+            optimizer_states=[o.state_dict() for o in trainer.optimizers],
+            lr_schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+            precision=trainer._precision.state_dict(),
+            loops={
+                "stage": loop.point.value, "epochs_completed": loop.epochs_completed,
+                "manual_steps": loop.manual_steps, "auto_steps": loop.auto_steps,
+                "batches_that_stepped": loop.batches_that_stepped, "total_batch_idx": loop.total_batch_idx,
+                "val_batches_logged": val_loop.batches_logged, "batch_idx": loop.batch_idx,
+                "is_last_batch": loop.is_last_batch, "epoch_rng": loop.epoch_rng,
+                "train_workers": loop.train_workers, "val_workers_started": val_loop.workers_started,
+            },
+            metrics=trainer._metrics.state_dict(),
+            rng=rng_state(),
+        )
+        save_callback_states(trainer, ckpt)  # by state_key, then the callbacks' on_save_checkpoint (callbacks.py)
+    prev = trainer._current_fx
+    trainer._current_fx = "on_save_checkpoint"
+    try:
+        model.on_save_checkpoint(ckpt)
+    finally:
+        trainer._current_fx = prev
+    return ckpt
+
+
+def load_for_resume(trainer: Trainer, ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint `fit(ckpt_path=...)` resumes from ("last": the newest last.ckpt of the
+    checkpoint callbacks; None with a warning when there is none), checked against the
+    optimizers and schedulers configured."""
+    path = os.fspath(ckpt_path)
+    if path == "last":
+        candidates = [
+            os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+            for cb in trainer.checkpoint_callbacks if cb.dirpath
+        ]
+        for c in candidates:  # not "no last checkpoint": that would train from scratch
+            if os.path.exists(c) and not os.path.isfile(c):
+                raise IsADirectoryError(
+                    f'.fit(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
+                    "pass the checkpoint's path"
+                )
+        # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (checkpoint.py); the newest wins
+        found = [c for cb in trainer.checkpoint_callbacks for c in cb._find_last_checkpoints(trainer) if os.path.isfile(c)]
+        if not found:
+            warnings.warn(
+                '.fit(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will '
+                "be loaded.",
+                stacklevel=4,
+            )
+            return None
+        path = max(found, key=os.path.getmtime)
+    ckpt = load_checkpoint(path)
+    if "loops" not in ckpt:
+        raise ValueError(f"{path!r} was saved with weights_only=True: it has no training state to resume from")
+    if len(ckpt["optimizer_states"]) != len(trainer.optimizers) or len(ckpt["lr_schedulers"]) != len(
+        trainer.lr_scheduler_configs
+    ):
+        raise ValueError(
+            f"{path!r} holds {len(ckpt['optimizer_states'])} optimizer(s) and {len(ckpt['lr_schedulers'])} "
+            f"scheduler(s); configure_optimizers gave {len(trainer.optimizers)} and {len(trainer.lr_scheduler_configs)}"
+        )
+    return ckpt
+
+
+def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """Everything but the metrics (loaded after the sanity check) and the RNG (set by
+    `continue_epoch` once the data order is rebuilt)."""
+    model = trainer.lightning_module
+    model.load_state_dict(ckpt["state_dict"])
+    model.on_load_checkpoint(ckpt)
+    for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
+        opt.load_state_dict(state)
+    for config, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
+        config.scheduler.load_state_dict(state)
+    trainer._precision.load_state_dict(ckpt["precision"])
+    loops = ckpt["loops"]
+    loop, val_loop = trainer.fit_loop, trainer.val_loop
+    loop.epochs_completed = loops["epochs_completed"]
+    loop.manual_steps, loop.auto_steps = loops["manual_steps"], loops["auto_steps"]
+    loop.batches_that_stepped = loops["batches_that_stepped"]
+    loop.total_batch_idx = loops["total_batch_idx"]
+    val_loop.batches_logged = loops["val_batches_logged"]
+    loop.batch_idx, loop.is_last_batch = loops["batch_idx"], loops["is_last_batch"]
+    loop.epoch_rng = loops["epoch_rng"]
+    loop.train_workers = loops.get("train_workers")
+    val_loop.workers_started = bool(loops.get("val_workers_started", False))
+    # Were the original run's persistent workers running where this fit goes on? Inside an
+    # epoch: if that epoch's iterator continued them; at or after an epoch's end: if any ran.
+    point = LoopPoint(loops["stage"])
+    if point.inside_epoch:
+        loop.resume_train_workers_running = loop.train_workers == "continued"
+    else:
+        loop.resume_train_workers_running = loop.train_workers is not None and point != LoopPoint.START
+    val_loop.resume_workers_running = bool(loops.get("val_workers_started", False))
+    load_callback_states(trainer, ckpt)  # on_load_checkpoint, then load_state_dict by state_key (callbacks.py)
+
+
+def warn_if_worker_streams_restart(trainer: Trainer, ckpt: dict[str, Any], train_loader: Any) -> None:
+    """The one part of a resume that is not exact: see `_data.iter_continuing`."""
+    restarted = []
+    if persistent_workers(train_loader) and trainer.fit_loop.resume_train_workers_running:
+        restarted.append("training")
+    if trainer.enable_validation and persistent_workers(trainer.val_loop.loader) and ckpt["loops"].get(
+        "val_workers_started"
+    ):
+        restarted.append("validation")
+    if restarted:
+        warnings.warn(
+            f"Resuming with persistent_workers=True on the {' and '.join(restarted)} DataLoader: its worker "
+            "processes were running in the interrupted run and start anew here, so random numbers drawn inside "
+            "them (e.g. random augmentation in the Dataset) do not continue that run's streams, and the resumed "
+            "fit is not exact if the Dataset draws any. What the main process draws still resumes exactly. With "
+            "persistent_workers=False the resume is exact.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def continue_epoch(loop: FitLoop, model: LightningModule, loader: Any, ckpt: dict[str, Any]) -> None:
+    """Carry on from where the checkpoint was taken: the rest of that batch or epoch."""
+    metrics = loop.trainer._metrics
+    point = LoopPoint(ckpt["loops"]["stage"])
+    if point in (LoopPoint.IN_BATCH, LoopPoint.IN_EPOCH_END):
+        warnings.warn(
+            f"The checkpoint was saved from inside the loop ({point.value}), not at a resume point: the fit "
+            "resumes after that batch or epoch, which may repeat or skip hooks run after the save.",
+            stacklevel=5,
+        )
+    if point.inside_epoch:
+        # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
+        # up the RNG where the checkpoint left it.
+        loop.set_sampler_epoch(loader)
+        set_rng_state(loop.epoch_rng)
+        iterator = loop.new_iterator(loader)
+        for _ in range(loop.batch_idx + 1):
+            next(iterator)
+        set_rng_state(ckpt["rng"])
+        metrics.active = metrics.train
+        loop.run_epoch(model, iterator, resume_tail="validation" if point == LoopPoint.VALIDATION else "batch")
+        loop.end_epoch()
+    elif point.at_epoch_end:
+        set_rng_state(ckpt["rng"])
+        metrics.active = metrics.train
+        loop.finish_epoch()
+    else:  # saved before training started, between epochs, or after it ended
+        set_rng_state(ckpt["rng"])
+
+
+def _plain(value: Any) -> Any:
+    """`value` if it is plain data (what a weights_only load accepts), else None."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if all(i is not None or v is None for i, v in zip(items, value)) else None
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if isinstance(k, str) and (_plain(v) is not None or v is None)}
+    return None
