@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grad_sets import make_params, numel
 
 import mopt_fast
-from grad_sets import make_params, numel
 from mopt_fast.amp import GradScaler
 
 SETS = ["gpt2_124m", "many_small"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import mopt_fast
 from grad_sets import GPU_SETS, PASSES, make_params, numel
 from test_bench_ops import MOPT, TORCH
+
+import mopt_fast
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

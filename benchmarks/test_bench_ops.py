@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grad_sets import PASSES, SETS, make_params, numel
 
 import mopt_fast
-from grad_sets import PASSES, SETS, make_params, numel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ["torch"] + [f"mopt_{b}" for b in mopt_fast.available_backends() if b in ("cpu", "torch")]

@@ -14,7 +14,6 @@ tracking) with two changes:
 """
 from __future__ import annotations
 
-
 import torch
 from torch.amp.grad_scaler import OptState
 

@@ -9,9 +9,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import HealthCheck, settings
 
-from helpers import ALL_BACKENDS, skip_unless_available
-
 import mopt_fast
+
+from helpers import ALL_BACKENDS, skip_unless_available
 
 # Hypothesis: enough examples to find edge cases, few enough for a 2-core CI machine.
 settings.register_profile(

@@ -17,10 +17,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-import lightning_cases as cases  # noqa: E402
-
 import mopt_fast  # noqa: E402
 from mopt_fast.trainer import checkpoint as checkpoint_module  # noqa: E402
+
+import lightning_cases as cases  # noqa: E402
 
 CASES = {
     # manual, two Adams, dropout-free GAN with its own noise draws + shuffled data

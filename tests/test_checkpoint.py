@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import lightning_cases as cases
 import mopt_fast
 from mopt_fast import LightningModule, ModelCheckpoint, Trainer
 from mopt_fast.trainer.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
+
+import lightning_cases as cases
 
 CHILD = os.path.join(os.path.dirname(__file__), "resume_child.py")
 BATCHES_PER_EPOCH = 6  # make_data(): 96 samples, batch 16

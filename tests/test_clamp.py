@@ -5,9 +5,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import assert_close_elementwise, build, device_of, grad_lists, params_with
-
 import mopt_fast
+
+from helpers import assert_close_elementwise, build, device_of, grad_lists, params_with
 
 
 @given(case=grad_lists(nonfinite=True), clip=st.floats(0.0, 100.0))

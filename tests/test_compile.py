@@ -1,9 +1,9 @@
 """torch.compile sees the custom ops (fake kernels + functionalization of the in-place ones)."""
 import torch
 
-from helpers import skip_unless_available
-
 import mopt_fast
+
+from helpers import skip_unless_available
 
 
 def make_grads(seed):

@@ -12,11 +12,10 @@ import sys
 import threading
 import time
 
-import pytest
-import torch
-
 import ddp_child
 import fsdp_child
+import pytest
+import torch
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 CHILD = os.path.join(os.path.dirname(__file__), "ddp_child.py")

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import device_of
-
 import mopt_fast
+
+from helpers import device_of
 
 
 def fresh_grads(dev):

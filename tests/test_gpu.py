@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import ref_norm, skip_unless_available
-
 import mopt_fast
+
+from helpers import ref_norm, skip_unless_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

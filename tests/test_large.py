@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import skip_unless_available
-
 import mopt_fast
 from mopt_fast.registry import kernel
+
+from helpers import skip_unless_available
 
 N = 2**31 + 4099  # past int32 and not a multiple of the chunk or the vector width
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import torch
 
-import lightning_cases as cases
 import mopt_fast
-from helpers import importorskip_unless_ci
 from mopt_fast.trainer import _protocol
 from mopt_fast.trainer.states import LoopPoint, RunningStage, TrainerFn, TrainerStatus
+
+import lightning_cases as cases
+from helpers import importorskip_unless_ci
 
 importorskip_unless_ci("lightning")
 

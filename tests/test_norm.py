@@ -6,6 +6,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import mopt_fast
+from mopt_fast.registry import kernel
+
 from helpers import (
     build,
     device_of,
@@ -16,9 +19,6 @@ from helpers import (
     result_dtype,
     skip_unless_available,
 )
-
-import mopt_fast
-from mopt_fast.registry import kernel
 
 NORM_TYPES = [2.0, 1.0, math.inf, 3.0, 0.5]
 

@@ -6,9 +6,9 @@ grad check that the Autograd kernels keep the ops out of autograd."""
 import pytest
 import torch
 
-from helpers import skip_unless_available
-
 from mopt_fast.registry import OPS
+
+from helpers import skip_unless_available
 
 
 def grads(seed, requires_grad=False):

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import assert_close_elementwise, build, device_of, grad_lists, isclose, params_with, ref_norm
-
 import mopt_fast
 from mopt_fast.registry import kernel
+
+from helpers import assert_close_elementwise, build, device_of, grad_lists, isclose, params_with, ref_norm
 
 
 @given(case=grad_lists(nonfinite=True), scale=st.floats(-4.0, 4.0).filter(lambda s: abs(s) > 1e-3))

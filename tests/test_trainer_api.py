@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-import lightning_cases as cases
 import mopt_fast
-from helpers import importorskip_unless_ci
 from mopt_fast import LightningModule, LightningOptimizer, MisconfigurationException, Trainer
 from mopt_fast.precision import MixedPrecision
+
+import lightning_cases as cases
+from helpers import importorskip_unless_ci
 
 
 def quiet_trainer(**kw) -> Trainer:

@@ -6,9 +6,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import assert_close_elementwise, build, device_of, grad_lists, has_nonfinite, params_with
-
 import mopt_fast
+
+from helpers import assert_close_elementwise, build, device_of, grad_lists, has_nonfinite, params_with
 
 
 @given(case=grad_lists(nonfinite=True), log2_scale=st.integers(-4, 16))

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import build, device_of, grad_lists
-
 from mopt_fast.registry import kernel
+
+from helpers import build, device_of, grad_lists
 
 
 @given(case=grad_lists(nonfinite=True), log2_scale=st.integers(-2, 16), max_norm=st.floats(0.0, 1e3),

@@ -6,6 +6,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import mopt_fast
+from mopt_fast.registry import kernel
+
 from helpers import (
     assert_close_elementwise,
     build,
@@ -16,9 +19,6 @@ from helpers import (
     params_with,
     ref_norm,
 )
-
-import mopt_fast
-from mopt_fast.registry import kernel
 
 
 @given(case=grad_lists(), log2_scale=st.integers(0, 16), max_norm=st.floats(1e-2, 1e3),

@@ -3,9 +3,9 @@ import pytest
 import torch
 from hypothesis import given
 
-from helpers import build, device_of, grad_lists, params_with
-
 import mopt_fast
+
+from helpers import build, device_of, grad_lists, params_with
 
 
 @given(case=grad_lists(nonfinite=True))
