@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, not_built
 from mopt_fast.optimizer import LightningOptimizer, validate_clip_args
 
 __all__ = ["LightningModule"]
@@ -97,6 +97,15 @@ class LightningModule(torch.nn.Module):
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
+
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Any:
+        raise not_built("LightningModule.to_onnx", "export with torch.onnx.export(model, ...)")
+
+    def to_torchscript(self, *args: Any, **kwargs: Any) -> Any:
+        raise not_built("LightningModule.to_torchscript", "use torch.export.export(model, ...) (or torch.jit)")
+
+    def to_tensorrt(self, *args: Any, **kwargs: Any) -> Any:
+        raise not_built("LightningModule.to_tensorrt")
 
     # -- optimizers ---------------------------------------------------------------------------
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
