@@ -6,6 +6,8 @@ returning None, and the import paths (mopt_fast.callbacks, mopt_fast.loggers, ex
 not built). Each test runs the same code under lightning.pytorch and mopt_fast and compares."""
 from __future__ import annotations
 
+import argparse
+import copy
 import os
 import random
 import tempfile
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lightning_cases as cases
@@ -213,6 +216,83 @@ def test_isolate_rng_matches() -> None:
     assert results["lightning"][0] == results["lightning"][1]  # the state was put back
 
 
+# -- LightningModule members ----------------------------------------------------------------------
+def nested(LM: type) -> type:
+    class Inner(LM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+    class Outer(cases.minimal(LM)):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Inner()  # a LightningModule child: gets the trainer
+            self.wrapped = nn.Sequential(Inner())  # inside a plain nn.Module: does not, in Lightning either
+            self.seen: list = []
+
+        def on_train_start(self) -> None:
+            t = self.trainer
+            self.seen.append((
+                self.logger is t.logger, self.loggers == t.loggers, type(self.logger).__name__,
+                [type(lg).__name__ for lg in self.loggers], self.global_rank, self.local_rank,
+                self.inner.trainer is t, self.inner.logger is t.logger, self.wrapped[0]._trainer is None,
+            ))
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            super().training_step(batch, batch_idx)
+            if batch_idx == 0 and self.current_epoch == 0:
+                try:
+                    self.inner.log("from_child", 1.0)  # the child's own log is not Trainer-managed
+                except Exception as e:  # noqa: BLE001 - compared below
+                    self.seen.append((type(e).__name__, str(e)))
+
+    return Outer
+
+
+@pytest.mark.parametrize("with_logger", [True, False])
+def test_module_members_during_fit(with_logger: bool) -> None:
+    seen = {}
+    for fw in FRAMEWORKS:
+        torch.manual_seed(0)
+        model = nested(api(fw)["LM"])()
+        logger = api(fw)["loggers"].CSVLogger(fresh_dir()) if with_logger else False
+        t = fit(fw, model, logger=logger, max_epochs=1)
+        copied = copy.deepcopy(model)  # a copy (or pickle) leaves the trainer behind
+        seen[fw] = model.seen + [(model.trainer is t, model.inner.trainer is t, copied._trainer, copied.inner._trainer,
+                                  model.dtype, copied.dtype, model.on_gpu)]
+    assert seen["mopt_fast"] == seen["lightning"]
+    assert seen["lightning"][0][6]  # the child was attached
+    assert seen["lightning"][1][0] == "MisconfigurationException"
+
+
+def test_module_members_without_a_trainer() -> None:
+    got = {}
+    for fw in FRAMEWORKS:
+        model = nested(api(fw)["LM"])()
+        got[fw] = (model.logger, model.loggers, model.global_rank, model.local_rank, model.current_epoch,
+                   model.global_step, raised(lambda m=model: m.trainer), raised(lambda m=model: m.print("x")),
+                   warning_messages(lambda m=model: m.log("x", 1.0)))
+    ref, mine = got["lightning"], got["mopt_fast"]
+    assert mine[:6] == ref[:6] == (None, [], 0, 0, 0, 0)
+    same_error(ref[6], mine[6])
+    same_error(ref[7], mine[7])
+    assert mine[8] == ref[8] and len(ref[8]) == 1
+
+
+def test_freeze_unfreeze() -> None:
+    got = {}
+    for fw in FRAMEWORKS:
+        model = nested(api(fw)["LM"])()
+        model.net[0].weight.requires_grad_(False)
+        frozen = model.freeze()
+        state1 = ([p.requires_grad for p in model.parameters()], [m.training for m in model.modules()])
+        unfrozen = model.unfreeze()
+        state2 = ([p.requires_grad for p in model.parameters()], [m.training for m in model.modules()])
+        got[fw] = (frozen is model, unfrozen is model, state1, state2)
+    assert got["mopt_fast"] == got["lightning"]
+    assert not any(got["lightning"][2][0]) and all(got["lightning"][3][0])
+
+
 # -- import paths, exceptions, what is not built ---------------------------------------------------
 def test_import_paths() -> None:
     from lightning.pytorch import callbacks as pl_callbacks
@@ -277,3 +357,302 @@ def test_not_built_features_say_so(what: str) -> None:
     }
     with pytest.raises(NotImplementedError, match=rf"{what}\b.* is not built in mopt_fast"):
         calls[what]()
+
+
+# -- save_hyperparameters ----------------------------------------------------------------------------
+def hparams_classes(LM: type) -> dict[str, Any]:
+    """Modules calling save_hyperparameters in each of its forms; each entry builds one."""
+
+    class Parent(cases.minimal(LM)):
+        def __init__(self, lr: float = 0.05, hidden: int = 16, *args: Any, **kwargs: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Child(Parent):  # the parent saves: the child's own arguments are kept too
+        def __init__(self, lr: float, dropout: float = 0.1, *, tag: str = "c", **kwargs: Any) -> None:
+            super().__init__(lr, 32, **kwargs)
+
+    class GrandChild(Child):
+        def __init__(self, depth: int = 3, **kwargs: Any) -> None:
+            super().__init__(lr=0.2, **kwargs)
+
+    class ChildSaves(cases.minimal(LM)):  # the child saves after its parent's __init__
+        def __init__(self, lr: float = 0.3, layers: tuple = (1, 2), net_arg: nn.Module | None = None) -> None:
+            super().__init__()
+            lr = lr * 2  # the value at the time of the call counts
+            self.save_hyperparameters(ignore="net_arg")
+
+    class Named(cases.minimal(LM)):
+        def __init__(self, a: int = 1, b: str = "x", c: float = 2.5) -> None:
+            super().__init__()
+            self.save_hyperparameters("a", "c", logger=False)
+
+    class FromDict(cases.minimal(LM)):
+        def __init__(self, config: dict) -> None:
+            super().__init__()
+            self.save_hyperparameters(config)
+
+    class FromNamespace(cases.minimal(LM)):
+        def __init__(self, args: argparse.Namespace, other: int = 4) -> None:
+            super().__init__()
+            self.save_hyperparameters(args)
+
+    class IgnoresParent(Parent):  # drops what its parent saved
+        def __init__(self, lr: float = 0.01) -> None:
+            super().__init__(lr)
+            self.save_hyperparameters(ignore=["hidden"])
+
+    class ModuleArg(cases.minimal(LM)):
+        def __init__(self, encoder: nn.Module, size: int = 3) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Primitive(cases.minimal(LM)):
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters(lr)
+
+    class EmptyContainer(cases.minimal(LM)):
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters({})
+
+    return {
+        "parent": lambda: Parent(0.1, 8, 1, 2, extra="e"),
+        "child": lambda: Child(0.5, dropout=0.3, tag="t", more=[1, 2]),
+        "grandchild": lambda: GrandChild(depth=4, dropout=0.0),
+        "child_saves": lambda: ChildSaves(0.25, net_arg=nn.Linear(2, 2)),
+        "named": lambda: Named(5, "y"),
+        "from_dict": lambda: FromDict({"lr": 0.1, "sizes": [4, 8], "nested": {"k": None}}),
+        "from_namespace": lambda: FromNamespace(argparse.Namespace(lr=0.4, name="ns")),
+        "ignores_parent": lambda: IgnoresParent(),
+        "module_arg": lambda: ModuleArg(nn.Linear(3, 3)),
+        "primitive": lambda: Primitive(),
+        "empty_container": lambda: EmptyContainer(),
+    }
+
+
+def comparable(v: Any) -> Any:
+    return repr(v) if isinstance(v, nn.Module) else v
+
+
+def hparams_view(model: Any) -> dict[str, Any]:
+    hp = model.hparams
+    return {
+        "hparams": {k: comparable(v) for k, v in hp.items()},
+        "type": type(hp).__name__,
+        "initial": {k: comparable(v) for k, v in model.hparams_initial.items()},
+        "initial_type": type(model.hparams_initial).__name__,
+        "repr": repr(hp) if not any(isinstance(v, nn.Module) for v in hp.values()) else None,
+        "name": getattr(model, "_hparams_name", "<unset>"),
+        "to_logger": model._log_hyperparams,
+        "attributes": {k: comparable(getattr(hp, k)) for k in hp if isinstance(k, str) and k.isidentifier()},
+    }
+
+
+@pytest.mark.parametrize("name", list(hparams_classes(nn.Module)))
+def test_save_hyperparameters(name: str) -> None:
+    got = {}
+    for fw in FRAMEWORKS:
+        build = hparams_classes(api(fw)["LM"])[name]
+        result: dict[str, Any] = {}
+
+        def run(build=build, result=result) -> None:
+            try:
+                result["view"] = hparams_view(build())
+            except Exception as e:  # noqa: BLE001 - compared below
+                result["error"] = (type(e), str(e))
+
+        result["warnings"] = warning_messages(run)
+        got[fw] = result
+    ref, mine = got["lightning"], got["mopt_fast"]
+    if "error" in ref:
+        same_error(ref["error"], mine["error"])
+        return
+    assert mine["view"] == ref["view"]
+    assert mine["warnings"] == ref["warnings"]
+    if name in ("child", "grandchild"):
+        assert {"lr", "dropout", "tag", "hidden"} <= set(ref["view"]["hparams"])  # the parents' and the child's
+
+
+def test_hparams_initial_is_frozen() -> None:
+    for fw in FRAMEWORKS:
+        model = hparams_classes(api(fw)["LM"])["from_dict"]()
+        model.hparams.lr = 9.0
+        model.hparams["new"] = 1
+        model.hparams_initial["sizes"].append(99)
+        assert model.hparams.lr == 9.0 and model.hparams.new == 1
+        assert model.hparams_initial == {"lr": 0.1, "sizes": [4, 8], "nested": {"k": None}}, fw
+
+
+class Color:  # a value YAML dumps as a Python object
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Color({self.name})"
+
+
+# -- load_from_checkpoint ------------------------------------------------------------------------------
+def saved_module(LM: type) -> type:
+    class Saved(cases.minimal(LM)):
+        def __init__(self, lr: float = 0.05, hidden: int = 16, layers: tuple = (16,), tag: str = "a",
+                     extra: dict | None = None) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Sequential(nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+            self.seen_checkpoint: list | None = None
+
+        def on_load_checkpoint(self, checkpoint: dict) -> None:
+            self.seen_checkpoint = sorted(k for k in ("state_dict", "hyper_parameters", "hparams_name")
+                                          if k in checkpoint)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+    return Saved
+
+
+def train_and_save(fw: str, how: str, make: Any = None, **init: Any) -> tuple[type, str, Any]:
+    """(the class, the checkpoint file, the trained model): a fit of `make(LM)(**init)`, saved
+    with Trainer.save_checkpoint (`how` "save_checkpoint" / "weights_only") or ModelCheckpoint."""
+    cls = (make or saved_module)(api(fw)["LM"])
+    torch.manual_seed(0)
+    model = cls(**init)
+    root = fresh_dir(fw)
+    callbacks = [api(fw)["callbacks"].ModelCheckpoint(dirpath=root, filename="best")] if how == "model_checkpoint" else []
+    t = fit(fw, model, max_epochs=2, callbacks=callbacks, enable_checkpointing=how == "model_checkpoint")
+    path = os.path.join(root, "best.ckpt")
+    if how != "model_checkpoint":
+        t.save_checkpoint(path, weights_only=how == "weights_only")
+    return cls, path, model
+
+
+def loaded_view(model: Any) -> dict[str, Any]:
+    return {
+        "type": type(model).__name__, "hparams": dict(model.hparams), "hparams_type": type(model.hparams).__name__,
+        "initial": dict(model.hparams_initial), "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": model.training, "device": str(next(model.parameters()).device),
+        "requires_grad": [p.requires_grad for p in model.parameters()], "seen": model.seen_checkpoint,
+        "attached": model._trainer is not None,
+    }
+
+
+def assert_same_loaded(ref: dict, got: dict) -> None:
+    assert_tensors_equal(ref.pop("state"), got.pop("state"))
+    assert got == ref
+    assert {type(v) for v in got["hparams"].values()} == {type(v) for v in ref["hparams"].values()}
+
+
+@pytest.mark.parametrize("map_location", [None, "cpu", torch.device("cpu"), {"cpu": "cpu"}, "callable"])
+@pytest.mark.parametrize("how", ["save_checkpoint", "model_checkpoint", "weights_only"])
+def test_load_from_checkpoint_round_trip(how: str, map_location: Any) -> None:
+    if map_location == "callable":
+        map_location = lambda storage, loc: storage  # noqa: E731
+    init = dict(lr=0.1, hidden=12, layers=(12, 4), tag="t", extra={"k": [1, 2.5, None], "b": True})
+    views, files = {}, {}
+    for fw in FRAMEWORKS:
+        cls, files[fw], trained = train_and_save(fw, how, **init)
+        loaded = cls.load_from_checkpoint(files[fw], map_location=map_location)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values()))
+        views[fw] = loaded_view(loaded)
+        if fw == "mopt_fast":  # mopt_fast's class reads Lightning's checkpoint too
+            views["mopt_fast_from_lightning"] = loaded_view(cls.load_from_checkpoint(files["lightning"]))
+    assert views["lightning"]["hparams"] == init
+    assert_same_loaded(dict(views["lightning"]), views["mopt_fast"])
+    views["lightning"]["seen"] = views["mopt_fast_from_lightning"]["seen"]  # the keys of Lightning's file
+    assert_same_loaded(views["lightning"], views["mopt_fast_from_lightning"])
+    # the checkpoint is plain data: it opens with weights_only=True
+    assert torch.load(files["mopt_fast"], weights_only=True)["hyper_parameters"] == init
+
+
+def test_load_from_checkpoint_overrides_and_strictness() -> None:
+    got: dict[str, dict] = {fw: {} for fw in FRAMEWORKS}
+    for fw in FRAMEWORKS:
+        cls, path, _ = train_and_save(fw, "save_checkpoint", lr=0.1, hidden=12)
+        r = got[fw]
+        # kwargs override the stored hyperparameters; unknown ones are dropped (no **kwargs in __init__)
+        r["override"] = dict(cls.load_from_checkpoint(path, lr=0.5, tag="z", unknown=3).hparams)
+        # a different architecture: load_state_dict's error, or with strict=False its warnings
+        r["strict_error"] = raised(lambda cls=cls, path=path: cls.load_from_checkpoint(path, hidden=6))
+
+        class Narrower(cls):
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.net = self.net[:1]
+
+        r["unexpected_keys"] = warning_messages(lambda N=Narrower, path=path: N.load_from_checkpoint(path, strict=False))
+
+        class Wider(cls):
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.head = nn.Linear(1, 1)
+
+        r["missing_keys"] = warning_messages(lambda W=Wider, path=path: W.load_from_checkpoint(path, strict=False))
+        r["missing_error"] = raised(lambda W=Wider, path=path: W.load_from_checkpoint(path))
+
+        class Lenient(cls):
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.strict_loading = False
+                self.head = nn.Linear(1, 1)
+
+        r["strict_loading"] = warning_messages(lambda L=Lenient, path=path: L.load_from_checkpoint(path))
+        r["strict_conflict"] = raised(lambda L=Lenient, path=path: L.load_from_checkpoint(path, strict=True))
+        r["on_instance"] = raised(lambda cls=cls, path=path: cls().load_from_checkpoint(path))
+        r["bad_hparams_file"] = raised(lambda cls=cls, path=path: cls.load_from_checkpoint(path, hparams_file="h.txt"))
+    ref, mine = got["lightning"], got["mopt_fast"]
+    assert mine["override"] == ref["override"] == {"lr": 0.5, "hidden": 12, "layers": (16,), "tag": "z", "extra": None}
+    for key in ("strict_error", "missing_error", "strict_conflict", "on_instance", "bad_hparams_file"):
+        same_error(ref[key], mine[key])
+    for key in ("unexpected_keys", "missing_keys", "strict_loading"):
+        assert mine[key] == ref[key] and ref[key], key
+
+
+def config_modules(LM: type) -> dict[str, type]:
+    class FromDict(cases.minimal(LM)):
+        def __init__(self, config: dict, seed: int = 0) -> None:
+            super().__init__()
+            self.save_hyperparameters(config)
+            self.config = config
+
+    class FromNamespace(cases.minimal(LM)):
+        def __init__(self, args: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters(args)
+            self.args = args
+
+    return {"dict": FromDict, "namespace": FromNamespace}
+
+
+@pytest.mark.parametrize("kind", ["dict", "namespace"])
+def test_load_from_checkpoint_of_a_config_argument(kind: str) -> None:
+    """Hyperparameters saved from one dict / Namespace argument go back as that argument (the
+    checkpoint's "hparams_name"), as a dict."""
+    init = {"config": {"lr": 0.2, "depth": 3}} if kind == "dict" else {"args": argparse.Namespace(lr=0.2, depth=3)}
+    got = {}
+    for fw in FRAMEWORKS:
+        make = lambda LM, kind=kind: config_modules(LM)[kind]  # noqa: E731
+        cls, path, _ = train_and_save(fw, "save_checkpoint", make, **init)
+        loaded = cls.load_from_checkpoint(path)
+        got[fw] = (dict(loaded.hparams), loaded._hparams_name, loaded.config if kind == "dict" else loaded.args,
+                   torch.load(path, weights_only=False)["hparams_name"])
+    assert got["mopt_fast"] == got["lightning"]
+    assert got["lightning"][1] == ("config" if kind == "dict" else "args")
+
+
+def test_hyperparameters_that_are_not_plain_data() -> None:
+    """mopt_fast checkpoints are plain data (weights_only loads): a hyperparameter that is not is
+    left out with a warning, and given back to load_from_checkpoint as an argument. (Lightning
+    pickles it; its checkpoint then needs weights_only=False.)"""
+    with pytest.warns(UserWarning, match="'extra' holds a Color, which is not plain data"):
+        cls, path, _ = train_and_save("mopt_fast", "save_checkpoint", extra={"color": Color("red")}, tag="t")
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["hyper_parameters"] == {"lr": 0.05, "hidden": 16, "layers": (16,), "tag": "t"}
+    assert cls.load_from_checkpoint(path).hparams.extra is None  # not stored: __init__'s default
+    loaded = cls.load_from_checkpoint(path, extra={"color": Color("blue")})
+    assert loaded.hparams.extra["color"].name == "blue" and loaded.hparams.tag == "t"
+    model = saved_module(mopt_fast.LightningModule)(extra={"c": Color("x")})
+    messages = warning_messages(lambda: model._checkpoint_hparams())
+    assert len(messages) == 1 and "'extra' holds a Color, which is not plain data" in messages[0]
+    assert warning_messages(lambda: model._checkpoint_hparams()) == []  # once per hyperparameter

@@ -802,7 +802,7 @@ class Trainer:
             "epoch": self.current_epoch,
             "global_step": self.global_step,
             "state_dict": model.state_dict(),
-            "hyper_parameters": _plain(dict(model.hparams)),
+            **model._checkpoint_hparams(),  # "hyper_parameters" as plain data, and "hparams_name"
         }
         if not weights_only:
             ckpt.update(
