@@ -117,7 +117,8 @@ setup(
     python_requires=">=3.10",
     license="BSD-3-Clause",
     # The torch CI builds and tests against (README: Supported); the C++ ops are tied to it.
-    install_requires=["torch>=2.13", "tqdm>=4.57"],
+    # PyYAML: the loggers' hparams.yaml, written as Lightning writes it.
+    install_requires=["torch>=2.13", "tqdm>=4.57", "PyYAML>=5.4"],
     extras_require={"tensorboard": ["tensorboard>=2.9"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -517,7 +517,10 @@ class LightningModule(torch.nn.Module):
             extension = str(hparams_file).split(".")[-1].lower()
             if extension not in ("csv", "yml", "yaml"):
                 raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
-            raise not_built("load_from_checkpoint(hparams_file=...)")
+            from mopt_fast.trainer.loggers import load_hparams_from_tags_csv, load_hparams_from_yaml
+
+            read = load_hparams_from_tags_csv if extension == "csv" else load_hparams_from_yaml
+            checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = read(os.fspath(hparams_file))
         checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
         checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY].update(kwargs)
         model = _load_state(cls, checkpoint, strict=strict, **kwargs)

@@ -656,3 +656,99 @@ def test_hyperparameters_that_are_not_plain_data() -> None:
     messages = warning_messages(lambda: model._checkpoint_hparams())
     assert len(messages) == 1 and "'extra' holds a Color, which is not plain data" in messages[0]
     assert warning_messages(lambda: model._checkpoint_hparams()) == []  # once per hyperparameter
+
+
+# -- the files the loggers write ------------------------------------------------------------------------
+def logged_module(LM: type, save: str) -> Any:
+    class Logged(cases.minimal(LM)):
+        def __init__(self, lr: float = 0.05, layers: tuple = (16, 8), name: str = "run", flag: bool = True,
+                     nothing: None = None, opts: dict | None = None, ns: Any = None, color: Any = None) -> None:
+            super().__init__()
+            if save == "all":
+                self.save_hyperparameters()
+            elif save == "no_logger":
+                self.save_hyperparameters(logger=False)
+            self.example_input_array = torch.randn(2, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    return Logged(opts={"a": 1, "b": [1, 2], "c": {"d": "e"}}, ns=argparse.Namespace(k=1), color=Color("red"))
+
+
+def tree(root: str) -> dict[str, bytes | None]:
+    """Every file under `root` by relative path: its bytes for the text files Lightning and
+    mopt_fast both write, None for checkpoints and event files (their formats differ)."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(folder, f)
+            rel = os.path.relpath(path, root)
+            if f.startswith("events.out.tfevents."):
+                rel = os.path.join(os.path.dirname(rel), "events.out.tfevents.*")
+            out[rel] = open(path, "rb").read() if f.endswith((".yaml", ".csv")) else None
+    return out
+
+
+def tensorboard_contents(folder: str) -> dict[str, Any]:
+    """The scalars (tag -> [(step, value)]), the HPARAMS-tab data (wall times left out) and whether
+    a graph is there, of the event file in `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(folder, size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    hparams = {}
+    try:
+        contents = acc.PluginTagToContent("hparams")
+    except KeyError:  # no hyperparameters logged
+        contents = {}
+    for tag, content in contents.items():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        data.session_start_info.start_time_secs = 0
+        hparams[tag] = str(data)
+    return {"scalars": scalars, "hparams": hparams, "graph": acc.Tags().get("graph", False)}
+
+
+@pytest.mark.parametrize("save", ["all", "no_logger", "none"])
+def test_logger_files_match(save: str) -> None:
+    importorskip_unless_ci("tensorboard")
+    roots, trainers = {}, {}
+    for fw in FRAMEWORKS:
+        root = roots[fw] = fresh_dir(fw)
+        loggers = api(fw)["loggers"]
+        torch.manual_seed(0)
+        model = logged_module(api(fw)["LM"], save)
+        trainers[fw] = fit(fw, model, max_epochs=2, log_every_n_steps=2, default_root_dir=root,
+                           enable_checkpointing=True,
+                           logger=[loggers.CSVLogger(root), loggers.TensorBoardLogger(root, name="tb", log_graph=True)])
+    ref, mine = tree(roots["lightning"]), tree(roots["mopt_fast"])
+    assert sorted(mine) == sorted(ref)
+    for rel, content in ref.items():
+        assert mine[rel] == content, rel
+    assert ("lightning_logs/version_0/hparams.yaml" in ref) == (save == "all")
+    assert ref["tb/version_0/hparams.yaml"] == (b"{}\n" if save != "all" else ref["lightning_logs/version_0/hparams.yaml"])
+    tb = {fw: tensorboard_contents(os.path.join(roots[fw], "tb", "version_0")) for fw in FRAMEWORKS}
+    assert tb["mopt_fast"] == tb["lightning"]
+    assert ("hp_metric" in tb["lightning"]["scalars"]) == (save == "all")
+    assert tb["lightning"]["graph"]
+
+
+def test_load_from_checkpoint_with_an_hparams_file() -> None:
+    got = {}
+    for fw in FRAMEWORKS:
+        cls, path, _ = train_and_save(fw, "save_checkpoint", lr=0.1)
+        folder = fresh_dir()
+        logger = api(fw)["loggers"].CSVLogger(folder)
+        logger.log_hyperparams({"lr": 0.7, "hidden": 10, "tag": "from_yaml"})
+        csv_file = os.path.join(folder, "tags.csv")
+        with open(csv_file, "w") as f:
+            f.write("key,value\nlr,0.3\nhidden,16\ntag,plain\n")
+        yaml_file = os.path.join(logger.log_dir, "hparams.yaml")
+        got[fw] = [
+            (dict(m.hparams), m.net[0].out_features)
+            for m in (cls.load_from_checkpoint(path, hparams_file=yaml_file, hidden=16, strict=False),
+                      cls.load_from_checkpoint(path, hparams_file=csv_file, strict=False))
+        ]
+    assert got["mopt_fast"] == got["lightning"]

@@ -32,7 +32,7 @@ from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
 from mopt_fast.trainer._metrics import MetricStore, to_scalars
 from mopt_fast.trainer.callbacks import HOOKS, Callback, ModelSummary, TQDMProgressBar
 from mopt_fast.trainer.checkpoint import FORMAT, ModelCheckpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
-from mopt_fast.trainer.loggers import CSVLogger, Logger
+from mopt_fast.trainer.loggers import CSVLogger, Logger, log_hyperparams_at_fit_start
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy, make_strategy
 
 __all__ = ["Trainer"]
@@ -542,9 +542,8 @@ class Trainer:
         resume = self._load_for_resume(ckpt_path) if ckpt_path is not None else None
         if resume is not None:
             self._restore(resume)
-        for lg in self._rank_zero_loggers():
-            lg.log_hyperparams(dict(model.hparams))
         self._call("on_fit_start")
+        log_hyperparams_at_fit_start(self)  # after on_fit_start, as Lightning
         model.zero_grad()  # gradients left from before fit must not leak into the first step
 
         if val_loader is None and _overrides(model, LightningModule, "validation_step") and self.limit_val_batches != 0:
