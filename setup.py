@@ -119,7 +119,8 @@ setup(
     # The torch CI builds and tests against (README: Supported); the C++ ops are tied to it.
     # PyYAML: the loggers' hparams.yaml, written as Lightning writes it.
     install_requires=["torch>=2.13", "tqdm>=4.57", "PyYAML>=5.4"],
-    extras_require={"tensorboard": ["tensorboard>=2.9"]},
+    # torchmetrics: Metric objects in self.log (never imported by mopt_fast itself).
+    extras_require={"tensorboard": ["tensorboard>=2.9"], "torchmetrics": ["torchmetrics>=1.0"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -19,6 +19,7 @@ import functools
 import inspect
 import numbers
 import os
+import sys
 import types
 import warnings
 from argparse import Namespace
@@ -666,6 +667,28 @@ class LightningModule(torch.nn.Module):
         trainer._precision.clip_gradients(raw, clip_val, algorithm)
 
     # -- logging ------------------------------------------------------------------------------
+    def _find_metric_attribute(self, metric: Any, name: str) -> str:
+        """The attribute name (in `named_modules`) of a logged torchmetrics.Metric, or Lightning's error."""
+        from mopt_fast.trainer._metrics import metric_class
+
+        cls = metric_class()
+        if self._metric_attributes is None or id(metric) not in self._metric_attributes:
+            # looked up again on a miss: a metric assigned after the first log is found too
+            self._metric_attributes = {id(m): n for n, m in self.named_modules() if isinstance(m, cls)}
+            if not self._metric_attributes:
+                raise MisconfigurationException(
+                    "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                    " You can fix this by setting an attribute for the metric in your `LightningModule`."
+                )
+        attribute = self._metric_attributes.get(id(metric))
+        if attribute is None:
+            raise MisconfigurationException(
+                "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+                f" You can fix this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one"
+                f" of {list(self._metric_attributes.values())}"
+            )
+        return attribute
+
     def log(
         self,
         name: str,
@@ -683,34 +706,48 @@ class LightningModule(torch.nn.Module):
         metric_attribute: str | None = None,
         rank_zero_only: bool = False,
     ) -> None:
-        """Log a scalar (a number or a one-element tensor) under `name`; see Lightning's
-        `LightningModule.log`. Reductions: "mean" (weighted by batch size), "sum", "max", "min"."""
+        """Log `value` (a number, a one-element tensor, or a `torchmetrics.Metric` attribute of the
+        module) under `name`; see Lightning's `LightningModule.log`. `reduce_fx`: "mean" (weighted
+        by batch size), "sum", "max", "min", or torch's / Python's functions of those names. A
+        Metric's step value is its last forward's result, its epoch value `compute()`; it is reset
+        at the end of the epoch."""
+        # (imported here: mopt_fast.trainer imports this module)
+        from mopt_fast.trainer._metrics import is_metric
+
         if isinstance(value, Mapping):
             raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
-        if not isinstance(value, (torch.Tensor, numbers.Number)):
+        if not isinstance(value, (torch.Tensor, numbers.Number)) and not is_metric(value):
             raise ValueError(
                 f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged"
             )
-        if self._trainer is None:
+        trainer = self._trainer
+        if trainer is None:
             warnings.warn(
                 "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model yet."
                 " This is most likely because the model hasn't been passed to the `Trainer`",
                 stacklevel=2,
             )
             return
-        if self._trainer.lightning_module is not self:
+        if trainer.lightning_module is not self:
             # A LightningModule nested in the fitted one runs no hooks of its own (Lightning: its
             # `_current_fx_name` is never set).
             raise MisconfigurationException(
                 "You are trying to `self.log()` but it is not managed by the `Trainer` control flow"
             )
-        if sync_dist_group is not None or metric_attribute is not None:
-            raise NotImplementedError(
-                "self.log(sync_dist_group=..., metric_attribute=...) is not supported by mopt_fast.Trainer yet"
+        if add_dataloader_idx and "/dataloader_idx_" in name:
+            raise MisconfigurationException(
+                f"You called `self.log` with the key `{name}`"
+                " but it should not contain information about `dataloader_idx` when `add_dataloader_idx=True`"
             )
-        self._trainer._metrics.log(
-            self._trainer, name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
-            reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size, sync_dist=sync_dist,
+        distributed = trainer.world_size > 1
+        if sync_dist and sync_dist_group is not None and distributed and not rank_zero_only:
+            raise not_built("self.log(sync_dist_group=...)", "sync over the whole world with sync_dist=True")
+        if is_metric(value) and metric_attribute is None:
+            metric_attribute = self._find_metric_attribute(value, name)
+        trainer._metrics.log(
+            trainer, name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+            reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size,
+            sync_dist=sync_dist and distributed and not rank_zero_only, metric_attribute=metric_attribute,
         )
 
     def log_dict(
@@ -728,8 +765,15 @@ class LightningModule(torch.nn.Module):
         batch_size: int | None = None,
         rank_zero_only: bool = False,
     ) -> None:
-        """`log` for every item of `dictionary`."""
-        for k, v in dictionary.items():
+        """`log` for every item of `dictionary` (a dict, or a torchmetrics.MetricCollection: each
+        of its metrics under its own name)."""
+        items_kwargs: dict[str, bool] = {}
+        collection = getattr(sys.modules.get("torchmetrics"), "MetricCollection", None)
+        if collection is not None and isinstance(dictionary, collection):
+            items_kwargs["keep_base"] = False
+            if dictionary._enable_compute_groups:
+                items_kwargs["copy_state"] = False
+        for k, v in dictionary.items(**items_kwargs):
             self.log(
                 k, v, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx,
                 enable_graph=enable_graph, sync_dist=sync_dist, sync_dist_group=sync_dist_group,

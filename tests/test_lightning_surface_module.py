@@ -752,3 +752,341 @@ def test_load_from_checkpoint_with_an_hparams_file() -> None:
                       cls.load_from_checkpoint(path, hparams_file=csv_file, strict=False))
         ]
     assert got["mopt_fast"] == got["lightning"]
+
+
+# -- self.log: reductions, torchmetrics, callbacks ------------------------------------------------------
+def per_batch_recorder(fw: str) -> Any:
+    """A callback keeping callback_metrics and logged_metrics after every training and validation
+    batch and epoch end."""
+
+    class Recorder(api(fw)["callbacks"].Callback):
+        def __init__(self) -> None:
+            self.rows: list = []
+
+        def _row(self, where: str, trainer: Any) -> None:
+            self.rows.append((where, trainer.global_step, {k: v.clone() for k, v in trainer.callback_metrics.items()},
+                              {k: v.clone() for k, v in trainer.logged_metrics.items()}))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self._row("train_batch", trainer)
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self._row("val_batch", trainer)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self._row("train_epoch", trainer)
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self._row("val_epoch", trainer)
+
+    return Recorder()
+
+
+def run_logging(case: Any, data: tuple | None = None, **kw: Any) -> dict[str, dict]:
+    """`case` fitted under both frameworks with a recording logger and a per-batch recorder."""
+    out = {}
+    extra_callbacks = kw.pop("extra_callbacks", [])
+    for fw in FRAMEWORKS:
+        torch.manual_seed(0)
+        model = case(api(fw)["LM"])()
+        recorder = per_batch_recorder(fw)
+        logger = cases.recording_logger(fw)
+        callbacks = [recorder] + [make(fw) for make in extra_callbacks]
+        args = dict(max_epochs=2, log_every_n_steps=1, logger=logger, callbacks=callbacks)
+        args.update(kw)
+        t = fit(fw, model, data=data, **args)
+        out[fw] = {"rows": recorder.rows, "calls": logger.calls, "model": model, "trainer": t,
+                   "callback_metrics": dict(t.callback_metrics), "logged_metrics": dict(t.logged_metrics),
+                   "state": model.state_dict()}
+    return out
+
+
+def assert_same_logging(out: dict[str, dict]) -> None:
+    ref, mine = out["lightning"], out["mopt_fast"]
+    assert len(mine["rows"]) == len(ref["rows"])
+    for r, m in zip(ref["rows"], mine["rows"]):
+        assert m[:2] == r[:2]
+        assert_tensors_equal(r[2], m[2])
+        assert_tensors_equal(r[3], m[3])
+    assert len(mine["calls"]) == len(ref["calls"])
+    for (rs, rm), (ms, mm) in zip(ref["calls"], mine["calls"]):
+        assert ms == rs
+        assert sorted(mm) == sorted(rm)
+        for k in rm:
+            assert mm[k] == rm[k] or (np.isnan(mm[k]) and np.isnan(rm[k])), (rs, k, rm[k], mm[k])
+    assert_tensors_equal(ref["callback_metrics"], mine["callback_metrics"])
+    assert_tensors_equal(ref["logged_metrics"], mine["logged_metrics"])
+    assert_tensors_equal(dict(ref["state"]), dict(mine["state"]))
+
+
+def reductions_case(LM: type) -> type:
+    class Reductions(cases.minimal(LM)):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            super().training_step(batch, batch_idx)
+            x = float(batch_idx % 4) - 1.5
+            nan = float("nan") if batch_idx == 2 else x  # NaN: torch.max propagates it, builtin max may not
+            self.log("b_max", nan, reduce_fx=max, on_epoch=True)
+            self.log("b_min", nan, reduce_fx=min, on_epoch=True)
+            self.log("t_max", nan, reduce_fx=torch.max, on_epoch=True)
+            self.log("s_max", nan, reduce_fx="MAX", on_epoch=True)
+            self.log("t_min", x, reduce_fx=torch.min, on_epoch=True, on_step=False)
+            self.log("b_sum", x, reduce_fx=sum, on_epoch=True, on_step=False)
+            self.log("avg", torch.tensor(x, dtype=torch.float64), reduce_fx="avg", on_epoch=True, on_step=False)
+            self.log("f64_max", torch.tensor(x, dtype=torch.float64), reduce_fx=max, on_epoch=True, on_step=False)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            loss = self.compute_loss(batch)
+            self.log("val_max", loss, reduce_fx=max)
+            self.log("val_min", loss, reduce_fx=min, prog_bar=True)
+
+    return Reductions
+
+
+def test_log_reductions_max_min_as_lightning() -> None:
+    out = run_logging(reductions_case)
+    assert_same_logging(out)
+    metrics = out["lightning"]["callback_metrics"]
+    assert metrics["t_max_epoch"].isnan() and not metrics["b_max_epoch"].isnan()  # the two differ, and match
+
+
+@pytest.mark.parametrize("bad", ["mixed", "custom", "median", "mean_then_max"])
+def test_log_reduction_errors(bad: str) -> None:
+    def case(LM: type) -> type:
+        class Bad(cases.minimal(LM)):
+            def training_step(self, batch: Any, batch_idx: int) -> None:
+                super().training_step(batch, batch_idx)
+                if bad == "mixed":  # the builtin and torch's max are different reductions to Lightning
+                    self.log("m", 1.0, reduce_fx=max if batch_idx == 0 else torch.max)
+                elif bad == "custom":
+                    self.log("m", 1.0, reduce_fx=lambda x: x)
+                elif bad == "median":
+                    self.log("m", 1.0, reduce_fx="median")
+                else:
+                    self.log("m", 1.0, reduce_fx="mean" if batch_idx == 0 else "max")
+
+        return Bad
+
+    errors = {}
+    for fw in FRAMEWORKS:
+        errors[fw] = raised(lambda fw=fw: fit(fw, case(api(fw)["LM"])()))
+    if bad == "custom":  # the message names the function object: compare up to it
+        errors = {fw: (e[0], e[1].split(" Found:")[0]) for fw, e in errors.items()}
+    same_error(errors["lightning"], errors["mopt_fast"])
+
+
+def metrics_case(how: str) -> Any:
+    def case(LM: type) -> type:
+        class WithMetrics(cases.minimal(LM)):
+            def __init__(self) -> None:
+                super().__init__()
+                self.train_mse = torchmetrics.MeanSquaredError()
+                self.train_mae = torchmetrics.MeanAbsoluteError()
+                self.val_mse = torchmetrics.MeanSquaredError()
+                self.val_collection = torchmetrics.MetricCollection(
+                    {"val_mae": torchmetrics.MeanAbsoluteError(), "val_rmse": torchmetrics.MeanSquaredError(squared=False)})
+                self.never_logged = torchmetrics.SumMetric()
+
+            def training_step(self, batch: Any, batch_idx: int) -> None:
+                x, y = batch
+                with torch.no_grad():
+                    pred = self.net(x)
+                # logged before any tensor: the first log of a new epoch resets the hook's logged
+                # tensors, never the Metric objects (the user has just updated this one)
+                self.train_mse(pred, y)  # forward: the batch value, and the running state
+                self.log("train_mse", self.train_mse, on_step=True, on_epoch=True, prog_bar=True)
+                self.train_mae.update(pred, y)  # update only: no step value
+                self.log("train_mae", self.train_mae, on_step=how != "epoch_only", on_epoch=True)
+                self.never_logged.update(1.0)
+                super().training_step(batch, batch_idx)
+
+            def validation_step(self, batch: Any, batch_idx: int) -> None:
+                x, y = batch
+                pred = self.net(x)
+                self.log("val_loss", nn.functional.mse_loss(pred, y))
+                self.val_mse.update(pred, y)
+                self.log("val_mse", self.val_mse)
+                self.val_collection(pred, y)
+                self.log_dict(self.val_collection, on_step=how == "val_steps", on_epoch=True)
+
+            def on_train_epoch_end(self) -> None:
+                self.recorded.append(("epoch_end", self.train_mse._update_count, self.train_mae._update_count,
+                                      self.val_mse._update_count, self.never_logged._update_count))
+
+        return WithMetrics
+
+    return case
+
+
+@pytest.mark.parametrize("how", ["default", "epoch_only", "val_steps"])
+def test_log_torchmetrics_objects(how: str) -> None:
+    """Step values from the metric's forward, epoch values from compute(), reset at the end of
+    each epoch and validation run (the sanity check's batches never reach an epoch value), and the
+    metric updated only by the user's own calls."""
+    out = run_logging(metrics_case(how), num_sanity_val_steps=2, limit_val_batches=2)
+    assert_same_logging(out)
+    for fw in FRAMEWORKS:
+        model = out[fw]["model"]
+        out[fw]["counts"] = (model.recorded, model.train_mse._update_count, model.val_mse._update_count,
+                             model.never_logged._update_count, model.val_collection["val_mae"]._update_count)
+    assert out["mopt_fast"]["counts"] == out["lightning"]["counts"]
+    assert out["lightning"]["counts"][3] == 12  # a metric never logged is never reset
+    logged = out["lightning"]["logged_metrics"]
+    assert "train_mse_epoch" in logged and "val_mse" in logged
+    assert ("val_rmse_epoch" if how == "val_steps" else "val_rmse") in logged
+
+
+def test_log_a_metric_again_after_its_epoch_value_was_read() -> None:
+    """Logged again in the same hook after trainer.callback_metrics computed its epoch value, a
+    Metric is computed afresh (Lightning keeps the value only until the next log)."""
+    def case(LM: type) -> type:
+        class Tally(cases.minimal(LM)):
+            def __init__(self) -> None:
+                super().__init__()
+                self.tally = torchmetrics.SumMetric()
+
+            def on_train_epoch_end(self) -> None:
+                self.tally.update(10.0)
+                self.log("tally", self.tally)
+
+        return Tally
+
+    def callbacks(fw: str) -> list:
+        class LogsFirst(api(fw)["callbacks"].Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                pl_module.tally.update(1.0)
+                pl_module.log("tally", pl_module.tally)
+
+        class Reads(api(fw)["callbacks"].Callback):
+            seen: list = []
+
+            def on_train_epoch_end(self, trainer, pl_module):
+                self.seen.append(trainer.callback_metrics["tally"].item())
+
+        return [LogsFirst(), Reads()]
+
+    got = {}
+    for fw in FRAMEWORKS:
+        torch.manual_seed(0)
+        cbs = callbacks(fw)
+        t = fit(fw, case(api(fw)["LM"])(), callbacks=cbs)
+        got[fw] = (cbs[1].seen, t.callback_metrics["tally"].item())
+    assert got["mopt_fast"] == got["lightning"] == ([1.0, 1.0], 11.0)
+
+
+@pytest.mark.parametrize("where", ["not_an_attribute", "no_metric_attributes"])
+def test_log_metric_not_an_attribute(where: str) -> None:
+    def case(LM: type) -> type:
+        class Loose(cases.minimal(LM)):
+            def __init__(self) -> None:
+                super().__init__()
+                if where == "not_an_attribute":
+                    self.kept = torchmetrics.SumMetric()
+
+            def training_step(self, batch: Any, batch_idx: int) -> None:
+                super().training_step(batch, batch_idx)
+                metric = torchmetrics.SumMetric()
+                metric(1.0)
+                self.log("loose", metric)
+
+        return Loose
+
+    errors = {fw: raised(lambda fw=fw: fit(fw, case(api(fw)["LM"])())) for fw in FRAMEWORKS}
+    same_error(errors["lightning"], errors["mopt_fast"])
+
+
+def logging_callback(fw: str) -> Any:
+    class LogsToo(api(fw)["callbacks"].Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            pl_module.log("cb_batch", float(batch_idx), on_epoch=True, reduce_fx="sum")
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            pl_module.log("cb_epoch_start", float(trainer.current_epoch))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            pl_module.log("cb_epoch_end", trainer.callback_metrics["loss_epoch"] * 2)
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            pl_module.log("cb_val_batch", float(batch_idx), reduce_fx=max, prog_bar=True)
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            pl_module.log("cb_val_end", trainer.callback_metrics.get("cb_val_batch", torch.tensor(-1.0)) + 1)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            pl_module.log("cb_lr", optimizer.param_groups[0]["lr"])
+
+    return LogsToo()
+
+
+@pytest.mark.parametrize("case", ["manual", "automatic"])
+def test_log_from_callback_hooks(case: str) -> None:
+    make = cases.minimal if case == "manual" else cases.automatic()
+    out = run_logging(make, extra_callbacks=[logging_callback])
+    assert_same_logging(out)
+    assert {"cb_batch_epoch", "cb_epoch_start", "cb_epoch_end", "cb_val_batch", "cb_val_end", "cb_lr"} <= set(
+        out["lightning"]["logged_metrics"])
+
+
+def test_log_from_a_callback_hook_that_cannot_log() -> None:
+    def bad(fw: str) -> Any:
+        class Bad(api(fw)["callbacks"].Callback):
+            def on_train_end(self, trainer, pl_module):
+                pl_module.log("x", 1.0)
+
+        return Bad()
+
+    errors = {fw: raised(lambda fw=fw: fit(fw, cases.minimal(api(fw)["LM"])(), callbacks=[bad(fw)]))
+              for fw in FRAMEWORKS}
+    same_error(errors["lightning"], errors["mopt_fast"])
+
+
+def test_logged_tensor_is_a_snapshot() -> None:
+    """A logged tensor later changed in place (a parameter the optimizer steps, a running count)
+    keeps the value it had when logged."""
+    def case(LM: type) -> type:
+        class Snapshots(cases.minimal(LM)):
+            def __init__(self) -> None:
+                super().__init__()
+                self.register_buffer("count", torch.zeros(()))
+
+            def training_step(self, batch: Any, batch_idx: int) -> None:
+                self.log("w0", self.net[0].weight[0, 0], on_epoch=True, reduce_fx=max)
+                self.log("count", self.count, on_epoch=True)
+                self.count += 1
+                super().training_step(batch, batch_idx)
+
+        return Snapshots
+
+    assert_same_logging(run_logging(case))
+
+
+def test_resume_restores_the_state_of_logged_metrics() -> None:
+    """mopt_fast resumes exactly: a checkpoint holds the state of the torchmetrics objects logged
+    in the epoch it was taken in, so a fit resumed mid-epoch ends with the epoch values of an
+    uninterrupted one (Lightning's checkpoints do not keep it). The uninterrupted run is Lightning's;
+    one epoch, so the epoch value compared is the one of the epoch the checkpoint was taken in."""
+    case = metrics_case("default")
+    folder = fresh_dir()
+    runs = {}
+    for name, fw in (("lightning", "lightning"), ("full", "mopt_fast"), ("resumed", "mopt_fast")):
+        torch.manual_seed(0)
+        model = case(api(fw)["LM"])()
+        kw: dict[str, Any] = {}
+        if name == "full":
+            kw["callbacks"] = [api(fw)["callbacks"].ModelCheckpoint(dirpath=folder, filename="{step}",
+                                                                    every_n_train_steps=3, save_top_k=-1)]
+        t = trainer(fw, max_epochs=1, enable_checkpointing=name == "full", **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t.fit(model, *cases.make_data(), ckpt_path=os.path.join(folder, "step=3.ckpt") if name == "resumed" else None)
+        runs[name] = (dict(t.callback_metrics), dict(t.logged_metrics),
+                      {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                       for k, v in model.train_mse.metric_state.items()}, model.train_mse._update_count)
+    assert os.path.exists(os.path.join(folder, "step=3.ckpt"))  # taken mid-epoch: 6 batches an epoch
+    for name in ("full", "resumed"):
+        assert_tensors_equal(runs["lightning"][0], runs[name][0])
+        assert_tensors_equal(runs["lightning"][1], runs[name][1])
+        assert_tensors_equal(runs["lightning"][2], runs[name][2])
+        assert runs[name][3] == runs["lightning"][3]
+    state = torch.load(os.path.join(folder, "step=3.ckpt"), weights_only=True)["metrics"]["train"]
+    entry = state["training_step.train_mse"]
+    assert entry["metric_attribute"] == "train_mse" and entry["metric_state"]["update_count"] == 3

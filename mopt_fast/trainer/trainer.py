@@ -565,7 +565,7 @@ class Trainer:
                     self._run_validation(steps, sanity=True)
                 self._metrics = MetricStore()
         if resume is not None:  # after the sanity check, which starts the metrics afresh
-            self._metrics.load_state_dict(resume["metrics"])
+            self._metrics.load_state_dict(resume["metrics"], model)
         self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
 
         if train_loader is None:
@@ -1066,6 +1066,7 @@ class Trainer:
                 if not sanity:
                     self._log_to_loggers(metrics.on_epoch_end())
                 self._call("on_validation_end")
+                metrics.reset_results(metrics.val)  # logged Metric objects reset after each run, as Lightning
         finally:
             self._call_module("on_validation_model_train")
             for m, training in modes.items():  # each submodule back to its own mode
