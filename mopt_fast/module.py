@@ -35,6 +35,12 @@ from mopt_fast.optimizer import LightningOptimizer, validate_clip_args
 __all__ = ["AttributeDict", "LightningModule"]
 
 _PRIMITIVE_TYPES = (bool, int, float, str)
+# Lightning's error for a module without one of these (it checks before fit starts; here the base
+# method raises it when the Trainer calls it).
+_MINIMUM = (
+    "No `{}()` method defined. Lightning `Trainer` expects as minimum a `training_step()`, `train_dataloader()` "
+    "and `configure_optimizers()` to be defined."
+)
 
 
 class AttributeDict(dict):
@@ -782,13 +788,15 @@ class LightningModule(torch.nn.Module):
 
     # -- what the user implements ------------------------------------------------------------
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("`training_step` must be implemented to be used with the Trainer")
+        raise MisconfigurationException(_MINIMUM.format("training_step"))
 
     def validation_step(self, *args: Any, **kwargs: Any) -> Any:
         pass
 
     def configure_optimizers(self) -> Any:
-        raise NotImplementedError("`configure_optimizers` must be implemented to be used with the Trainer")
+        """Return the optimizer(s) and scheduler(s): one of the six forms Lightning accepts, or None
+        (the fit then runs without an optimizer, as in Lightning). Must be overridden."""
+        raise MisconfigurationException(_MINIMUM.format("configure_optimizers"))
 
     def train_dataloader(self) -> Any:
         raise NotImplementedError("`train_dataloader` must be implemented, or a dataloader passed to `fit`")

@@ -1090,3 +1090,87 @@ def test_resume_restores_the_state_of_logged_metrics() -> None:
     state = torch.load(os.path.join(folder, "step=3.ckpt"), weights_only=True)["metrics"]["train"]
     entry = state["training_step.train_mse"]
     assert entry["metric_attribute"] == "train_mse" and entry["metric_state"]["update_count"] == 3
+
+
+# -- configure_optimizers returning None --------------------------------------------------------
+def no_optimizer(kind: str) -> Any:
+    def case(LM: type) -> type:
+        base = cases.minimal(LM) if kind.startswith("manual") else cases.automatic()(LM)
+
+        class NoOptimizer(base):
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                if kind.startswith("manual"):
+                    opt = self.optimizers()
+                    opt.zero_grad()
+                    loss = self.compute_loss(batch)
+                    self.manual_backward(loss)
+                    opt.step()
+                    self.log("loss", loss)
+                    self.recorded.append((type(opt).__name__, repr(opt.optimizer), batch_idx))
+                    return None
+                return super().training_step(batch, batch_idx)
+
+            def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+                self.recorded.append([None if p.grad is None else p.grad.sum().item() for p in self.parameters()])
+
+        if kind.endswith("returns_none"):
+            NoOptimizer.configure_optimizers = lambda self: None
+        else:  # not overridden: the base class's
+            NoOptimizer.configure_optimizers = LM.configure_optimizers
+        return NoOptimizer
+
+    return case
+
+
+@pytest.mark.parametrize("kind", ["automatic", "manual"])
+def test_configure_optimizers_not_overridden(kind: str) -> None:
+    errors = {fw: raised(lambda fw=fw: fit(fw, no_optimizer(f"{kind}_not_overridden")(api(fw)["LM"])()))
+              for fw in FRAMEWORKS}
+    same_error(errors["lightning"], errors["mopt_fast"])
+
+
+def test_training_step_not_overridden() -> None:
+    def case(LM: type) -> type:
+        class NoStep(LM):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lin = nn.Linear(8, 1)
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        return NoStep
+
+    errors = {fw: raised(lambda fw=fw: fit(fw, case(api(fw)["LM"])())) for fw in FRAMEWORKS}
+    same_error(errors["lightning"], errors["mopt_fast"])
+
+
+@pytest.mark.parametrize("kind", ["automatic_returns_none", "manual_returns_none"])
+def test_configure_optimizers_returning_none(kind: str) -> None:
+    """The fit runs without an optimizer, as in Lightning: training_step and backward still run
+    (gradients build up: the stand-in's zero_grad does nothing), the weights stay, steps count."""
+    got = {}
+    for fw in FRAMEWORKS:
+        torch.manual_seed(0)
+        model = no_optimizer(kind)(api(fw)["LM"])()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        t = trainer(fw, max_epochs=2)
+        messages = warning_messages(lambda t=t, model=model: t.fit(model, *cases.make_data()))
+        got[fw] = {
+            "warnings": [m for m in messages if "configure_optimizers" in m],
+            "global_step": t.global_step, "recorded": model.recorded,
+            "grads": [p.grad.clone() if p.grad is not None else None for p in model.parameters()],
+            "unchanged": all(torch.equal(before[k], v) for k, v in model.state_dict().items()),
+            "optimizers": [repr(o) for o in t.optimizers], "callback_metrics": dict(t.callback_metrics),
+        }
+    ref, mine = got["lightning"], got["mopt_fast"]
+    assert mine["warnings"] == ref["warnings"] and ref["warnings"]
+    assert mine["global_step"] == ref["global_step"] and mine["recorded"] == ref["recorded"]
+    assert mine["unchanged"] and ref["unchanged"]
+    assert mine["optimizers"] == ref["optimizers"] == ["No Optimizer"]
+    assert len(mine["grads"]) == len(ref["grads"])
+    for g, r in zip(mine["grads"], ref["grads"]):
+        assert (g is None) == (r is None) and (r is None or torch.equal(g, r))
+    grad_sums = [r[0] for r in ref["recorded"] if isinstance(r, list)]
+    assert grad_sums[0] != grad_sums[1] and grad_sums[0] is not None  # backward ran, the gradients built up
+    assert_tensors_equal(ref["callback_metrics"], mine["callback_metrics"])
