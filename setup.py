@@ -117,10 +117,16 @@ setup(
     python_requires=">=3.10",
     license="BSD-3-Clause",
     # The torch CI builds and tests against (README: Supported); the C++ ops are tied to it.
-    install_requires=["torch>=2.13", "tqdm>=4.57"],
+    # PyYAML: the loggers' hparams.yaml, written as Lightning writes it.
+    install_requires=["torch>=2.13", "tqdm>=4.57", "PyYAML>=5.4"],
     # mopt_fast.lightning subclasses Lightning's precision plugins and relies on how its loops call
     # them (_after_closure, train_step_context): the minor version the tests run against.
-    extras_require={"tensorboard": ["tensorboard>=2.9"], "lightning": ["lightning>=2.6,<2.7"]},
+    # torchmetrics: Metric objects in self.log (never imported by mopt_fast itself).
+    extras_require={
+        "tensorboard": ["tensorboard>=2.9"],
+        "lightning": ["lightning>=2.6,<2.7"],
+        "torchmetrics": ["torchmetrics>=1.0"],
+    },
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -5,9 +5,11 @@ Layers, bottom up: kernels (csrc/, triton_kernels/, mopt_fast/torch_ops) → op 
 plugins and the optimizer wrapper (mopt_fast.precision, mopt_fast.optimizer) → LightningModule
 (mopt_fast.module) → Trainer (mopt_fast.trainer).
 """
+from typing import Any
+
 from mopt_fast import _extension
 from mopt_fast._version import __version__
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, not_built
 from mopt_fast.functional import (
     clip_grad_norm_,
     clip_grad_value_,
@@ -21,6 +23,7 @@ from mopt_fast.functional import (
 from mopt_fast.module import LightningModule
 from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.registry import available_backends, backend_for, use_backend
+from mopt_fast.seed import seed_everything
 from mopt_fast.trainer import (
     Callback,
     CSVLogger,
@@ -41,6 +44,18 @@ if _extension.COMPILED:
 
     _ops.register_fakes("mopt_fast")
 
+
+# Names of the lightning.pytorch / lightning top level that mopt_fast does not build.
+_NOT_BUILT = {
+    "LightningDataModule": "lightning.pytorch.LightningDataModule (pass the data loaders to fit)",
+    "Fabric": "lightning.fabric.Fabric",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NOT_BUILT:
+        raise not_built(_NOT_BUILT[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_info() -> dict:
@@ -80,6 +95,7 @@ __all__ = [
     "clip_grads_with_norm_",
     "get_total_norm",
     "scale_grads_",
+    "seed_everything",
     "unscale_clip_grad_norm_",
     "unscale_grads_",
     "use_backend",

@@ -1,8 +1,27 @@
-"""Exceptions of the Lightning-compatible front."""
+"""Exceptions of the Lightning-compatible front: the classes Lightning scripts catch
+(``lightning.pytorch.utilities.exceptions``), and the error for a Lightning feature mopt_fast does
+not build."""
 from __future__ import annotations
 
-__all__ = ["MisconfigurationException"]
+__all__ = ["MisconfigurationException", "NotBuiltError", "SIGTERMException", "not_built"]
 
 
 class MisconfigurationException(ValueError):
     """A Trainer/module setting that cannot work (the name Lightning uses; a ValueError here)."""
+
+
+class SIGTERMException(SystemExit):
+    """Lightning's exception for a SIGTERM sent to a training process. mopt_fast.Trainer installs no
+    SIGTERM handler, so it never raises this; the class exists so that scripts which catch it (in
+    ``Callback.on_exception``, say) run unchanged."""
+
+
+class NotBuiltError(ImportError, NotImplementedError):
+    """A Lightning feature mopt_fast does not build. Both an ImportError (so ``try: from ... import
+    X / except ImportError`` in a script takes its fallback) and a NotImplementedError."""
+
+
+def not_built(feature: str, what_to_do: str = "") -> NotBuiltError:
+    """The error for the Lightning feature `feature` (e.g. ``"lightning.pytorch.cli.LightningCLI"``)."""
+    message = f"{feature} is not built in mopt_fast (see README: Not built)"
+    return NotBuiltError(message + (f"; {what_to_do}" if what_to_do else ""))

@@ -1,5 +1,6 @@
 """Reading what `configure_optimizers` returns: the six forms Lightning accepts, and the scheduler
-dictionaries (scheduler, interval, frequency, monitor, strict, name, reduce_on_plateau)."""
+dictionaries (scheduler, interval, frequency, monitor, strict, name, reduce_on_plateau). None (or
+no `configure_optimizers`) fits with a stand-in optimizer that never updates, as Lightning does."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,35 @@ class LRSchedulerConfig:
     reduce_on_plateau: bool = False
     monitor: str | None = None
     strict: bool = True
+
+
+class _MockOptimizer(torch.optim.Optimizer):
+    """What a fit runs with when `configure_optimizers` returns None (Lightning's _MockOptimizer):
+    `step` only calls its closure (automatic optimization still runs training_step and backward),
+    `zero_grad` does nothing, and it has no state."""
+
+    def __init__(self) -> None:
+        super().__init__([torch.zeros(1)], {})
+
+    def add_param_group(self, param_group: dict[Any, Any]) -> None:
+        pass
+
+    def load_state_dict(self, state_dict: dict[Any, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is not None:
+            return closure()
+        return None
+
+    def zero_grad(self, set_to_none: bool | None = True) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "No Optimizer"
 
 
 _SCHEDULER_KEYS = {f.name for f in dataclasses.fields(LRSchedulerConfig)}
@@ -140,9 +170,11 @@ def _manual_config(s: Any) -> LRSchedulerConfig:
 def configure_optimizers(conf: Any, automatic: bool) -> tuple[list[torch.optim.Optimizer], list[LRSchedulerConfig]]:
     """The optimizers and scheduler configs of a `configure_optimizers` return value."""
     if conf is None:
-        raise MisconfigurationException(
-            "`configure_optimizers` returned None; mopt_fast.Trainer needs at least one optimizer."
+        warnings.warn(
+            "`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer",
+            stacklevel=3,
         )
+        conf = _MockOptimizer()
     optimizers, schedulers, monitor = _split(conf)
     if automatic:
         configs = [_automatic_config(s, monitor) for s in schedulers]

@@ -3,7 +3,12 @@
 Lightning's semantics, kept exactly because callbacks and schedulers read these values:
 
 - each (hook, name) pair is one metric; `on_step` keeps the latest value, `on_epoch` reduces over
-  the epoch ("mean" weighted by batch size, "sum", "max", "min"), in the default float dtype;
+  the epoch ("mean" weighted by batch size, "sum", "max", "min"; given as strings, the torch
+  functions or Python's builtins, which keep their own semantics), in the default float dtype;
+- a logged `torchmetrics.Metric` is read, never updated: its step value is the result of its last
+  forward (``_forward_cache``) when it was logged, its epoch value `compute()`, and it is `reset()`
+  with the epoch's results (torchmetrics is imported by the user, never here);
+- logged tensors are snapshots (detached copies), so later in-place changes do not reach them;
 - a metric logged with both gets the forked names `name_step` / `name_epoch`, and callback_metrics
   also carries `name` (the step value during the epoch, the epoch value after it);
 - training metrics reach callback_metrics after every batch and at the end of the epoch;
@@ -14,6 +19,7 @@ or the progress bar refreshes (Lightning converts the progress-bar values after 
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -46,8 +52,12 @@ _LOG_OPTIONS: dict[str, tuple] = {
         _EPOCH_HOOK,
     ),
 }
-_REDUCTIONS = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
-_TORCH_REDUCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min"}
+# reduce_fx -> its code. Lightning tells torch.max from the builtin max (they differ on NaN and
+# in the dtype they return, and a metric cannot be logged with both), so the codes do too.
+_REDUCTION_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
+_CALLABLE_REDUCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",
+                        sum: "py_sum", max: "py_max", min: "py_min"}
+_EXTREMUM = {"max": torch.max, "min": torch.min, "py_max": max, "py_min": min}
 
 
 def _default_dtype() -> torch.dtype:
@@ -56,13 +66,38 @@ def _default_dtype() -> torch.dtype:
 
 
 def _reduction(reduce_fx: Any) -> str:
-    if isinstance(reduce_fx, str) and reduce_fx.lower() in _REDUCTIONS:
-        return _REDUCTIONS[reduce_fx.lower()]
-    if reduce_fx in _TORCH_REDUCTIONS:
-        return _TORCH_REDUCTIONS[reduce_fx]
-    raise MisconfigurationException(
-        f"reduce_fx={reduce_fx!r} is not supported: use 'mean', 'sum', 'max' or 'min' (or the torch functions)"
-    )
+    """The reduction code of `reduce_fx` ("mean", "sum", "max", "min", or "py_sum", "py_max",
+    "py_min" for Python's builtins), or Lightning's error."""
+    if isinstance(reduce_fx, str):
+        code = _REDUCTION_NAMES.get(reduce_fx.lower())
+    else:
+        try:
+            code = _CALLABLE_REDUCTIONS.get(reduce_fx)
+        except TypeError:  # unhashable
+            code = None
+    if code is None:
+        raise MisconfigurationException(
+            "Only `self.log(..., reduce_fx={min,max,mean,sum})` are supported. If you need a custom reduction, "
+            f"please log a `torchmetrics.Metric` instance instead. Found: {reduce_fx}"
+        )
+    return code
+
+
+def base_reduction(code: str) -> str:
+    """"mean", "sum", "max" or "min": the collective that syncs a metric of reduction `code`."""
+    return code[3:] if code.startswith("py_") else code
+
+
+def metric_class() -> type | None:
+    """torchmetrics.Metric when torchmetrics has been imported (a Metric can exist only then), else
+    None: torchmetrics stays an optional dependency that mopt_fast never imports itself."""
+    module = sys.modules.get("torchmetrics")
+    return getattr(module, "Metric", None) if module is not None else None
+
+
+def is_metric(value: Any) -> bool:
+    cls = metric_class()
+    return cls is not None and isinstance(value, cls)
 
 
 def _batch_sizes(batch: Any) -> Iterable[int | None]:
@@ -104,39 +139,65 @@ def extract_batch_size(batch: Any) -> int:
 
 
 class _Metric:
+    """One logged (hook, name): a running reduction of logged tensors, or a `torchmetrics.Metric`
+    the user logs (`is_tensor` False; the object itself, read but never updated here)."""
+
     __slots__ = (
         "fx", "name", "prog_bar", "logger", "on_step", "on_epoch", "reduction", "enable_graph",
-        "value", "count", "step_value", "has_reset", "step_name", "epoch_name", "_default",
+        "is_tensor", "metric_attribute", "value", "count", "step_value", "computed", "has_reset",
+        "step_name", "epoch_name", "_default",
     )
 
     def __init__(self, fx: str, name: str, prog_bar: bool, logger: bool, on_step: bool, on_epoch: bool,
-                 reduction: str, enable_graph: bool, device: torch.device) -> None:
+                 reduction: str, enable_graph: bool, device: torch.device, metric: Any = None,
+                 metric_attribute: str | None = None) -> None:
         self.fx, self.name = fx, name
         self.prog_bar, self.logger = prog_bar, logger
         self.on_step, self.on_epoch = on_step, on_epoch
         self.reduction, self.enable_graph = reduction, enable_graph
+        self.is_tensor = metric is None
+        self.metric_attribute = metric_attribute
         both = on_step and on_epoch
         self.step_name = name + "_step" if both else name
         self.epoch_name = name + "_epoch" if both else name
-        self._default = {"max": float("-inf"), "min": float("inf")}.get(reduction, 0.0)
-        self.reset(device)
+        self.computed: Any = None
+        if self.is_tensor:
+            self._default = {"max": float("-inf"), "min": float("inf"), "py_max": float("-inf"),
+                             "py_min": float("inf")}.get(reduction, 0.0)
+            self.reset(device)
+        else:
+            self.value = metric
+            self.count = None
+            self.step_value = None
         self.has_reset = False
 
     def options(self) -> tuple:
         return (self.prog_bar, self.logger, self.on_step, self.on_epoch, self.reduction, self.enable_graph)
 
     def reset(self, device: torch.device | None = None) -> None:
-        device = device if device is not None else self.value.device
-        self.value = torch.tensor(self._default, dtype=_default_dtype(), device=device)
-        self.count = torch.tensor(0, device=device)
-        self.step_value: torch.Tensor | None = None
+        if self.is_tensor:
+            device = device if device is not None else self.value.device
+            self.value = torch.tensor(self._default, dtype=_default_dtype(), device=device)
+            self.count = torch.tensor(0, device=device)
+        else:
+            self.value.reset()  # the user's Metric
+        self.step_value: Any = None
+        self.computed = None
         self.has_reset = True
 
-    def update(self, value: torch.Tensor, batch_size: int) -> None:
+    def update(self, value: Any, batch_size: int) -> None:
+        self.computed = None
+        if not self.is_tensor:
+            self.value = value
+            self.step_value = value._forward_cache  # the batch value of its last forward, as logged
+            return
         if not torch.is_floating_point(value):
             warnings.warn(
                 f"You called `self.log({self.name!r}, ...)` in your `{self.fx}` but the value needs to be floating "
-                f"to be reduced. Converting it to {_default_dtype()}.",
+                f"to be reduced. Converting it to {_default_dtype()}. You can silence this warning by converting "
+                "the value to floating point yourself. If you don't intend to reduce the value (for instance when "
+                "logging the global step or epoch) then you can use "
+                f"`self.logger.log_metrics({{{self.name!r}: ...}})` instead.",
                 stacklevel=5,
             )
             value = value.to(_default_dtype())
@@ -147,18 +208,28 @@ class _Metric:
             if not self.on_epoch:
                 self.value = value
                 return
-        if self.reduction == "mean":
+        code = self.reduction
+        if code == "mean":
             self.value = self.value + value * batch_size
             self.count = self.count + batch_size
-        elif self.reduction == "sum":
+        elif code in ("sum", "py_sum"):
             self.value = self.value + value
-        elif self.reduction == "max":
-            self.value = torch.max(self.value, value)
         else:
-            self.value = torch.min(self.value, value)
+            self.value = _EXTREMUM[code](self.value, value)
 
-    def compute(self) -> torch.Tensor:
+    def compute(self) -> Any:
+        if not self.is_tensor:
+            if self.computed is None:  # kept until the next log, as Lightning keeps it
+                self.computed = self.value.compute()
+            return self.computed
         return self.value / self.count if self.reduction == "mean" else self.value
+
+
+def _checked(m: _Metric, value: Any) -> Any:
+    """A Metric's step or epoch value must be a tensor (Lightning's check)."""
+    if value is not None and not isinstance(value, torch.Tensor):
+        raise ValueError(f"The `.compute()` return of the metric logged as {m.name!r} must be a tensor. Found {value}")
+    return value
 
 
 class _Results(dict):
@@ -170,14 +241,19 @@ class _Results(dict):
         self.batch: Any = None
         self.batch_size: int | None = None
 
-    def log(self, fx: str, name: str, value: torch.Tensor, prog_bar: bool, logger: bool, on_step: bool,
-            on_epoch: bool, reduction: str, enable_graph: bool, batch_size: int | None) -> None:
+    def log(self, fx: str, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool,
+            on_epoch: bool, reduction: str, enable_graph: bool, batch_size: int | None,
+            metric_attribute: str | None = None) -> None:
         key = f"{fx}.{name}"
         metric = self.get(key)
+        is_tensor = isinstance(value, torch.Tensor)
         if metric is None:
             metric = self[key] = _Metric(fx, name, prog_bar, logger, on_step, on_epoch, reduction, enable_graph,
-                                         value.device)
-        elif metric.options() != (prog_bar, logger, on_step, on_epoch, reduction, enable_graph):
+                                         value.device if is_tensor else None,
+                                         metric=None if is_tensor else value, metric_attribute=metric_attribute)
+        elif metric.options() != (prog_bar, logger, on_step, on_epoch, reduction, enable_graph) or (
+            metric.metric_attribute != metric_attribute
+        ):
             raise MisconfigurationException(
                 f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments. This is not allowed"
             )
@@ -185,7 +261,7 @@ class _Results(dict):
             batch_size = self.batch_size
             if batch_size is None:
                 batch_size = 1
-                if self.batch is not None and on_epoch and reduction == "mean":
+                if self.batch is not None and is_tensor and on_epoch and reduction == "mean":
                     batch_size = self.batch_size = extract_batch_size(self.batch)
         metric.update(value, batch_size)
         metric.has_reset = False
@@ -199,13 +275,15 @@ class _Results(dict):
             if m.has_reset:
                 continue
             if on_step:
-                if not m.on_step or m.step_value is None:
+                if not m.on_step:
                     continue
-                value, forked = m.step_value, m.step_name
+                value, forked = _checked(m, m.step_value), m.step_name
+                if value is None:
+                    continue
             else:
                 if not m.on_epoch:
                     continue
-                value, forked = m.compute(), m.epoch_name
+                value, forked = _checked(m, m.compute()), m.epoch_name
             if not m.enable_graph:
                 value = value.detach()
             if m.logger:
@@ -217,9 +295,11 @@ class _Results(dict):
                 pbar[forked] = value
         return callback, log, pbar
 
-    def reset(self, fx: str | None = None) -> None:
+    def reset(self, fx: str | None = None, metrics: bool | None = None) -> None:
+        """Reset the entries of hook `fx` (all: None); `metrics` False: only the logged tensors,
+        True: only the logged Metric objects, None: both (as Lightning's ResultCollection.reset)."""
         for m in self.values():
-            if fx is None or m.fx == fx:
+            if (metrics is None or metrics != m.is_tensor) and (fx is None or m.fx == fx):
                 m.reset()
 
 
@@ -246,7 +326,8 @@ class MetricStore:
     # -- self.log ---------------------------------------------------------------------------
     def log(self, trainer: Any, name: str, value: Any, *, prog_bar: bool, logger: bool | None, on_step: bool | None,
             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
-            sync_dist: bool = False) -> None:
+            sync_dist: bool = False, metric_attribute: str | None = None) -> None:
+        """`value`: a number, a tensor, or a torchmetrics.Metric (then `metric_attribute` names it)."""
         fx = trainer._current_fx
         results = self.active
         if results is None or fx is None:
@@ -255,46 +336,51 @@ class MetricStore:
             )
         opts = _LOG_OPTIONS.get(fx)
         if opts is None:
-            raise MisconfigurationException(f"You can't `self.log()` inside `{fx}`.")
+            raise MisconfigurationException(
+                f"You can't `self.log()` inside `{fx}`. HINT: You can still log directly to the logger by using "
+                "`self.logger.experiment`."
+            )
         allowed_step, allowed_epoch, default_step, default_epoch = opts
-        on_step = default_step if on_step is None else bool(on_step)
-        on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
-        if not on_step and not on_epoch:
-            raise MisconfigurationException(
-                f"{fx}: `self.log({name!r}, ..., on_step=False, on_epoch=False)` is not useful: it would be "
-                "recorded nowhere"
-            )
-        if on_step not in allowed_step:
-            raise MisconfigurationException(
-                f"You can't `self.log({fx}, on_step={on_step})`. Possible values are {list(allowed_step)}"
-            )
-        if on_epoch not in allowed_epoch:
-            raise MisconfigurationException(
-                f"You can't `self.log({fx}, on_epoch={on_epoch})`. Possible values are {list(allowed_epoch)}"
-            )
-        if isinstance(value, torch.Tensor):
+        on_step = default_step if on_step is None else on_step
+        on_epoch = default_epoch if on_epoch is None else on_epoch
+        for key, flag, allowed in (("on_step", on_step, allowed_step), ("on_epoch", on_epoch, allowed_epoch)):
+            if flag not in allowed:
+                raise MisconfigurationException(
+                    f"You can't `self.log({key}={flag})` inside `{fx}`, must be one of {allowed}."
+                )
+        on_step, on_epoch = bool(on_step), bool(on_epoch)
+        is_tensor = not is_metric(value)
+        if is_tensor:
+            if isinstance(value, torch.Tensor):
+                # A snapshot: a later in-place change of the logged tensor (a parameter, a running
+                # count) must not reach the logged value. Detached whatever `enable_graph` says,
+                # as Lightning 2.6 does.
+                value = value.clone().detach()
+            else:
+                value = torch.tensor(value, device=trainer.root_device, dtype=_default_dtype())
             if value.numel() != 1:
                 raise ValueError(
                     f"`self.log({name}, {value})` was called, but the tensor must have a single element. "
                     f"You can try doing `self.log({name}, {value}.mean())`"
                 )
             value = value.squeeze()
-            if not enable_graph:
-                value = value.detach()
-        else:
-            value = torch.tensor(float(value), dtype=_default_dtype(), device=trainer.root_device)
-        reduction = _reduction(reduce_fx)
-        if sync_dist and trainer.world_size > 1:
-            # Reduced across ranks when logged (a collective: every rank must log it).
-            value = trainer.strategy.reduce(value.float() if not value.is_floating_point() else value, reduction)
         if self.current_fx != fx and self.first_loop_iter in (None, True):
-            results.reset(fx=fx)
+            results.reset(fx=fx, metrics=False)  # a new epoch's first batch: the hook's tensors start afresh
         if logger and not trainer.loggers:
             warnings.warn(
-                f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured.", stacklevel=4
+                f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured. You can enable "
+                "one by doing `Trainer(logger=ALogger(...))`",
+                stacklevel=4,
             )
+        if not on_step and not on_epoch:
+            raise MisconfigurationException("`self.log(on_step=False, on_epoch=False)` is not useful.")
+        reduction = _reduction(reduce_fx)
+        if is_tensor and sync_dist and trainer.world_size > 1:
+            # Reduced across ranks when logged (a collective: every rank must log it).
+            value = trainer.strategy.reduce(value if value.is_floating_point() else value.float(),
+                                            base_reduction(reduction))
         results.log(fx, name, value, prog_bar, True if logger is None else bool(logger), on_step, on_epoch,
-                    reduction, enable_graph, batch_size)
+                    reduction, enable_graph, batch_size, metric_attribute=None if is_tensor else metric_attribute)
         self.current_fx = fx
 
     # -- the loop's events ------------------------------------------------------------------
@@ -357,26 +443,82 @@ class MetricStore:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The training metrics and the three dictionaries, as plain data (for exact resume)."""
-        train = {
-            key: {
-                "fx": m.fx, "name": m.name, "options": list(m.options()), "value": m.value, "count": m.count,
-                "step_value": m.step_value, "has_reset": m.has_reset,
-            }
-            for key, m in self.train.items()
-        }
+        """The training metrics and the three dictionaries, as plain data (for exact resume). A
+        logged torchmetrics.Metric is stored by its attribute name and its state (its own state
+        is not in the module's state_dict)."""
+        train = {}
+        for key, m in self.train.items():
+            entry = {"fx": m.fx, "name": m.name, "options": list(m.options()), "step_value": m.step_value,
+                     "has_reset": m.has_reset}
+            if m.is_tensor:
+                entry.update(value=m.value, count=m.count)
+            else:
+                if not isinstance(m.step_value, torch.Tensor):
+                    entry["step_value"] = None
+                entry.update(metric_attribute=m.metric_attribute, metric_state=_metric_state(m.value))
+            train[key] = entry
         return {
             "train": train, "callback": dict(self._callback), "logged": dict(self._logged), "pbar": dict(self._pbar),
             "first_loop_iter": self.first_loop_iter, "current_fx": self.current_fx,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], module: Any = None) -> None:
+        """Restores `state_dict`'s metrics; `module` (the LightningModule) holds the logged Metric
+        objects, whose state is put back too."""
         self.train.clear()
         for key, d in state["train"].items():
             prog_bar, logger, on_step, on_epoch, reduction, enable_graph = d["options"]
-            m = _Metric(d["fx"], d["name"], prog_bar, logger, on_step, on_epoch, reduction, enable_graph,
-                        d["value"].device)
-            m.value, m.count, m.step_value, m.has_reset = d["value"], d["count"], d["step_value"], d["has_reset"]
+            if "metric_attribute" not in d:
+                m = _Metric(d["fx"], d["name"], prog_bar, logger, on_step, on_epoch, reduction, enable_graph,
+                            d["value"].device)
+                m.value, m.count = d["value"], d["count"]
+            else:
+                metric = _find_metric(module, d["metric_attribute"])
+                if metric is None:
+                    warnings.warn(
+                        f"The checkpoint holds the state of the torchmetrics.Metric logged as {d['name']!r} (attribute "
+                        f"{d['metric_attribute']!r}), which the module does not have: its value restarts empty",
+                        stacklevel=3,
+                    )
+                    continue
+                _load_metric_state(metric, d["metric_state"])
+                m = _Metric(d["fx"], d["name"], prog_bar, logger, on_step, on_epoch, reduction, enable_graph, None,
+                            metric=metric, metric_attribute=d["metric_attribute"])
+            m.step_value, m.has_reset = d["step_value"], d["has_reset"]
             self.train[key] = m
         self._callback, self._logged, self._pbar = dict(state["callback"]), dict(state["logged"]), dict(state["pbar"])
         self.first_loop_iter, self.current_fx = state["first_loop_iter"], state["current_fx"]
+
+
+def _metric_state(metric: Any) -> dict[str, Any]:
+    """A torchmetrics.Metric's accumulated state as plain data (tensors and lists of them)."""
+    cache = metric._forward_cache
+    return {
+        "states": {name: (list(v) if isinstance(v, list) else v) for name, v in metric.metric_state.items()},
+        "update_count": int(metric._update_count),
+        "forward_cache": cache if isinstance(cache, torch.Tensor) else None,
+    }
+
+
+def _find_metric(module: Any, attribute: str | None) -> Any:
+    if module is None or not attribute:
+        return None
+    try:
+        found = module.get_submodule(attribute)
+    except AttributeError:
+        return None
+    return found if is_metric(found) else None
+
+
+def _load_metric_state(metric: Any, state: dict[str, Any]) -> None:
+    for name, value in state["states"].items():
+        current = getattr(metric, name)
+        if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor):
+            value = value.to(current.device)
+        elif isinstance(value, list):
+            device = metric.device
+            value = [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
+        setattr(metric, name, value)
+    metric._update_count = state["update_count"]
+    metric._forward_cache = state["forward_cache"]
+    metric._computed = None

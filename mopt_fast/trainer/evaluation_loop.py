@@ -93,6 +93,7 @@ class EvaluationLoop:
                 if not sanity:
                     trainer._log_to_loggers(metrics.on_epoch_end())
                 trainer._call("on_validation_end")
+                metrics.reset_results(metrics.val)  # logged Metric objects reset after each run, as Lightning
         finally:
             trainer._call_module("on_validation_model_train")
             for m, training in modes.items():  # each submodule back to its own mode

@@ -42,7 +42,7 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "epoch": loop.epochs_completed,
         "global_step": loop.global_step,
         "state_dict": model.state_dict(),
-        "hyper_parameters": _plain(dict(model.hparams)),
+        **model._checkpoint_hparams(),  # "hyper_parameters" as plain data, and "hparams_name"
     }
     if not weights_only:
         val_loop = trainer.val_loop

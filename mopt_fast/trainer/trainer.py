@@ -37,7 +37,7 @@ from mopt_fast.trainer.callbacks import HOOKS, Callback, ProgressBar, monitoring
 from mopt_fast.trainer.checkpoint import ModelCheckpoint, save_checkpoint_file
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop
 from mopt_fast.trainer.fit_loop import FitLoop
-from mopt_fast.trainer.loggers import Logger
+from mopt_fast.trainer.loggers import Logger, log_hyperparams_at_fit_start
 from mopt_fast.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from mopt_fast.trainer.strategies import Strategy
 
@@ -427,9 +427,8 @@ class Trainer:
         ckpt = resume.load_for_resume(self, ckpt_path) if ckpt_path is not None else None
         if ckpt is not None:
             resume.restore(self, ckpt)
-        for lg in self._rank_zero_loggers():
-            lg.log_hyperparams(dict(model.hparams))
         self._call("on_fit_start")
+        log_hyperparams_at_fit_start(self)  # after on_fit_start, as Lightning
         model.zero_grad()  # gradients left from before fit must not leak into the first step
 
         has_step = _overrides(model, LightningModule, "validation_step")
@@ -451,7 +450,7 @@ class Trainer:
                     val_loop.run_in_fit(steps, sanity=True)
                 self._metrics = MetricStore()
         if ckpt is not None:  # after the sanity check, which starts the metrics afresh
-            self._metrics.load_state_dict(ckpt["metrics"])
+            self._metrics.load_state_dict(ckpt["metrics"], model)
         self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
 
         if train_loader is None:

@@ -1,0 +1,23 @@
+"""``mopt_fast.loggers``: the loggers under the import path of ``lightning.pytorch.loggers``.
+
+CSVLogger, TensorBoardLogger and the Logger base class (mopt_fast.trainer.loggers); the other
+Lightning loggers (Comet, MLflow, Neptune, W&B, LitLogger) raise `mopt_fast.exceptions.NotBuiltError`
+(an ImportError and a NotImplementedError) naming them. A logger of your own that subclasses
+`Logger` and implements `log_metrics` (and `log_hyperparams`) works with mopt_fast.Trainer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from mopt_fast.exceptions import not_built
+from mopt_fast.trainer.loggers import CSVLogger, Logger, TensorBoardLogger
+
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
+
+_NOT_BUILT = ("CometLogger", "LitLogger", "MLFlowLogger", "NeptuneLogger", "WandbLogger")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NOT_BUILT:
+        raise not_built(f"lightning.pytorch.loggers.{name}", "use CSVLogger or TensorBoardLogger, or subclass Logger")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
