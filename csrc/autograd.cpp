@@ -55,18 +55,16 @@ void autograd_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
 // nothing; the bumps follow the kernel, so a call the kernel rejects leaves versions as they were.
 void inplace_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                     torch::jit::Stack* stack) {
-  if (!c10::InferenceMode::is_enabled()) {
-    for_each_written(op, *stack, [](const at::Tensor& t) {
-      // torch's own message (c10::VariableVersion::bump).
-      TORCH_CHECK(!t.defined() || !t.is_inference(),
-                  "Inplace update to inference tensor outside InferenceMode is not allowed."
-                  "You can make a clone to get a normal tensor before doing inplace update."
-                  "See https://github.com/pytorch/rfcs/pull/17 for more details.");
-    });
-  }
+  const bool inference_mode = c10::InferenceMode::is_enabled();
   std::vector<at::Tensor> written;
   for_each_written(op, *stack, [&](const at::Tensor& t) {
-    if (t.defined()) written.push_back(t);
+    if (!t.defined()) return;
+    // torch's own message (c10::VariableVersion::bump).
+    TORCH_CHECK(inference_mode || !t.is_inference(),
+                "Inplace update to inference tensor outside InferenceMode is not allowed."
+                "You can make a clone to get a normal tensor before doing inplace update."
+                "See https://github.com/pytorch/rfcs/pull/17 for more details.");
+    written.push_back(t);
   });
   {
     at::AutoDispatchBelowADInplaceOrView below_view;

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+#: The end of the message every backend's kernel raises (ValueError) for a list that spans
+#: devices; the functional API splits such a list by device when it sees it (csrc/checks.h says
+#: the same).
+ONE_DEVICE = "one call takes tensors on one device"
+
 #: Elements per work item / block / program on every backend (csrc/common.h kChunkElems).
 CHUNK_ELEMS = 1 << 16
 
@@ -47,9 +52,7 @@ def result_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
 def _one_device(tensors: list[torch.Tensor]) -> None:
     """The kernels' device check, in the fake kernels too: the dispatcher sends a list that mixes
     meta tensors with others to the fake (Meta) kernel, which must refuse it as the real ones do,
-    so the functional API splits the list by device (mopt_fast._validate.ONE_DEVICE)."""
-    from mopt_fast._validate import ONE_DEVICE
-
+    so the functional API splits the list by device (ONE_DEVICE)."""
     first = tensors[0].device
     for i, t in enumerate(tensors):
         if t.device != first:
@@ -88,10 +91,6 @@ class OpSpec:
     name: str
     schema: str  # as in csrc/ops.h; (a!) marks what the op writes
     fake: Callable  # output shapes and dtypes, for FakeTensor tracing
-    # An elementwise writer of its list: a list whose tensors share memory can be run as several
-    # calls, one per round of disjoint tensors (see _validate.disjoint_rounds), by a backend whose
-    # kernels do not split it themselves (Triton). Ops that first read the whole list do not.
-    elementwise_writer: bool = False
 
 
 OPS: tuple[OpSpec, ...] = (
@@ -106,15 +105,13 @@ OPS: tuple[OpSpec, ...] = (
         "scale_inplace",
         "(Tensor(a!)[] tensors, Tensor? scale, Tensor? total_norm, float max_norm, Tensor? found_inf) -> ()",
         _fake_writes_only,
-        elementwise_writer=True,
     ),
-    OpSpec("clamp_inplace", "(Tensor(a!)[] tensors, float clip_value) -> ()", _fake_writes_only, True),
-    OpSpec("zero_inplace", "(Tensor(a!)[] tensors) -> ()", _fake_writes_only, True),
+    OpSpec("clamp_inplace", "(Tensor(a!)[] tensors, float clip_value) -> ()", _fake_writes_only),
+    OpSpec("zero_inplace", "(Tensor(a!)[] tensors) -> ()", _fake_writes_only),
     OpSpec(
         "unscale_inplace",
         "(Tensor(a!)[] tensors, Tensor(b!) found_inf, Tensor inv_scale) -> ()",
         _fake_writes_only,
-        elementwise_writer=True,
     ),
     OpSpec(
         "unscale_clip_inplace",

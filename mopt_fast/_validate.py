@@ -10,12 +10,14 @@ from collections.abc import Iterable
 
 import torch
 
+from mopt_fast._ops import ONE_DEVICE
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-# The end of the message every backend's kernel raises (ValueError) for a list that spans devices;
-# the functional API splits such a list by device when it sees it (csrc/checks.h says the same).
-ONE_DEVICE = "one call takes tensors on one device"
+def one_device_refused(error: ValueError) -> bool:
+    """Whether a kernel refused a list for spanning devices (it does so before writing)."""
+    return ONE_DEVICE in str(error)
 
 
 def check_tensors(tensors: list[torch.Tensor], op: str, writes: bool = True, one_device: bool = True) -> None:
@@ -108,6 +110,15 @@ def tensor_list(tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Te
     return list(tensors)
 
 
+def unscale_clip_args(tensors: list[torch.Tensor], inv_scale, found_inf, max_norm: float) -> None:
+    """The arguments of the unscale_clip_inplace op (see csrc/ops.h), checked as the C++ kernels do."""
+    check_tensors(tensors, "unscale_clip")
+    device = tensors[0].device
+    amp_scalar(inv_scale, "inv_scale", device, "unscale_clip")
+    amp_scalar(found_inf, "found_inf", device, "unscale_clip")
+    non_negative(max_norm, "max_norm")
+
+
 def scale_args(tensors: list[torch.Tensor], scale, total_norm, max_norm: float, found_inf) -> None:
     """The arguments of the scale_inplace op (see csrc/registry.cpp), checked as the C++ kernels do."""
     check_tensors(tensors, "scale")
@@ -125,9 +136,21 @@ def byte_range(t: torch.Tensor) -> tuple[int, int]:
     """The bytes [first, end) a tensor's elements can touch; (0, 0) for a zero-size tensor."""
     if t.numel() == 0:
         return 0, 0
-    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
     first = t.data_ptr()
+    if t.is_contiguous():  # the usual gradient: no walk over its strides
+        return first, first + t.nbytes
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
     return first, first + (last + 1) * t.element_size()
+
+
+def spans_overlap(spans: list[tuple[int, int]]) -> bool:
+    """Whether any two non-empty byte spans [first, end) intersect (one sort and one sweep)."""
+    reach = 0
+    for first, end in sorted(span for span in spans if span[0] != span[1]):
+        if first < reach:
+            return True
+        reach = max(reach, end)
+    return False
 
 
 def disjoint_rounds(tensors: list[torch.Tensor]) -> list[list[int]] | None:
@@ -138,14 +161,9 @@ def disjoint_rounds(tensors: list[torch.Tensor]) -> list[list[int]] | None:
     tensor comes after every earlier tensor it shares bytes with; None when no two tensors share
     bytes (the usual case). The C++ twin is disjoint_rounds in csrc/checks.h."""
     ranges = [byte_range(t) for t in tensors]
-    spans = sorted(r for r in ranges if r[0] != r[1])
-    reach = 0
-    for first, end in spans:
-        if first < reach:
-            break
-        reach = max(reach, end)
-    else:
+    if not spans_overlap(ranges):
         return None
+    # Rare: quadratic, but only over lists that do share memory.
     round_of: list[int] = []
     rounds: list[list[int]] = []
     for i, (first, end) in enumerate(ranges):

@@ -90,27 +90,28 @@ class GradScaler(torch.amp.GradScaler):
         device = self._scale.device
         inv_scale = self._scale.double().reciprocal().float()
         found_inf = torch.zeros((), dtype=torch.float32, device=device)
-        try:
-            if grads[0].device != device:
-                raise ValueError(_validate.ONE_DEVICE)
-            with torch.no_grad():
-                if _is_fused(optimizer):
-                    # The optimizer divides by grad_scale: scale / coef unscales and clips in its
-                    # own pass. torch's step() uses an optimizer.grad_scale set before an UNSCALED
-                    # step.
-                    total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
-                    coef = torch.clamp(max_norm / (total.float() + 1e-6), max=1.0)
-                    optimizer.grad_scale = self._scale / coef  # type: ignore[attr-defined]
-                else:
-                    total = kernel("unscale_clip_inplace", device)(grads, inv_scale, found_inf, max_norm, p)
-        except ValueError as error:  # the kernels check every gradient's device before writing
-            if _validate.ONE_DEVICE not in str(error):
-                raise
+        total = None
+        if grads[0].device == device:
+            try:  # the kernels check every gradient's device before they write
+                with torch.no_grad():
+                    if _is_fused(optimizer):
+                        # The optimizer divides by grad_scale: scale / coef unscales and clips in
+                        # its own pass. torch's step() uses an optimizer.grad_scale set before an
+                        # UNSCALED step.
+                        total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
+                        coef = torch.clamp(max_norm / (total.float() + 1e-6), max=1.0)
+                        optimizer.grad_scale = self._scale / coef  # type: ignore[attr-defined]
+                    else:
+                        total = kernel("unscale_clip_inplace", device)(grads, inv_scale, found_inf, max_norm, p)
+            except ValueError as error:
+                if not _validate.one_device_refused(error):
+                    raise
+        if total is None:
             raise NotImplementedError(
                 "mopt_fast.GradScaler.unscale_clip_grad_norm_ needs every gradient on the scaler's "
                 f"device ({device}); got {sorted({str(g.device) for g in grads})}. Use unscale_() "
                 "and mopt_fast.clip_grad_norm_ for gradients spread over devices."
-            ) from None
+            )
         state["found_inf_per_device"] = {device: found_inf}
         state["stage"] = OptState.UNSCALED
         return total
@@ -123,6 +124,19 @@ class GradScaler(torch.amp.GradScaler):
     def _awaits_update(self) -> bool:
         """Whether an optimizer was unscaled or stepped since the last update()."""
         return any(state["stage"] is not OptState.READY for state in self._per_optimizer_states.values())
+
+    def _end_iteration(self, folded: dict[int, torch.optim.Optimizer]) -> None:
+        """The end of a training iteration: `folded` holds the fused optimizers whose clip factor
+        went into their grad_scale and that did not step since; the factor is dropped (torch's
+        step() multiplies whatever it finds there), and the scale is updated if any optimizer was
+        unscaled or stepped (a clip without a step counts too, else the optimizer would stay
+        marked unscaled and the next iteration would clip still-scaled gradients)."""
+        for optimizer in folded.values():
+            if hasattr(optimizer, "grad_scale"):
+                del optimizer.grad_scale
+        folded.clear()
+        if self._awaits_update():
+            self.update()
 
     def _step_again(self, optimizer: torch.optim.Optimizer) -> None:
         """Let `optimizer`, already stepped since the last update(), be unscaled and stepped again

@@ -92,10 +92,6 @@ def _reduce_norm(local_norm: torch.Tensor, p: float, group: Any) -> torch.Tensor
     return partial.pow(1.0 / p).to(local_norm.dtype)
 
 
-def _one_device_refused(error: ValueError) -> bool:
-    return _validate.ONE_DEVICE in str(error)
-
-
 def _split_by_device(
     tensors: list[torch.Tensor], op: str, writes: bool
 ) -> list[tuple[torch.device, list[torch.Tensor]]]:
@@ -125,7 +121,7 @@ def _per_device(
     try:
         return [call(kernel(op, device), device, tensors)]
     except ValueError as error:
-        if not _one_device_refused(error):
+        if not _validate.one_device_refused(error):
             raise
     except NotImplementedError:
         # The dispatcher sent the list to another device's key, one without mopt_fast kernels:
@@ -151,19 +147,19 @@ def _single_device(found_inf: torch.Tensor, inv_scale: torch.Tensor, op: str) ->
 
 
 def _amp_call(op: str, grads: list[torch.Tensor], device: torch.device, *args: Any) -> Any:
-    """One AMP op on the gradients, which must all be on found_inf's device."""
-    try:
-        if grads[0].device != device:
-            raise ValueError(_validate.ONE_DEVICE)
-        return kernel(op, device)(grads, *args)
-    except ValueError as error:
-        if not _one_device_refused(error):
-            raise
-        devices = sorted({str(g.device) for g in grads})
-        raise ValueError(
-            f"mopt_fast.{op}: gradients on {devices} cannot be grouped with found_inf on {device}: use "
-            "one found_inf/inv_scale per device and one call each"
-        ) from None
+    """One AMP op on the gradients, which must all be on found_inf's device (the kernel checks
+    each gradient's before it writes)."""
+    if grads[0].device == device:
+        try:
+            return kernel(op, device)(grads, *args)
+        except ValueError as error:
+            if not _validate.one_device_refused(error):
+                raise
+    devices = sorted({str(g.device) for g in grads})
+    raise ValueError(
+        f"mopt_fast.{op}: gradients on {devices} cannot be grouped with found_inf on {device}: use "
+        "one found_inf/inv_scale per device and one call each"
+    )
 
 
 def _raise_nonfinite(norm_type: float) -> None:

@@ -276,15 +276,8 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
             self._end_iteration()
 
     def _end_iteration(self) -> None:
-        if self.scaler is None:
-            return
-        for optimizer in self._folded.values():
-            # Clipped but not stepped: the factor must not reach its next step.
-            if hasattr(optimizer, "grad_scale"):
-                del optimizer.grad_scale
-        self._folded.clear()
-        if self.scaler._awaits_update():
-            self.scaler.update()
+        if self.scaler is not None:
+            self.scaler._end_iteration(self._folded)
 
 
 def precision_plugin(precision: str | int = "32-true", device: str = "cuda") -> Precision | MixedPrecision:

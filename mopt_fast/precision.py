@@ -191,14 +191,8 @@ class MixedPrecision(Precision):
         """Once per training iteration: update the loss scale if any optimizer was unscaled or
         stepped. A clip without a step counts too: otherwise the optimizer would stay marked
         unscaled and the next iteration would clip its new, still-scaled gradients."""
-        if self.scaler is None:
-            return
-        for optimizer in self._folded.values():  # clipped, not stepped: drop the folded factor
-            if hasattr(optimizer, "grad_scale"):
-                del optimizer.grad_scale  # torch's step() multiplies whatever it finds there
-        self._folded.clear()
-        if self.scaler._awaits_update():
-            self.scaler.update()
+        if self.scaler is not None:
+            self.scaler._end_iteration(self._folded)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}

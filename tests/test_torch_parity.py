@@ -13,15 +13,7 @@ from hypothesis import strategies as st
 import mopt_fast
 
 from helpers import device_of
-
-
-def params(grads):
-    out = []
-    for g in grads:
-        p = torch.nn.Parameter(torch.zeros(g.shape, dtype=g.dtype, device=g.device))
-        p.grad = g
-        out.append(p)
-    return out
+from helpers import params_with as params
 
 
 def assert_same(got: torch.Tensor, want: torch.Tensor, backend: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from mopt_fast import _autograd, _ops, _validate, registry
+from mopt_fast import _autograd, _ops, registry
 from mopt_fast.triton_kernels import clamp, norm, scale, unscale, unscale_clip, zero
 from mopt_fast.triton_kernels._apply import on_device
 
@@ -31,21 +31,12 @@ KERNELS: dict[str, Callable] = {
 }
 
 
-def _on_tensors_device(op: Callable, in_rounds: bool) -> Callable:
-    """Triton launches on the current CUDA device: run each op on its tensors' device. An op that
-    writes its list runs once per round of tensors that share no memory (a tensor listed twice
-    is written twice, one after the other, as by torch's foreach ops)."""
+def _on_tensors_device(op: Callable) -> Callable:
+    """Triton launches on the current CUDA device: run each op on its tensors' device."""
 
     @functools.wraps(op)
     def run(tensors, *args):
         with on_device(tensors[0].device):
-            if in_rounds:
-                rounds = _validate.disjoint_rounds(tensors)
-                if rounds is not None:
-                    _validate.check_tensors(tensors, op.__name__)  # all of them, before any write
-                    for members in rounds:
-                        op([tensors[i] for i in members], *args)
-                    return None
             return op(tensors, *args)
 
     return run
@@ -55,7 +46,7 @@ def _register() -> dict[str, Callable]:
     lib = torch.library.Library(NAMESPACE, "DEF")
     for spec in _ops.OPS:
         lib.define(spec.name + spec.schema)
-        kernel = _on_tensors_device(KERNELS[spec.name], spec.elementwise_writer)
+        kernel = _on_tensors_device(KERNELS[spec.name])
         for key in ("CUDA", "CPU"):  # CPU tensors only reach it under TRITON_INTERPRET=1
             lib.impl(spec.name, kernel, key)
         _autograd.register(lib, spec.name)

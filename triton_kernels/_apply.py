@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import triton
 import triton.language as tl
 
+from mopt_fast import _validate
 from mopt_fast._ops import CHUNK_ELEMS
 
 # A quarter of the other backends' chunk (mopt_fast._ops.CHUNK_ELEMS): a program steps through
@@ -79,6 +81,8 @@ class Plan:
     groups: list[Group]
     # (caller's tensor, dense copy) for non-dense tensors: written back after in-place kernels.
     copies: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # Whether two of the caller's tensors share bytes (see write_plans).
+    shares_memory: bool = False
 
     def write_back(self) -> None:
         for original, copy in self.copies:
@@ -137,12 +141,18 @@ def make_plan(tensors: list[torch.Tensor]) -> Plan:
     device = tensors[0].device
     plan = Plan(groups=[])
     by_dtype: dict[torch.dtype, list[tuple[int, torch.Tensor]]] = {}
+    spans: list[tuple[int, int]] = []  # the caller's bytes, for shares_memory
     for i, t in enumerate(tensors):
         dense = t
-        if not is_dense(t):  # read through a contiguous copy (written back after in-place kernels)
+        if is_dense(t):
+            start = t.data_ptr()
+            spans.append((start, start + t.nbytes))
+        else:  # read through a contiguous copy (written back after in-place kernels)
+            spans.append(_validate.byte_range(t))
             dense = t.contiguous()
             plan.copies.append((t, dense))
         by_dtype.setdefault(t.dtype, []).append((i, dense))
+    plan.shares_memory = _validate.spans_overlap(spans)
     for dtype, members in by_dtype.items():
         ptrs, numels, index, first, end, chunk_tensor, chunk_start = [], [], [], [], [], [], []
         for k, (i, t) in enumerate(members):
@@ -158,6 +168,19 @@ def make_plan(tensors: list[torch.Tensor]) -> Plan:
         longest = max(e - f for f, e in zip(first, end))
         plan.groups.append(Group(dtype, table, len(members), len(chunk_tensor), longest))
     return plan
+
+
+def write_plans(tensors: list[torch.Tensor]) -> Iterator[Plan]:
+    """The plans an in-place kernel runs, in order. A list whose tensors share memory (a tensor
+    listed twice) is written one round of disjoint tensors after another, as torch's foreach ops
+    write it (see _validate.disjoint_rounds); each round's plan is made after the round before it
+    was written, so its copies of non-dense tensors see those writes."""
+    plan = make_plan(tensors)
+    if not plan.shares_memory:
+        yield plan
+        return
+    for members in _validate.disjoint_rounds(tensors):
+        yield make_plan([tensors[i] for i in members])
 
 
 def acc_dtype(dtype: torch.dtype):

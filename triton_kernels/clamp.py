@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from mopt_fast import _validate
-from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, make_plan
+from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, write_plans
 
 
 @triton.jit
@@ -25,11 +25,11 @@ def _clamp_kernel(table, n_tensors, n_chunks, limit_ptr, DTYPE: tl.constexpr, AC
 def clamp_inplace(tensors, clip_value: float) -> None:
     _validate.check_tensors(tensors, "clamp")
     v = _validate.non_negative(clip_value, "clip_value")
-    plan = make_plan(tensors)
     # Float arguments reach Triton kernels as fp32; fp64 gradients need the limit in fp64.
     limit = torch.full((), v, dtype=torch.float64, device=tensors[0].device)
-    for g in plan.groups:
-        if g.n_chunks:
-            _clamp_kernel[(g.n_chunks,)](g.table, g.n_tensors, g.n_chunks, limit, DTYPE=g.tl_dtype,
-                                         ACC=acc_dtype(g.dtype), CHUNK=CHUNK, BLOCK=BLOCK)
-    plan.write_back()
+    for plan in write_plans(tensors):  # one plan, or one per round of a list sharing memory
+        for g in plan.groups:
+            if g.n_chunks:
+                _clamp_kernel[(g.n_chunks,)](g.table, g.n_tensors, g.n_chunks, limit, DTYPE=g.tl_dtype,
+                                             ACC=acc_dtype(g.dtype), CHUNK=CHUNK, BLOCK=BLOCK)
+        plan.write_back()

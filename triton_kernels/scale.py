@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from mopt_fast import _validate
-from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, make_plan
+from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, write_plans
 
 
 @triton.jit
@@ -41,20 +41,20 @@ def scale_inplace(tensors, scale, total_norm, max_norm: float, found_inf) -> Non
     _validate.scale_args(tensors, scale, total_norm, max_norm, found_inf)
     if scale is None and total_norm is None:
         return
-    plan = make_plan(tensors)
     any_arg = next(t for t in (scale, total_norm) if t is not None)
     norm_acc = acc_dtype(total_norm.dtype) if total_norm is not None else acc_dtype(scale.dtype)
     # Float arguments reach Triton kernels as fp32; an fp64 norm needs max_norm in fp64.
     limit = torch.full((), float(max_norm), dtype=torch.float64, device=tensors[0].device)
-    for g in plan.groups:
-        if g.n_chunks:
-            _scale_kernel[(g.n_chunks,)](
-                g.table, g.n_tensors, g.n_chunks,
-                scale if scale is not None else any_arg,
-                total_norm if total_norm is not None else any_arg,
-                found_inf if found_inf is not None else any_arg,
-                limit,
-                HAS_SCALE=scale is not None, HAS_NORM=total_norm is not None,
-                HAS_FOUND=found_inf is not None, DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
-                NORM_ACC=norm_acc, CHUNK=CHUNK, BLOCK=BLOCK)
-    plan.write_back()
+    for plan in write_plans(tensors):  # one plan, or one per round of a list sharing memory
+        for g in plan.groups:
+            if g.n_chunks:
+                _scale_kernel[(g.n_chunks,)](
+                    g.table, g.n_tensors, g.n_chunks,
+                    scale if scale is not None else any_arg,
+                    total_norm if total_norm is not None else any_arg,
+                    found_inf if found_inf is not None else any_arg,
+                    limit,
+                    HAS_SCALE=scale is not None, HAS_NORM=total_norm is not None,
+                    HAS_FOUND=found_inf is not None, DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
+                    NORM_ACC=norm_acc, CHUNK=CHUNK, BLOCK=BLOCK)
+        plan.write_back()

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from mopt_fast import _validate
-from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, make_plan
+from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, acc_dtype, chunk_of, write_plans
 
 
 @triton.jit
@@ -30,10 +30,10 @@ def unscale_inplace(tensors, found_inf, inv_scale) -> None:
     device = tensors[0].device
     _validate.amp_scalar(found_inf, "found_inf", device, "unscale")
     _validate.amp_scalar(inv_scale, "inv_scale", device, "unscale")
-    plan = make_plan(tensors)
-    for g in plan.groups:
-        if g.n_chunks:
-            _unscale_kernel[(g.n_chunks,)](g.table, g.n_tensors, g.n_chunks, inv_scale, found_inf,
-                                           DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
-                                           CHUNK=CHUNK, BLOCK=BLOCK)
-    plan.write_back()
+    for plan in write_plans(tensors):  # one plan, or one per round of a list sharing memory
+        for g in plan.groups:
+            if g.n_chunks:
+                _unscale_kernel[(g.n_chunks,)](g.table, g.n_tensors, g.n_chunks, inv_scale, found_inf,
+                                               DTYPE=g.tl_dtype, ACC=acc_dtype(g.dtype),
+                                               CHUNK=CHUNK, BLOCK=BLOCK)
+        plan.write_back()

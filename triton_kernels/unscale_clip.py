@@ -11,13 +11,7 @@ from mopt_fast.triton_kernels.scale import scale_inplace
 
 
 def unscale_clip_inplace(tensors, inv_scale, found_inf, max_norm: float, norm_type: float) -> torch.Tensor:
-    _validate.check_tensors(tensors, "unscale_clip")
-    device = tensors[0].device
-    _validate.amp_scalar(inv_scale, "inv_scale", device, "unscale_clip")
-    _validate.amp_scalar(found_inf, "found_inf", device, "unscale_clip")
-    _validate.non_negative(max_norm, "max_norm")
+    _validate.unscale_clip_args(tensors, inv_scale, found_inf, max_norm)
     total, _ = unscale_norm(tensors, inv_scale, found_inf, norm_type, False)
-    rounds = _validate.disjoint_rounds(tensors)  # the norm read the whole list; the writes go in rounds
-    for members in [range(len(tensors))] if rounds is None else rounds:
-        scale_inplace([tensors[i] for i in members], inv_scale, total, max_norm, found_inf)
+    scale_inplace(tensors, inv_scale, total, max_norm, found_inf)
     return total

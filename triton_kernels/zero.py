@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from mopt_fast import _validate
-from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, chunk_of, make_plan
+from mopt_fast.triton_kernels._apply import BLOCK, CHUNK, chunk_of, write_plans
 
 
 @triton.jit
@@ -20,9 +20,9 @@ def _zero_kernel(table, n_tensors, n_chunks, DTYPE: tl.constexpr, CHUNK: tl.cons
 
 def zero_inplace(tensors) -> None:
     _validate.check_tensors(tensors, "zero")
-    plan = make_plan(tensors)
-    for g in plan.groups:
-        if g.n_chunks:
-            _zero_kernel[(g.n_chunks,)](g.table, g.n_tensors, g.n_chunks, DTYPE=g.tl_dtype,
-                                        CHUNK=CHUNK, BLOCK=BLOCK)
-    plan.write_back()
+    for plan in write_plans(tensors):  # one plan, or one per round of a list sharing memory
+        for g in plan.groups:
+            if g.n_chunks:
+                _zero_kernel[(g.n_chunks,)](g.table, g.n_tensors, g.n_chunks, DTYPE=g.tl_dtype,
+                                            CHUNK=CHUNK, BLOCK=BLOCK)
+        plan.write_back()

@@ -13,11 +13,7 @@ def unscale_clip_inplace(
 ) -> torch.Tensor:
     """unscale_norm, then scale_inplace by inv_scale and the clip coefficient (a no-op when
     found_inf is set): the AMP clip of the compiled backends, as two passes of this backend."""
-    _validate.check_tensors(tensors, "unscale_clip")
-    device = tensors[0].device
-    _validate.amp_scalar(inv_scale, "inv_scale", device, "unscale_clip")
-    _validate.amp_scalar(found_inf, "found_inf", device, "unscale_clip")
-    _validate.non_negative(max_norm, "max_norm")
+    _validate.unscale_clip_args(tensors, inv_scale, found_inf, max_norm)
     total, _ = unscale_norm(tensors, inv_scale, found_inf, norm_type, False)
     scale_inplace(tensors, inv_scale, total, max_norm, found_inf)
     return total
