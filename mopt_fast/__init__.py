@@ -21,6 +21,7 @@ from mopt_fast.registry import available_backends, backend_for, use_backend
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.module import LightningModule
+from mopt_fast.datamodule import LightningDataModule
 from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
 from mopt_fast.trainer import Callback, CSVLogger, ModelCheckpoint, ModelSummary, TensorBoardLogger, TQDMProgressBar, Trainer
 
@@ -48,6 +49,7 @@ __all__ = [
     "Callback",
     "DDPStrategy",
     "FSDPStrategy",
+    "LightningDataModule",
     "LightningModule",
     "LightningOptimizer",
     "MisconfigurationException",

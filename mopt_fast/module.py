@@ -12,12 +12,16 @@ import inspect
 import numbers
 import warnings
 from collections.abc import Generator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.hooks import EvaluationModelHooks
 from mopt_fast.optimizer import LightningOptimizer, validate_clip_args
+
+if TYPE_CHECKING:
+    from mopt_fast.trainer._protocol import ModuleTrainer
 
 __all__ = ["LightningModule"]
 
@@ -33,7 +37,7 @@ class _AttributeDict(dict):
         self[key] = value
 
 
-class LightningModule(torch.nn.Module):
+class LightningModule(EvaluationModelHooks, torch.nn.Module):
     """A torch.nn.Module with Lightning's training API. Subclass it, set
     ``self.automatic_optimization = False`` for manual optimization, and fit it with
     `mopt_fast.Trainer`."""
@@ -41,7 +45,7 @@ class LightningModule(torch.nn.Module):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._automatic_optimization = True
-        self._trainer: Any = None
+        self._trainer: ModuleTrainer | None = None
         self._param_requires_grad_state: dict[torch.Tensor, bool] = {}
         self._hparams = _AttributeDict()
 
@@ -55,13 +59,13 @@ class LightningModule(torch.nn.Module):
         self._automatic_optimization = bool(value)
 
     @property
-    def trainer(self) -> Any:
+    def trainer(self) -> ModuleTrainer:
         if self._trainer is None:
             raise RuntimeError(f"{type(self).__qualname__} is not attached to a `Trainer`.")
         return self._trainer
 
     @trainer.setter
-    def trainer(self, trainer: Any) -> None:
+    def trainer(self, trainer: ModuleTrainer | None) -> None:
         self._trainer = trainer
 
     @property
@@ -237,6 +241,7 @@ class LightningModule(torch.nn.Module):
         self._trainer._metrics.log(
             self._trainer, name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
             reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size, sync_dist=sync_dist,
+            add_dataloader_idx=add_dataloader_idx,
         )
 
     def log_dict(

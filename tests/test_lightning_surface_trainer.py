@@ -3,13 +3,21 @@ runs under both on the same seed and data, and must end with the same weights (b
 returned results, hooks and files."""
 from __future__ import annotations
 
-import torch
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
 
-import lightning_cases as cases
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
 import mopt_fast
-from helpers import importorskip_unless_ci
 from mopt_fast.trainer import _protocol
 from mopt_fast.trainer.states import LoopPoint, RunningStage, TrainerFn, TrainerStatus
+
+import lightning_cases as cases
+from helpers import importorskip_unless_ci
 
 importorskip_unless_ci("lightning")
 
@@ -64,3 +72,622 @@ def test_state_during_and_after_fit_as_lightning() -> None:
     for key in ("fn", "stage", "status"):
         assert str(getattr(got["trainer"].state, key)) == str(getattr(ref["trainer"].state, key)), key
     assert got["trainer"].interrupted is ref["trainer"].interrupted is False
+
+
+# -- harness ------------------------------------------------------------------------------------------
+def classes(fw: str) -> tuple[type, type, type, type]:
+    """(LightningModule, Trainer, LightningDataModule, Callback) of `fw`."""
+    LM, Trainer = cases.frameworks(fw)
+    if fw == "lightning":
+        from lightning.pytorch import Callback, LightningDataModule
+    else:
+        from mopt_fast import Callback, LightningDataModule
+    return LM, Trainer, LightningDataModule, Callback
+
+
+def new_trainer(fw: str, root: str, **kw: Any) -> Any:
+    args = dict(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                enable_checkpointing=False, default_root_dir=root)
+    args.update(kw)
+    return classes(fw)[1](**args)
+
+
+CALLBACK_HOOKS = (
+    "setup", "teardown", "on_fit_start", "on_fit_end", "on_sanity_check_start", "on_sanity_check_end",
+    "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end", "on_validation_start",
+    "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end", "on_validation_batch_start",
+    "on_validation_batch_end", "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end",
+    "on_test_batch_start", "on_test_batch_end", "on_predict_start", "on_predict_end", "on_predict_epoch_start",
+    "on_predict_epoch_end", "on_predict_batch_start", "on_predict_batch_end", "on_exception",
+)
+
+
+def recorder(fw: str) -> Any:
+    """A callback of `fw` recording every hook: its name, the trainer's stage flags, and the batch
+    index / dataloader index / stage argument it got."""
+    Callback = classes(fw)[3]
+    calls: list[tuple] = []
+
+    def make(name: str):
+        def hook(self, trainer, pl_module, *args, **kwargs):
+            extra = []
+            if "batch" in name:
+                extra = [a for a in args[1:] if isinstance(a, int)]
+                extra += [kwargs[k] for k in sorted(kwargs)]
+            elif name in ("setup", "teardown"):
+                extra = [str(kwargs.get("stage", args[0] if args else None)).split(".")[-1].lower()]
+            elif name == "on_exception":
+                extra = [type(args[0]).__name__]
+            flags = (trainer.training, trainer.validating, trainer.testing, trainer.predicting, trainer.sanity_checking)
+            calls.append((name, *flags, torch.is_grad_enabled(), torch.is_inference_mode_enabled(), *extra))
+
+        return hook
+
+    cls = type("Recorder", (Callback,), {name: make(name) for name in CALLBACK_HOOKS})
+    rec = cls()
+    rec.calls = calls
+    return rec
+
+
+def regressor(LM: type) -> type:
+    """cases.minimal with validation, test and predict steps that log in every way a user does."""
+    class Regressor(cases.minimal(LM)):
+        def forward(self, x):
+            if isinstance(x, (list, tuple)):
+                x = x[0]
+            return self.net(x)
+
+        def validation_step(self, batch, batch_idx):
+            loss = self.compute_loss(batch)
+            self.log("val_loss", loss, prog_bar=True)
+            self.log("val_step_sum", batch[0].sum(), on_step=True, on_epoch=True)
+
+        def test_step(self, batch, batch_idx):
+            loss = self.compute_loss(batch)
+            self.log("test_loss", loss)
+            self.log("test_max", loss, reduce_fx="max", prog_bar=True)
+            self.log("test_hidden", loss, logger=False)
+            self.log("test_both", batch[0].mean(), on_step=True, on_epoch=True)
+
+        def on_test_epoch_end(self):
+            self.log("test_epoch_end", torch.tensor(3.0))
+
+        def predict_step(self, batch, batch_idx):
+            return self(batch[0]) * 2
+
+    return Regressor
+
+
+def several_loaders(LM: type) -> type:
+    class Several(regressor(LM)):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.recorded.append(("val", batch_idx, dataloader_idx))
+            self.log("val_loss", self.compute_loss(batch), prog_bar=True)
+            if dataloader_idx == 0:  # from one loader only: Lightning refuses the same name from two
+                self.log("val_shared", self.compute_loss(batch), add_dataloader_idx=False)
+
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            self.recorded.append(("test", batch_idx, dataloader_idx))
+            self.log("test_loss", self.compute_loss(batch) * (dataloader_idx + 1), on_step=True)
+
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            return self(batch[0]) + dataloader_idx
+
+    return Several
+
+
+def predict_data(n: int = 20, batch_size: int = 8) -> DataLoader:
+    g = torch.Generator().manual_seed(7)
+    return DataLoader(TensorDataset(torch.randn(n, 8, generator=g)), batch_size=batch_size)
+
+
+def metrics_of(trainer: Any) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        "callback": {k: v.detach().clone() for k, v in trainer.callback_metrics.items()},
+        "logged": {k: v.detach().clone() for k, v in trainer.logged_metrics.items()},
+        "pbar": dict(trainer.progress_bar_metrics),
+    }
+
+
+def assert_metrics_equal(got: dict, ref: dict) -> None:
+    for kind in ("callback", "logged"):
+        assert sorted(got[kind]) == sorted(ref[kind]), kind
+        for k, v in ref[kind].items():
+            assert got[kind][k].dtype == v.dtype and torch.equal(got[kind][k], v), (kind, k)
+    assert got["pbar"] == ref["pbar"]
+
+
+def assert_state_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def quiet(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+# -- validate / test / predict ---------------------------------------------------------------------------
+def run_eval_suite(fw: str, case: Callable[[type], type], val_loaders: Any, test_loaders: Any, predict_loaders: Any,
+                   tmp: str, capsys: Any, **trainer_kw: Any) -> dict[str, Any]:
+    """fit, then validate, test and predict on the same trainer; everything each call returned,
+    printed, logged and left behind."""
+    LM = classes(fw)[0]
+    torch.manual_seed(0)
+    model = case(LM)()
+    model.recorded = []
+    rec = recorder(fw)
+    logger = cases.recording_logger(fw)
+    trainer = new_trainer(fw, tmp, callbacks=[rec], logger=logger, log_every_n_steps=1, **trainer_kw)
+    train, _ = cases.make_data()
+    out: dict[str, Any] = {}
+    quiet(trainer.fit, model, train, val_loaders)
+    out["fit_metrics"] = metrics_of(trainer)
+    out["num_val_batches"] = trainer.num_val_batches
+    capsys.readouterr()
+    out["validate"] = quiet(trainer.validate, model, val_loaders)
+    out["validate_printed"] = capsys.readouterr().out
+    out["validate_metrics"] = metrics_of(trainer)
+    out["test"] = quiet(trainer.test, model, test_loaders)
+    out["test_printed"] = capsys.readouterr().out
+    out["test_metrics"] = metrics_of(trainer)
+    out["num_test_batches"] = trainer.num_test_batches
+    out["predict"] = quiet(trainer.predict, model, predict_loaders)
+    out["num_predict_batches"] = trainer.num_predict_batches
+    out["silent"] = quiet(trainer.test, model, test_loaders, verbose=False)
+    out["silent_printed"] = capsys.readouterr().out
+    out["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    out["grads"] = [p.grad for p in model.parameters()]
+    out["modes"] = [m.training for m in model.modules()]
+    out["hooks"] = rec.calls
+    out["recorded"] = model.recorded
+    out["logger_calls"] = logger.calls
+    out["finalized"] = logger.finalized
+    out["stage"] = (str(trainer.state.fn), str(trainer.state.stage), str(trainer.state.status))
+    return out
+
+
+def assert_suite_equal(got: dict, ref: dict) -> None:
+    for key in ("num_val_batches", "validate", "test", "num_test_batches", "num_predict_batches", "silent",
+                "validate_printed", "test_printed", "silent_printed", "hooks", "recorded", "logger_calls", "finalized",
+                "stage", "modes"):
+        assert got[key] == ref[key], key
+    for key in ("fit_metrics", "validate_metrics", "test_metrics"):
+        assert_metrics_equal(got[key], ref[key])
+    assert_state_equal(got["state"], ref["state"])
+    assert [g is None for g in got["grads"]] == [g is None for g in ref["grads"]]
+    torch.testing.assert_close(got["predict"], ref["predict"], rtol=0, atol=0)
+
+
+def test_validate_test_predict_after_fit(tmp_path, capsys) -> None:
+    """One val/test/predict loader: the returned results, the printed table, callback/logged/progress
+    bar metrics, every callback hook with the stage flags and grad mode it ran under, the logger's
+    calls, and the predictions, as Lightning's."""
+    train, val = cases.make_data()
+    args = (regressor, val, val, predict_data())
+    ref = run_eval_suite("lightning", *args, str(tmp_path / "l"), capsys)
+    got = run_eval_suite("mopt_fast", *args, str(tmp_path / "m"), capsys)
+    assert_suite_equal(got, ref)
+    assert "Test metric" in ref["test_printed"] and ref["silent_printed"] == ""
+    assert ref["test"][0]["test_epoch_end"] == 3.0 and "test_hidden" not in ref["test"][0]
+    assert len(ref["predict"]) == 3
+
+
+def test_several_dataloaders(tmp_path, capsys) -> None:
+    """Two validation / test / predict loaders (a list and a dict): dataloader_idx passed (only
+    then), "/dataloader_idx_N" names, one result dict per loader, num_*_batches as lists, the
+    predictions per loader, and the step metrics logged per loader."""
+    train, val = cases.make_data()
+    short = DataLoader(val.dataset, batch_size=8)
+    args = (several_loaders, [val, short], {"a": short, "b": val}, [predict_data(), predict_data(12, 5)])
+    ref = run_eval_suite("lightning", *args, str(tmp_path / "l"), capsys, limit_val_batches=2)
+    got = run_eval_suite("mopt_fast", *args, str(tmp_path / "m"), capsys, limit_val_batches=2)
+    assert_suite_equal(got, ref)
+    assert ref["num_val_batches"] == [2, 2] and len(ref["test"]) == 2 and len(ref["predict"]) == 2
+    assert "val_loss/dataloader_idx_1" in ref["fit_metrics"]["callback"]
+    assert "val_shared" in ref["fit_metrics"]["callback"]
+
+
+@pytest.mark.parametrize("inference_mode", [True, False])
+def test_inference_mode(tmp_path, capsys, inference_mode: bool) -> None:
+    """validate/test/predict under torch.inference_mode (Trainer(inference_mode=True), the default) or
+    no_grad; validation inside fit under no_grad whatever the flag (the recorder sees the modes)."""
+    train, val = cases.make_data()
+    args = (regressor, val, val, predict_data())
+    ref = run_eval_suite("lightning", *args, str(tmp_path / "l"), capsys, inference_mode=inference_mode)
+    got = run_eval_suite("mopt_fast", *args, str(tmp_path / "m"), capsys, inference_mode=inference_mode)
+    assert_suite_equal(got, ref)
+    assert any(c[0] == "on_test_batch_start" and c[7] is inference_mode for c in ref["hooks"])
+
+
+@pytest.mark.parametrize("kw", [{"limit_test_batches": 2, "limit_predict_batches": 1},
+                                {"limit_test_batches": 0.5, "limit_predict_batches": 0.5},
+                                {"limit_test_batches": 0, "limit_predict_batches": 0}])
+def test_limit_test_and_predict_batches(tmp_path, capsys, kw: dict) -> None:
+    train, val = cases.make_data()
+    args = (regressor, val, val, predict_data())
+    ref = run_eval_suite("lightning", *args, str(tmp_path / "l"), capsys, **kw)
+    got = run_eval_suite("mopt_fast", *args, str(tmp_path / "m"), capsys, **kw)
+    assert_suite_equal(got, ref)
+
+
+def test_predict_default_step_and_return_predictions(tmp_path) -> None:
+    """predict_step's default (``self(batch)``), return_predictions=False (None returned, the hooks
+    still run), predict on a model never fitted."""
+    def make(LM):
+        class Forward(regressor(LM)):
+            predict_step = LM.predict_step  # back to the default
+
+        return Forward
+
+    results = {}
+    for fw in ("lightning", "mopt_fast"):
+        torch.manual_seed(0)
+        model = make(classes(fw)[0])()
+        rec = recorder(fw)
+        trainer = new_trainer(fw, str(tmp_path / fw), callbacks=[rec])
+        full = quiet(trainer.predict, model, predict_data())
+        none = quiet(trainer.predict, model, predict_data(), return_predictions=False)
+        results[fw] = (full, none, rec.calls)
+    torch.testing.assert_close(results["mopt_fast"][0], results["lightning"][0], rtol=0, atol=0)
+    assert results["mopt_fast"][1] is results["lightning"][1] is None
+    assert results["mopt_fast"][2] == results["lightning"][2]
+
+
+# -- ckpt_path for validate / test / predict -----------------------------------------------------------
+@pytest.mark.parametrize("which", ["best", "last", "path", "no_model", "user_managed"])
+def test_eval_ckpt_path(tmp_path, capsys, which: str) -> None:
+    """validate/test/predict(ckpt_path="best" | "last" | a path), the "best" default without a model,
+    and ``trainer.ckpt_path = ...``: the weights loaded (each Trainer reading its own checkpoints),
+    the results, and trainer.ckpt_path afterwards."""
+    out = {}
+    for fw in ("lightning", "mopt_fast"):
+        LM = classes(fw)[0]
+        Checkpoint = (__import__("lightning.pytorch.callbacks", fromlist=["x"]).ModelCheckpoint if fw == "lightning"
+                      else mopt_fast.ModelCheckpoint)
+        torch.manual_seed(0)
+        model = regressor(LM)()
+        root = tmp_path / fw
+        ckpt = Checkpoint(dirpath=str(root / "ckpts"), monitor="val_loss", save_last=True, save_top_k=-1)
+        trainer = new_trainer(fw, str(root), max_epochs=3, callbacks=[ckpt], enable_checkpointing=True)
+        train, val = cases.make_data()
+        quiet(trainer.fit, model, train, val)
+        fitted = {k: v.clone() for k, v in model.state_dict().items()}
+        best, last = os.path.basename(ckpt.best_model_path), os.path.basename(ckpt.last_model_path)
+        with torch.no_grad():  # what a loaded checkpoint must overwrite
+            for p in model.parameters():
+                p.add_(1.0)
+        kwargs: dict[str, Any] = {"dataloaders": val}
+        if which == "no_model":
+            args: tuple = ()
+        else:
+            args = (model,)
+            if which == "path":
+                kwargs["ckpt_path"] = ckpt.best_model_path
+            elif which == "user_managed":
+                trainer.ckpt_path = ckpt.last_model_path
+            else:
+                kwargs["ckpt_path"] = which
+        capsys.readouterr()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = trainer.validate(*args, verbose=False, **kwargs)
+            tested = trainer.test(*args, verbose=False, **kwargs)
+            predicted = trainer.predict(*args, dataloaders=predict_data(),
+                                        **{k: v for k, v in kwargs.items() if k != "dataloaders"})
+        loaded = trainer.ckpt_path
+        out[fw] = {
+            "result": result, "tested": tested, "predicted": predicted,
+            "loaded": None if loaded is None else os.path.basename(loaded),
+            "best": best, "last": last,
+            "state": {k: v.clone() for k, v in model.state_dict().items()}, "fitted": fitted,
+            "best_default_warned": any("best model of the previous `fit`" in str(w.message) for w in caught),
+        }
+    got, ref = out["mopt_fast"], out["lightning"]
+    for key in ("result", "tested", "loaded", "best", "last", "best_default_warned"):
+        assert got[key] == ref[key], key
+    torch.testing.assert_close(got["predicted"], ref["predicted"], rtol=0, atol=0)
+    assert_state_equal(got["state"], ref["state"])
+    assert ref["loaded"] is not None
+    if which == "last" or which == "user_managed":
+        assert_state_equal(ref["state"], ref["fitted"])  # the last checkpoint is the end of fit
+
+
+def test_eval_ckpt_path_errors(tmp_path) -> None:
+    """"best" without a ModelCheckpoint, "best" with one that saved nothing: Lightning's ValueErrors."""
+    for fw in ("lightning", "mopt_fast"):
+        LM = classes(fw)[0]
+        model = regressor(LM)()
+        _, val = cases.make_data()
+        trainer = new_trainer(fw, str(tmp_path / fw))
+        with pytest.raises(ValueError, match=r'`.validate\(ckpt_path="best"\)` is set but `ModelCheckpoint` is not '
+                                             'configured.'):
+            quiet(trainer.validate, model, val, ckpt_path="best")
+        trainer = new_trainer(fw, str(tmp_path / fw), enable_checkpointing=True)
+        with pytest.raises(ValueError, match="not configured to save the best model"):
+            quiet(trainer.test, model, val, ckpt_path="best")
+
+
+# -- LightningDataModule ------------------------------------------------------------------------------------
+def datamodule_class(fw: str) -> type:
+    DataModule = classes(fw)[2]
+
+    class Data(DataModule):
+        def __init__(self, batch_size: int = 16, shift: float = 0.0, calls: list | None = None) -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore=["calls"])
+            self.calls = calls if calls is not None else []
+            self.epochs_seen = 0
+
+        def prepare_data(self):
+            self.calls.append(("prepare_data",))
+
+        def setup(self, stage):
+            self.calls.append(("setup", str(stage).split(".")[-1].lower()))
+            train, val = cases.make_data(batch_size=self.hparams.batch_size)
+            self.train_set, self.val_set = train.dataset, val.dataset
+
+        def teardown(self, stage):
+            self.calls.append(("teardown", str(stage).split(".")[-1].lower()))
+
+        def train_dataloader(self):
+            self.calls.append(("train_dataloader",))
+            return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True)
+
+        def val_dataloader(self):
+            self.calls.append(("val_dataloader",))
+            return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
+
+        def test_dataloader(self):
+            self.calls.append(("test_dataloader",))
+            return [DataLoader(self.val_set, batch_size=8), DataLoader(self.val_set, batch_size=20)]
+
+        def predict_dataloader(self):
+            self.calls.append(("predict_dataloader",))
+            return DataLoader(TensorDataset(self.val_set.tensors[0]), batch_size=10)
+
+        def state_dict(self):
+            return {"epochs_seen": self.epochs_seen}
+
+        def load_state_dict(self, state):
+            self.calls.append(("load_state_dict", state["epochs_seen"]))
+            self.epochs_seen = state["epochs_seen"]
+
+    return Data
+
+
+@pytest.mark.parametrize("positional", [True, False], ids=["fit(model, dm)", "fit(datamodule=dm)"])
+def test_datamodule(tmp_path, positional: bool) -> None:
+    """fit / validate / test / predict with a LightningDataModule: its hooks in Lightning's order,
+    the same weights and results, its hyperparameters logged with the module's, and its state in
+    the checkpoint and back."""
+    out = {}
+    for fw in ("lightning", "mopt_fast"):
+        LM = classes(fw)[0]
+        calls: list = []
+        dm = datamodule_class(fw)(batch_size=12, shift=0.5, calls=calls)
+        torch.manual_seed(0)
+        model = several_loaders(LM)()
+        model.recorded = []
+        logger = cases.recording_logger(fw)
+        hparams: list = []
+        logger.log_hyperparams = lambda params, *a, _into=hparams, **k: _into.append(dict(params))
+        trainer = new_trainer(fw, str(tmp_path / fw), logger=logger, callbacks=[recorder(fw)])
+        quiet(trainer.fit, model, dm) if positional else quiet(trainer.fit, model, datamodule=dm)
+        dm.epochs_seen = 5
+        path = str(tmp_path / fw / "saved.ckpt")
+        trainer.save_checkpoint(path)
+        dm.epochs_seen = 0
+        validated = quiet(trainer.validate, model, dm, ckpt_path=path, verbose=False)
+        tested = quiet(trainer.test, model, datamodule=dm, verbose=False)
+        predicted = quiet(trainer.predict, model, dm)
+        saved = torch.load(path, weights_only=False)
+        out[fw] = {
+            "calls": calls, "hparams": hparams, "validated": validated, "tested": tested, "predicted": predicted,
+            "state": {k: v.clone() for k, v in model.state_dict().items()}, "recorded": model.recorded,
+            "dm_state": saved.get(type(dm).__qualname__), "dm_hparams": dict(saved.get("datamodule_hyper_parameters", {})),
+            "attached": (trainer.datamodule is dm, dm.trainer is trainer), "epochs_seen": dm.epochs_seen,
+            "hooks": trainer.callbacks[0].calls,
+        }
+    got, ref = out["mopt_fast"], out["lightning"]
+    for key in ("calls", "hparams", "validated", "tested", "recorded", "dm_state", "dm_hparams", "attached",
+                "epochs_seen", "hooks"):
+        assert got[key] == ref[key], key
+    assert_state_equal(got["state"], ref["state"])
+    torch.testing.assert_close(got["predicted"], ref["predicted"], rtol=0, atol=0)
+    assert ref["dm_state"] == {"epochs_seen": 5} and ref["epochs_seen"] == 5
+    assert ref["hparams"] and ref["hparams"][0] == {"batch_size": 12, "shift": 0.5}
+
+
+def test_datamodule_argument_errors(tmp_path) -> None:
+    for fw in ("lightning", "mopt_fast"):
+        LM = classes(fw)[0]
+        model = regressor(LM)()
+        dm = datamodule_class(fw)()
+        train, val = cases.make_data()
+        trainer = new_trainer(fw, str(tmp_path / fw))
+        with pytest.raises(MisconfigurationException_of(fw), match="You cannot pass `train_dataloader` or"):
+            trainer.fit(model, train, datamodule=dm)
+        with pytest.raises(MisconfigurationException_of(fw), match=r"You cannot pass both `trainer.test\(dataloaders"):
+            trainer.test(model, val, datamodule=dm)
+        with pytest.raises(MisconfigurationException_of(fw), match=r"You cannot pass both `trainer.predict"):
+            trainer.predict(model, val, datamodule=dm)
+
+
+def MisconfigurationException_of(fw: str) -> type:
+    if fw == "lightning":
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    else:
+        from mopt_fast import MisconfigurationException
+    return MisconfigurationException
+
+
+# -- what Lightning rejects -----------------------------------------------------------------------------
+def both_raise(make_and_run: Callable[[str], Any], error: type | tuple, match: str) -> None:
+    """`make_and_run(fw)` raises `error` matching `match` under both Trainers (`error` may name
+    Lightning's MisconfigurationException as "misconf")."""
+    for fw in ("lightning", "mopt_fast"):
+        err = MisconfigurationException_of(fw) if error == "misconf" else error
+        with pytest.raises(err, match=match):
+            quiet(make_and_run, fw)
+
+
+@pytest.mark.parametrize("entry", ["validate", "test", "predict"])
+def test_entry_point_without_a_model(tmp_path, entry: str) -> None:
+    both_raise(lambda fw: getattr(new_trainer(fw, str(tmp_path)), entry)(),
+               TypeError, rf"`Trainer.{entry}\(\)` requires a `LightningModule` when it hasn't been passed")
+
+
+@pytest.mark.parametrize("entry,step", [("validate", "validation_step"), ("test", "test_step")])
+def test_eval_without_its_step(tmp_path, entry: str, step: str) -> None:
+    def run(fw: str) -> None:
+        LM = classes(fw)[0]
+
+        class NoSteps(cases.minimal(LM)):
+            validation_step = LM.validation_step
+
+        getattr(new_trainer(fw, str(tmp_path)), entry)(NoSteps(), cases.make_data()[1])
+
+    both_raise(run, "misconf", rf"No `{step}\(\)` method defined to run `Trainer.{entry}`")
+
+
+def test_predict_step_none(tmp_path) -> None:
+    def run(fw: str) -> None:
+        model = regressor(classes(fw)[0])()
+        model.predict_step = None
+        new_trainer(fw, str(tmp_path)).predict(model, predict_data())
+
+    both_raise(run, "misconf", r"`predict_step` cannot be None to run `Trainer.predict`")
+
+
+@pytest.mark.parametrize("several", [True, False])
+def test_dataloader_idx_in_the_step_signature(tmp_path, several: bool) -> None:
+    """Several loaders need `dataloader_idx` in the step; one loader refuses it without a default."""
+    def run(fw: str) -> None:
+        LM = classes(fw)[0]
+
+        class NoIdx(regressor(LM)):
+            def test_step(self, batch, batch_idx):
+                pass
+
+        class IdxNoDefault(regressor(LM)):
+            def test_step(self, batch, batch_idx, dataloader_idx):
+                pass
+
+        val = cases.make_data()[1]
+        model = NoIdx() if several else IdxNoDefault()
+        new_trainer(fw, str(tmp_path)).test(model, [val, val] if several else val)
+
+    match = "You provided multiple `test_dataloader`, but no `dataloader_idx`" if several else (
+        "You provided only a single `test_dataloader`, but have included `dataloader_idx`")
+    both_raise(run, RuntimeError, match)
+
+
+def test_reserved_dataloader_idx_name_in_self_log(tmp_path) -> None:
+    def run(fw: str) -> None:
+        LM = classes(fw)[0]
+
+        class Reserved(regressor(LM)):
+            def validation_step(self, batch, batch_idx):
+                self.log("val/dataloader_idx_0", 1.0)
+
+        new_trainer(fw, str(tmp_path)).validate(Reserved(), cases.make_data()[1])
+
+    both_raise(run, "misconf", r"should not contain information about `dataloader_idx`")
+
+
+def test_same_name_from_two_loaders_without_the_suffix(tmp_path) -> None:
+    def run(fw: str) -> None:
+        LM = classes(fw)[0]
+
+        class Shared(regressor(LM)):
+            def validation_step(self, batch, batch_idx, dataloader_idx=0):
+                self.log("shared", 1.0, add_dataloader_idx=False)
+
+        val = cases.make_data()[1]
+        new_trainer(fw, str(tmp_path)).validate(Shared(), [val, val])
+
+    both_raise(run, "misconf", r"You called `self.log\(shared, ...\)` twice in `validation_step` with different")
+
+
+def test_optimizer_idx_in_training_step(tmp_path) -> None:
+    def run(fw: str) -> None:
+        LM = classes(fw)[0]
+
+        class OldStyle(cases.automatic()(LM)):
+            def training_step(self, batch, batch_idx, optimizer_idx):
+                return self.compute_loss(batch)
+
+        new_trainer(fw, str(tmp_path)).fit(OldStyle(), cases.make_data()[0])
+
+    both_raise(run, RuntimeError, r"Remove the `optimizer_idx` argument from `training_step`")
+
+
+def test_scheduler_without_the_lr_scheduler_api(tmp_path) -> None:
+    """A scheduler that is not torch's LRScheduler (no `step()` as torch's) is refused before
+    training, unless lr_scheduler_step is overridden."""
+    class Custom:
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    def make(fw: str, override: bool) -> Any:
+        LM = classes(fw)[0]
+
+        class WithCustom(cases.automatic()(LM)):
+            def configure_optimizers(self):
+                opt = torch.optim.SGD(self.parameters(), lr=0.1)
+                return [opt], [Custom(opt)]
+
+            if override:
+                def lr_scheduler_step(self, scheduler, metric):
+                    self.recorded.append("stepped")
+
+        return WithCustom()
+
+    both_raise(lambda fw: new_trainer(fw, str(tmp_path)).fit(make(fw, False), cases.make_data()[0]),
+               "misconf", r"The provided lr scheduler `Custom` doesn't follow PyTorch's LRScheduler API")
+    for fw in ("lightning", "mopt_fast"):
+        model = make(fw, True)
+        model.recorded = []
+        quiet(new_trainer(fw, str(tmp_path), max_epochs=2).fit, model, cases.make_data()[0])
+        assert model.recorded == ["stepped", "stepped"]
+
+
+@pytest.mark.parametrize("legacy", ["training_epoch_end", "validation_epoch_end"])
+def test_removed_epoch_end_hooks(tmp_path, legacy: str) -> None:
+    def run(fw: str) -> None:
+        model = regressor(classes(fw)[0])()
+        setattr(model, legacy, lambda outputs: None)
+        train, val = cases.make_data()
+        new_trainer(fw, str(tmp_path)).fit(model, train, val)
+
+    both_raise(run, NotImplementedError, rf"Support for `{legacy}` has been removed in v2.0.0")
+
+
+# -- hooks assigned on the instance ------------------------------------------------------------------------
+def test_hooks_assigned_on_the_instance(tmp_path) -> None:
+    """``m.validation_step = None`` turns validation off; a function assigned as a hook is called."""
+    out = {}
+    for fw in ("lightning", "mopt_fast"):
+        torch.manual_seed(0)
+        model = regressor(classes(fw)[0])()
+        calls: list = []
+        model.validation_step = None
+        model.on_train_epoch_end = lambda _c=calls, _m=model: _c.append(("epoch_end", _m.current_epoch))
+        model.on_train_batch_end = lambda outputs, batch, batch_idx, _c=calls: _c.append(("batch_end", batch_idx))
+        rec = recorder(fw)
+        trainer = new_trainer(fw, str(tmp_path / fw), callbacks=[rec], limit_train_batches=2)
+        quiet(trainer.fit, model, *cases.make_data())
+        out[fw] = (calls, rec.calls, {k: v.clone() for k, v in model.state_dict().items()})
+    assert out["mopt_fast"][0] == out["lightning"][0] and out["lightning"][0]
+    assert out["mopt_fast"][1] == out["lightning"][1]
+    assert not any("validation" in c[0] for c in out["lightning"][1])
+    assert_state_equal(out["mopt_fast"][2], out["lightning"][2])

@@ -23,14 +23,10 @@ __all__ = ["UNSUPPORTED", "check_limit", "configure", "parse_devices"]
 
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off".
 UNSUPPORTED = {
-    "fast_dev_run": False, "min_epochs": None, "min_steps": None, "max_time": None,
-    "limit_test_batches": None, "limit_predict_batches": None, "overfit_batches": 0.0,
+    "fast_dev_run": False, "min_epochs": None, "min_steps": None, "max_time": None, "overfit_batches": 0.0,
     "profiler": None, "detect_anomaly": False, "barebones": False, "plugins": None,
     "sync_batchnorm": False, "reload_dataloaders_every_n_epochs": 0, "use_distributed_sampler": True,
     "deterministic": None, "benchmark": None, "model_registry": None,
-    # Lightning's fit validates under no_grad whatever this says; it matters for validate/test,
-    # which this Trainer lacks.
-    "inference_mode": True,
 }
 
 
@@ -114,6 +110,10 @@ def configure(trainer: Trainer, args: dict[str, Any]) -> None:
     trainer.max_steps = max_steps
     trainer.limit_train_batches = check_limit("limit_train_batches", a["limit_train_batches"])
     trainer.limit_val_batches = check_limit("limit_val_batches", a["limit_val_batches"])
+    trainer.limit_test_batches = check_limit("limit_test_batches", a["limit_test_batches"])
+    trainer.limit_predict_batches = check_limit("limit_predict_batches", a["limit_predict_batches"])
+    trainer.inference_mode = bool(a["inference_mode"])
+    trainer.fast_dev_run = False
     val_check_interval = a["val_check_interval"]
     trainer.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
     if isinstance(trainer.val_check_interval, float) and not 0.0 < trainer.val_check_interval <= 1.0:
@@ -122,9 +122,10 @@ def configure(trainer: Trainer, args: dict[str, Any]) -> None:
         )
     trainer.check_val_every_n_epoch = a["check_val_every_n_epoch"]
     num_sanity_val_steps = a["num_sanity_val_steps"]
-    trainer.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
-    if trainer.num_sanity_val_steps != -1 and trainer.num_sanity_val_steps < 0:
+    num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+    if num_sanity_val_steps != -1 and num_sanity_val_steps < 0:
         raise MisconfigurationException("`num_sanity_val_steps` must be >= -1")
+    trainer.num_sanity_val_steps = float("inf") if num_sanity_val_steps == -1 else num_sanity_val_steps
     log_every_n_steps = a["log_every_n_steps"]
     trainer.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
     if trainer.log_every_n_steps < 0:

@@ -37,15 +37,23 @@ _LOG_OPTIONS: dict[str, tuple] = {
         ),
         _STEP_HOOK,
     ),
-    **dict.fromkeys(("validation_step", "on_validation_batch_start", "on_validation_batch_end"), _VAL_STEP_HOOK),
+    **dict.fromkeys(
+        (
+            "validation_step", "on_validation_batch_start", "on_validation_batch_end",
+            "test_step", "on_test_batch_start", "on_test_batch_end",
+        ),
+        _VAL_STEP_HOOK,
+    ),
     **dict.fromkeys(
         (
             "on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_validation_start",
-            "on_validation_epoch_start", "on_validation_epoch_end",
+            "on_validation_epoch_start", "on_validation_epoch_end", "on_test_start", "on_test_epoch_start",
+            "on_test_epoch_end",
         ),
         _EPOCH_HOOK,
     ),
 }
+DATALOADER_SUFFIX = "/dataloader_idx_{}"
 _REDUCTIONS = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
 _TORCH_REDUCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min"}
 
@@ -106,11 +114,12 @@ def extract_batch_size(batch: Any) -> int:
 class _Metric:
     __slots__ = (
         "fx", "name", "prog_bar", "logger", "on_step", "on_epoch", "reduction", "enable_graph",
-        "value", "count", "step_value", "has_reset", "step_name", "epoch_name", "_default",
+        "value", "count", "step_value", "has_reset", "step_name", "epoch_name", "_default", "dataloader_idx",
     )
 
     def __init__(self, fx: str, name: str, prog_bar: bool, logger: bool, on_step: bool, on_epoch: bool,
-                 reduction: str, enable_graph: bool, device: torch.device) -> None:
+                 reduction: str, enable_graph: bool, device: torch.device, dataloader_idx: int | None = None,
+                 add_dataloader_idx: bool = True) -> None:
         self.fx, self.name = fx, name
         self.prog_bar, self.logger = prog_bar, logger
         self.on_step, self.on_epoch = on_step, on_epoch
@@ -118,12 +127,21 @@ class _Metric:
         both = on_step and on_epoch
         self.step_name = name + "_step" if both else name
         self.epoch_name = name + "_epoch" if both else name
+        # Several eval dataloaders: the metric belongs to one, and its names carry "/dataloader_idx_N"
+        # (unless logged with add_dataloader_idx=False).
+        self.dataloader_idx = dataloader_idx
+        if dataloader_idx is not None and add_dataloader_idx:
+            suffix = DATALOADER_SUFFIX.format(dataloader_idx)
+            self.name, self.step_name, self.epoch_name = name + suffix, self.step_name + suffix, self.epoch_name + suffix
         self._default = {"max": float("-inf"), "min": float("inf")}.get(reduction, 0.0)
         self.reset(device)
         self.has_reset = False
 
     def options(self) -> tuple:
         return (self.prog_bar, self.logger, self.on_step, self.on_epoch, self.reduction, self.enable_graph)
+
+    def same_options(self, options: tuple, dataloader_idx: int | None) -> bool:
+        return self.options() == options and self.dataloader_idx == dataloader_idx
 
     def reset(self, device: torch.device | None = None) -> None:
         device = device if device is not None else self.value.device
@@ -169,15 +187,21 @@ class _Results(dict):
         self.training = training
         self.batch: Any = None
         self.batch_size: int | None = None
+        self.dataloader_idx: int | None = None  # the eval dataloader running, when there are several
 
     def log(self, fx: str, name: str, value: torch.Tensor, prog_bar: bool, logger: bool, on_step: bool,
-            on_epoch: bool, reduction: str, enable_graph: bool, batch_size: int | None) -> None:
+            on_epoch: bool, reduction: str, enable_graph: bool, batch_size: int | None,
+            add_dataloader_idx: bool = True) -> None:
         key = f"{fx}.{name}"
+        dataloader_idx = self.dataloader_idx
+        if add_dataloader_idx and dataloader_idx is not None:
+            key += f".{dataloader_idx}"
+            fx += f".{dataloader_idx}"
         metric = self.get(key)
         if metric is None:
             metric = self[key] = _Metric(fx, name, prog_bar, logger, on_step, on_epoch, reduction, enable_graph,
-                                         value.device)
-        elif metric.options() != (prog_bar, logger, on_step, on_epoch, reduction, enable_graph):
+                                         value.device, dataloader_idx, add_dataloader_idx)
+        elif not metric.same_options((prog_bar, logger, on_step, on_epoch, reduction, enable_graph), dataloader_idx):
             raise MisconfigurationException(
                 f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments. This is not allowed"
             )
@@ -196,7 +220,7 @@ class _Results(dict):
         log: dict[str, torch.Tensor] = {}
         pbar: dict[str, torch.Tensor] = {}
         for m in self.values():
-            if m.has_reset:
+            if m.has_reset or m.dataloader_idx != self.dataloader_idx:
                 continue
             if on_step:
                 if not m.on_step or m.step_value is None:
@@ -246,7 +270,7 @@ class MetricStore:
     # -- self.log ---------------------------------------------------------------------------
     def log(self, trainer: Any, name: str, value: Any, *, prog_bar: bool, logger: bool | None, on_step: bool | None,
             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
-            sync_dist: bool = False) -> None:
+            sync_dist: bool = False, add_dataloader_idx: bool = True) -> None:
         fx = trainer._current_fx
         results = self.active
         if results is None or fx is None:
@@ -272,6 +296,11 @@ class MetricStore:
             raise MisconfigurationException(
                 f"You can't `self.log({fx}, on_epoch={on_epoch})`. Possible values are {list(allowed_epoch)}"
             )
+        if add_dataloader_idx and "/dataloader_idx_" in name:
+            raise MisconfigurationException(
+                f"You called `self.log` with the key `{name}` but it should not contain information about "
+                "`dataloader_idx` when `add_dataloader_idx=True`"
+            )
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 raise ValueError(
@@ -294,17 +323,18 @@ class MetricStore:
                 f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured.", stacklevel=4
             )
         results.log(fx, name, value, prog_bar, True if logger is None else bool(logger), on_step, on_epoch,
-                    reduction, enable_graph, batch_size)
+                    reduction, enable_graph, batch_size, add_dataloader_idx)
         self.current_fx = fx
 
     # -- the loop's events ------------------------------------------------------------------
-    def on_batch_start(self, batch: Any) -> None:
+    def on_batch_start(self, batch: Any, dataloader_idx: int | None = None) -> None:
         if self.first_loop_iter is None:
             self.first_loop_iter = True
         elif self.first_loop_iter is True:
             self.first_loop_iter = False
         self.active.batch = batch
         self.active.batch_size = None
+        self.active.dataloader_idx = dataloader_idx
 
     def on_batch_end(self) -> None:
         self._update(*self.active.metrics(on_step=True))

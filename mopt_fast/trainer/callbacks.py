@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mopt_fast.hooks import EvaluationCallbackHooks
+
 __all__ = ["Callback", "TQDMProgressBar", "ModelSummary", "HOOKS"]
 
 HOOKS = (
@@ -23,7 +25,7 @@ HOOKS = (
 )
 
 
-class Callback:
+class Callback(EvaluationCallbackHooks):
     """Override any of the hooks in `HOOKS`; each gets ``(trainer, pl_module, *hook_args)``."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None: ...

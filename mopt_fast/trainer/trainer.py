@@ -18,24 +18,28 @@ _protocol.py.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from mopt_fast.datamodule import LightningDataModule
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.module import LightningModule
 from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, resume, training_step
 from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
-from mopt_fast.trainer._data import isolated_rng, num_batches, shut_down_workers
+from mopt_fast.trainer._data import isolated_rng, shut_down_workers
+from mopt_fast.trainer._hooks import build_hook_table, is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._metrics import MetricStore, to_scalars
-from mopt_fast.trainer.callbacks import HOOKS, Callback, TQDMProgressBar
+from mopt_fast.trainer._warn import warn
+from mopt_fast.trainer.callbacks import Callback, TQDMProgressBar
 from mopt_fast.trainer.checkpoint import ModelCheckpoint, save_checkpoint_file
-from mopt_fast.trainer.evaluation_loop import EvaluationLoop
+from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
 from mopt_fast.trainer.fit_loop import FitLoop
 from mopt_fast.trainer.loggers import Logger
 from mopt_fast.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
@@ -43,25 +47,9 @@ from mopt_fast.trainer.strategies import Strategy
 
 __all__ = ["Trainer"]
 
-# Module hooks with a default that does something: always called.
-_ALWAYS = {
-    "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step", "backward",
-    "on_validation_model_eval", "on_validation_model_train", "on_validation_model_zero_grad",
-}
-
-
-def _overrides(obj: Any, base: type, name: str) -> bool:
-    return getattr(type(obj), name, None) is not getattr(base, name, None)
-
-
-def _takes_batch_idx(fn: Callable) -> bool:
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
-    return "batch_idx" in [p.name for p in params] or len(params) >= 2
+class _MultipleOptimizersError(MisconfigurationException, RuntimeError):
+    """Lightning raises a RuntimeError here; mopt_fast's MisconfigurationException (a ValueError)
+    before: both catch it."""
 
 
 class Trainer:
@@ -107,9 +95,13 @@ class Trainer:
     max_steps: int
     limit_train_batches: int | float
     limit_val_batches: int | float
+    limit_test_batches: int | float
+    limit_predict_batches: int | float
+    inference_mode: bool
+    fast_dev_run: bool | int
     val_check_interval: int | float
     check_val_every_n_epoch: int | None
-    num_sanity_val_steps: int
+    num_sanity_val_steps: int | float
     log_every_n_steps: int
     default_root_dir: str
     loggers: list[Logger]
@@ -129,6 +121,8 @@ class Trainer:
         max_steps: int = -1,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
         val_check_interval: int | float | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
@@ -140,6 +134,7 @@ class Trainer:
         gradient_clip_val: int | float | None = None,
         gradient_clip_algorithm: str | None = None,
         default_root_dir: str | os.PathLike | None = None,
+        inference_mode: bool = True,
         **unsupported: Any,
     ) -> None:
         args = dict(locals())
@@ -156,9 +151,16 @@ class Trainer:
         self._validation_has_run = False
         self._hooks: dict[str, list[tuple[Callable, bool]]] = {}
         self.fit_loop = FitLoop(self)
-        self.val_loop = EvaluationLoop(self)
-        self.num_val_batches: int | float = 0
-        self.enable_validation = False
+        self.val_loop = EvaluationLoop(self, TrainerFn.FITTING, RunningStage.VALIDATING, verbose=False,
+                                       inference_mode=False)
+        self.validate_loop = EvaluationLoop(self, TrainerFn.VALIDATING, RunningStage.VALIDATING,
+                                            inference_mode=self.inference_mode)
+        self.test_loop = EvaluationLoop(self, TrainerFn.TESTING, RunningStage.TESTING,
+                                        inference_mode=self.inference_mode)
+        self.predict_loop = PredictionLoop(self, inference_mode=self.inference_mode)
+        self.datamodule: LightningDataModule | None = None
+        self._ckpt_path: str | None = None
+        self._ckpt_path_user_managed = False
         self.should_stop = False
 
     # -- state -------------------------------------------------------------------------------------
@@ -242,6 +244,69 @@ class Trainer:
     def val_check_batch(self) -> int | float:
         return self.fit_loop.val_check_batch
 
+    @property
+    def enable_validation(self) -> bool:
+        """fit validates: a validation loader is given or defined, `validation_step` is, and
+        limit_val_batches > 0."""
+        model = self.lightning_module
+        return (
+            model is not None and self.limit_val_batches > 0 and self.val_loop.source.is_defined()
+            and is_overridden("validation_step", model, LightningModule)
+        )
+
+    # -- the dataloaders and their batch counts --------------------------------------------------------
+    @property
+    def num_val_batches(self) -> list[int | float]:
+        if self.state.fn == TrainerFn.VALIDATING:
+            return list(self.validate_loop.max_batches)
+        return list(self.val_loop.max_batches)
+
+    @property
+    def num_sanity_val_batches(self) -> list[int | float]:
+        return [min(self.num_sanity_val_steps, n) for n in self.num_val_batches]
+
+    @property
+    def num_test_batches(self) -> list[int | float]:
+        return list(self.test_loop.max_batches)
+
+    @property
+    def num_predict_batches(self) -> list[int | float]:
+        return list(self.predict_loop.max_batches)
+
+    @staticmethod
+    def _loaders(loaders: list[Any] | None) -> Any:
+        if not loaders:
+            return None
+        return loaders[0] if len(loaders) == 1 else list(loaders)
+
+    @property
+    def train_dataloader(self) -> Any:
+        return self.fit_loop.loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loop = self.validate_loop if self.state.fn == TrainerFn.VALIDATING else self.val_loop
+        return self._loaders(loop.loaders)
+
+    @property
+    def test_dataloaders(self) -> Any:
+        return self._loaders(self.test_loop.loaders)
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        return self._loaders(self.predict_loop.loaders)
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """The checkpoint the last fit/validate/test/predict loaded (None: none). Set it to have the
+        next call load that one (until set back to None)."""
+        return self._ckpt_path
+
+    @ckpt_path.setter
+    def ckpt_path(self, path: str | os.PathLike | None) -> None:
+        self._ckpt_path = os.fspath(path) if path is not None else None
+        self._ckpt_path_user_managed = bool(path)
+
     # -- what users read -------------------------------------------------------------------------
     @property
     def model(self) -> LightningModule | None:
@@ -306,23 +371,14 @@ class Trainer:
 
     # -- hooks -------------------------------------------------------------------------------------
     def _build_hook_table(self, module: LightningModule) -> None:
-        table: dict[str, list[tuple[Callable, bool]]] = {}
-        for name in HOOKS + tuple(_ALWAYS):
-            fns: list[tuple[Callable, bool]] = []
-            for cb in self.callbacks:
-                if name in HOOKS and hasattr(cb, name) and _overrides(cb, Callback, name):
-                    fns.append((getattr(cb, name), True))
-            if hasattr(LightningModule, name) and (name in _ALWAYS or _overrides(module, LightningModule, name)):
-                fns.append((getattr(module, name), False))
-            table[name] = fns
-        self._hooks = table
+        self._hooks = build_hook_table(self.callbacks, module)
 
     def _module_overrides(self, name: str) -> bool:
-        return _overrides(self.lightning_module, LightningModule, name)
+        return is_overridden(name, self.lightning_module, LightningModule)
 
     @staticmethod
     def _takes_batch_idx(fn: Callable) -> bool:
-        return _takes_batch_idx(fn)
+        return is_param_in_hook_signature(fn, "batch_idx", min_args=2)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Calls `name` on the callbacks (with trainer, module) and then the module; returns the
@@ -351,6 +407,13 @@ class Trainer:
         finally:
             self._current_fx = prev
 
+    def _call_datamodule(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        datamodule = self.datamodule
+        if datamodule is None:
+            return None
+        fn = getattr(datamodule, name, None)
+        return fn(*args, **kwargs) if callable(fn) else None
+
     # -- what the module and the optimizer wrapper call (see _protocol.py) -------------------------
     def _backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         training_step.backward(self, loss, optimizer, *args, **kwargs)
@@ -364,107 +427,390 @@ class Trainer:
     def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any]:
         return resume.checkpoint_dict(self, weights_only)
 
-    # -- fit ---------------------------------------------------------------------------------------
+    # -- the entry points ---------------------------------------------------------------------------
     def fit(
         self,
         model: LightningModule,
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
-        datamodule: Any = None,
-        ckpt_path: str | None = None,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        weights_only: bool | None = None,
     ) -> None:
-        """Train `model` on `train_dataloaders` (or its `train_dataloader()`), validating on
-        `val_dataloaders` (or its `val_dataloader()`) when it defines `validation_step`."""
-        if not isinstance(model, LightningModule):
-            raise TypeError(f"`model` must be a `mopt_fast.LightningModule`, got {type(model).__qualname__}")
-        if datamodule is not None:
-            raise NotImplementedError("fit(datamodule=...) is not supported yet; pass the dataloaders")
-        self.lightning_module = model
-        model.trainer = self
-        self.fit_loop.loader = self.val_loop.loader = None
+        """Train `model` on `train_dataloaders` (or a data module's / the model's
+        `train_dataloader()`), validating on `val_dataloaders` (or `val_dataloader()`) when it defines
+        `validation_step`. A `LightningDataModule` may come as `datamodule` or in place of
+        `train_dataloaders`. `ckpt_path`: resume from this checkpoint, "last" or "best"."""
+        self._connect(model)
         self.state.fn = TrainerFn.FITTING
         self.state.status = TrainerStatus.RUNNING
+        self.training = True
+        self.should_stop = False
+        self._run_entry(self._fit_impl, model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+
+    def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
+                  datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
+        if isinstance(train_dataloaders, LightningDataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        if (train_dataloaders is not None or val_dataloaders is not None) and datamodule is not None:
+            raise MisconfigurationException(
+                "You cannot pass `train_dataloader` or `val_dataloaders` to `trainer.fit(datamodule=...)`"
+            )
+        self._attach(model, datamodule, train=train_dataloaders, val=val_dataloaders)
+        path = resume.select_ckpt_path(self, ckpt_path, model_provided=True)
+        self._run(model, path)
+        self.training = False
+
+    def validate(
+        self,
+        model: LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """One pass of `validation_step` over `dataloaders` (or a data module's / the model's
+        `val_dataloader()`); returns the logged epoch metrics, one dict per dataloader, and prints
+        them (`verbose`). `ckpt_path`: "best", "last" or a checkpoint to load the weights from
+        (default: the model's current weights; "best" when no model is given)."""
+        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(
+        self,
+        model: LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """`validate` for `test_step` and `test_dataloader()`."""
+        return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def predict(
+        self,
+        model: LightningModule | None = None,
+        dataloaders: Any = None,
+        datamodule: LightningDataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        weights_only: bool | None = None,
+    ) -> list[Any] | None:
+        """`predict_step` (by default ``model(batch)``) over `dataloaders` (or
+        `predict_dataloader()`); returns the predictions, moved to the CPU: a list per batch, or a
+        list of those per dataloader when there are several (None with
+        `return_predictions=False`)."""
+        name = "predict"
+        if model is None:
+            if self.lightning_module is None:
+                raise TypeError(f"`Trainer.{name}()` requires a `LightningModule` when it hasn't been passed in a previous run")
+        else:
+            self._connect(model)
+        self.state.fn = TrainerFn.PREDICTING
+        self.state.status = TrainerStatus.RUNNING
+        self.predicting = True
+        return self._run_entry(self._predict_impl, model, dataloaders, datamodule, return_predictions, ckpt_path)
+
+    def _predict_impl(self, model: LightningModule | None, dataloaders: Any, datamodule: LightningDataModule | None,
+                      return_predictions: bool | None, ckpt_path: Any) -> list[Any] | None:
+        self.predict_loop.return_predictions = True if return_predictions is None else bool(return_predictions)
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if dataloaders is not None and datamodule:
+            raise MisconfigurationException("You cannot pass both `trainer.predict(dataloaders=..., datamodule=...)`")
+        provided = model is not None
+        model = model if provided else self.lightning_module
+        self._attach(model, datamodule, predict=dataloaders)
+        path = resume.select_ckpt_path(self, ckpt_path, model_provided=provided)
+        results = self._run(model, path)
+        self.predicting = False
+        return results
+
+    def _evaluate(self, fn: TrainerFn, model: LightningModule | None, dataloaders: Any, ckpt_path: Any,
+                  verbose: bool, datamodule: LightningDataModule | None) -> list[dict[str, float]]:
+        name = fn.value
+        if model is None:
+            if self.lightning_module is None:
+                raise TypeError(f"`Trainer.{name}()` requires a `LightningModule` when it hasn't been passed in a previous run")
+        else:
+            self._connect(model)
+        self.state.fn = fn
+        self.state.status = TrainerStatus.RUNNING
+        stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
+        self.state.stage = stage
+        return self._run_entry(self._evaluate_impl, fn, stage, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def _evaluate_impl(self, fn: TrainerFn, stage: RunningStage, model: LightningModule | None, dataloaders: Any,
+                       ckpt_path: Any, verbose: bool, datamodule: LightningDataModule | None) -> list[dict[str, float]]:
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if dataloaders is not None and datamodule:
+            raise MisconfigurationException(
+                f"You cannot pass both `trainer.{fn.value}(dataloaders=..., datamodule=...)`"
+            )
+        provided = model is not None
+        model = model if provided else self.lightning_module
+        loop = self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop
+        loop.verbose = verbose
+        self._attach(model, datamodule, **{"val" if fn == TrainerFn.VALIDATING else "test": dataloaders})
+        path = resume.select_ckpt_path(self, ckpt_path, model_provided=provided)
+        results = self._run(model, path)
+        self._set_stage(stage, False)
+        return results_to_scalars(results)
+
+    def _connect(self, model: Any) -> None:
+        if not isinstance(model, LightningModule):
+            raise TypeError(f"`model` must be a `mopt_fast.LightningModule`, got {type(model).__qualname__}")
+        self.lightning_module = model
+
+    def _attach(self, model: LightningModule, datamodule: LightningDataModule | None, train: Any = None,
+                val: Any = None, test: Any = None, predict: Any = None) -> None:
+        """Where each loop's dataloaders come from this run (Lightning's `attach_data`): the loaders
+        given, else the data module, else the model."""
+        if datamodule is not None and not isinstance(datamodule, LightningDataModule):
+            raise TypeError(
+                f"`datamodule` must be a `mopt_fast.LightningDataModule`, got {type(datamodule).__qualname__}"
+            )
+        fallback = datamodule if datamodule is not None else model
+        self.fit_loop.source.instance = train if train is not None else fallback
+        self.fit_loop.loader = None
+        for loop, given in ((self.val_loop, val), (self.validate_loop, val), (self.test_loop, test),
+                            (self.predict_loop, predict)):
+            loop.source.instance = given if given is not None else fallback
+            loop.loaders = None
+        self.val_loop.reset_data()
+        if datamodule is not None:
+            self.datamodule = datamodule
+            datamodule.trainer = self
+        model.trainer = self
+
+    def _run_entry(self, impl: Callable[..., Any], *args: Any) -> Any:
+        """Runs an entry point's work as Lightning's `_call_and_handle_interrupt`: a failure calls
+        on_exception (callbacks, data module) and finalizes the loggers as "failed", then
+        propagates; Ctrl-C (KeyboardInterrupt) does the same, then exits the process with status 1
+        after ignoring further Ctrl-C."""
         try:
-            self.strategy.setup_environment(self)
-            if self.strategy.is_distributed:
-                self.root_device = self.strategy.root_device(self._accelerator)
-            self._fit_impl(model, train_dataloaders, val_dataloaders, ckpt_path)
-        except BaseException as exc:
-            self.state.status = TrainerStatus.INTERRUPTED
-            self.strategy.abort()
-            for cb in self.callbacks:
-                if _overrides(cb, Callback, "on_exception"):
-                    cb.on_exception(self, model, exc)
+            return impl(*args)
+        except KeyboardInterrupt as exc:
             if self.is_global_zero:
-                for lg in self.loggers:
-                    lg.finalize("failed")
-            # A failed fit leaves no stage running (Lightning sets its stage to None).
+                print("\nDetected KeyboardInterrupt, attempting graceful shutdown ...", file=sys.stderr, flush=True)
+            with contextlib.suppress(ValueError):  # signals can only be set from the main thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._interrupt(exc)
+            self._teardown()
+            sys.exit(1)
+        except BaseException as exc:
+            self._interrupt(exc)
+            self._teardown()
             self.state.stage = None
             raise
-        finally:
-            # As Lightning's teardown: persistent workers stop with the fit (else they live on
-            # until the model/trainer reference cycle is collected, whose finalizers cannot
-            # signal them: each then waits out DataLoader's 5-second join timeout).
-            for loader in (self.fit_loop.loader, self.val_loop.loader):
-                shut_down_workers(loader)
+
+    def _interrupt(self, exc: BaseException) -> None:
+        self.state.status = TrainerStatus.INTERRUPTED
+        self.strategy.abort()
+        model = self.lightning_module
+        for cb in self.callbacks:
+            if is_overridden("on_exception", cb, Callback):
+                cb.on_exception(self, model, exc)
+        self._call_datamodule("on_exception", exc)
+        if self.is_global_zero:
+            for lg in self.loggers:
+                lg.finalize("failed")
+
+    def _teardown(self) -> None:
+        """After every entry point (as Lightning's `Trainer._teardown`): persistent DataLoader
+        workers stop (else they live on until the model/trainer reference cycle is collected, whose
+        finalizers cannot signal them: each then waits out DataLoader's 5-second join timeout), and
+        the metric dictionaries move to the CPU."""
+        shut_down_workers(self.fit_loop.loader)
+        for loop in (self.val_loop, self.validate_loop, self.test_loop, self.predict_loop):
+            loop.teardown()
+        metrics = self._metrics
+        for name in ("_callback", "_logged", "_pbar"):
+            values = getattr(metrics, name, None)
+            if values:
+                for k, v in values.items():
+                    if isinstance(v, torch.Tensor) and v.device.type != "cpu":
+                        values[k] = v.cpu()
+
+    def _run(self, model: LightningModule, ckpt_path: str | None) -> Any:
+        """What fit, validate, test and predict share (Lightning's `Trainer._run`): set-up, the
+        hooks around the stage, the stage, tear-down."""
+        fn = self.state.fn
+        self._verify_configuration(model)
+        self.strategy.setup_environment(self)
+        if self.strategy.is_distributed:
+            self.root_device = self.strategy.root_device(self._accelerator)
+        self._prepare_data(model)
+        self._build_hook_table(model)
+        self._ckpt_path = ckpt_path
+        model.to(self.root_device)
+        self._call_datamodule("setup", stage=fn)
+        self._call("setup", stage=fn)
+        ckpt = None
+        if fn == TrainerFn.FITTING:
+            self.strategy.wrap(model)
+            self._setup_optimizers(model)
+            if ckpt_path is not None:
+                ckpt = resume.load_for_resume(self, ckpt_path)
+                resume.restore(self, ckpt)
+        elif ckpt_path is not None:
+            resume.restore_weights(self, ckpt_path)
+        self._metrics = MetricStore()
+        if fn == TrainerFn.FITTING:
+            self._call("on_fit_start")
+        self._log_hyperparams(model)
+
+        model.zero_grad()  # gradients left from before must not leak into the first step
+        if fn == TrainerFn.FITTING:
+            results = self._run_fit(model, ckpt)
+        elif fn == TrainerFn.PREDICTING:
+            results = self.predict_loop.run()
+        else:
+            results = (self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop).run()
+
+        self._teardown()
+        if fn == TrainerFn.FITTING:
+            self._call("on_fit_end")
+        self._call_datamodule("teardown", stage=fn)
+        self._call("teardown", stage=fn)
+        for lg in self._rank_zero_loggers():
+            lg.finalize("success")
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
+        return results
 
-    def _fit_impl(self, model: LightningModule, train_loader: Any, val_loader: Any, ckpt_path: str | None) -> None:
+    def _run_fit(self, model: LightningModule, ckpt: dict[str, Any] | None) -> None:
         loop, val_loop = self.fit_loop, self.val_loop
-        self._metrics = MetricStore()
-        self._build_hook_table(model)
-        self.should_stop = False
-        loop.train_workers, val_loop.workers_started = None, False
-        loop.resume_train_workers_running = val_loop.resume_workers_running = False
-        model.to(self.root_device)
-        self.training = True
-        self._call("setup", stage=TrainerFn.FITTING)
-        self.strategy.wrap(model)
-        self._setup_optimizers(model)
-        ckpt = resume.load_for_resume(self, ckpt_path) if ckpt_path is not None else None
-        if ckpt is not None:
-            resume.restore(self, ckpt)
-        for lg in self._rank_zero_loggers():
-            lg.log_hyperparams(dict(model.hparams))
-        self._call("on_fit_start")
-        model.zero_grad()  # gradients left from before fit must not leak into the first step
-
-        has_step = _overrides(model, LightningModule, "validation_step")
-        if val_loader is None and has_step and self.limit_val_batches != 0:
-            if _overrides(model, LightningModule, "val_dataloader"):
-                self._current_fx = "val_dataloader"
-                val_loader = model.val_dataloader()
-                self._current_fx = None
-        if val_loader is not None:
-            val_loader = self.strategy.process_loader(val_loader, shuffle_default=False)
-        val_loop.loader = val_loader
-        self.enable_validation = val_loader is not None and has_step and self.limit_val_batches != 0
-        if self.enable_validation:
-            self.num_val_batches = num_batches(val_loader, self.limit_val_batches)
-            if self.num_sanity_val_steps != 0:
-                n = self.num_val_batches
-                steps = n if self.num_sanity_val_steps == -1 else min(self.num_sanity_val_steps, n)
-                with isolated_rng():
-                    val_loop.run_in_fit(steps, sanity=True)
-                self._metrics = MetricStore()
+        if ckpt is None:
+            loop.train_workers, val_loop.workers_started = None, False
+            loop.resume_train_workers_running = val_loop.resume_workers_running = False
+        self._validation_has_run = False
+        if self.enable_validation and self.num_sanity_val_steps > 0:
+            stage = self.state.stage
+            self.sanity_checking = True
+            self._call("on_sanity_check_start")
+            with isolated_rng():
+                val_loop.run()
+            self._call("on_sanity_check_end")
+            self._metrics = MetricStore()
+            self.state.stage = stage
         if ckpt is not None:  # after the sanity check, which starts the metrics afresh
             self._metrics.load_state_dict(ckpt["metrics"])
         self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
+        loop.run(model, ckpt)
 
-        if train_loader is None:
-            self._current_fx = "train_dataloader"
-            train_loader = model.train_dataloader()
-            self._current_fx = None
-        train_loader = self.strategy.process_loader(train_loader, shuffle_default=True)
-        loop.loader = train_loader
-        if ckpt is not None:
-            resume.warn_if_worker_streams_restart(self, ckpt, train_loader)
-        loop.run(model, train_loader, ckpt)
-        self._call("on_fit_end")
-        self._call("teardown", stage=TrainerFn.FITTING)
+    def _verify_configuration(self, model: LightningModule) -> None:
+        """Lightning's `_verify_loop_configurations`: what a module must define for this entry point."""
+        fn = self.state.fn
+        name = type(model).__name__
+        if fn == TrainerFn.FITTING:
+            for hook in ("training_step", "configure_optimizers"):
+                if not is_overridden(hook, model, LightningModule):
+                    raise MisconfigurationException(
+                        f"No `{hook}()` method defined. Lightning `Trainer` expects as minimum a `training_step()`, "
+                        "`train_dataloader()` and `configure_optimizers()` to be defined."
+                    )
+            has_val_loader = self.val_loop.source.is_defined()
+            has_val_step = is_overridden("validation_step", model, LightningModule)
+            if has_val_loader and not has_val_step:
+                warn("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")
+            if has_val_step and not has_val_loader:
+                warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")
+            for legacy, instead in (("training_epoch_end", "on_train_epoch_end"),
+                                    ("validation_epoch_end", "on_validation_epoch_end")):
+                if callable(getattr(model, legacy, None)):
+                    raise NotImplementedError(
+                        f"Support for `{legacy}` has been removed in v2.0.0. `{name}` implements this method. You can "
+                        f"use the `{instead}` hook instead. To access outputs, save them in-memory as instance "
+                        "attributes. You can find migration examples in "
+                        "https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
+                    )
+            if not model.automatic_optimization:
+                if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
+                    raise MisconfigurationException(
+                        f"Automatic gradient clipping is not supported for manual optimization. Remove "
+                        f"`Trainer(gradient_clip_val={self.gradient_clip_val})` or switch to automatic optimization."
+                    )
+                if self.accumulate_grad_batches != 1:
+                    raise MisconfigurationException(
+                        f"Automatic gradient accumulation is not supported for manual optimization. Remove "
+                        f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` or switch to automatic "
+                        "optimization."
+                    )
+        elif fn == TrainerFn.PREDICTING:
+            if model.predict_step is None:
+                raise MisconfigurationException("`predict_step` cannot be None to run `Trainer.predict`")
+            if not is_overridden("predict_step", model, LightningModule) and not is_overridden(
+                "forward", model, torch.nn.Module
+            ):
+                raise MisconfigurationException("`Trainer.predict` requires `forward` method to run.")
+        else:
+            step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
+            if not is_overridden(step, model, LightningModule):
+                raise MisconfigurationException(f"No `{step}()` method defined to run `Trainer.{fn.value}`.")
+            legacy = "validation_epoch_end" if fn == TrainerFn.VALIDATING else "test_epoch_end"
+            if callable(getattr(model, legacy, None)):
+                raise NotImplementedError(
+                    f"Support for `{legacy}` has been removed in v2.0.0. `{name}` implements this method. You can use "
+                    f"the `on_{legacy}` hook instead. To access outputs, save them in-memory as instance attributes. "
+                    "You can find migration examples in https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
+                )
+        for owner, base in ((model, LightningModule), (self.datamodule, LightningDataModule)):
+            for hook in ("transfer_batch_to_device", "on_before_batch_transfer", "on_after_batch_transfer"):
+                if owner is not None and callable(getattr(owner, hook, None)) and not hasattr(base, hook):
+                    raise NotImplementedError(
+                        f"`{type(owner).__name__}.{hook}` is not built in mopt_fast.Trainer: batches move to the "
+                        "device as they are (tensors in lists, tuples, dicts)"
+                    )
+
+    def _prepare_data(self, model: LightningModule) -> None:
+        """prepare_data of the data module then the module, on local rank 0 of each node (or global
+        rank 0 with ``prepare_data_per_node = False``), as Lightning."""
+        local_zero = self.local_rank == 0
+        global_zero = local_zero and self.node_rank == 0
+        for owner, base in ((self.datamodule, LightningDataModule), (model, LightningModule)):
+            if owner is None or not is_overridden("prepare_data", owner, base):
+                continue
+            per_node = getattr(owner, "prepare_data_per_node", True)
+            if (per_node and local_zero) or (not per_node and global_zero):
+                owner.prepare_data()
+            self.strategy.barrier()
+
+    def _log_hyperparams(self, model: LightningModule) -> None:
+        """The module's and the data module's hyperparameters to the loggers (Lightning's
+        `_log_hyperparams`: both merged; the same key with different values is an error)."""
+        if not self.loggers:
+            return
+        model_hparams = dict(getattr(model, "hparams_initial", model.hparams))
+        log_model = getattr(model, "_log_hyperparams", bool(model.hparams))
+        datamodule = self.datamodule
+        log_dm = datamodule is not None and getattr(datamodule, "_log_hyperparams", False) and bool(datamodule.hparams)
+        hparams = None
+        if log_model and log_dm:
+            dm_hparams = dict(datamodule.hparams_initial)
+            clash = [k for k in model_hparams.keys() & dm_hparams.keys() if k != "_class_path" and (
+                type(model_hparams[k]) is not type(dm_hparams[k])
+                or (isinstance(model_hparams[k], torch.Tensor) and model_hparams[k] is not dm_hparams[k])
+                or (not isinstance(model_hparams[k], torch.Tensor) and model_hparams[k] != dm_hparams[k])
+            )]
+            if clash:
+                raise RuntimeError(
+                    f"Error while merging hparams: the keys {clash} are present in both the LightningModule's and "
+                    "LightningDataModule's hparams but have different values."
+                )
+            hparams = {**model_hparams, **dm_hparams}
+        elif log_model:
+            hparams = model_hparams
+        elif log_dm:
+            hparams = dict(datamodule.hparams_initial)
+        if hparams is None:
+            return
+        hparams = {k: v for k, v in hparams.items() if k != "_class_path"}
         for lg in self._rank_zero_loggers():
-            lg.finalize("success")
+            lg.log_hyperparams(hparams)
+            lg.save()
 
     def _setup_optimizers(self, model: LightningModule) -> None:
         self._current_fx = "configure_optimizers"
@@ -474,23 +820,27 @@ class Trainer:
             self._current_fx = None
         automatic = model.automatic_optimization
         self.optimizers, self.lr_scheduler_configs = configure_optimizers(conf, automatic)
+        if is_param_in_hook_signature(model.training_step, "optimizer_idx", explicit=True):
+            raise _MultipleOptimizersError(
+                "Training with multiple optimizers is only supported with manual optimization. Remove the "
+                "`optimizer_idx` argument from `training_step`, set `self.automatic_optimization = False` and access "
+                "your optimizers in `training_step` with `opt1, opt2, ... = self.optimizers()`."
+            )
         if automatic and len(self.optimizers) > 1:
-            raise MisconfigurationException(
+            raise _MultipleOptimizersError(
                 "Training with multiple optimizers is only supported with manual optimization. Set "
                 "`self.automatic_optimization = False`, then access your optimizers in `training_step` with "
                 "`opt1, opt2, ... = self.optimizers()`."
             )
-        if not automatic:
-            if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
+        for config in self.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if (not isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler,
+                                           torch.optim.lr_scheduler.ReduceLROnPlateau))
+                    and not is_overridden("lr_scheduler_step", model, LightningModule) and automatic):
                 raise MisconfigurationException(
-                    f"Automatic gradient clipping is not supported for manual optimization. Remove "
-                    f"`Trainer(gradient_clip_val={self.gradient_clip_val})` or switch to automatic optimization."
-                )
-            if self.accumulate_grad_batches != 1:
-                raise MisconfigurationException(
-                    f"Automatic gradient accumulation is not supported for manual optimization. Remove "
-                    f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` or switch to automatic "
-                    "optimization."
+                    f"The provided lr scheduler `{type(scheduler).__name__}` doesn't follow PyTorch's LRScheduler API. "
+                    "You should override the `LightningModule.lr_scheduler_step` hook with your own logic if you are "
+                    "using a custom LR scheduler."
                 )
         wrappers = []
         for opt in self.optimizers:
