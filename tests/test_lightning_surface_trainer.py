@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -691,3 +692,184 @@ def test_hooks_assigned_on_the_instance(tmp_path) -> None:
     assert out["mopt_fast"][1] == out["lightning"][1]
     assert not any("validation" in c[0] for c in out["lightning"][1])
     assert_state_equal(out["mopt_fast"][2], out["lightning"][2])
+
+
+# -- Trainer flags ------------------------------------------------------------------------------------------
+def flag_run(fw: str, tmp: str, case: Callable[[type], type] = None, callbacks: list | None = None,
+             **kw: Any) -> dict[str, Any]:
+    """cases.run with a hook-recording callback and a recording logger."""
+    rec = recorder(fw)
+    logger = cases.recording_logger(fw)
+    # With checkpoints: no logger, so both write to <default_root_dir>/checkpoints.
+    kw.setdefault("logger", False if kw.get("enable_checkpointing") else logger)
+    out = cases.run(fw, case or cases.automatic(), callbacks=[rec, *(callbacks or [])], default_root_dir=tmp,
+                    log_every_n_steps=2, **kw)
+    out["hooks"] = rec.calls
+    out["logger_calls"] = logger.calls
+    out["files"] = sorted(os.path.relpath(os.path.join(d, f), tmp) for d, _, fs in os.walk(tmp) for f in fs)
+    return out
+
+
+def assert_runs_equal(got: dict, ref: dict) -> None:
+    from test_trainer_vs_lightning import assert_same
+
+    assert_same(ref, got)
+    for key in ("hooks", "logger_calls", "files"):
+        assert got[key] == ref[key], key
+    assert sorted(got["logged_metrics"]) == sorted(ref["logged_metrics"])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"fast_dev_run": True},
+        {"fast_dev_run": 3, "enable_checkpointing": True},
+        {"overfit_batches": 2, "max_epochs": 3},
+        {"overfit_batches": 0.5, "max_epochs": 2, "enable_checkpointing": True},
+        {"num_sanity_val_steps": -1},
+        {"max_epochs": None, "max_steps": 5},
+        {"min_steps": 3, "max_epochs": 2},
+        {"detect_anomaly": True, "max_epochs": 1},
+        {"enable_autolog_hparams": False, "use_distributed_sampler": False, "sync_batchnorm": True},
+        {"limit_train_batches": 3.0, "max_epochs": 2},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_flags_match_lightning(tmp_path, kw: dict) -> None:
+    """Weights, steps, epochs, metrics, hooks with stage flags, logger calls and the files written."""
+    ref = flag_run("lightning", str(tmp_path / "l"), **kw)
+    got = flag_run("mopt_fast", str(tmp_path / "m"), **kw)
+    assert_runs_equal(got, ref)
+    if "fast_dev_run" in kw:
+        assert ref["logger_calls"] == [] and ref["files"] == []  # logging and checkpointing suppressed
+
+
+def stopper(fw: str, at_step: int) -> Any:
+    """A callback of `fw` that sets trainer.should_stop once global_step reaches `at_step`."""
+    Callback = classes(fw)[3]
+
+    class Stopper(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= at_step:
+                trainer.should_stop = True
+
+    return Stopper()
+
+
+@pytest.mark.parametrize("kw", [{}, {"min_epochs": 3}, {"min_steps": 14}, {"min_epochs": 2, "min_steps": 4}])
+def test_should_stop_with_min_epochs_and_min_steps(tmp_path, kw: dict) -> None:
+    """should_stop ends the fit (with a validation run) once min_epochs / min_steps are met."""
+    ref = flag_run("lightning", str(tmp_path / "l"), callbacks=[stopper("lightning", 4)], max_epochs=5, **kw)
+    got = flag_run("mopt_fast", str(tmp_path / "m"), callbacks=[stopper("mopt_fast", 4)], max_epochs=5, **kw)
+    assert_runs_equal(got, ref)
+    assert 4 <= ref["global_step"] < 30
+
+
+class FakeClock:
+    """time.monotonic for both Trainers: 10 seconds per optimizer step of the trainer it watches, so
+    time-based behaviour is deterministic."""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return 1000.0 + (10.0 * self.trainer.global_step if self.trainer is not None else 0.0)
+
+
+def timed_run(fw: str, tmp: str, monkeypatch: Any, **kw: Any) -> dict[str, Any]:
+    clock = FakeClock()
+    Callback = classes(fw)[3]
+
+    class Watch(Callback):
+        def setup(self, trainer, pl_module, stage):
+            clock.trainer = trainer
+
+    monkeypatch.setattr("time.monotonic", clock)
+    try:
+        return flag_run(fw, tmp, callbacks=[Watch()], **kw)
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("max_time", ["00:00:00:35", {"seconds": 35}, "timedelta"])
+def test_max_time(tmp_path, monkeypatch, max_time: Any) -> None:
+    """max_time (a "DD:HH:MM:SS" string, a dict, a timedelta) stops the fit after the step that
+    reaches it (a Timer callback, as Lightning), with max_epochs unset."""
+    if max_time == "timedelta":
+        max_time = timedelta(seconds=35)
+    # max_steps only guards against a Timer that never stops (max_epochs is then -1)
+    ref = timed_run("lightning", str(tmp_path / "l"), monkeypatch, max_time=max_time, max_epochs=None, max_steps=12)
+    got = timed_run("mopt_fast", str(tmp_path / "m"), monkeypatch, max_time=max_time, max_epochs=None, max_steps=12)
+    assert_runs_equal(got, ref)
+    assert ref["global_step"] == 4
+
+
+@pytest.mark.parametrize("interval", ["00:00:00:30", {"seconds": 50}])
+@pytest.mark.parametrize("every", [1, None])
+def test_time_based_val_check_interval(tmp_path, monkeypatch, interval: Any, every: int | None) -> None:
+    ref = timed_run("lightning", str(tmp_path / "l"), monkeypatch, val_check_interval=interval,
+                    check_val_every_n_epoch=every, max_epochs=2)
+    got = timed_run("mopt_fast", str(tmp_path / "m"), monkeypatch, val_check_interval=interval,
+                    check_val_every_n_epoch=every, max_epochs=2)
+    assert_runs_equal(got, ref)
+    assert sum(1 for h in ref["hooks"] if h[0] == "on_validation_start") >= 2
+
+
+@pytest.mark.parametrize("deterministic,cudnn_benchmark", [(True, None), ("warn", None), (False, True), (None, False)])
+def test_deterministic_and_benchmark(tmp_path, deterministic: Any, cudnn_benchmark: Any) -> None:
+    """The torch flags each Trainer sets when constructed, as Lightning's _set_torch_flags."""
+    def flags() -> tuple:
+        return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+    before = flags()
+    seen = {}
+    try:
+        for fw in ("lightning", "mopt_fast"):
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.benchmark = not bool(cudnn_benchmark)
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+            new_trainer(fw, str(tmp_path), deterministic=deterministic, benchmark=cudnn_benchmark)
+            seen[fw] = flags()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+        if before[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3]
+    assert seen["mopt_fast"] == seen["lightning"]
+
+
+def test_every_lightning_argument_is_accepted_at_its_default(tmp_path) -> None:
+    """Trainer(**{every Lightning Trainer argument: its default}) constructs and fits; the ones not built
+    raise NotImplementedError naming them when set to anything else."""
+    import inspect
+
+    from lightning.pytorch import Trainer as PLTrainer
+
+    ours = inspect.signature(mopt_fast.Trainer.__init__).parameters
+    theirs = inspect.signature(PLTrainer.__init__).parameters
+    assert list(ours) == list(theirs)
+    defaults = {name: p.default for name, p in theirs.items() if name != "self"}
+    assert all(ours[name].default == default for name, default in defaults.items())
+    defaults.update(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, max_epochs=1, default_root_dir=str(tmp_path))
+    torch.manual_seed(0)
+    quiet(mopt_fast.Trainer(**defaults).fit, cases.minimal(mopt_fast.LightningModule)(), cases.make_data()[0])
+    for name, value in (("profiler", "simple"), ("barebones", True), ("plugins", ["x"]),
+                        ("reload_dataloaders_every_n_epochs", 1), ("model_registry", "m")):
+        with pytest.raises(NotImplementedError, match=f"`{name}="):
+            mopt_fast.Trainer(**{name: value})
+
+
+def test_default_logger_is_tensorboard_when_installed(tmp_path) -> None:
+    importorskip_unless_ci("tensorboard")
+    from lightning.pytorch import Trainer as PLTrainer
+
+    ref = PLTrainer(default_root_dir=str(tmp_path), enable_progress_bar=False)
+    got = mopt_fast.Trainer(default_root_dir=str(tmp_path), enable_progress_bar=False)
+    assert type(ref.logger).__name__ == type(got.logger).__name__ == "TensorBoardLogger"
+    assert got.logger.log_dir == ref.logger.log_dir

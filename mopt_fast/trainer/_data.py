@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.trainer.checkpoint import rng_state, set_rng_state
@@ -119,6 +119,30 @@ def check_iterable(loader: Any, source: DataSource, fn: str) -> None:
             f"An invalid dataloader was returned from `{type(source.instance).__name__}.{source.name}()`. "
             f"Found {loader}."
         ) from None
+
+
+def without_shuffling(loaders: list[Any], prefix: str) -> list[Any]:
+    """overfit_batches: the same batches every epoch. Loaders that do not all sample in order are
+    rebuilt with a SequentialSampler, with Lightning's warning (`_resolve_overfit_batches`)."""
+    if all(isinstance(getattr(dl, "sampler", None), SequentialSampler) for dl in loaders if hasattr(dl, "sampler")):
+        return loaders
+    from mopt_fast.trainer._warn import warn
+
+    warn(f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the {prefix} "
+         "dataloader shuffling for you.")
+    return [_with_sampler(dl, SequentialSampler(dl.dataset)) if isinstance(dl, DataLoader) else dl for dl in loaders]
+
+
+def _with_sampler(loader: DataLoader, sampler: Any) -> DataLoader:
+    workers = {}
+    if loader.num_workers > 0:
+        workers = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
+                       multiprocessing_context=loader.multiprocessing_context)
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator, **workers,
+    )
 
 
 def add_worker_init_fn(loader: Any, rank: int) -> None:

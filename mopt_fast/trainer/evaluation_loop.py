@@ -18,6 +18,7 @@ import inspect
 import os
 import shutil
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +34,7 @@ from mopt_fast.trainer._data import (
     num_batches,
     persistent_workers,
     set_sampler_epoch,
+    without_shuffling,
 )
 from mopt_fast.trainer._hooks import is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._metrics import to_scalars
@@ -133,11 +135,14 @@ class _Loop:
                 warn(
                     f"Your `{self.prefix}_dataloader`'s sampler has shuffling enabled, it is strongly recommended that "
                     "you turn shuffling off for val/test dataloaders.")
-            loader = trainer.strategy.process_loader(loader, shuffle_default=False)
+            if trainer.use_distributed_sampler:
+                loader = trainer.strategy.process_loader(loader, shuffle_default=False)
             add_worker_init_fn(loader, trainer.global_rank)
             if self.fn != TrainerFn.FITTING:
                 set_sampler_epoch(loader, trainer.current_epoch)
             processed.append(loader)
+        if self.fn == TrainerFn.FITTING and trainer.overfit_batches > 0:
+            processed = without_shuffling(processed, self.prefix)
         return processed
 
     def _iterator(self, loader: Any, sanity: bool) -> Any:
@@ -283,6 +288,7 @@ class EvaluationLoop(_Loop):
         metrics.active, metrics.first_loop_iter = saved_active, saved_first
         if self.verbose and trainer.is_global_zero and not sanity:
             print_results(outputs, self.stage.value)
+        trainer._last_val_time = time.monotonic()
         return outputs
 
     def _loader_outputs(self, sanity: bool) -> dict[str, Any]:

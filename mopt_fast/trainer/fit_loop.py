@@ -13,6 +13,7 @@ resume.py restores.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from mopt_fast.trainer._data import (
     move_to_device,
     num_batches,
     persistent_workers,
+    without_shuffling,
 )
 from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
 from mopt_fast.trainer.checkpoint import rng_state
@@ -89,12 +91,19 @@ class FitLoop:
     def count_manual_step(self) -> None:
         self.manual_steps += 1
 
+    def can_stop_early(self) -> bool:
+        """min_epochs and min_steps are met: `trainer.should_stop` may end the fit."""
+        trainer = self.trainer
+        epochs = self.epochs_completed >= trainer.min_epochs if trainer.min_epochs else True
+        steps = self.global_step >= trainer.min_steps if trainer.min_steps else True
+        return epochs and steps
+
     def done(self) -> bool:
         trainer = self.trainer
         return (
             _max_reached(self.global_step, trainer.max_steps)
             or _max_reached(self.epochs_completed, trainer.max_epochs)
-            or trainer.should_stop
+            or (trainer.should_stop and self.can_stop_early())
         )
 
     def ready_batches_reached(self) -> bool:
@@ -121,7 +130,10 @@ class FitLoop:
                 "mopt_fast.Trainer: combine them into one DataLoader"
             )
         check_iterable(loader, self.source, "fit")
-        loader = trainer.strategy.process_loader(loader, shuffle_default=True)
+        if trainer.overfit_batches > 0:
+            loader = without_shuffling([loader], "train")[0]
+        if trainer.use_distributed_sampler:
+            loader = trainer.strategy.process_loader(loader, shuffle_default=True)
         add_worker_init_fn(loader, trainer.global_rank)
         self.loader = loader
 
@@ -132,7 +144,10 @@ class FitLoop:
         if self.num_training_batches == 0:
             return
         interval = trainer.val_check_interval
-        if isinstance(interval, int):
+        if trainer._val_check_time_interval is not None:  # validation every so many seconds
+            self.val_check_batch = None
+            trainer._train_start_time = trainer._last_val_time = time.monotonic()
+        elif isinstance(interval, int):
             self.val_check_batch = interval
             if (self.val_check_batch > self.num_training_batches and trainer.check_val_every_n_epoch is not None
                     and trainer.enable_validation):
@@ -225,7 +240,9 @@ class FitLoop:
         if resume_tail:
             self.batch_tail(automatic, after_validation=resume_tail == "validation")
         while True:
-            if _max_reached(self.global_step, trainer.max_steps) or self.ready_batches_reached() or trainer.should_stop:
+            if _max_reached(self.global_step, trainer.max_steps) or self.ready_batches_reached() or (
+                trainer.should_stop and self.can_stop_early()
+            ):
                 break
             try:
                 batch = next(iterator)
@@ -313,8 +330,9 @@ class FitLoop:
         after on_train_epoch_end (EPOCH): the places a checkpoint resumes from exactly. A
         checkpoint saved anywhere else records an approximate stage (see resume.py)."""
         self.point = point
-        for cb in self.trainer.checkpoint_callbacks:
-            cb._on_loop_point(self.trainer, point)
+        if not self.trainer.fast_dev_run:  # fast_dev_run saves no checkpoints, as Lightning
+            for cb in self.trainer.checkpoint_callbacks:
+                cb._on_loop_point(self.trainer, point)
         self.point = LoopPoint.IN_EPOCH_END if point == LoopPoint.EPOCH else LoopPoint.IN_BATCH
 
     # -- schedulers and validation checks ----------------------------------------------------------
@@ -355,18 +373,21 @@ class FitLoop:
         return self.validation_enabled and (every is None or (self.epochs_completed + 1) % every == 0)
 
     def should_check_val(self) -> bool:
+        """Lightning's `_should_check_val_fx`."""
         trainer = self.trainer
         if not self.should_check_val_epoch():
             return False
-        every = trainer.check_val_every_n_epoch
         infinite = self.val_check_batch == _INF
         if self.is_last_batch and infinite:
             return True
-        if trainer.should_stop:
+        if trainer.should_stop and self.can_stop_early():
             return True
+        interval = trainer._val_check_time_interval
+        if interval is not None:
+            return time.monotonic() - trainer._last_val_time >= interval
         if isinstance(trainer.limit_train_batches, int) and infinite:
             return (self.batch_idx + 1) % trainer.limit_train_batches == 0
         if not infinite:
-            current = self.total_batch_idx if every is None else self.batch_idx
+            current = self.total_batch_idx if trainer.check_val_every_n_epoch is None else self.batch_idx
             return (current + 1) % self.val_check_batch == 0
         return self.is_last_batch

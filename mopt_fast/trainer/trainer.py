@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from mopt_fast.trainer.fit_loop import FitLoop
 from mopt_fast.trainer.loggers import Logger
 from mopt_fast.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from mopt_fast.trainer.strategies import Strategy
+from mopt_fast.trainer.timer import Timer
 
 __all__ = ["Trainer"]
 
@@ -63,7 +65,8 @@ class Trainer:
         num_nodes: nodes (each started by torchrun).
         precision: "32-true" / "32", "16-mixed" (CUDA; on the CPU it falls back to bf16-mixed with
             a warning, as Lightning), "bf16-mixed".
-        logger: True (a CSVLogger under `default_root_dir`), False, a logger or a list of them.
+        logger: True (under `default_root_dir`: a TensorBoardLogger when tensorboard is installed, else a
+            CSVLogger, as Lightning), False, a logger or a list of them.
         callbacks: a Callback or a list of them.
         max_epochs / max_steps: stop after either; both unset means 1000 epochs (as Lightning).
         limit_train_batches / limit_val_batches: an int (batches) or a float (fraction).
@@ -91,8 +94,17 @@ class Trainer:
     accumulate_grad_batches: int
     gradient_clip_val: int | float | None
     gradient_clip_algorithm: str | None
-    max_epochs: int
+    max_epochs: int | None
     max_steps: int
+    min_epochs: int
+    min_steps: int | None
+    overfit_batches: int | float
+    detect_anomaly: bool
+    sync_batchnorm: bool
+    use_distributed_sampler: bool
+    enable_autolog_hparams: bool
+    reload_dataloaders_every_n_epochs: int
+    _val_check_time_interval: float | None
     limit_train_batches: int | float
     limit_val_batches: int | float
     limit_test_batches: int | float
@@ -111,19 +123,24 @@ class Trainer:
         self,
         *,
         accelerator: str = "auto",
-        strategy: str = "auto",
+        strategy: str | Strategy = "auto",
         devices: int | str | Sequence[int] = "auto",
         num_nodes: int = 1,
         precision: str | int | None = None,
         logger: bool | Logger | Iterable[Logger] | None = None,
         callbacks: Callback | list[Callback] | None = None,
+        fast_dev_run: int | bool = False,
         max_epochs: int | None = None,
+        min_epochs: int | None = None,
         max_steps: int = -1,
+        min_steps: int | None = None,
+        max_time: str | timedelta | dict[str, int] | None = None,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
-        val_check_interval: int | float | None = None,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: int | float | str | timedelta | dict[str, int] | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
         log_every_n_steps: int | None = None,
@@ -133,9 +150,19 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         gradient_clip_val: int | float | None = None,
         gradient_clip_algorithm: str | None = None,
-        default_root_dir: str | os.PathLike | None = None,
+        deterministic: bool | str | None = None,
+        benchmark: bool | None = None,
         inference_mode: bool = True,
-        **unsupported: Any,
+        use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        plugins: Any = None,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
+        default_root_dir: str | os.PathLike | None = None,
+        enable_autolog_hparams: bool = True,
+        model_registry: str | None = None,
     ) -> None:
         args = dict(locals())
         del args["self"]
@@ -159,6 +186,7 @@ class Trainer:
                                         inference_mode=self.inference_mode)
         self.predict_loop = PredictionLoop(self, inference_mode=self.inference_mode)
         self.datamodule: LightningDataModule | None = None
+        self._train_start_time = self._last_val_time = 0.0  # time-based val_check_interval
         self._ckpt_path: str | None = None
         self._ckpt_path_user_managed = False
         self.should_stop = False
@@ -638,6 +666,13 @@ class Trainer:
         """What fit, validate, test and predict share (Lightning's `Trainer._run`): set-up, the
         hooks around the stage, the stage, tear-down."""
         fn = self.state.fn
+        if fn == TrainerFn.FITTING and self.max_epochs is None:  # Lightning's _parse_loop_limits
+            if self.max_steps == -1 and not any(isinstance(cb, Timer) for cb in self.callbacks):
+                warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
+                     "`max_epochs=-1`.")
+                self.max_epochs = 1000
+            else:
+                self.max_epochs = -1
         self._verify_configuration(model)
         self.strategy.setup_environment(self)
         if self.strategy.is_distributed:
@@ -650,6 +685,8 @@ class Trainer:
         self._call("setup", stage=fn)
         ckpt = None
         if fn == TrainerFn.FITTING:
+            if self.sync_batchnorm and self.strategy.is_distributed:
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.strategy.wrap(model)
             self._setup_optimizers(model)
             if ckpt_path is not None:
@@ -660,7 +697,8 @@ class Trainer:
         self._metrics = MetricStore()
         if fn == TrainerFn.FITTING:
             self._call("on_fit_start")
-        self._log_hyperparams(model)
+        if self.enable_autolog_hparams:
+            self._log_hyperparams(model)
 
         model.zero_grad()  # gradients left from before must not leak into the first step
         if fn == TrainerFn.FITTING:
@@ -699,7 +737,8 @@ class Trainer:
         if ckpt is not None:  # after the sanity check, which starts the metrics afresh
             self._metrics.load_state_dict(ckpt["metrics"])
         self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
-        loop.run(model, ckpt)
+        with torch.autograd.set_detect_anomaly(self.detect_anomaly):
+            loop.run(model, ckpt)
 
     def _verify_configuration(self, model: LightningModule) -> None:
         """Lightning's `_verify_loop_configurations`: what a module must define for this entry point."""
