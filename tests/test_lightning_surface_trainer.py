@@ -4,6 +4,7 @@ returned results, hooks and files."""
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -873,3 +874,74 @@ def test_default_logger_is_tensorboard_when_installed(tmp_path) -> None:
     got = mopt_fast.Trainer(default_root_dir=str(tmp_path), enable_progress_bar=False)
     assert type(ref.logger).__name__ == type(got.logger).__name__ == "TensorBoardLogger"
     assert got.logger.log_dir == ref.logger.log_dir
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["training_step", "validation_step", "test_step"])
+def test_keyboard_interrupt(tmp_path, where: str) -> None:
+    """Ctrl-C (KeyboardInterrupt) inside fit or test: on_exception runs, the loggers are finalized as
+    "failed", further Ctrl-C is ignored and the process exits with status 1 (SystemExit), with
+    trainer.interrupted True, as Lightning's _call_and_handle_interrupt."""
+    def make(LM):
+        class Interrupted(regressor(LM)):
+            def training_step(self, batch, batch_idx):
+                if where == "training_step" and self.global_step == 3:
+                    raise KeyboardInterrupt
+                return super().training_step(batch, batch_idx)
+
+            def validation_step(self, batch, batch_idx):
+                if where == "validation_step" and not self.trainer.sanity_checking:
+                    raise KeyboardInterrupt
+                return super().validation_step(batch, batch_idx)
+
+            def test_step(self, batch, batch_idx):
+                if where == "test_step" and batch_idx == 1:
+                    raise KeyboardInterrupt
+                return super().test_step(batch, batch_idx)
+
+        return Interrupted
+
+    out = {}
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        for fw in ("lightning", "mopt_fast"):
+            torch.manual_seed(0)
+            model = make(classes(fw)[0])()
+            model.recorded = []
+            rec = recorder(fw)
+            logger = cases.recording_logger(fw)
+            trainer = new_trainer(fw, str(tmp_path / fw), callbacks=[rec], logger=logger)
+            train, val = cases.make_data()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            with pytest.raises(SystemExit) as exc:
+                if where == "test_step":
+                    quiet(trainer.test, model, val)
+                else:
+                    quiet(trainer.fit, model, train, val)
+            out[fw] = {
+                "code": exc.value.code, "interrupted": trainer.interrupted, "finalized": logger.finalized,
+                "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN, "hooks": rec.calls,
+                "state": (str(trainer.state.fn), str(trainer.state.stage), str(trainer.state.status)),
+                "weights": {k: v.clone() for k, v in model.state_dict().items()}, "step": trainer.global_step,
+            }
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    got, ref = out["mopt_fast"], out["lightning"]
+    for key in ("code", "interrupted", "finalized", "sigint_ignored", "hooks", "state", "step"):
+        assert got[key] == ref[key], key
+    assert_state_equal(got["weights"], ref["weights"])
+    assert ref["code"] == 1 and ref["interrupted"] and ref["hooks"][-1][0] == "on_exception"
+
+
+def test_seeded_workers_get_lightnings_worker_init_fn(tmp_path, monkeypatch) -> None:
+    """After seed_everything(workers=True) (PL_SEED_WORKERS=1), a loader without a worker_init_fn gets
+    pl_worker_init_function with the rank, as Lightning's _auto_add_worker_init_fn."""
+    seed = pytest.importorskip("mopt_fast.seed")
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    for fw, fn in (("lightning", "pl_worker_init_function"), ("mopt_fast", seed.pl_worker_init_function.__name__)):
+        torch.manual_seed(0)
+        trainer = new_trainer(fw, str(tmp_path / fw), max_epochs=1)
+        train, val = cases.make_data()
+        quiet(trainer.fit, regressor(classes(fw)[0])(), train, val)
+        init = trainer.train_dataloader.worker_init_fn
+        assert init.func.__name__ == fn and init.keywords == {"rank": 0}

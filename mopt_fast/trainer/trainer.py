@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -618,15 +619,19 @@ class Trainer:
         on_exception (callbacks, data module) and finalizes the loggers as "failed", then
         propagates; Ctrl-C (KeyboardInterrupt) does the same, then exits the process with status 1
         after ignoring further Ctrl-C."""
+        sigint = signal.getsignal(signal.SIGINT)
         try:
             return impl(*args)
         except KeyboardInterrupt as exc:
             if self.is_global_zero:
                 print("\nDetected KeyboardInterrupt, attempting graceful shutdown ...", file=sys.stderr, flush=True)
-            with contextlib.suppress(ValueError):  # signals can only be set from the main thread
+            main_thread = threading.current_thread() is threading.main_thread()
+            if main_thread:  # no second Ctrl-C during the shutdown; the handler is put back after it
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             self._interrupt(exc)
             self._teardown()
+            if main_thread and sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
             sys.exit(1)
         except BaseException as exc:
             self._interrupt(exc)
