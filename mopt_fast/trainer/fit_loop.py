@@ -333,7 +333,7 @@ class FitLoop:
         if not self.trainer.fast_dev_run:  # fast_dev_run saves no checkpoints, as Lightning
             for cb in self.trainer.checkpoint_callbacks:
                 cb._on_loop_point(self.trainer, point)
-        self.point = LoopPoint.IN_EPOCH_END if point == LoopPoint.EPOCH else LoopPoint.IN_BATCH
+        self.point = LoopPoint.IN_EPOCH_END if point is LoopPoint.EPOCH else LoopPoint.IN_BATCH
 
     # -- schedulers and validation checks ----------------------------------------------------------
     def update_schedulers(self, interval: str, plateau: bool) -> None:

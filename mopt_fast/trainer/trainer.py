@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -175,6 +176,8 @@ class Trainer:
         self._lightning_optimizers: list[LightningOptimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
         self._before_update: dict[int, Callable[[], None] | None] = {}
+        self._backward = types.MethodType(training_step.backward, self)
+        self._optimizer_step = types.MethodType(training_step.optimizer_step, self)
         self._current_fx: str | None = None
         self._validation_has_run = False
         self._hooks: dict[str, list[tuple[Callable, bool]]] = {}
@@ -196,12 +199,12 @@ class Trainer:
     def _set_stage(self, stage: RunningStage, on: bool) -> None:
         if on:
             self.state.stage = stage
-        elif self.state.stage == stage:
+        elif self.state.stage is stage:
             self.state.stage = None
 
     @property
     def training(self) -> bool:
-        return self.state.stage == RunningStage.TRAINING
+        return self.state.stage is RunningStage.TRAINING
 
     @training.setter
     def training(self, value: bool) -> None:
@@ -209,7 +212,7 @@ class Trainer:
 
     @property
     def validating(self) -> bool:
-        return self.state.stage == RunningStage.VALIDATING
+        return self.state.stage is RunningStage.VALIDATING
 
     @validating.setter
     def validating(self, value: bool) -> None:
@@ -217,7 +220,7 @@ class Trainer:
 
     @property
     def sanity_checking(self) -> bool:
-        return self.state.stage == RunningStage.SANITY_CHECKING
+        return self.state.stage is RunningStage.SANITY_CHECKING
 
     @sanity_checking.setter
     def sanity_checking(self, value: bool) -> None:
@@ -225,7 +228,7 @@ class Trainer:
 
     @property
     def testing(self) -> bool:
-        return self.state.stage == RunningStage.TESTING
+        return self.state.stage is RunningStage.TESTING
 
     @testing.setter
     def testing(self, value: bool) -> None:
@@ -233,7 +236,7 @@ class Trainer:
 
     @property
     def predicting(self) -> bool:
-        return self.state.stage == RunningStage.PREDICTING
+        return self.state.stage is RunningStage.PREDICTING
 
     @predicting.setter
     def predicting(self, value: bool) -> None:
@@ -444,11 +447,10 @@ class Trainer:
         return fn(*args, **kwargs) if callable(fn) else None
 
     # -- what the module and the optimizer wrapper call (see _protocol.py) -------------------------
-    def _backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
-        training_step.backward(self, loss, optimizer, *args, **kwargs)
-
-    def _optimizer_step(self, wrapper: LightningOptimizer, closure: Callable[[], Any] | None, **kwargs: Any) -> Any:
-        return training_step.optimizer_step(self, wrapper, closure, **kwargs)
+    # training_step.backward and .optimizer_step, bound to the Trainer (one call less per step than a
+    # method calling them): see __init__.
+    _backward: Callable[..., None]
+    _optimizer_step: Callable[..., Any]
 
     def _block_grad_sync(self, block: bool) -> contextlib.AbstractContextManager:
         return self.strategy.block_grad_sync(block)
