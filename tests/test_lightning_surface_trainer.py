@@ -945,3 +945,53 @@ def test_seeded_workers_get_lightnings_worker_init_fn(tmp_path, monkeypatch) -> 
         quiet(trainer.fit, regressor(classes(fw)[0])(), train, val)
         init = trainer.train_dataloader.worker_init_fn
         assert init.func.__name__ == fn and init.keywords == {"rank": 0}
+
+
+# -- the module's hooks around evaluation -------------------------------------------------------------------
+MODULE_HOOKS = (
+    "setup", "teardown", "prepare_data", "on_fit_start", "on_fit_end", "on_train_start", "on_train_end",
+    "on_validation_start", "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_validation_batch_start", "on_validation_batch_end", "on_validation_model_eval", "on_validation_model_train",
+    "on_validation_model_zero_grad", "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end",
+    "on_test_batch_start", "on_test_batch_end", "on_test_model_eval", "on_test_model_train", "on_predict_start",
+    "on_predict_end", "on_predict_epoch_start", "on_predict_epoch_end", "on_predict_batch_start",
+    "on_predict_batch_end", "on_predict_model_eval",
+)
+
+
+def module_recording(case: Callable[[type], type], keep_dropout_off: bool) -> Callable[[type], type]:
+    """`case` with every module hook above recorded (name, global step, the modules' modes); with
+    `keep_dropout_off`, on_validation_model_train / on_test_model_train are overridden to leave the
+    dropout in eval mode (then Lightning does not put the modes back itself)."""
+    def make(LM: type) -> type:
+        cls = case(LM)
+
+        def hook_for(name: str):
+            def hook(self, *args, **kwargs):
+                result = getattr(super(recorded, self), name)(*args, **kwargs)
+                if keep_dropout_off and name in ("on_validation_model_train", "on_test_model_train"):
+                    self.net[2].eval()
+                self.recorded.append((name, self.trainer.global_step, tuple(m.training for m in self.modules()),
+                                      *[a for a in args[1:] if isinstance(a, int)]))
+                return result
+
+            return hook
+
+        names = [n for n in MODULE_HOOKS if keep_dropout_off or n not in ("on_validation_model_train",
+                                                                          "on_test_model_train")]
+        recorded = type("Recorded" + cls.__name__, (cls,), {n: hook_for(n) for n in names})
+        return recorded
+
+    return make
+
+
+@pytest.mark.parametrize("keep_dropout_off", [False, True])
+def test_module_hooks_around_evaluation(tmp_path, capsys, keep_dropout_off: bool) -> None:
+    """The module's own hooks through fit, validate, test and predict, in Lightning's order, with the
+    submodules' train/eval modes each saw; the model-train hooks overridden or not."""
+    train, val = cases.make_data()
+    args = (module_recording(several_loaders, keep_dropout_off), [val, val], val, predict_data())
+    ref = run_eval_suite("lightning", *args, str(tmp_path / "l"), capsys)
+    got = run_eval_suite("mopt_fast", *args, str(tmp_path / "m"), capsys)
+    assert_suite_equal(got, ref)
+    assert any(r[0] == "on_test_model_eval" for r in ref["recorded"])
