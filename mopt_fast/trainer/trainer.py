@@ -803,6 +803,13 @@ class Trainer:
                     f"the `on_{legacy}` hook instead. To access outputs, save them in-memory as instance attributes. "
                     "You can find migration examples in https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
                 )
+        for step in ("training_step", "validation_step", "test_step", "predict_step"):
+            fn = getattr(model, step, None)
+            if fn is not None and is_param_in_hook_signature(fn, "dataloader_iter", explicit=True):
+                raise NotImplementedError(
+                    f"`{name}.{step}(dataloader_iter)`: the `dataloader_iter` step flavor is not built in "
+                    "mopt_fast.Trainer; take `batch, batch_idx`"
+                )
         for owner, base in ((model, LightningModule), (self.datamodule, LightningDataModule)):
             for hook in ("transfer_batch_to_device", "on_before_batch_transfer", "on_after_batch_transfer"):
                 if owner is not None and callable(getattr(owner, hook, None)) and not hasattr(base, hook):
