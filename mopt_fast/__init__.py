@@ -9,6 +9,7 @@ from typing import Any
 
 from mopt_fast import _extension
 from mopt_fast._version import __version__
+from mopt_fast.datamodule import LightningDataModule
 from mopt_fast.exceptions import MisconfigurationException, not_built
 from mopt_fast.functional import (
     clip_grad_norm_,
@@ -47,7 +48,6 @@ if _extension.COMPILED:
 
 # Names of the lightning.pytorch / lightning top level that mopt_fast does not build.
 _NOT_BUILT = {
-    "LightningDataModule": "lightning.pytorch.LightningDataModule (pass the data loaders to fit)",
     "Fabric": "lightning.fabric.Fabric",
 }
 
@@ -77,6 +77,7 @@ __all__ = [
     "EarlyStopping",
     "FSDPStrategy",
     "LearningRateMonitor",
+    "LightningDataModule",
     "LightningModule",
     "LightningOptimizer",
     "MisconfigurationException",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mopt_fast import trainer as _trainer
 from mopt_fast.exceptions import not_built
 from mopt_fast.trainer import callbacks as _callbacks
 from mopt_fast.trainer import checkpoint as _checkpoint
@@ -27,11 +28,11 @@ _LIGHTNING_CALLBACKS = (
 
 def _built() -> dict[str, Any]:
     """The Lightning callback names mopt_fast has, looked up where they live: the four above, and
-    those added to mopt_fast.trainer (EarlyStopping, LearningRateMonitor, RichProgressBar, ...)
-    show up here without an edit."""
+    those mopt_fast.trainer exports (EarlyStopping, LearningRateMonitor, RichProgressBar, Timer,
+    ...) show up here without an edit."""
     found = {}
     for name in _LIGHTNING_CALLBACKS:
-        for module in (_callbacks, _checkpoint):
+        for module in (_trainer, _callbacks, _checkpoint):
             obj = getattr(module, name, None)
             if isinstance(obj, type):
                 found[name] = obj

@@ -25,12 +25,16 @@ import warnings
 from argparse import Namespace
 from collections.abc import Callable, Generator, Mapping, MutableMapping, Sequence
 from dataclasses import fields, is_dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.exceptions import MisconfigurationException, not_built
+from mopt_fast.hooks import EvaluationModelHooks
 from mopt_fast.optimizer import LightningOptimizer, validate_clip_args
+
+if TYPE_CHECKING:
+    from mopt_fast.trainer._protocol import ModuleTrainer
 
 __all__ = ["AttributeDict", "LightningModule"]
 
@@ -247,7 +251,7 @@ def _load_state(cls: type, checkpoint: dict[str, Any], strict: bool | None = Non
     return obj
 
 
-class LightningModule(torch.nn.Module):
+class LightningModule(EvaluationModelHooks, torch.nn.Module):
     """A torch.nn.Module with Lightning's training API. Subclass it, set
     ``self.automatic_optimization = False`` for manual optimization, and fit it with
     `mopt_fast.Trainer`."""
@@ -259,7 +263,7 @@ class LightningModule(torch.nn.Module):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._automatic_optimization = True
-        self._trainer: Any = None
+        self._trainer: ModuleTrainer | None = None
         self._param_requires_grad_state: dict[torch.Tensor, bool] = {}
         self._example_input_array: Any = None
         self._strict_loading: bool | None = None
@@ -281,13 +285,13 @@ class LightningModule(torch.nn.Module):
         self._automatic_optimization = bool(value)
 
     @property
-    def trainer(self) -> Any:
+    def trainer(self) -> ModuleTrainer:
         if self._trainer is None:
             raise RuntimeError(f"{type(self).__qualname__} is not attached to a `Trainer`.")
         return self._trainer
 
     @trainer.setter
-    def trainer(self, trainer: Any) -> None:
+    def trainer(self, trainer: ModuleTrainer | None) -> None:
         # LightningModules nested as direct children follow (and theirs in turn), as in Lightning.
         for child in self.children():
             if isinstance(child, LightningModule):
@@ -754,6 +758,7 @@ class LightningModule(torch.nn.Module):
             trainer, name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
             reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size,
             sync_dist=sync_dist and distributed and not rank_zero_only, metric_attribute=metric_attribute,
+            add_dataloader_idx=add_dataloader_idx,
         )
 
     def log_dict(

@@ -376,7 +376,7 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
         ({"num_nodes": 0}, MisconfigurationException, r"`num_nodes` must be an int >= 1, got 0"),
         ({"enable_checkpointing": False, "callbacks": [mopt_fast.ModelCheckpoint()]}, MisconfigurationException,
          r"`enable_checkpointing=False` but found `ModelCheckpoint` in callbacks"),
-        ({"fast_dev_run": True}, NotImplementedError, r"does not support `fast_dev_run=True`"),
+        ({"profiler": "simple"}, NotImplementedError, r"does not support `profiler='simple'`"),
         ({"no_such_argument": 1}, TypeError, r"unexpected keyword argument 'no_such_argument'"),
         ({"precision": "64-true"}, ValueError, r"precision='64-true' is not supported"),
         ({"accelerator": "tpu"}, MisconfigurationException, r"accelerator='tpu' is not supported"),
@@ -385,7 +385,7 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
         ({"limit_train_batches": 1.5}, MisconfigurationException,
          r"`limit_train_batches` as a float must be in \[0.0, 1.0\], got 1.5"),
     ],
-    ids=["fsdp_checkpointing", "deepspeed", "devices", "num_nodes", "checkpoint_callback_disabled", "fast_dev_run",
+    ids=["fsdp_checkpointing", "deepspeed", "devices", "num_nodes", "checkpoint_callback_disabled", "profiler",
          "unknown_argument", "precision", "accelerator", "accumulate_grad_batches", "gradient_clip_algorithm",
          "limit_train_batches"],
 )
@@ -444,8 +444,9 @@ def test_log_errors(value, where, match) -> None:
 def test_csv_logger_progress_bar_and_summary(tmp_path, capsys) -> None:
     torch.manual_seed(0)
     model = cases.gan(LightningModule)()
+    # The default logger is TensorBoard's when tensorboard is installed (as Lightning): CSV explicitly.
     trainer = Trainer(accelerator="cpu", max_epochs=2, default_root_dir=str(tmp_path), log_every_n_steps=2,
-                      enable_checkpointing=False)
+                      enable_checkpointing=False, logger=mopt_fast.CSVLogger(str(tmp_path)))
     trainer.fit(model, cases.make_data()[0])
     out, err = capsys.readouterr()
     assert "Trainable params" in out and "G" in out and "Sequential" in out

@@ -4,40 +4,167 @@ DataLoader workers across a resume, and RNG isolation for the sanity check."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.trainer.checkpoint import rng_state, set_rng_state
 
-__all__ = ["Lookahead", "isolated_rng", "iter_continuing", "move_to_device", "num_batches", "persistent_workers",
-           "set_sampler_epoch", "shut_down_workers"]
+__all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "check_iterable", "flatten_loaders", "isolated_rng",
+           "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
+           "shut_down_workers"]
 
 
-def num_batches(loader: Any, limit: int | float) -> int | float:
-    """The batches one pass over `loader` gives under a limit_*_batches value (inf: no length)."""
+def num_batches(loader: Any, limit: int | float, prefix: str = "train") -> int | float:
+    """The batches one pass over `loader` gives under a limit_*_batches value (inf: no length);
+    Lightning's `_parse_num_batches`. `prefix`: "train", "val", "test" or "predict"."""
     try:
         length: int | float = len(loader)
-    except TypeError:
+    except (TypeError, NotImplementedError):
         length = float("inf")
+    if length == 0:
+        return 0
+    n = length
     if isinstance(limit, int):
-        return min(length, limit)
-    if length == float("inf"):
-        if limit not in (0.0, 1.0):
-            raise MisconfigurationException(
-                f"A loader without a length needs an int limit (batches) or 0.0 / 1.0, got {limit}"
-            )
-        return length if limit == 1.0 else 0
-    return int(length * limit)
+        n = min(length, limit)
+    elif isinstance(limit, float) and length != float("inf"):
+        n = int(length * limit)
+    elif limit != 1.0:
+        raise MisconfigurationException(
+            f"When using an `IterableDataset`, `Trainer(limit_{prefix}_batches)` must be `1.0` or an int. An int "
+            f"specifies `num_{prefix}_batches` to use."
+        )
+    if n == 0 and limit > 0.0 and isinstance(limit, float) and length != float("inf"):
+        raise MisconfigurationException(
+            f"You requested to check {limit} of the `{prefix}_dataloader` but {limit} * {length} < 1. Please increase "
+            f"the `limit_{prefix}_batches` argument. Try at least `limit_{prefix}_batches={1.0 / length}`"
+        )
+    return n
+
+
+class DataSource:
+    """Where a loop's dataloaders come from, as Lightning's `_DataLoaderSource`: the loaders given
+    to fit/validate/test/predict, or the `name` hook ("val_dataloader", ...) of the module or
+    data module `instance`."""
+
+    __slots__ = ("instance", "name")
+
+    def __init__(self, instance: Any, name: str) -> None:
+        self.instance = instance
+        self.name = name
+
+    def is_module(self) -> bool:
+        from mopt_fast.datamodule import LightningDataModule
+        from mopt_fast.module import LightningModule
+
+        return isinstance(self.instance, (LightningModule, LightningDataModule))
+
+    def is_defined(self) -> bool:
+        """A loader was given, or the module's hook is overridden."""
+        if not self.is_module():
+            return self.instance is not None
+        from mopt_fast.datamodule import LightningDataModule
+        from mopt_fast.module import LightningModule
+        from mopt_fast.trainer._hooks import is_overridden
+
+        base = LightningModule if isinstance(self.instance, LightningModule) else LightningDataModule
+        return is_overridden(self.name, self.instance, base)
+
+    def request(self, trainer: Any) -> Any:
+        if not self.is_module():
+            return self.instance
+        prev = trainer._current_fx
+        trainer._current_fx = self.name
+        try:
+            return getattr(self.instance, self.name)()
+        finally:
+            trainer._current_fx = prev
+
+
+def flatten_loaders(loaders: Any) -> list[Any]:
+    """The dataloaders of a collection (a list, tuple or dict of loaders, nested as CombinedLoader
+    flattens them), in order; a single loader as a list of one."""
+    if isinstance(loaders, Mapping):
+        return [dl for v in loaders.values() for dl in flatten_loaders(v)]
+    if isinstance(loaders, (list, tuple)):
+        return [dl for v in loaders for dl in flatten_loaders(v)]
+    return [loaders]
+
+
+def check_iterable(loader: Any, source: DataSource, fn: str) -> None:
+    """Lightning's `_check_dataloader_iterable`: a TypeError naming where the non-iterable came from."""
+    if isinstance(loader, DataLoader):
+        return
+    try:
+        iter(loader)
+    except TypeError:
+        prefix = "train_" if fn == "fit" else ""
+        if not source.is_module():
+            raise TypeError(
+                f"An invalid dataloader was passed to `Trainer.{fn}({prefix}dataloaders=...)`. Found {loader}."
+            ) from None
+        if not source.is_defined():
+            raise TypeError(
+                f"An invalid dataloader was passed to `Trainer.{fn}({prefix}dataloaders=...)`. Found {loader}. Either "
+                f"pass the dataloader to the `.{fn}()` method OR implement `def {source.name}(self):` in your "
+                "LightningModule/LightningDataModule."
+            ) from None
+        raise TypeError(
+            f"An invalid dataloader was returned from `{type(source.instance).__name__}.{source.name}()`. "
+            f"Found {loader}."
+        ) from None
+
+
+def without_shuffling(loaders: list[Any], prefix: str) -> list[Any]:
+    """overfit_batches: the same batches every epoch. Loaders that do not all sample in order are
+    rebuilt with a SequentialSampler, with Lightning's warning (`_resolve_overfit_batches`)."""
+    if all(isinstance(getattr(dl, "sampler", None), SequentialSampler) for dl in loaders if hasattr(dl, "sampler")):
+        return loaders
+    from mopt_fast.trainer._warn import warn
+
+    warn(f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the {prefix} "
+         "dataloader shuffling for you.")
+    return [_with_sampler(dl, SequentialSampler(dl.dataset)) if isinstance(dl, DataLoader) else dl for dl in loaders]
+
+
+def _with_sampler(loader: DataLoader, sampler: Any) -> DataLoader:
+    workers = {}
+    if loader.num_workers > 0:
+        workers = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
+                       multiprocessing_context=loader.multiprocessing_context)
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator, **workers,
+    )
+
+
+def add_worker_init_fn(loader: Any, rank: int) -> None:
+    """After ``seed_everything(workers=True)`` (PL_SEED_WORKERS=1), a DataLoader without a
+    worker_init_fn gets `mopt_fast.seed.pl_worker_init_function`, as Lightning's
+    `_auto_add_worker_init_fn`."""
+    if not hasattr(loader, "worker_init_fn") or loader.worker_init_fn is not None:
+        return
+    if not int(os.environ.get("PL_SEED_WORKERS", 0)):
+        return
+    try:
+        from mopt_fast.seed import pl_worker_init_function
+    except ImportError:  # mopt_fast.seed not there (yet): leave the loader as it is
+        return
+    loader.worker_init_fn = functools.partial(pl_worker_init_function, rank=rank)
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` (tensors in lists, tuples, named tuples, dicts) on `device`; asynchronous only to an
+    accelerator (a copy to the CPU must be complete when it returns)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch.to(device, non_blocking=device.type != "cpu")
     if isinstance(batch, Mapping):
         return type(batch)({k: move_to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):

@@ -43,15 +43,23 @@ _LOG_OPTIONS: dict[str, tuple] = {
         ),
         _STEP_HOOK,
     ),
-    **dict.fromkeys(("validation_step", "on_validation_batch_start", "on_validation_batch_end"), _VAL_STEP_HOOK),
+    **dict.fromkeys(
+        (
+            "validation_step", "on_validation_batch_start", "on_validation_batch_end",
+            "test_step", "on_test_batch_start", "on_test_batch_end",
+        ),
+        _VAL_STEP_HOOK,
+    ),
     **dict.fromkeys(
         (
             "on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_validation_start",
-            "on_validation_epoch_start", "on_validation_epoch_end",
+            "on_validation_epoch_start", "on_validation_epoch_end", "on_test_start", "on_test_epoch_start",
+            "on_test_epoch_end",
         ),
         _EPOCH_HOOK,
     ),
 }
+DATALOADER_SUFFIX = "/dataloader_idx_{}"
 # reduce_fx -> its code. Lightning tells torch.max from the builtin max (they differ on NaN and
 # in the dtype they return, and a metric cannot be logged with both), so the codes do too.
 _REDUCTION_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
@@ -145,12 +153,13 @@ class _Metric:
     __slots__ = (
         "fx", "name", "prog_bar", "logger", "on_step", "on_epoch", "reduction", "enable_graph",
         "is_tensor", "metric_attribute", "value", "count", "step_value", "computed", "has_reset",
-        "step_name", "epoch_name", "_default",
+        "step_name", "epoch_name", "_default", "dataloader_idx",
     )
 
     def __init__(self, fx: str, name: str, prog_bar: bool, logger: bool, on_step: bool, on_epoch: bool,
                  reduction: str, enable_graph: bool, device: torch.device, metric: Any = None,
-                 metric_attribute: str | None = None) -> None:
+                 metric_attribute: str | None = None, dataloader_idx: int | None = None,
+                 add_dataloader_idx: bool = True) -> None:
         self.fx, self.name = fx, name
         self.prog_bar, self.logger = prog_bar, logger
         self.on_step, self.on_epoch = on_step, on_epoch
@@ -160,6 +169,12 @@ class _Metric:
         both = on_step and on_epoch
         self.step_name = name + "_step" if both else name
         self.epoch_name = name + "_epoch" if both else name
+        # Several eval dataloaders: the metric belongs to one, and its names carry "/dataloader_idx_N"
+        # (unless logged with add_dataloader_idx=False).
+        self.dataloader_idx = dataloader_idx
+        if dataloader_idx is not None and add_dataloader_idx:
+            suffix = DATALOADER_SUFFIX.format(dataloader_idx)
+            self.name, self.step_name, self.epoch_name = name + suffix, self.step_name + suffix, self.epoch_name + suffix
         self.computed: Any = None
         if self.is_tensor:
             self._default = {"max": float("-inf"), "min": float("inf"), "py_max": float("-inf"),
@@ -173,6 +188,9 @@ class _Metric:
 
     def options(self) -> tuple:
         return (self.prog_bar, self.logger, self.on_step, self.on_epoch, self.reduction, self.enable_graph)
+
+    def same_options(self, options: tuple, dataloader_idx: int | None) -> bool:
+        return self.options() == options and self.dataloader_idx == dataloader_idx
 
     def reset(self, device: torch.device | None = None) -> None:
         if self.is_tensor:
@@ -240,18 +258,24 @@ class _Results(dict):
         self.training = training
         self.batch: Any = None
         self.batch_size: int | None = None
+        self.dataloader_idx: int | None = None  # the eval dataloader running, when there are several
 
     def log(self, fx: str, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool,
             on_epoch: bool, reduction: str, enable_graph: bool, batch_size: int | None,
-            metric_attribute: str | None = None) -> None:
+            metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None:
         key = f"{fx}.{name}"
+        dataloader_idx = self.dataloader_idx
+        if add_dataloader_idx and dataloader_idx is not None:
+            key += f".{dataloader_idx}"
+            fx += f".{dataloader_idx}"
         metric = self.get(key)
         is_tensor = isinstance(value, torch.Tensor)
         if metric is None:
             metric = self[key] = _Metric(fx, name, prog_bar, logger, on_step, on_epoch, reduction, enable_graph,
                                          value.device if is_tensor else None,
-                                         metric=None if is_tensor else value, metric_attribute=metric_attribute)
-        elif metric.options() != (prog_bar, logger, on_step, on_epoch, reduction, enable_graph) or (
+                                         metric=None if is_tensor else value, metric_attribute=metric_attribute,
+                                         dataloader_idx=dataloader_idx, add_dataloader_idx=add_dataloader_idx)
+        elif not metric.same_options((prog_bar, logger, on_step, on_epoch, reduction, enable_graph), dataloader_idx) or (
             metric.metric_attribute != metric_attribute
         ):
             raise MisconfigurationException(
@@ -272,7 +296,7 @@ class _Results(dict):
         log: dict[str, torch.Tensor] = {}
         pbar: dict[str, torch.Tensor] = {}
         for m in self.values():
-            if m.has_reset:
+            if m.has_reset or m.dataloader_idx != self.dataloader_idx:
                 continue
             if on_step:
                 if not m.on_step:
@@ -326,7 +350,7 @@ class MetricStore:
     # -- self.log ---------------------------------------------------------------------------
     def log(self, trainer: Any, name: str, value: Any, *, prog_bar: bool, logger: bool | None, on_step: bool | None,
             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
-            sync_dist: bool = False, metric_attribute: str | None = None) -> None:
+            sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None:
         """`value`: a number, a tensor, or a torchmetrics.Metric (then `metric_attribute` names it)."""
         fx = trainer._current_fx
         results = self.active
@@ -380,17 +404,19 @@ class MetricStore:
             value = trainer.strategy.reduce(value if value.is_floating_point() else value.float(),
                                             base_reduction(reduction))
         results.log(fx, name, value, prog_bar, True if logger is None else bool(logger), on_step, on_epoch,
-                    reduction, enable_graph, batch_size, metric_attribute=None if is_tensor else metric_attribute)
+                    reduction, enable_graph, batch_size, metric_attribute=None if is_tensor else metric_attribute,
+                    add_dataloader_idx=add_dataloader_idx)
         self.current_fx = fx
 
     # -- the loop's events ------------------------------------------------------------------
-    def on_batch_start(self, batch: Any) -> None:
+    def on_batch_start(self, batch: Any, dataloader_idx: int | None = None) -> None:
         if self.first_loop_iter is None:
             self.first_loop_iter = True
         elif self.first_loop_iter is True:
             self.first_loop_iter = False
         self.active.batch = batch
         self.active.batch_size = None
+        self.active.dataloader_idx = dataloader_idx
 
     def on_batch_end(self) -> None:
         self._update(*self.active.metrics(on_step=True))

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from mopt_fast.hooks import EvaluationCallbackHooks
+
 __all__ = ["Callback", "ProgressBar", "TQDMProgressBar", "Tqdm", "ModelSummary", "HOOKS"]
 
 HOOKS = (
@@ -46,7 +48,7 @@ def rank_zero_info(trainer: Any, message: str) -> None:
         log.info(message)
 
 
-class Callback:
+class Callback(EvaluationCallbackHooks):
     """Override any of the hooks in `HOOKS`; each gets ``(trainer, pl_module, *hook_args)``.
 
     A callback with state returns it from `state_dict` (plain data: tensors, numbers, strings,
@@ -179,18 +181,6 @@ def load_callback_states(trainer: Any, checkpoint: dict[str, Any]) -> None:
         state = states.get(cb.state_key, states.get(legacy.get(id(cb), "")))
         if state:
             cb.load_state_dict(copy.deepcopy(state))
-
-
-def monitoring_last(fns: list[tuple[Any, bool]]) -> list[tuple[Any, bool]]:
-    """The on_train_epoch_end order: other callbacks, the module, then EarlyStopping and the checkpoint
-    callbacks (which may monitor a metric the module logs in its on_train_epoch_end)."""
-    def rank(item: tuple[Any, bool]) -> int:
-        fn, is_callback = item
-        if not is_callback:
-            return 1
-        return 2 if getattr(getattr(fn, "__self__", None), "_monitoring", False) else 0
-
-    return sorted(fns, key=rank)
 
 
 def reduce_boolean_decision(trainer: Any, decision: bool, all: bool = True) -> bool:  # noqa: A002

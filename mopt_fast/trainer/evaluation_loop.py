@@ -1,70 +1,350 @@
-"""The evaluation loop: validation inside fit (and its sanity check), as Lightning 2.6's
-loops/evaluation_loop.py runs it: the module in eval mode (each submodule back to its own mode
-afterwards), no gradients, the step hooks around `validation_step`, epoch metrics folded into
-callback_metrics at the end, step metrics logged per batch (except in the sanity check)."""
+"""The evaluation loops, as Lightning 2.6's loops/evaluation_loop.py and prediction_loop.py run them.
+
+`EvaluationLoop` runs `validation_step` (inside fit, its sanity check, and `trainer.validate`) or
+`test_step` (`trainer.test`) over one or several dataloaders in turn: the module in eval mode
+(each submodule back to its own mode afterwards), no gradients (``torch.inference_mode`` for
+validate/test under ``Trainer(inference_mode=True)``, ``no_grad`` inside fit), the batch hooks
+around the step (with ``dataloader_idx`` only when there are several loaders), step metrics
+logged per batch, each loader's epoch metrics ("/dataloader_idx_N" names when several) folded into
+callback_metrics and returned as one dict per loader. No host sync per batch beyond what a logger
+needs: nothing is read back unless a logger writes step metrics.
+
+`PredictionLoop` runs `predict_step` and collects the predictions (on the CPU) per loader.
+"""
 from __future__ import annotations
 
+import contextlib
+import inspect
+import os
+import shutil
+import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mopt_fast.trainer._data import iter_continuing, move_to_device, persistent_workers
+from mopt_fast.module import LightningModule
+from mopt_fast.trainer._data import (
+    DataSource,
+    add_worker_init_fn,
+    check_iterable,
+    flatten_loaders,
+    iter_continuing,
+    move_to_device,
+    num_batches,
+    persistent_workers,
+    set_sampler_epoch,
+    without_shuffling,
+)
+from mopt_fast.trainer._hooks import is_overridden, is_param_in_hook_signature
+from mopt_fast.trainer._metrics import to_scalars
+from mopt_fast.trainer._warn import warn
+from mopt_fast.trainer.states import RunningStage, TrainerFn
 
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
 
-__all__ = ["EvaluationLoop"]
+__all__ = ["EvaluationLoop", "PredictionLoop", "print_results"]
 
 
-class EvaluationLoop:
-    """Runs `validation_step` over the validation loader. Owned by the Trainer (``trainer.val_loop``)."""
+def _grad_context(trainer: Trainer, inference_mode: bool) -> contextlib.AbstractContextManager:
+    """Lightning's `_no_grad_context`: inference_mode unless it is off, the process group is gloo's
+    or the strategy is FSDP (where it breaks), then no_grad."""
+    from mopt_fast.trainer.strategies import FSDPStrategy
 
-    def __init__(self, trainer: Trainer) -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        return torch.no_grad()
+    if isinstance(trainer.strategy, FSDPStrategy) or not inference_mode:
+        return torch.no_grad()
+    return torch.inference_mode()
+
+
+def _verify_dataloader_idx(module: Any, hooks: tuple[str, ...], several: bool, prefix: str) -> None:
+    """Lightning's `_verify_dataloader_idx_requirement`: with several loaders the step and batch
+    hooks must take `dataloader_idx`; with one, it may only be there with a default."""
+    for hook in hooks:
+        fn = getattr(module, hook, None)
+        if fn is None:
+            continue
+        present = is_param_in_hook_signature(fn, "dataloader_idx")
+        if not several:
+            if present:
+                params = inspect.signature(fn).parameters
+                if "dataloader_idx" in params and params["dataloader_idx"].default is inspect.Parameter.empty:
+                    raise RuntimeError(
+                        f"You provided only a single `{prefix}_dataloader`, but have included `dataloader_idx` in "
+                        f"`{type(module).__name__}.{hook}()`. Either remove the argument or give it a default value "
+                        "i.e. `dataloader_idx=0`."
+                    )
+        elif not present:
+            raise RuntimeError(
+                f"You provided multiple `{prefix}_dataloader`, but no `dataloader_idx` argument in "
+                f"`{type(module).__name__}.{hook}()`. Try adding `dataloader_idx=0` to its signature."
+            )
+
+
+def _is_shuffled(loader: Any) -> bool:
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if batch_sampler is not None and getattr(batch_sampler, "sampler", None) is not None:
+        sampler = batch_sampler.sampler
+    return isinstance(sampler, torch.utils.data.RandomSampler)
+
+
+class _ModuleModes:
+    """Each submodule's train/eval mode, captured before evaluation and put back after it."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.modes = {name: m.training for name, m in module.named_modules()}
+
+    def restore(self, module: torch.nn.Module) -> None:
+        for name, m in module.named_modules():
+            if name in self.modes:
+                m.training = self.modes[name]
+
+
+class _Loop:
+    """What the evaluation and prediction loops share: where their loaders come from and how."""
+
+    def __init__(self, trainer: Trainer, fn: TrainerFn, stage: RunningStage, inference_mode: bool) -> None:
         self.trainer = trainer
-        self.loader: Any = None
-        self.batches_logged = 0  # the loggers' step for validation step metrics, across runs
-        # Persistent DataLoader workers: whether this loader's are running, and in a resumed fit
+        self.fn = fn
+        self.stage = stage
+        self.inference_mode = inference_mode
+        self.prefix = stage.dataloader_prefix
+        self.source = DataSource(None, f"{self.prefix}_dataloader")
+        self.loaders: list[Any] | None = None  # processed, flattened; None until set up
+        self.max_batches: list[int | float] = []
+        # Persistent DataLoader workers: whether these loaders' are running, and in a resumed fit
         # whether the original run had them running (see _data.iter_continuing).
         self.workers_started = False
         self.resume_workers_running = False
 
-    def _iterator(self, sanity: bool) -> Any:
-        loader = self.loader
+    @property
+    def limit(self) -> int | float:
+        return getattr(self.trainer, f"limit_{self.prefix}_batches")
+
+    def _request(self) -> list[Any]:
+        trainer = self.trainer
+        loaders = self.source.request(trainer)
+        processed = []
+        for loader in flatten_loaders(loaders):
+            check_iterable(loader, self.source, self.fn.value)
+            if self.stage != RunningStage.TRAINING and _is_shuffled(loader):
+                warn(
+                    f"Your `{self.prefix}_dataloader`'s sampler has shuffling enabled, it is strongly recommended that "
+                    "you turn shuffling off for val/test dataloaders.")
+            if trainer.use_distributed_sampler:
+                loader = trainer.strategy.process_loader(loader, shuffle_default=False)
+            add_worker_init_fn(loader, trainer.global_rank)
+            if self.fn != TrainerFn.FITTING:
+                set_sampler_epoch(loader, trainer.current_epoch)
+            processed.append(loader)
+        if self.fn == TrainerFn.FITTING and trainer.overfit_batches > 0:
+            processed = without_shuffling(processed, self.prefix)
+        return processed
+
+    def _iterator(self, loader: Any, sanity: bool) -> Any:
         if not persistent_workers(loader):
             return iter(loader)
         continuing = not sanity and loader._iterator is None and self.resume_workers_running
         it = iter_continuing(loader) if continuing else iter(loader)
         self.workers_started = True
-        self.resume_workers_running = False
         return it
 
-    def run_in_fit(self, limit: int | float, sanity: bool) -> None:
-        """One validation run inside fit: `limit` batches; `sanity` for the sanity check (its
-        results are discarded and nothing is logged)."""
+    def teardown(self) -> None:
+        from mopt_fast.trainer._data import shut_down_workers
+
+        for loader in self.loaders or ():
+            shut_down_workers(loader)
+
+
+class EvaluationLoop(_Loop):
+    """validation_step or test_step over the loaders of `validate` / `test`, or of fit's validation.
+    Owned by the Trainer: ``trainer.val_loop`` (inside fit), ``validate_loop``, ``test_loop``."""
+
+    def __init__(self, trainer: Trainer, fn: TrainerFn, stage: RunningStage, verbose: bool = True,
+                 inference_mode: bool = True) -> None:
+        super().__init__(trainer, fn, stage, inference_mode)
+        self.verbose = verbose
+        testing = stage == RunningStage.TESTING
+        name = "test" if testing else "validation"
+        self.step_name = f"{name}_step"
+        self.hooks = {k: f"on_{name}_{k}" for k in ("start", "end", "epoch_start", "epoch_end", "batch_start",
+                                                     "batch_end", "model_eval", "model_train")}
+        self.batches_logged: list[int] = []  # per loader: the loggers' step for step metrics
+
+    def reset_data(self) -> None:
+        """Forget the loaders (a new fit/validate/test asks for them again)."""
+        self.loaders = None
+        self.max_batches = []
+        self.batches_logged = []
+
+    def setup_data(self) -> None:
+        """Ask for the loaders (once per fit; every validate/test) and count their batches."""
+        if self.loaders is not None and self.fn == TrainerFn.FITTING:
+            return
         trainer = self.trainer
+        limit = self.limit
+        if limit == 0 or not is_overridden(self.step_name, trainer.lightning_module, LightningModule):
+            self.loaders, self.max_batches = [], []
+            return
+        self.loaders = self._request()
+        self.max_batches = [num_batches(dl, limit, self.prefix) for dl in self.loaders]
+        self.batches_logged = [0] * len(self.loaders)
+
+    def run(self) -> list[dict[str, Any]]:
+        """One pass over every loader (the sanity check's few batches when the trainer is sanity
+        checking); returns each loader's logged epoch metrics."""
+        trainer = self.trainer
+        self.setup_data()
+        sanity = trainer.sanity_checking
+        max_batches = self.max_batches
+        if sanity:
+            max_batches = [min(trainer.num_sanity_val_steps, n) for n in max_batches]
+        if sum(max_batches) == 0:
+            return []
         model = trainer.lightning_module
+        hooks = self.hooks
+        loaders = self.loaders
+        several = len(loaders) > 1
+        _verify_dataloader_idx(model, (self.step_name,), several, self.prefix)
+        _verify_dataloader_idx(model, (hooks["batch_start"], hooks["batch_end"]), several, self.prefix)
+        if self.fn == TrainerFn.FITTING:
+            for loader in loaders:  # some users shuffle validation by the training progress
+                set_sampler_epoch(loader, trainer.current_epoch)
         metrics = trainer._metrics
         saved_active, saved_first = metrics.active, metrics.first_loop_iter
-        metrics.active = metrics.val
-        metrics.reset_results(metrics.val)
-        trainer.sanity_checking = sanity
-        if sanity:
-            trainer._call("on_sanity_check_start")
-        # The sanity check is neither training nor validating, as in Lightning.
-        trainer.training = False
-        trainer.validating = not sanity
-        step_fn = model.validation_step
-        pass_idx = trainer._takes_batch_idx(step_fn)
-        modes = {m: m.training for m in model.modules()}
-        trainer._call_module("on_validation_model_eval")
+        metrics.active = results = metrics.val
+        metrics.reset_results(results)
+        results.dataloader_idx = None
+        step_fn = getattr(model, self.step_name)
+        pass_idx = is_param_in_hook_signature(step_fn, "batch_idx", min_args=2)
+        modes = _ModuleModes(model)
+        trainer._call_module(hooks["model_eval"])
         device = trainer.root_device
+        call = trainer._call
+        forward_context = trainer._precision.forward_context
+        outputs: list[dict[str, Any]] = []
         try:
-            with torch.no_grad():
-                trainer._call("on_validation_start")
-                trainer._call("on_validation_epoch_start")
-                if limit:
-                    it = self._iterator(sanity)
-                    batch_idx = 0
+            with _grad_context(trainer, self.inference_mode and self.fn != TrainerFn.FITTING):
+                call(hooks["start"])
+                call(hooks["epoch_start"])
+                previous = 0
+                for dl_idx, loader in enumerate(loaders):
+                    it = self._iterator(loader, sanity)
+                    idx = (dl_idx,) if several else ()
+                    limit, batch_idx = max_batches[dl_idx], 0
+                    while batch_idx < limit:
+                        try:
+                            batch = next(it)
+                        except StopIteration:
+                            break
+                        if dl_idx != previous:  # the loader changed: the previous one's epoch metrics
+                            outputs.append(self._loader_outputs(sanity))
+                        previous = dl_idx
+                        if device.type != "cpu":
+                            batch = move_to_device(batch, device)
+                        metrics.on_batch_start(batch, dl_idx if several else None)
+                        call(hooks["batch_start"], batch, batch_idx, *idx)
+                        trainer._current_fx = self.step_name
+                        try:
+                            with forward_context():
+                                out = step_fn(batch, batch_idx, *idx) if pass_idx else step_fn(batch, *idx)
+                        finally:
+                            trainer._current_fx = None
+                        call(hooks["batch_end"], out, batch, batch_idx, *idx)
+                        metrics.on_batch_end()
+                        if not sanity:
+                            if trainer.loggers:
+                                step_logs = results.metrics(on_step=True)[1]
+                                if step_logs:
+                                    trainer._log_to_loggers(step_logs, step=self.batches_logged[dl_idx])
+                            self.batches_logged[dl_idx] += 1
+                        batch_idx += 1
+                self.resume_workers_running = False
+                outputs.append(self._loader_outputs(sanity))
+                results.dataloader_idx = None
+                call(hooks["epoch_end"])
+                metrics.first_loop_iter = None
+                epoch_end_outputs = self._loader_outputs(sanity)
+                logged = {k: v for out in outputs for k, v in out.items()}
+                logged.update(epoch_end_outputs)
+                for out in outputs:
+                    out.update(epoch_end_outputs)
+                if not sanity:
+                    trainer._log_to_loggers(logged)
+                call(hooks["end"])
+                metrics.reset_results(results)
+        except BaseException:
+            modes.restore(model)  # each submodule back to its own mode, also after a failure
+            metrics.active, metrics.first_loop_iter = saved_active, saved_first
+            raise
+        if is_overridden(hooks["model_train"], model, LightningModule):
+            trainer._call_module(hooks["model_train"])
+        else:
+            modes.restore(model)
+        metrics.active, metrics.first_loop_iter = saved_active, saved_first
+        if self.verbose and trainer.is_global_zero and not sanity:
+            print_results(outputs, self.stage.value)
+        trainer._last_val_time = time.monotonic()
+        return outputs
+
+    def _loader_outputs(self, sanity: bool) -> dict[str, Any]:
+        """The epoch metrics of the loader just finished (or, after the epoch-end hook, of none),
+        folded into callback_metrics; the logged ones returned (Lightning's
+        `update_eval_epoch_metrics`)."""
+        metrics = self.trainer._metrics
+        metrics.first_loop_iter = None
+        if sanity:
+            return {}
+        callback, log, pbar = metrics.active.metrics(on_step=False)
+        metrics._update(callback, log, pbar)
+        return log
+
+
+class PredictionLoop(_Loop):
+    """predict_step over the predict loaders; ``trainer.predict_loop``."""
+
+    def __init__(self, trainer: Trainer, inference_mode: bool = True) -> None:
+        super().__init__(trainer, TrainerFn.PREDICTING, RunningStage.PREDICTING, inference_mode)
+        self.return_predictions = True
+        self.predictions: list[list[Any]] = []
+        self._warned_none = False
+
+    def setup_data(self) -> None:
+        if self.limit == 0:
+            self.loaders, self.max_batches = [], []
+            return
+        self.loaders = self._request()
+        self.max_batches = [num_batches(dl, self.limit, self.prefix) for dl in self.loaders]
+
+    def run(self) -> list[Any] | None:
+        trainer = self.trainer
+        self.setup_data()
+        if sum(self.max_batches) == 0:
+            return None
+        model = trainer.lightning_module
+        loaders = self.loaders
+        several = len(loaders) > 1
+        _verify_dataloader_idx(model, ("predict_step",), several, self.prefix)
+        _verify_dataloader_idx(model, ("on_predict_batch_start", "on_predict_batch_end"), several, self.prefix)
+        self.predictions = [[] for _ in loaders]
+        step_fn = model.predict_step
+        pass_idx = is_param_in_hook_signature(step_fn, "batch_idx", min_args=2)
+        modes = _ModuleModes(model)
+        trainer._call_module("on_predict_model_eval")
+        device, cpu = trainer.root_device, torch.device("cpu")
+        call = trainer._call
+        try:
+            with _grad_context(trainer, self.inference_mode):
+                call("on_predict_start")
+                call("on_predict_epoch_start")
+                for dl_idx, loader in enumerate(loaders):
+                    it = iter(loader)
+                    idx = (dl_idx,) if several else ()
+                    limit, batch_idx = self.max_batches[dl_idx], 0
                     while batch_idx < limit:
                         try:
                             batch = next(it)
@@ -72,36 +352,93 @@ class EvaluationLoop:
                             break
                         if device.type != "cpu":
                             batch = move_to_device(batch, device)
-                        metrics.on_batch_start(batch)
-                        trainer._call("on_validation_batch_start", batch, batch_idx)
-                        trainer._current_fx = "validation_step"
+                        call("on_predict_batch_start", batch, batch_idx, *idx)
+                        trainer._current_fx = "predict_step"
                         try:
                             with trainer._precision.forward_context():
-                                out = step_fn(batch, batch_idx) if pass_idx else step_fn(batch)
+                                out = step_fn(batch, batch_idx, *idx) if pass_idx else step_fn(batch, *idx)
                         finally:
                             trainer._current_fx = None
-                        trainer._call("on_validation_batch_end", out, batch, batch_idx)
-                        if not sanity:
-                            step_logs = metrics.val.metrics(on_step=True)[1]
-                            if step_logs:
-                                trainer._log_to_loggers(step_logs, step=self.batches_logged)
-                            self.batches_logged += 1
-                        metrics.on_batch_end()
+                        if out is None and not self._warned_none:
+                            self._warned_none = True
+                            warn("predict returned None if it was on purpose, ignore this warning...")
+                        call("on_predict_batch_end", out, batch, batch_idx, *idx)
+                        if self.return_predictions:
+                            self.predictions[dl_idx].append(move_to_device(out, cpu))
                         batch_idx += 1
-                metrics.epoch_end_reached()
-                trainer._call("on_validation_epoch_end")
-                if not sanity:
-                    trainer._log_to_loggers(metrics.on_epoch_end())
-                trainer._call("on_validation_end")
-                metrics.reset_results(metrics.val)  # logged Metric objects reset after each run, as Lightning
+                call("on_predict_epoch_end")
+                result = (self.predictions[0] if not several else self.predictions) if self.return_predictions else None
+                if not self.return_predictions:
+                    self.predictions = []
+                call("on_predict_end")
         finally:
-            trainer._call_module("on_validation_model_train")
-            for m, training in modes.items():  # each submodule back to its own mode
-                m.training = training
-            metrics.active, metrics.first_loop_iter = saved_active, saved_first
-        # Not in the `finally`: a failure inside leaves the stage as it was for on_exception, as in Lightning.
-        trainer.validating = False
-        if sanity:
-            trainer._call("on_sanity_check_end")
-        trainer.sanity_checking = False
-        trainer.training = True
+            modes.restore(model)
+        return result
+
+
+def print_results(results: list[dict[str, Any]], stage: str) -> None:
+    """Lightning's results table after validate/test (`_EvaluationLoop._print_results`): rich's
+    when rich is installed, else the same table in text."""
+    results = [{k.split("/dataloader_idx_")[0]: v for k, v in r.items()} for r in results]
+    names = sorted({k for r in results for k in r})
+    if not names:
+        return
+    headers = [f"DataLoader {i}" for i in range(len(results))]
+    term_size = shutil.get_terminal_size(fallback=(120, 30)).columns or 120
+    max_length = int(min(max(len(max(names, key=len)), len(max(headers, key=len)), 25), term_size / 2))
+    rows: list[list[str]] = [[] for _ in names]
+    for r in results:
+        for name, row in zip(names, rows):
+            val = r.get(name)
+            if val is None:
+                row.append(" ")
+                continue
+            if isinstance(val, torch.Tensor):
+                val = val.item() if val.numel() == 1 else val.tolist()
+            row.append(f"{val}")
+    num_cols = int((term_size - max_length) / max_length)
+    for i in range(0, len(headers), num_cols):
+        table_headers = [f"{stage} Metric".capitalize(), *headers[i: i + num_cols]]
+        table_rows = [row[i: i + num_cols] for row in rows]
+        try:
+            from rich import get_console
+            from rich.table import Column, Table
+        except ImportError:
+            _print_text_table(table_headers, names, table_rows, max_length, term_size)
+            continue
+        columns = [Column(h, justify="center", style="magenta", width=max_length) for h in table_headers]
+        columns[0].style = "cyan"
+        table = Table(*columns)
+        for name, row in zip(names, table_rows):
+            table.add_row(name, *row)
+        get_console().print(table)
+
+
+def _print_text_table(headers: list[str], names: list[str], rows: list[list[str]], max_length: int,
+                      term_size: int) -> None:
+    row_format = f"{{:^{max_length}}}" * len(headers)
+    half = int(term_size / 2)
+    try:
+        if sys.stdout.encoding is not None:
+            "─".encode(sys.stdout.encoding)
+    except UnicodeEncodeError:
+        bar_character = "-"
+    else:
+        bar_character = "─"
+    bar = bar_character * term_size
+    lines = [bar, row_format.format(*headers).rstrip(), bar]
+    for name, row in zip(names, rows):
+        if len(name) > half:
+            while len(name) > half:
+                lines.append(row_format.format(name[:half], *row).rstrip())
+                name = name[half:]
+            lines.append(row_format.format(name, " ").rstrip())
+        else:
+            lines.append(row_format.format(name, *row).rstrip())
+    lines.append(bar)
+    print(os.linesep.join(lines))
+
+
+def results_to_scalars(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The returned results of validate/test: the tensors as Python numbers."""
+    return [to_scalars(r) for r in results]

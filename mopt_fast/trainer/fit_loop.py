@@ -13,12 +13,26 @@ resume.py restores.
 """
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import DataLoader
 
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.trainer import training_step
-from mopt_fast.trainer._data import Lookahead, iter_continuing, move_to_device, num_batches, persistent_workers
+from mopt_fast.trainer._data import (
+    DataSource,
+    Lookahead,
+    add_worker_init_fn,
+    check_iterable,
+    iter_continuing,
+    move_to_device,
+    num_batches,
+    persistent_workers,
+    without_shuffling,
+)
 from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
 from mopt_fast.trainer.checkpoint import rng_state
 from mopt_fast.trainer.states import LoopPoint
@@ -41,7 +55,9 @@ class FitLoop:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
+        self.source = DataSource(None, "train_dataloader")
         self.loader: Any = None  # the train loader of the fit running
+        self.validation_enabled = False  # trainer.enable_validation, fixed for the fit
         self.reset_progress()
 
     def reset_progress(self) -> None:
@@ -75,12 +91,19 @@ class FitLoop:
     def count_manual_step(self) -> None:
         self.manual_steps += 1
 
+    def can_stop_early(self) -> bool:
+        """min_epochs and min_steps are met: `trainer.should_stop` may end the fit."""
+        trainer = self.trainer
+        epochs = self.epochs_completed >= trainer.min_epochs if trainer.min_epochs else True
+        steps = self.global_step >= trainer.min_steps if trainer.min_steps else True
+        return epochs and steps
+
     def done(self) -> bool:
         trainer = self.trainer
         return (
             _max_reached(self.global_step, trainer.max_steps)
             or _max_reached(self.epochs_completed, trainer.max_epochs)
-            or trainer.should_stop
+            or (trainer.should_stop and self.can_stop_early())
         )
 
     def ready_batches_reached(self) -> bool:
@@ -93,14 +116,38 @@ class FitLoop:
         return not done and not final
 
     # -- set-up ------------------------------------------------------------------------------------
+    def setup_data(self) -> None:
+        """The train loader, asked for once per fit (Lightning's `_FitLoop.setup_data`)."""
+        if self.loader is not None:
+            return
+        trainer = self.trainer
+        loader = self.source.request(trainer)
+        if isinstance(loader, Mapping) or (
+            isinstance(loader, (list, tuple)) and any(isinstance(x, DataLoader) for x in loader)
+        ):
+            raise NotImplementedError(
+                "several training dataloaders (a list or dict of them, Lightning's CombinedLoader) are not built in "
+                "mopt_fast.Trainer: combine them into one DataLoader"
+            )
+        check_iterable(loader, self.source, "fit")
+        if trainer.overfit_batches > 0:
+            loader = without_shuffling([loader], "train")[0]
+        if trainer.use_distributed_sampler:
+            loader = trainer.strategy.process_loader(loader, shuffle_default=True)
+        add_worker_init_fn(loader, trainer.global_rank)
+        self.loader = loader
+
     def setup_batches(self, loader: Any) -> None:
         """num_training_batches and val_check_batch for `loader`."""
         trainer = self.trainer
-        self.num_training_batches = num_batches(loader, trainer.limit_train_batches)
+        self.num_training_batches = num_batches(loader, trainer.limit_train_batches, "train")
         if self.num_training_batches == 0:
             return
         interval = trainer.val_check_interval
-        if isinstance(interval, int):
+        if trainer._val_check_time_interval is not None:  # validation every so many seconds
+            self.val_check_batch = None
+            trainer._train_start_time = trainer._last_val_time = time.monotonic()
+        elif isinstance(interval, int):
             self.val_check_batch = interval
             if (self.val_check_batch > self.num_training_batches and trainer.check_val_every_n_epoch is not None
                     and trainer.enable_validation):
@@ -134,10 +181,15 @@ class FitLoop:
         _set_sampler_epoch(loader, self.epochs_completed)
 
     # -- the epochs --------------------------------------------------------------------------------
-    def run(self, model: LightningModule, loader: Any, resume: dict[str, Any] | None) -> None:
+    def run(self, model: LightningModule, resume: dict[str, Any] | None) -> None:
         from mopt_fast.trainer import resume as resuming
 
         trainer = self.trainer
+        self.validation_enabled = trainer.enable_validation
+        if trainer.limit_train_batches == 0:
+            return
+        self.setup_data()
+        loader = self.loader
         self.setup_batches(loader)
         if self.num_training_batches == 0:
             return
@@ -149,6 +201,10 @@ class FitLoop:
             iterator = self.new_iterator(loader)
         if self.done():
             return
+        if self.should_check_val_epoch():  # the val loaders, asked for now if the sanity check did not
+            trainer.val_loop.setup_data()
+        if resume is not None:
+            resuming.warn_if_worker_streams_restart(trainer, resume, loader)
         trainer._call("on_train_start")
         if resume is not None:
             resuming.continue_epoch(self, model, loader, resume)
@@ -184,7 +240,9 @@ class FitLoop:
         if resume_tail:
             self.batch_tail(automatic, after_validation=resume_tail == "validation")
         while True:
-            if _max_reached(self.global_step, trainer.max_steps) or self.ready_batches_reached() or trainer.should_stop:
+            if _max_reached(self.global_step, trainer.max_steps) or self.ready_batches_reached() or (
+                trainer.should_stop and self.can_stop_early()
+            ):
                 break
             try:
                 batch = next(iterator)
@@ -232,9 +290,11 @@ class FitLoop:
         trainer = self.trainer
         accumulating = self.should_accumulate()
         if not after_validation and self.should_check_val():
-            if not accumulating:
+            trainer.validating = True
+            if not accumulating:  # no gradients kept in memory during validation
                 trainer._call_module("on_validation_model_zero_grad")
-            trainer.val_loop.run_in_fit(trainer.num_val_batches, sanity=False)
+            trainer.val_loop.run()
+            trainer.training = True
             trainer._validation_has_run = True
             self.loop_point(LoopPoint.VALIDATION)
         if automatic:
@@ -270,9 +330,10 @@ class FitLoop:
         after on_train_epoch_end (EPOCH): the places a checkpoint resumes from exactly. A
         checkpoint saved anywhere else records an approximate stage (see resume.py)."""
         self.point = point
-        for cb in self.trainer.checkpoint_callbacks:
-            cb._on_loop_point(self.trainer, point)
-        self.point = LoopPoint.IN_EPOCH_END if point == LoopPoint.EPOCH else LoopPoint.IN_BATCH
+        if not self.trainer.fast_dev_run:  # fast_dev_run saves no checkpoints, as Lightning
+            for cb in self.trainer.checkpoint_callbacks:
+                cb._on_loop_point(self.trainer, point)
+        self.point = LoopPoint.IN_EPOCH_END if point is LoopPoint.EPOCH else LoopPoint.IN_BATCH
 
     # -- schedulers and validation checks ----------------------------------------------------------
     def update_schedulers(self, interval: str, plateau: bool) -> None:
@@ -307,21 +368,26 @@ class FitLoop:
                     continue
             trainer._call_module("lr_scheduler_step", config.scheduler, monitor_val)
 
+    def should_check_val_epoch(self) -> bool:
+        every = self.trainer.check_val_every_n_epoch
+        return self.validation_enabled and (every is None or (self.epochs_completed + 1) % every == 0)
+
     def should_check_val(self) -> bool:
+        """Lightning's `_should_check_val_fx`."""
         trainer = self.trainer
-        if not trainer.enable_validation:
-            return False
-        every = trainer.check_val_every_n_epoch
-        if every is not None and (self.epochs_completed + 1) % every != 0:
+        if not self.should_check_val_epoch():
             return False
         infinite = self.val_check_batch == _INF
         if self.is_last_batch and infinite:
             return True
-        if trainer.should_stop:
+        if trainer.should_stop and self.can_stop_early():
             return True
+        interval = trainer._val_check_time_interval
+        if interval is not None:
+            return time.monotonic() - trainer._last_val_time >= interval
         if isinstance(trainer.limit_train_batches, int) and infinite:
             return (self.batch_idx + 1) % trainer.limit_train_batches == 0
         if not infinite:
-            current = self.total_batch_idx if every is None else self.batch_idx
+            current = self.total_batch_idx if trainer.check_val_every_n_epoch is None else self.batch_idx
             return (current + 1) % self.val_check_batch == 0
         return self.is_last_batch

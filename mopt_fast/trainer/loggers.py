@@ -30,7 +30,7 @@ import torch
 
 from mopt_fast.seed import _env_rank
 
-__all__ = ["Logger", "CSVLogger", "TensorBoardLogger", "log_hyperparams_at_fit_start",
+__all__ = ["Logger", "CSVLogger", "TensorBoardLogger", "log_hyperparams_at_start",
            "save_hparams_to_yaml", "load_hparams_from_yaml", "load_hparams_from_tags_csv"]
 
 log = logging.getLogger(__name__)
@@ -545,16 +545,37 @@ class TensorBoardLogger(Logger):
         return state
 
 
-def log_hyperparams_at_fit_start(trainer: Any) -> None:
-    """What Lightning's Trainer does with the loggers once on_fit_start has run: each logger gets
-    the module's initial hyperparameters (when `save_hyperparameters` was called with
-    ``logger=True``), the model for `log_graph`, and a `save`. Rank 0 only."""
+def log_hyperparams_at_start(trainer: Any) -> None:
+    """What Lightning's Trainer does with the loggers once on_fit_start has run (and at the start
+    of validate/test/predict): each logger gets the initial hyperparameters of the module (when
+    `save_hyperparameters` was called with ``logger=True``) and of the data module, merged (the
+    same key with different values is Lightning's error), the model for `log_graph`, and a `save`.
+    Rank 0 only."""
     if not trainer.loggers or not trainer.is_global_zero:
         return
-    module = trainer.lightning_module
+    module, datamodule = trainer.lightning_module, trainer.datamodule
+    log_model = getattr(module, "_log_hyperparams", False)
+    log_dm = datamodule is not None and getattr(datamodule, "_log_hyperparams", False)
     hparams = None
-    if getattr(module, "_log_hyperparams", False):
-        hparams = {k: v for k, v in module.hparams_initial.items() if k != "_class_path"}
+    if log_model and log_dm:
+        model_hparams, dm_hparams = dict(module.hparams_initial), dict(datamodule.hparams_initial)
+        clash = [k for k in model_hparams.keys() & dm_hparams.keys() if k != "_class_path" and (
+            type(model_hparams[k]) is not type(dm_hparams[k])
+            or (isinstance(model_hparams[k], torch.Tensor) and model_hparams[k] is not dm_hparams[k])
+            or (not isinstance(model_hparams[k], torch.Tensor) and model_hparams[k] != dm_hparams[k])
+        )]
+        if clash:
+            raise RuntimeError(
+                f"Error while merging hparams: the keys {clash} are present in both the LightningModule's and "
+                "LightningDataModule's hparams but have different values."
+            )
+        hparams = {**model_hparams, **dm_hparams}
+    elif log_model:
+        hparams = dict(module.hparams_initial)
+    elif log_dm:
+        hparams = dict(datamodule.hparams_initial)
+    if hparams is not None:
+        hparams = {k: v for k, v in hparams.items() if k != "_class_path"}
     for lg in trainer.loggers:
         if hparams is not None:
             lg.log_hyperparams(hparams)

@@ -9,13 +9,13 @@ can only start new ones; see `_data.iter_continuing`.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.trainer._data import persistent_workers
+from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.callbacks import load_callback_states, save_callback_states
 from mopt_fast.trainer.checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
 from mopt_fast.trainer.states import LoopPoint
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from mopt_fast.trainer.fit_loop import FitLoop
     from mopt_fast.trainer.trainer import Trainer
 
-__all__ = ["checkpoint_dict", "continue_epoch", "load_for_resume", "restore", "warn_if_worker_streams_restart"]
+__all__ = ["checkpoint_dict", "continue_epoch", "load_for_resume", "restore", "restore_weights", "select_ckpt_path",
+           "warn_if_worker_streams_restart"]
 
 
 def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -44,6 +45,14 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "state_dict": model.state_dict(),
         **model._checkpoint_hparams(),  # "hyper_parameters" as plain data, and "hparams_name"
     }
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        if datamodule.hparams:
+            ckpt[datamodule.CHECKPOINT_HYPER_PARAMS_KEY] = _plain(dict(datamodule.hparams))
+        if not weights_only:
+            state = datamodule.state_dict()
+            if state:
+                ckpt[type(datamodule).__qualname__] = state
     if not weights_only:
         val_loop = trainer.val_loop
         ckpt.update(
@@ -54,7 +63,8 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
                 "stage": loop.point.value, "epochs_completed": loop.epochs_completed,
                 "manual_steps": loop.manual_steps, "auto_steps": loop.auto_steps,
                 "batches_that_stepped": loop.batches_that_stepped, "total_batch_idx": loop.total_batch_idx,
-                "val_batches_logged": val_loop.batches_logged, "batch_idx": loop.batch_idx,
+                "val_batches_logged": val_loop.batches_logged[0] if val_loop.batches_logged else 0,
+                "val_batches_logged_per_loader": list(val_loop.batches_logged), "batch_idx": loop.batch_idx,
                 "is_last_batch": loop.is_last_batch, "epoch_rng": loop.epoch_rng,
                 "train_workers": loop.train_workers, "val_workers_started": val_loop.workers_started,
             },
@@ -71,12 +81,49 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     return ckpt
 
 
-def load_for_resume(trainer: Trainer, ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The checkpoint `fit(ckpt_path=...)` resumes from ("last": the newest last.ckpt of the
-    checkpoint callbacks; None with a warning when there is none), checked against the
-    optimizers and schedulers configured."""
-    path = os.fspath(ckpt_path)
-    if path == "last":
+def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> str | None:
+    """The checkpoint file fit/validate/test/predict loads, as Lightning's `_select_ckpt_path`:
+    `ckpt_path` ("best", "last" or a path), else the one set with ``trainer.ckpt_path = ...``; for
+    validate/test/predict without a model, "best" (with a warning); None: the current weights."""
+    fn = trainer.state.fn.value
+    if trainer._ckpt_path_user_managed:
+        if ckpt_path:
+            warn(
+                f"`trainer.ckpt_path = {trainer._ckpt_path!r}` was called but then you passed "
+                f"`trainer.{fn}(ckpt_path={ckpt_path!r})`. The latter will be loaded.")
+            trainer._ckpt_path, trainer._ckpt_path_user_managed = None, False
+        else:
+            return trainer._ckpt_path
+    if ckpt_path is not None:
+        ckpt_path = os.fspath(ckpt_path)
+    if model_provided and ckpt_path is None:
+        return None
+    if ckpt_path is None:
+        ckpt_path = "best"
+        warn(
+            f"`.{fn}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call will be "
+            f"used. You can pass `.{fn}(ckpt_path='best')` to use the best model or `.{fn}(ckpt_path='last')` to use "
+            "the last model. If you pass a value, this warning will be silenced.")
+    if ckpt_path == "best":
+        callbacks = trainer.checkpoint_callbacks
+        if len(callbacks) > 1:
+            warn(
+                f'`.{fn}(ckpt_path="best")` is called with Trainer configured with multiple `ModelCheckpoint` '
+                "callbacks. It will use the best checkpoint path from first checkpoint callback.")
+        if not callbacks:
+            raise ValueError(f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured.')
+        best = callbacks[0].best_model_path
+        if not best:
+            if trainer.fast_dev_run:
+                raise ValueError(
+                    f'You cannot execute `.{fn}(ckpt_path="best")` with `fast_dev_run=True`. Please pass an exact '
+                    f"checkpoint path to `.{fn}(ckpt_path=...)`"
+                )
+            raise ValueError(
+                f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured to save the best model.'
+            )
+        return best
+    if ckpt_path == "last":
         candidates = [
             os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
             for cb in trainer.checkpoint_callbacks if cb.dirpath
@@ -84,19 +131,25 @@ def load_for_resume(trainer: Trainer, ckpt_path: str | os.PathLike) -> dict[str,
         for c in candidates:  # not "no last checkpoint": that would train from scratch
             if os.path.exists(c) and not os.path.isfile(c):
                 raise IsADirectoryError(
-                    f'.fit(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
+                    f'.{fn}(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
                     "pass the checkpoint's path"
                 )
         # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (checkpoint.py); the newest wins
         found = [c for cb in trainer.checkpoint_callbacks for c in cb._find_last_checkpoints(trainer) if os.path.isfile(c)]
         if not found:
-            warnings.warn(
-                '.fit(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will '
-                "be loaded.",
-                stacklevel=4,
-            )
+            warn(
+                f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will be '
+                "loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
             return None
-        path = max(found, key=os.path.getmtime)
+        return max(found, key=os.path.getmtime)
+    if ckpt_path in ("hpc", "registry") or ckpt_path.startswith("registry:"):
+        raise NotImplementedError(f"`.{fn}(ckpt_path={ckpt_path!r})` (SLURM / model registry) is not built")
+    return ckpt_path
+
+
+def load_for_resume(trainer: Trainer, path: str) -> dict[str, Any]:
+    """The checkpoint `fit(ckpt_path=...)` resumes from, checked against the optimizers and
+    schedulers configured."""
     ckpt = load_checkpoint(path)
     if "loops" not in ckpt:
         raise ValueError(f"{path!r} was saved with weights_only=True: it has no training state to resume from")
@@ -110,12 +163,35 @@ def load_for_resume(trainer: Trainer, ckpt_path: str | os.PathLike) -> dict[str,
     return ckpt
 
 
+def restore_weights(trainer: Trainer, path: str) -> None:
+    """validate/test/predict(ckpt_path=...): the module's weights (after its on_load_checkpoint) and
+    the data module's state, as Lightning's `_restore_modules_and_callbacks` (which restores the
+    callbacks only when fitting)."""
+    ckpt = load_checkpoint(path)
+    model = trainer.lightning_module
+    prev = trainer._current_fx
+    trainer._current_fx = "on_load_checkpoint"
+    try:
+        model.on_load_checkpoint(ckpt)
+    finally:
+        trainer._current_fx = prev
+    model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
+    _restore_datamodule(trainer, ckpt)
+
+
+def _restore_datamodule(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    datamodule = trainer.datamodule
+    if datamodule is not None and type(datamodule).__qualname__ in ckpt:
+        datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
+
+
 def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     """Everything but the metrics (loaded after the sanity check) and the RNG (set by
     `continue_epoch` once the data order is rebuilt)."""
     model = trainer.lightning_module
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
+    _restore_datamodule(trainer, ckpt)
     for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
         opt.load_state_dict(state)
     for config, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
@@ -127,7 +203,7 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     loop.manual_steps, loop.auto_steps = loops["manual_steps"], loops["auto_steps"]
     loop.batches_that_stepped = loops["batches_that_stepped"]
     loop.total_batch_idx = loops["total_batch_idx"]
-    val_loop.batches_logged = loops["val_batches_logged"]
+    val_loop.batches_logged = list(loops.get("val_batches_logged_per_loader", [loops["val_batches_logged"]]))
     loop.batch_idx, loop.is_last_batch = loops["batch_idx"], loops["is_last_batch"]
     loop.epoch_rng = loops["epoch_rng"]
     loop.train_workers = loops.get("train_workers")
@@ -148,20 +224,18 @@ def warn_if_worker_streams_restart(trainer: Trainer, ckpt: dict[str, Any], train
     restarted = []
     if persistent_workers(train_loader) and trainer.fit_loop.resume_train_workers_running:
         restarted.append("training")
-    if trainer.enable_validation and persistent_workers(trainer.val_loop.loader) and ckpt["loops"].get(
-        "val_workers_started"
-    ):
+    if trainer.enable_validation and any(persistent_workers(dl) for dl in trainer.val_loop.loaders or ()) and ckpt[
+        "loops"
+    ].get("val_workers_started"):
         restarted.append("validation")
     if restarted:
-        warnings.warn(
+        warn(
             f"Resuming with persistent_workers=True on the {' and '.join(restarted)} DataLoader: its worker "
             "processes were running in the interrupted run and start anew here, so random numbers drawn inside "
             "them (e.g. random augmentation in the Dataset) do not continue that run's streams, and the resumed "
             "fit is not exact if the Dataset draws any. What the main process draws still resumes exactly. With "
             "persistent_workers=False the resume is exact.",
-            UserWarning,
-            stacklevel=4,
-        )
+            UserWarning)
 
 
 def continue_epoch(loop: FitLoop, model: LightningModule, loader: Any, ckpt: dict[str, Any]) -> None:
@@ -169,11 +243,9 @@ def continue_epoch(loop: FitLoop, model: LightningModule, loader: Any, ckpt: dic
     metrics = loop.trainer._metrics
     point = LoopPoint(ckpt["loops"]["stage"])
     if point in (LoopPoint.IN_BATCH, LoopPoint.IN_EPOCH_END):
-        warnings.warn(
+        warn(
             f"The checkpoint was saved from inside the loop ({point.value}), not at a resume point: the fit "
-            "resumes after that batch or epoch, which may repeat or skip hooks run after the save.",
-            stacklevel=5,
-        )
+            "resumes after that batch or epoch, which may repeat or skip hooks run after the save.")
     if point.inside_epoch:
         # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
         # up the RNG where the checkpoint left it.

@@ -18,50 +18,42 @@ _protocol.py.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
+import signal
+import sys
+import threading
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
 
+from mopt_fast.datamodule import LightningDataModule
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.module import LightningModule
 from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, resume, training_step
 from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
-from mopt_fast.trainer._data import isolated_rng, num_batches, shut_down_workers
+from mopt_fast.trainer._data import isolated_rng, shut_down_workers
+from mopt_fast.trainer._hooks import build_hook_table, is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._metrics import MetricStore, to_scalars
-from mopt_fast.trainer.callbacks import HOOKS, Callback, ProgressBar, monitoring_last
+from mopt_fast.trainer._warn import warn
+from mopt_fast.trainer.callbacks import Callback, ProgressBar
 from mopt_fast.trainer.checkpoint import ModelCheckpoint, save_checkpoint_file
-from mopt_fast.trainer.evaluation_loop import EvaluationLoop
+from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
 from mopt_fast.trainer.fit_loop import FitLoop
-from mopt_fast.trainer.loggers import Logger, log_hyperparams_at_fit_start
+from mopt_fast.trainer.loggers import Logger, log_hyperparams_at_start
 from mopt_fast.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from mopt_fast.trainer.strategies import Strategy
+from mopt_fast.trainer.timer import Timer
 
 __all__ = ["Trainer"]
 
-# Module hooks with a default that does something: always called.
-_ALWAYS = {
-    "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step", "backward",
-    "on_validation_model_eval", "on_validation_model_train", "on_validation_model_zero_grad",
-}
-
-
-def _overrides(obj: Any, base: type, name: str) -> bool:
-    return getattr(type(obj), name, None) is not getattr(base, name, None)
-
-
-def _takes_batch_idx(fn: Callable) -> bool:
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
-    return "batch_idx" in [p.name for p in params] or len(params) >= 2
+class _MultipleOptimizersError(MisconfigurationException, RuntimeError):
+    """Lightning raises a RuntimeError here; mopt_fast's MisconfigurationException (a ValueError)
+    before: both catch it."""
 
 
 class Trainer:
@@ -75,7 +67,8 @@ class Trainer:
         num_nodes: nodes (each started by torchrun).
         precision: "32-true" / "32", "16-mixed" (CUDA; on the CPU it falls back to bf16-mixed with
             a warning, as Lightning), "bf16-mixed".
-        logger: True (a CSVLogger under `default_root_dir`), False, a logger or a list of them.
+        logger: True (under `default_root_dir`: a TensorBoardLogger when tensorboard is installed, else a
+            CSVLogger, as Lightning), False, a logger or a list of them.
         callbacks: a Callback or a list of them.
         max_epochs / max_steps: stop after either; both unset means 1000 epochs (as Lightning).
         limit_train_batches / limit_val_batches: an int (batches) or a float (fraction).
@@ -103,13 +96,26 @@ class Trainer:
     accumulate_grad_batches: int
     gradient_clip_val: int | float | None
     gradient_clip_algorithm: str | None
-    max_epochs: int
+    max_epochs: int | None
     max_steps: int
+    min_epochs: int
+    min_steps: int | None
+    overfit_batches: int | float
+    detect_anomaly: bool
+    sync_batchnorm: bool
+    use_distributed_sampler: bool
+    enable_autolog_hparams: bool
+    reload_dataloaders_every_n_epochs: int
+    _val_check_time_interval: float | None
     limit_train_batches: int | float
     limit_val_batches: int | float
+    limit_test_batches: int | float
+    limit_predict_batches: int | float
+    inference_mode: bool
+    fast_dev_run: bool | int
     val_check_interval: int | float
     check_val_every_n_epoch: int | None
-    num_sanity_val_steps: int
+    num_sanity_val_steps: int | float
     log_every_n_steps: int
     default_root_dir: str
     loggers: list[Logger]
@@ -119,17 +125,24 @@ class Trainer:
         self,
         *,
         accelerator: str = "auto",
-        strategy: str = "auto",
+        strategy: str | Strategy = "auto",
         devices: int | str | Sequence[int] = "auto",
         num_nodes: int = 1,
         precision: str | int | None = None,
         logger: bool | Logger | Iterable[Logger] | None = None,
         callbacks: Callback | list[Callback] | None = None,
+        fast_dev_run: int | bool = False,
         max_epochs: int | None = None,
+        min_epochs: int | None = None,
         max_steps: int = -1,
+        min_steps: int | None = None,
+        max_time: str | timedelta | dict[str, int] | None = None,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
-        val_check_interval: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: int | float | str | timedelta | dict[str, int] | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
         log_every_n_steps: int | None = None,
@@ -139,8 +152,19 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         gradient_clip_val: int | float | None = None,
         gradient_clip_algorithm: str | None = None,
+        deterministic: bool | str | None = None,
+        benchmark: bool | None = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        plugins: Any = None,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike | None = None,
-        **unsupported: Any,
+        enable_autolog_hparams: bool = True,
+        model_registry: str | None = None,
     ) -> None:
         args = dict(locals())
         del args["self"]
@@ -152,25 +176,35 @@ class Trainer:
         self._lightning_optimizers: list[LightningOptimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
         self._before_update: dict[int, Callable[[], None] | None] = {}
+        self._backward = types.MethodType(training_step.backward, self)
+        self._optimizer_step = types.MethodType(training_step.optimizer_step, self)
         self._current_fx: str | None = None
         self._validation_has_run = False
         self._hooks: dict[str, list[tuple[Callable, bool]]] = {}
         self.fit_loop = FitLoop(self)
-        self.val_loop = EvaluationLoop(self)
-        self.num_val_batches: int | float = 0
-        self.enable_validation = False
+        self.val_loop = EvaluationLoop(self, TrainerFn.FITTING, RunningStage.VALIDATING, verbose=False,
+                                       inference_mode=False)
+        self.validate_loop = EvaluationLoop(self, TrainerFn.VALIDATING, RunningStage.VALIDATING,
+                                            inference_mode=self.inference_mode)
+        self.test_loop = EvaluationLoop(self, TrainerFn.TESTING, RunningStage.TESTING,
+                                        inference_mode=self.inference_mode)
+        self.predict_loop = PredictionLoop(self, inference_mode=self.inference_mode)
+        self.datamodule: LightningDataModule | None = None
+        self._train_start_time = self._last_val_time = 0.0  # time-based val_check_interval
+        self._ckpt_path: str | None = None
+        self._ckpt_path_user_managed = False
         self.should_stop = False
 
     # -- state -------------------------------------------------------------------------------------
     def _set_stage(self, stage: RunningStage, on: bool) -> None:
         if on:
             self.state.stage = stage
-        elif self.state.stage == stage:
+        elif self.state.stage is stage:
             self.state.stage = None
 
     @property
     def training(self) -> bool:
-        return self.state.stage == RunningStage.TRAINING
+        return self.state.stage is RunningStage.TRAINING
 
     @training.setter
     def training(self, value: bool) -> None:
@@ -178,7 +212,7 @@ class Trainer:
 
     @property
     def validating(self) -> bool:
-        return self.state.stage == RunningStage.VALIDATING
+        return self.state.stage is RunningStage.VALIDATING
 
     @validating.setter
     def validating(self, value: bool) -> None:
@@ -186,7 +220,7 @@ class Trainer:
 
     @property
     def sanity_checking(self) -> bool:
-        return self.state.stage == RunningStage.SANITY_CHECKING
+        return self.state.stage is RunningStage.SANITY_CHECKING
 
     @sanity_checking.setter
     def sanity_checking(self, value: bool) -> None:
@@ -194,7 +228,7 @@ class Trainer:
 
     @property
     def testing(self) -> bool:
-        return self.state.stage == RunningStage.TESTING
+        return self.state.stage is RunningStage.TESTING
 
     @testing.setter
     def testing(self, value: bool) -> None:
@@ -202,7 +236,7 @@ class Trainer:
 
     @property
     def predicting(self) -> bool:
-        return self.state.stage == RunningStage.PREDICTING
+        return self.state.stage is RunningStage.PREDICTING
 
     @predicting.setter
     def predicting(self, value: bool) -> None:
@@ -241,6 +275,69 @@ class Trainer:
     @property
     def val_check_batch(self) -> int | float:
         return self.fit_loop.val_check_batch
+
+    @property
+    def enable_validation(self) -> bool:
+        """fit validates: a validation loader is given or defined, `validation_step` is, and
+        limit_val_batches > 0."""
+        model = self.lightning_module
+        return (
+            model is not None and self.limit_val_batches > 0 and self.val_loop.source.is_defined()
+            and is_overridden("validation_step", model, LightningModule)
+        )
+
+    # -- the dataloaders and their batch counts --------------------------------------------------------
+    @property
+    def num_val_batches(self) -> list[int | float]:
+        if self.state.fn == TrainerFn.VALIDATING:
+            return list(self.validate_loop.max_batches)
+        return list(self.val_loop.max_batches)
+
+    @property
+    def num_sanity_val_batches(self) -> list[int | float]:
+        return [min(self.num_sanity_val_steps, n) for n in self.num_val_batches]
+
+    @property
+    def num_test_batches(self) -> list[int | float]:
+        return list(self.test_loop.max_batches)
+
+    @property
+    def num_predict_batches(self) -> list[int | float]:
+        return list(self.predict_loop.max_batches)
+
+    @staticmethod
+    def _loaders(loaders: list[Any] | None) -> Any:
+        if not loaders:
+            return None
+        return loaders[0] if len(loaders) == 1 else list(loaders)
+
+    @property
+    def train_dataloader(self) -> Any:
+        return self.fit_loop.loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loop = self.validate_loop if self.state.fn == TrainerFn.VALIDATING else self.val_loop
+        return self._loaders(loop.loaders)
+
+    @property
+    def test_dataloaders(self) -> Any:
+        return self._loaders(self.test_loop.loaders)
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        return self._loaders(self.predict_loop.loaders)
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """The checkpoint the last fit/validate/test/predict loaded (None: none). Set it to have the
+        next call load that one (until set back to None)."""
+        return self._ckpt_path
+
+    @ckpt_path.setter
+    def ckpt_path(self, path: str | os.PathLike | None) -> None:
+        self._ckpt_path = os.fspath(path) if path is not None else None
+        self._ckpt_path_user_managed = bool(path)
 
     # -- what users read -------------------------------------------------------------------------
     @property
@@ -306,25 +403,14 @@ class Trainer:
 
     # -- hooks -------------------------------------------------------------------------------------
     def _build_hook_table(self, module: LightningModule) -> None:
-        table: dict[str, list[tuple[Callable, bool]]] = {}
-        for name in HOOKS + tuple(_ALWAYS):
-            fns: list[tuple[Callable, bool]] = []
-            for cb in self.callbacks:
-                if name in HOOKS and hasattr(cb, name) and _overrides(cb, Callback, name):
-                    fns.append((getattr(cb, name), True))
-            if hasattr(LightningModule, name) and (name in _ALWAYS or _overrides(module, LightningModule, name)):
-                fns.append((getattr(module, name), False))
-            if name == "on_train_epoch_end":  # EarlyStopping and checkpoints after the module (callbacks.py)
-                fns = monitoring_last(fns)
-            table[name] = fns
-        self._hooks = table
+        self._hooks = build_hook_table(self.callbacks, module)
 
     def _module_overrides(self, name: str) -> bool:
-        return _overrides(self.lightning_module, LightningModule, name)
+        return is_overridden(name, self.lightning_module, LightningModule)
 
     @staticmethod
     def _takes_batch_idx(fn: Callable) -> bool:
-        return _takes_batch_idx(fn)
+        return is_param_in_hook_signature(fn, "batch_idx", min_args=2)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Calls `name` on the callbacks (with trainer, module) and then the module; returns the
@@ -353,12 +439,18 @@ class Trainer:
         finally:
             self._current_fx = prev
 
-    # -- what the module and the optimizer wrapper call (see _protocol.py) -------------------------
-    def _backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
-        training_step.backward(self, loss, optimizer, *args, **kwargs)
+    def _call_datamodule(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        datamodule = self.datamodule
+        if datamodule is None:
+            return None
+        fn = getattr(datamodule, name, None)
+        return fn(*args, **kwargs) if callable(fn) else None
 
-    def _optimizer_step(self, wrapper: LightningOptimizer, closure: Callable[[], Any] | None, **kwargs: Any) -> Any:
-        return training_step.optimizer_step(self, wrapper, closure, **kwargs)
+    # -- what the module and the optimizer wrapper call (see _protocol.py) -------------------------
+    # training_step.backward and .optimizer_step, bound to the Trainer (one call less per step than a
+    # method calling them): see __init__.
+    _backward: Callable[..., None]
+    _optimizer_step: Callable[..., Any]
 
     def _block_grad_sync(self, block: bool) -> contextlib.AbstractContextManager:
         return self.strategy.block_grad_sync(block)
@@ -366,106 +458,378 @@ class Trainer:
     def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any]:
         return resume.checkpoint_dict(self, weights_only)
 
-    # -- fit ---------------------------------------------------------------------------------------
+    # -- the entry points ---------------------------------------------------------------------------
     def fit(
         self,
         model: LightningModule,
         train_dataloaders: Any = None,
         val_dataloaders: Any = None,
-        datamodule: Any = None,
-        ckpt_path: str | None = None,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        weights_only: bool | None = None,
     ) -> None:
-        """Train `model` on `train_dataloaders` (or its `train_dataloader()`), validating on
-        `val_dataloaders` (or its `val_dataloader()`) when it defines `validation_step`."""
-        if not isinstance(model, LightningModule):
-            raise TypeError(f"`model` must be a `mopt_fast.LightningModule`, got {type(model).__qualname__}")
-        if datamodule is not None:
-            raise NotImplementedError("fit(datamodule=...) is not supported yet; pass the dataloaders")
-        self.lightning_module = model
-        model.trainer = self
-        self.fit_loop.loader = self.val_loop.loader = None
+        """Train `model` on `train_dataloaders` (or a data module's / the model's
+        `train_dataloader()`), validating on `val_dataloaders` (or `val_dataloader()`) when it defines
+        `validation_step`. A `LightningDataModule` may come as `datamodule` or in place of
+        `train_dataloaders`. `ckpt_path`: resume from this checkpoint, "last" or "best"."""
+        self._connect(model)
         self.state.fn = TrainerFn.FITTING
         self.state.status = TrainerStatus.RUNNING
+        self.training = True
+        self.should_stop = False
+        self._run_entry(self._fit_impl, model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+
+    def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
+                  datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
+        if isinstance(train_dataloaders, LightningDataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        if (train_dataloaders is not None or val_dataloaders is not None) and datamodule is not None:
+            raise MisconfigurationException(
+                "You cannot pass `train_dataloader` or `val_dataloaders` to `trainer.fit(datamodule=...)`"
+            )
+        self._attach(model, datamodule, train=train_dataloaders, val=val_dataloaders)
+        path = resume.select_ckpt_path(self, ckpt_path, model_provided=True)
+        self._run(model, path)
+        self.training = False
+
+    def validate(
+        self,
+        model: LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """One pass of `validation_step` over `dataloaders` (or a data module's / the model's
+        `val_dataloader()`); returns the logged epoch metrics, one dict per dataloader, and prints
+        them (`verbose`). `ckpt_path`: "best", "last" or a checkpoint to load the weights from
+        (default: the model's current weights; "best" when no model is given)."""
+        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(
+        self,
+        model: LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | os.PathLike | None = None,
+        verbose: bool = True,
+        datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> list[dict[str, float]]:
+        """`validate` for `test_step` and `test_dataloader()`."""
+        return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def predict(
+        self,
+        model: LightningModule | None = None,
+        dataloaders: Any = None,
+        datamodule: LightningDataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+        weights_only: bool | None = None,
+    ) -> list[Any] | None:
+        """`predict_step` (by default ``model(batch)``) over `dataloaders` (or
+        `predict_dataloader()`); returns the predictions, moved to the CPU: a list per batch, or a
+        list of those per dataloader when there are several (None with
+        `return_predictions=False`)."""
+        name = "predict"
+        if model is None:
+            if self.lightning_module is None:
+                raise TypeError(f"`Trainer.{name}()` requires a `LightningModule` when it hasn't been passed in a previous run")
+        else:
+            self._connect(model)
+        self.state.fn = TrainerFn.PREDICTING
+        self.state.status = TrainerStatus.RUNNING
+        self.predicting = True
+        return self._run_entry(self._predict_impl, model, dataloaders, datamodule, return_predictions, ckpt_path)
+
+    def _predict_impl(self, model: LightningModule | None, dataloaders: Any, datamodule: LightningDataModule | None,
+                      return_predictions: bool | None, ckpt_path: Any) -> list[Any] | None:
+        self.predict_loop.return_predictions = True if return_predictions is None else bool(return_predictions)
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if dataloaders is not None and datamodule:
+            raise MisconfigurationException("You cannot pass both `trainer.predict(dataloaders=..., datamodule=...)`")
+        provided = model is not None
+        model = model if provided else self.lightning_module
+        self._attach(model, datamodule, predict=dataloaders)
+        path = resume.select_ckpt_path(self, ckpt_path, model_provided=provided)
+        results = self._run(model, path)
+        self.predicting = False
+        return results
+
+    def _evaluate(self, fn: TrainerFn, model: LightningModule | None, dataloaders: Any, ckpt_path: Any,
+                  verbose: bool, datamodule: LightningDataModule | None) -> list[dict[str, float]]:
+        name = fn.value
+        if model is None:
+            if self.lightning_module is None:
+                raise TypeError(f"`Trainer.{name}()` requires a `LightningModule` when it hasn't been passed in a previous run")
+        else:
+            self._connect(model)
+        self.state.fn = fn
+        self.state.status = TrainerStatus.RUNNING
+        stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
+        self.state.stage = stage
+        return self._run_entry(self._evaluate_impl, fn, stage, model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def _evaluate_impl(self, fn: TrainerFn, stage: RunningStage, model: LightningModule | None, dataloaders: Any,
+                       ckpt_path: Any, verbose: bool, datamodule: LightningDataModule | None) -> list[dict[str, float]]:
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        if dataloaders is not None and datamodule:
+            raise MisconfigurationException(
+                f"You cannot pass both `trainer.{fn.value}(dataloaders=..., datamodule=...)`"
+            )
+        provided = model is not None
+        model = model if provided else self.lightning_module
+        loop = self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop
+        loop.verbose = verbose
+        self._attach(model, datamodule, **{"val" if fn == TrainerFn.VALIDATING else "test": dataloaders})
+        path = resume.select_ckpt_path(self, ckpt_path, model_provided=provided)
+        results = self._run(model, path)
+        self._set_stage(stage, False)
+        return results_to_scalars(results)
+
+    def _connect(self, model: Any) -> None:
+        if not isinstance(model, LightningModule):
+            raise TypeError(f"`model` must be a `mopt_fast.LightningModule`, got {type(model).__qualname__}")
+        self.lightning_module = model
+
+    def _attach(self, model: LightningModule, datamodule: LightningDataModule | None, train: Any = None,
+                val: Any = None, test: Any = None, predict: Any = None) -> None:
+        """Where each loop's dataloaders come from this run (Lightning's `attach_data`): the loaders
+        given, else the data module, else the model."""
+        if datamodule is not None and not isinstance(datamodule, LightningDataModule):
+            raise TypeError(
+                f"`datamodule` must be a `mopt_fast.LightningDataModule`, got {type(datamodule).__qualname__}"
+            )
+        fallback = datamodule if datamodule is not None else model
+        self.fit_loop.source.instance = train if train is not None else fallback
+        self.fit_loop.loader = None
+        for loop, given in ((self.val_loop, val), (self.validate_loop, val), (self.test_loop, test),
+                            (self.predict_loop, predict)):
+            loop.source.instance = given if given is not None else fallback
+            loop.loaders = None
+        self.val_loop.reset_data()
+        if datamodule is not None:
+            self.datamodule = datamodule
+            datamodule.trainer = self
+        model.trainer = self
+
+    def _run_entry(self, impl: Callable[..., Any], *args: Any) -> Any:
+        """Runs an entry point's work as Lightning's `_call_and_handle_interrupt`: a failure calls
+        on_exception (callbacks, data module) and finalizes the loggers as "failed", then
+        propagates; Ctrl-C (KeyboardInterrupt) does the same, then exits the process with status 1
+        after ignoring further Ctrl-C."""
+        sigint = signal.getsignal(signal.SIGINT)
         try:
-            self.strategy.setup_environment(self)
-            if self.strategy.is_distributed:
-                self.root_device = self.strategy.root_device(self._accelerator)
-            self._fit_impl(model, train_dataloaders, val_dataloaders, ckpt_path)
-        except BaseException as exc:
-            self.state.status = TrainerStatus.INTERRUPTED
-            self.strategy.abort()
-            for cb in self.callbacks:
-                if _overrides(cb, Callback, "on_exception"):
-                    cb.on_exception(self, model, exc)
+            return impl(*args)
+        except KeyboardInterrupt as exc:
             if self.is_global_zero:
-                for lg in self.loggers:
-                    lg.finalize("failed")
-            # A failed fit leaves no stage running (Lightning sets its stage to None).
+                print("\nDetected KeyboardInterrupt, attempting graceful shutdown ...", file=sys.stderr, flush=True)
+            main_thread = threading.current_thread() is threading.main_thread()
+            if main_thread:  # no second Ctrl-C during the shutdown; the handler is put back after it
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._interrupt(exc)
+            self._teardown()
+            if main_thread and sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
+            sys.exit(1)
+        except BaseException as exc:
+            self._interrupt(exc)
+            self._teardown()
             self.state.stage = None
             raise
-        finally:
-            # As Lightning's teardown: persistent workers stop with the fit (else they live on
-            # until the model/trainer reference cycle is collected, whose finalizers cannot
-            # signal them: each then waits out DataLoader's 5-second join timeout).
-            for loader in (self.fit_loop.loader, self.val_loop.loader):
-                shut_down_workers(loader)
+
+    def _interrupt(self, exc: BaseException) -> None:
+        self.state.status = TrainerStatus.INTERRUPTED
+        self.strategy.abort()
+        model = self.lightning_module
+        for cb in self.callbacks:
+            if is_overridden("on_exception", cb, Callback):
+                cb.on_exception(self, model, exc)
+        self._call_datamodule("on_exception", exc)
+        if self.is_global_zero:
+            for lg in self.loggers:
+                lg.finalize("failed")
+
+    def _teardown(self) -> None:
+        """After every entry point (as Lightning's `Trainer._teardown`): persistent DataLoader
+        workers stop (else they live on until the model/trainer reference cycle is collected, whose
+        finalizers cannot signal them: each then waits out DataLoader's 5-second join timeout), and
+        the metric dictionaries move to the CPU."""
+        shut_down_workers(self.fit_loop.loader)
+        for loop in (self.val_loop, self.validate_loop, self.test_loop, self.predict_loop):
+            loop.teardown()
+        metrics = self._metrics
+        for name in ("_callback", "_logged", "_pbar"):
+            values = getattr(metrics, name, None)
+            if values:
+                for k, v in values.items():
+                    if isinstance(v, torch.Tensor) and v.device.type != "cpu":
+                        values[k] = v.cpu()
+
+    def _run(self, model: LightningModule, ckpt_path: str | None) -> Any:
+        """What fit, validate, test and predict share (Lightning's `Trainer._run`): set-up, the
+        hooks around the stage, the stage, tear-down."""
+        fn = self.state.fn
+        if fn == TrainerFn.FITTING and self.max_epochs is None:  # Lightning's _parse_loop_limits
+            if self.max_steps == -1 and not any(isinstance(cb, Timer) for cb in self.callbacks):
+                warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
+                     "`max_epochs=-1`.")
+                self.max_epochs = 1000
+            else:
+                self.max_epochs = -1
+        self._verify_configuration(model)
+        self.strategy.setup_environment(self)
+        if self.strategy.is_distributed:
+            self.root_device = self.strategy.root_device(self._accelerator)
+        self._prepare_data(model)
+        self._build_hook_table(model)
+        self._ckpt_path = ckpt_path
+        model.to(self.root_device)
+        self._call_datamodule("setup", stage=fn)
+        self._call("setup", stage=fn)
+        ckpt = None
+        if fn == TrainerFn.FITTING:
+            if self.sync_batchnorm and self.strategy.is_distributed:
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.strategy.wrap(model)
+            self._setup_optimizers(model)
+            if ckpt_path is not None:
+                ckpt = resume.load_for_resume(self, ckpt_path)
+                resume.restore(self, ckpt)
+        elif ckpt_path is not None:
+            resume.restore_weights(self, ckpt_path)
+        self._metrics = MetricStore()
+        if fn == TrainerFn.FITTING:
+            self._call("on_fit_start")
+        if self.enable_autolog_hparams:
+            log_hyperparams_at_start(self)  # after on_fit_start, as Lightning
+
+        model.zero_grad()  # gradients left from before must not leak into the first step
+        if fn == TrainerFn.FITTING:
+            results = self._run_fit(model, ckpt)
+        elif fn == TrainerFn.PREDICTING:
+            results = self.predict_loop.run()
+        else:
+            results = (self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop).run()
+
+        self._teardown()
+        if fn == TrainerFn.FITTING:
+            self._call("on_fit_end")
+        self._call_datamodule("teardown", stage=fn)
+        self._call("teardown", stage=fn)
+        for lg in self._rank_zero_loggers():
+            lg.finalize("success")
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
+        return results
 
-    def _fit_impl(self, model: LightningModule, train_loader: Any, val_loader: Any, ckpt_path: str | None) -> None:
+    def _run_fit(self, model: LightningModule, ckpt: dict[str, Any] | None) -> None:
         loop, val_loop = self.fit_loop, self.val_loop
-        self._metrics = MetricStore()
-        self._build_hook_table(model)
-        self.should_stop = False
-        loop.train_workers, val_loop.workers_started = None, False
-        loop.resume_train_workers_running = val_loop.resume_workers_running = False
-        model.to(self.root_device)
-        self.training = True
-        self._call("setup", stage=TrainerFn.FITTING)
-        self.strategy.wrap(model)
-        self._setup_optimizers(model)
-        ckpt = resume.load_for_resume(self, ckpt_path) if ckpt_path is not None else None
-        if ckpt is not None:
-            resume.restore(self, ckpt)
-        self._call("on_fit_start")
-        log_hyperparams_at_fit_start(self)  # after on_fit_start, as Lightning
-        model.zero_grad()  # gradients left from before fit must not leak into the first step
-
-        has_step = _overrides(model, LightningModule, "validation_step")
-        if val_loader is None and has_step and self.limit_val_batches != 0:
-            if _overrides(model, LightningModule, "val_dataloader"):
-                self._current_fx = "val_dataloader"
-                val_loader = model.val_dataloader()
-                self._current_fx = None
-        if val_loader is not None:
-            val_loader = self.strategy.process_loader(val_loader, shuffle_default=False)
-        val_loop.loader = val_loader
-        self.enable_validation = val_loader is not None and has_step and self.limit_val_batches != 0
-        if self.enable_validation:
-            self.num_val_batches = num_batches(val_loader, self.limit_val_batches)
-            if self.num_sanity_val_steps != 0:
-                n = self.num_val_batches
-                steps = n if self.num_sanity_val_steps == -1 else min(self.num_sanity_val_steps, n)
-                with isolated_rng():
-                    val_loop.run_in_fit(steps, sanity=True)
-                self._metrics = MetricStore()
+        if ckpt is None:
+            loop.train_workers, val_loop.workers_started = None, False
+            loop.resume_train_workers_running = val_loop.resume_workers_running = False
+        self._validation_has_run = False
+        if self.enable_validation and self.num_sanity_val_steps > 0:
+            stage = self.state.stage
+            self.sanity_checking = True
+            self._call("on_sanity_check_start")
+            with isolated_rng():
+                val_loop.run()
+            self._call("on_sanity_check_end")
+            self._metrics = MetricStore()
+            self.state.stage = stage
         if ckpt is not None:  # after the sanity check, which starts the metrics afresh
             self._metrics.load_state_dict(ckpt["metrics"], model)
         self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
+        with torch.autograd.set_detect_anomaly(self.detect_anomaly):
+            loop.run(model, ckpt)
 
-        if train_loader is None:
-            self._current_fx = "train_dataloader"
-            train_loader = model.train_dataloader()
-            self._current_fx = None
-        train_loader = self.strategy.process_loader(train_loader, shuffle_default=True)
-        loop.loader = train_loader
-        if ckpt is not None:
-            resume.warn_if_worker_streams_restart(self, ckpt, train_loader)
-        loop.run(model, train_loader, ckpt)
-        self._call("on_fit_end")
-        self._call("teardown", stage=TrainerFn.FITTING)
-        for lg in self._rank_zero_loggers():
-            lg.finalize("success")
+    def _verify_configuration(self, model: LightningModule) -> None:
+        """Lightning's `_verify_loop_configurations`: what a module must define for this entry point."""
+        fn = self.state.fn
+        name = type(model).__name__
+        if fn == TrainerFn.FITTING:
+            for hook in ("training_step", "configure_optimizers"):
+                if not is_overridden(hook, model, LightningModule):
+                    raise MisconfigurationException(
+                        f"No `{hook}()` method defined. Lightning `Trainer` expects as minimum a `training_step()`, "
+                        "`train_dataloader()` and `configure_optimizers()` to be defined."
+                    )
+            has_val_loader = self.val_loop.source.is_defined()
+            has_val_step = is_overridden("validation_step", model, LightningModule)
+            if has_val_loader and not has_val_step:
+                warn("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")
+            if has_val_step and not has_val_loader:
+                warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")
+            for legacy, instead in (("training_epoch_end", "on_train_epoch_end"),
+                                    ("validation_epoch_end", "on_validation_epoch_end")):
+                if callable(getattr(model, legacy, None)):
+                    raise NotImplementedError(
+                        f"Support for `{legacy}` has been removed in v2.0.0. `{name}` implements this method. You can "
+                        f"use the `{instead}` hook instead. To access outputs, save them in-memory as instance "
+                        "attributes. You can find migration examples in "
+                        "https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
+                    )
+            if not model.automatic_optimization:
+                if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
+                    raise MisconfigurationException(
+                        f"Automatic gradient clipping is not supported for manual optimization. Remove "
+                        f"`Trainer(gradient_clip_val={self.gradient_clip_val})` or switch to automatic optimization."
+                    )
+                if self.accumulate_grad_batches != 1:
+                    raise MisconfigurationException(
+                        f"Automatic gradient accumulation is not supported for manual optimization. Remove "
+                        f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` or switch to automatic "
+                        "optimization."
+                    )
+        elif fn == TrainerFn.PREDICTING:
+            if model.predict_step is None:
+                raise MisconfigurationException("`predict_step` cannot be None to run `Trainer.predict`")
+            if not is_overridden("predict_step", model, LightningModule) and not is_overridden(
+                "forward", model, torch.nn.Module
+            ):
+                raise MisconfigurationException("`Trainer.predict` requires `forward` method to run.")
+        else:
+            step = "validation_step" if fn == TrainerFn.VALIDATING else "test_step"
+            if not is_overridden(step, model, LightningModule):
+                raise MisconfigurationException(f"No `{step}()` method defined to run `Trainer.{fn.value}`.")
+            legacy = "validation_epoch_end" if fn == TrainerFn.VALIDATING else "test_epoch_end"
+            if callable(getattr(model, legacy, None)):
+                raise NotImplementedError(
+                    f"Support for `{legacy}` has been removed in v2.0.0. `{name}` implements this method. You can use "
+                    f"the `on_{legacy}` hook instead. To access outputs, save them in-memory as instance attributes. "
+                    "You can find migration examples in https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
+                )
+        for step in ("training_step", "validation_step", "test_step", "predict_step"):
+            fn = getattr(model, step, None)
+            if fn is not None and is_param_in_hook_signature(fn, "dataloader_iter", explicit=True):
+                raise NotImplementedError(
+                    f"`{name}.{step}(dataloader_iter)`: the `dataloader_iter` step flavor is not built in "
+                    "mopt_fast.Trainer; take `batch, batch_idx`"
+                )
+        for owner, base in ((model, LightningModule), (self.datamodule, LightningDataModule)):
+            for hook in ("transfer_batch_to_device", "on_before_batch_transfer", "on_after_batch_transfer"):
+                if owner is not None and callable(getattr(owner, hook, None)) and not hasattr(base, hook):
+                    raise NotImplementedError(
+                        f"`{type(owner).__name__}.{hook}` is not built in mopt_fast.Trainer: batches move to the "
+                        "device as they are (tensors in lists, tuples, dicts)"
+                    )
+
+    def _prepare_data(self, model: LightningModule) -> None:
+        """prepare_data of the data module then the module, on local rank 0 of each node (or global
+        rank 0 with ``prepare_data_per_node = False``), as Lightning."""
+        local_zero = self.local_rank == 0
+        global_zero = local_zero and self.node_rank == 0
+        for owner, base in ((self.datamodule, LightningDataModule), (model, LightningModule)):
+            if owner is None or not is_overridden("prepare_data", owner, base):
+                continue
+            per_node = getattr(owner, "prepare_data_per_node", True)
+            if (per_node and local_zero) or (not per_node and global_zero):
+                owner.prepare_data()
+            self.strategy.barrier()
 
     def _setup_optimizers(self, model: LightningModule) -> None:
         self._current_fx = "configure_optimizers"
@@ -475,23 +839,27 @@ class Trainer:
             self._current_fx = None
         automatic = model.automatic_optimization
         self.optimizers, self.lr_scheduler_configs = configure_optimizers(conf, automatic)
+        if is_param_in_hook_signature(model.training_step, "optimizer_idx", explicit=True):
+            raise _MultipleOptimizersError(
+                "Training with multiple optimizers is only supported with manual optimization. Remove the "
+                "`optimizer_idx` argument from `training_step`, set `self.automatic_optimization = False` and access "
+                "your optimizers in `training_step` with `opt1, opt2, ... = self.optimizers()`."
+            )
         if automatic and len(self.optimizers) > 1:
-            raise MisconfigurationException(
+            raise _MultipleOptimizersError(
                 "Training with multiple optimizers is only supported with manual optimization. Set "
                 "`self.automatic_optimization = False`, then access your optimizers in `training_step` with "
                 "`opt1, opt2, ... = self.optimizers()`."
             )
-        if not automatic:
-            if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
+        for config in self.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if (not isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler,
+                                           torch.optim.lr_scheduler.ReduceLROnPlateau))
+                    and not is_overridden("lr_scheduler_step", model, LightningModule) and automatic):
                 raise MisconfigurationException(
-                    f"Automatic gradient clipping is not supported for manual optimization. Remove "
-                    f"`Trainer(gradient_clip_val={self.gradient_clip_val})` or switch to automatic optimization."
-                )
-            if self.accumulate_grad_batches != 1:
-                raise MisconfigurationException(
-                    f"Automatic gradient accumulation is not supported for manual optimization. Remove "
-                    f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` or switch to automatic "
-                    "optimization."
+                    f"The provided lr scheduler `{type(scheduler).__name__}` doesn't follow PyTorch's LRScheduler API. "
+                    "You should override the `LightningModule.lr_scheduler_step` hook with your own logic if you are "
+                    "using a custom LR scheduler."
                 )
         wrappers = []
         for opt in self.optimizers:
