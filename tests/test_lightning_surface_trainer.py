@@ -1014,3 +1014,55 @@ def test_features_not_built_say_so(tmp_path, what: str) -> None:
     loaders = {"a": train, "b": train} if what == "combined_train_loaders" else train
     with pytest.raises(NotImplementedError, match="dataloader_iter|transfer_batch_to_device|several training"):
         quiet(new_trainer("mopt_fast", str(tmp_path)).fit, model, loaders, val)
+
+
+# -- no per-batch host reads in validate / test / predict ------------------------------------------
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the reads of a tensor's value by the host (`.item()`, `float(t)`, `bool(t)` go
+    through aten._local_scalar_dense, or aten.item under inference mode): on a GPU each is a
+    device-to-host sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("entry", ["validate", "test", "predict"])
+@pytest.mark.parametrize("logger", [False, True])
+def test_evaluation_reads_nothing_back_per_batch(tmp_path, entry: str, logger: bool) -> None:
+    """The host reads of a whole validate/test/predict run do not grow with the number of batches
+    when the module logs per epoch only: whatever the loop reads (the epoch results, the printed
+    table) it reads once per run, never per batch."""
+
+    class M(mopt_fast.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.layer(x)
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self(batch[0]).square().mean(), on_step=False, on_epoch=True)
+
+        test_step = validation_step
+
+        def predict_step(self, batch, batch_idx):
+            return self(batch[0])
+
+    def reads(n_batches: int) -> int:
+        loader = DataLoader(TensorDataset(torch.randn(8 * n_batches, 4)), batch_size=8)
+        trainer = mopt_fast.Trainer(
+            accelerator="cpu", logger=mopt_fast.CSVLogger(str(tmp_path)) if logger else False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+        with _HostReads() as mode:
+            getattr(trainer, entry)(M(), loader, verbose=False) if entry != "predict" else trainer.predict(M(), loader)
+        return mode.count
+
+    few, many = reads(2), reads(9)
+    assert few == many, f"{entry}: {few} host reads over 2 batches, {many} over 9"
