@@ -18,7 +18,7 @@ from mopt_fast.trainer.checkpoint import rng_state, set_rng_state
 
 __all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "check_iterable", "flatten_loaders", "isolated_rng",
            "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
-           "shut_down_workers"]
+           "shut_down_workers", "with_sampler"]
 
 
 def num_batches(loader: Any, limit: int | float, prefix: str = "train") -> int | float:
@@ -130,10 +130,11 @@ def without_shuffling(loaders: list[Any], prefix: str) -> list[Any]:
 
     warn(f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the {prefix} "
          "dataloader shuffling for you.")
-    return [_with_sampler(dl, SequentialSampler(dl.dataset)) if isinstance(dl, DataLoader) else dl for dl in loaders]
+    return [with_sampler(dl, SequentialSampler(dl.dataset)) if isinstance(dl, DataLoader) else dl for dl in loaders]
 
 
-def _with_sampler(loader: DataLoader, sampler: Any) -> DataLoader:
+def with_sampler(loader: DataLoader, sampler: Any) -> DataLoader:
+    """A copy of `loader` drawing from `sampler`, with every other setting kept."""
     workers = {}
     if loader.num_workers > 0:
         workers = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,

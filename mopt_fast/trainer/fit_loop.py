@@ -199,6 +199,11 @@ class FitLoop:
         if first:
             self.epoch_rng = rng_state()
             iterator = self.new_iterator(loader)
+            if self.epochs_completed > 0:
+                # A new fit on a trainer past its first epoch (not a resume): Lightning makes the
+                # epoch's iterator again after on_train_epoch_start (training_epoch_loop.on_run_start),
+                # so this one only draws its base seed. Drawing it too keeps the RNG in line.
+                first = False
         if self.done():
             return
         if self.should_check_val_epoch():  # the val loaders, asked for now if the sanity check did not

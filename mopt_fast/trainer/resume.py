@@ -164,9 +164,8 @@ def load_for_resume(trainer: Trainer, path: str) -> dict[str, Any]:
 
 
 def restore_weights(trainer: Trainer, path: str) -> None:
-    """validate/test/predict(ckpt_path=...): the module's weights (after its on_load_checkpoint) and
-    the data module's state, as Lightning's `_restore_modules_and_callbacks` (which restores the
-    callbacks only when fitting)."""
+    """validate/test/predict(ckpt_path=...): the module's weights (after its on_load_checkpoint), the
+    data module's state and every callback's state, as Lightning's `_restore_modules_and_callbacks`."""
     ckpt = load_checkpoint(path)
     model = trainer.lightning_module
     prev = trainer._current_fx
@@ -177,6 +176,7 @@ def restore_weights(trainer: Trainer, path: str) -> None:
         trainer._current_fx = prev
     model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
     _restore_datamodule(trainer, ckpt)
+    load_callback_states(trainer, ckpt)
 
 
 def _restore_datamodule(trainer: Trainer, ckpt: dict[str, Any]) -> None:

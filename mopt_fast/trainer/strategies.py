@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.trainer._data import with_sampler
 
 if TYPE_CHECKING:
     from mopt_fast.trainer._protocol import StrategyTrainer
@@ -314,15 +315,7 @@ class _ProcessGroupStrategy(Strategy):
             loader.dataset, num_replicas=self.world_size, rank=self.global_rank,
             shuffle=isinstance(loader.sampler, RandomSampler), seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
         )
-        workers = {}
-        if loader.num_workers > 0:
-            workers = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
-                           multiprocessing_context=loader.multiprocessing_context)
-        return DataLoader(
-            loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-            timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator, **workers,
-        )
+        return with_sampler(loader, sampler)
 
     def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
         op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
