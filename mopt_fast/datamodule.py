@@ -9,30 +9,20 @@ the module's, and saved in checkpoints as ``datamodule_hyper_parameters``). Pass
 """
 from __future__ import annotations
 
-import copy
 import inspect
+import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import IO, Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.hparams import HyperparametersMixin, _init_kwargs, _read_checkpoint, _restricted_classmethod
 
 __all__ = ["LightningDataModule"]
 
 
-class _AttributeDict(dict):
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as e:
-            raise AttributeError(key) from e
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-
-class LightningDataModule:
+class LightningDataModule(HyperparametersMixin):
     """Subclass it and override the hooks you need; see the module docstring."""
 
     name: str | None = None
@@ -45,43 +35,27 @@ class LightningDataModule:
         self.trainer: Any = None
         self.prepare_data_per_node = True
         self.allow_zero_length_dataloader_with_multiple_devices = False
-        self._log_hyperparams = True
-        self._hparams = _AttributeDict()
-        self._hparams_initial = _AttributeDict()
 
-    # -- hyperparameters ---------------------------------------------------------------------------
-    @property
-    def hparams(self) -> _AttributeDict:
-        if not hasattr(self, "_hparams"):
-            self._hparams = _AttributeDict()
-        return self._hparams
-
-    @property
-    def hparams_initial(self) -> _AttributeDict:
-        """The hyperparameters as `save_hyperparameters` recorded them (later edits not included)."""
-        return copy.deepcopy(getattr(self, "_hparams_initial", _AttributeDict()))
-
-    def save_hyperparameters(self, *args: Any, ignore: str | Iterable[str] | None = None, frame: Any = None,
-                             logger: bool = True) -> None:
-        """Record the ``__init__`` arguments (of every ``__init__`` in the class chain that led here) in
-        ``self.hparams``: all of them, the ones named in `args`, or a dict given as `args[0]`;
-        minus `ignore`. `logger`: whether the loggers get them."""
-        self._log_hyperparams = logger
-        if frame is None:
-            frame = inspect.currentframe().f_back
-        if len(args) == 1 and isinstance(args[0], Mapping):
-            hparams = dict(args[0])
-        else:
-            init_args = _collect_init_args(frame, self)
-            if args:
-                names = [a for arg in args for a in ([arg] if isinstance(arg, str) else arg)]
-                hparams = {k: init_args[k] for k in names if k in init_args}
-            else:
-                hparams = init_args
-        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
-        hparams = {k: v for k, v in hparams.items() if k not in ignored}
-        self.hparams.update(hparams)
-        self._hparams_initial = copy.deepcopy(self._hparams)
+    # -- checkpoints -----------------------------------------------------------------------------------
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike | IO,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A new data module of this class from a checkpoint: ``__init__`` gets the hyperparameters
+        it stores (``"datamodule_hyper_parameters"``; `kwargs` override or add to them, `hparams_file`
+        replaces them), then `load_state_dict` gets its saved state, as Lightning's."""
+        checkpoint = _read_checkpoint(checkpoint_path, map_location, weights_only, hparams_file,
+                                      key=cls.CHECKPOINT_HYPER_PARAMS_KEY)
+        checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {}).update(kwargs)
+        datamodule = cls(**_init_kwargs(cls, checkpoint, kwargs))
+        if cls.__qualname__ in checkpoint:
+            datamodule.load_state_dict(checkpoint[cls.__qualname__])
+        return datamodule
 
     # -- hooks ----------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -158,31 +132,3 @@ class LightningDataModule:
             if datasets is not None:
                 setattr(datamodule, f"{name}_dataloader", lambda d=datasets, s=shuffle: apply(d, s))
         return datamodule
-
-
-def _collect_init_args(frame: Any, obj: Any) -> dict[str, Any]:
-    """The arguments of the ``__init__`` calls on `obj` on the stack from `frame` outwards
-    (a subclass's ``__init__`` calling ``super().__init__(...)``), the outermost winning; a
-    ``**kwargs`` parameter is expanded."""
-    found: list[dict[str, Any]] = []
-    while frame is not None:
-        code = frame.f_code
-        local = frame.f_locals
-        if code.co_name != "__init__" or local.get("self") is not obj:
-            break
-        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-        args = {k: local[k] for k in names if k != "self" and k in local}
-        flags = code.co_flags
-        var_kw = None
-        if flags & inspect.CO_VARKEYWORDS:
-            index = code.co_argcount + code.co_kwonlyargcount + (1 if flags & inspect.CO_VARARGS else 0)
-            var_kw = code.co_varnames[index]
-        if var_kw is not None and isinstance(local.get(var_kw), Mapping):
-            args.update(local[var_kw])
-        args = {k: v for k, v in args.items() if not k.startswith("__")}
-        found.append(args)
-        frame = frame.f_back
-    merged: dict[str, Any] = {}
-    for args in found:  # innermost first: an outer (subclass) __init__'s value wins
-        merged.update(args)
-    return merged

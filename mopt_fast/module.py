@@ -14,23 +14,24 @@ checkpoint stores them under ``"hyper_parameters"`` and `load_from_checkpoint` p
 from __future__ import annotations
 
 import contextlib
-import copy
-import functools
-import inspect
 import numbers
 import os
 import sys
-import types
 import warnings
-from argparse import Namespace
-from collections.abc import Callable, Generator, Mapping, MutableMapping, Sequence
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable, Generator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.exceptions import MisconfigurationException, not_built
 from mopt_fast.hooks import EvaluationModelHooks
+from mopt_fast.hparams import (
+    AttributeDict,
+    HyperparametersMixin,
+    _init_kwargs,
+    _read_checkpoint,
+    _restricted_classmethod,
+)
 from mopt_fast.optimizer import LightningOptimizer, validate_clip_args
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AttributeDict", "LightningModule"]
 
-_PRIMITIVE_TYPES = (bool, int, float, str)
 # Lightning's error for a module without one of these (it checks before fit starts; here the base
 # method raises it when the Trainer calls it).
 _MINIMUM = (
@@ -47,183 +47,11 @@ _MINIMUM = (
 )
 
 
-class AttributeDict(dict):
-    """A dict whose keys are also attributes (``hparams.lr``), as Lightning's AttributeDict."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as e:
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'") from e
-
-    def __setattr__(self, key: str, val: Any) -> None:
-        self[key] = val
-
-    def __delattr__(self, item: str) -> None:
-        if item not in self:
-            raise KeyError(item)
-        del self[item]
-
-    def __repr__(self) -> str:
-        if not len(self):
-            return ""
-        max_key_length = max(len(str(k)) for k in self)
-        tmp_name = "{:" + str(max_key_length + 3) + "s} {}"
-        rows = [tmp_name.format(f'"{n}":', self[n]) for n in sorted(self.keys())]
-        return "\n".join(rows)
-
-
-# -- save_hyperparameters: the frame walk of lightning.pytorch.utilities.parsing ---------------------
-def _parse_class_init_keys(cls: type) -> tuple[str, str | None, str | None]:
-    """The names of ``self``, ``*args`` and ``**kwargs`` in ``cls.__init__``."""
-    params = list(inspect.signature(cls.__init__).parameters.values())  # type: ignore[misc]
-    n_self = params[0].name
-
-    def first(kind: Any) -> str | None:
-        return next((p.name for p in params if p.kind == kind), None)
-
-    return n_self, first(inspect.Parameter.VAR_POSITIONAL), first(inspect.Parameter.VAR_KEYWORD)
-
-
-def _get_init_args(frame: types.FrameType) -> tuple[Any, dict[str, Any]]:
-    """(self, the arguments) of the ``__init__`` running in `frame`, or (None, {}) for another frame."""
-    local_vars = frame.f_locals
-    if "__class__" not in local_vars or frame.f_code.co_name != "__init__":
-        return None, {}
-    cls = local_vars["__class__"]
-    init_parameters = inspect.signature(cls.__init__).parameters
-    self_var, args_var, kwargs_var = _parse_class_init_keys(cls)
-    exclude = (*[n for n in (self_var, args_var, kwargs_var) if n], "__class__", "frame", "frame_args")
-    # The current values of the signature's variables (a reassigned argument counts as reassigned).
-    local_args = {k: local_vars[k] for k in init_parameters}
-    if kwargs_var:
-        local_args.update(local_args.get(kwargs_var, {}))
-    local_args = {k: v for k, v in local_args.items() if k not in exclude}
-    return local_vars.get(self_var, None), local_args
-
-
-def _collect_init_args(frame: types.FrameType, path_args: list[dict[str, Any]], inside: bool = False,
-                       classes: tuple[type, ...] = ()) -> list[dict[str, Any]]:
-    """The arguments of the chain of ``__init__`` frames (of instances of `classes`) that called
-    `frame`, innermost first: a parent's ``__init__`` called from its subclass's, and so on."""
-    if not isinstance(frame.f_back, types.FrameType):
-        return path_args
-    local_self, local_args = _get_init_args(frame)
-    if "__class__" in frame.f_locals and (not classes or isinstance(local_self, classes)):
-        path_args.append(local_args)
-        return _collect_init_args(frame.f_back, path_args, inside=True, classes=classes)
-    if not inside:
-        return _collect_init_args(frame.f_back, path_args, inside=False, classes=classes)
-    return path_args
-
-
-# -- hyperparameters in checkpoints --------------------------------------------------------------
-_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
-
-
-def _plain(value: Any) -> tuple[bool, Any]:
-    """(True, value as plain data) when `value` is made of what ``torch.load(weights_only=True)``
-    reads back (numbers, strings, tensors, dtypes, devices, and lists, tuples, sets and dicts of
-    them; a dict subclass becomes a dict), else (False, the type that is not)."""
-    if isinstance(value, torch.Tensor) or type(value) in _PLAIN_SCALARS:
-        return True, value
-    if type(value) in (list, tuple, set):
-        items = []
-        for v in value:
-            ok, item = _plain(v)
-            if not ok:
-                return False, item
-            items.append(item)
-        return True, type(value)(items)
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            ok, key = _plain(k)
-            if not ok or isinstance(key, (list, set, torch.Tensor)):
-                return False, type(k)
-            ok, item = _plain(v)
-            if not ok:
-                return False, item
-            out[key] = item
-        return True, out
-    return False, type(value)
-
-
 # -- load_from_checkpoint -----------------------------------------------------------------------
-class _restricted_classmethod:
-    """A classmethod that refuses to be called on an instance (``model.load_from_checkpoint(...)``
-    would build a new model and drop it), as Lightning's."""
-
-    def __init__(self, method: Callable) -> None:
-        self.method = method
-
-    def __get__(self, instance: Any, cls: type | None = None) -> Callable:
-        @functools.wraps(self.method)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            cls_type = cls if cls is not None else type(instance)
-            if instance is not None:
-                raise TypeError(
-                    f"The classmethod `{cls_type.__name__}.{self.method.__name__}` cannot be called on an instance."
-                    " Please call it on the class type and make sure the return value is used."
-                )
-            return self.method(cls_type, *args, **kwargs)
-
-        wrapper.__func__ = self.method  # type: ignore[attr-defined]
-        return wrapper
-
-
-def _default_map_location(storage: Any, location: str) -> Any:
-    """torch.load's default, except that tensors saved on a device this machine lacks go to the CPU."""
-    if (
-        location.startswith("mps") and not torch.backends.mps.is_available()
-        or location.startswith("cuda") and not torch.cuda.is_available()
-        or location.startswith("xla")
-    ):
-        return storage.cpu()
-    return None
-
-
-_CHECKPOINT_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
-
-
-def _read_checkpoint(checkpoint_path: str | os.PathLike | IO, map_location: Any, weights_only: bool | None) -> dict:
-    """A checkpoint written by mopt_fast.Trainer (or by Lightning's Trainer: the same keys), loaded
-    with ``weights_only=True`` unless told otherwise."""
-    if isinstance(checkpoint_path, (str, os.PathLike)):
-        checkpoint_path = os.fspath(checkpoint_path)
-    ckpt = torch.load(checkpoint_path, map_location=map_location or _default_map_location,
-                      weights_only=True if weights_only is None else weights_only)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{checkpoint_path!r} is not a checkpoint of a LightningModule: it has no 'state_dict'")
-    return ckpt
-
-
 def _load_state(cls: type, checkpoint: dict[str, Any], strict: bool | None = None, **cls_kwargs_new: Any) -> Any:
     """An instance of `cls` built from the checkpoint's hyperparameters (`cls_kwargs_new` win),
     given the checkpoint's weights; Lightning's `_load_state`."""
-    cls_spec = inspect.getfullargspec(cls.__init__)
-    self_var, args_var, kwargs_var = _parse_class_init_keys(cls)
-    drop = [n for n in (self_var, args_var, kwargs_var) if n]
-    init_names = [n for n in inspect.signature(cls.__init__).parameters if n not in drop]
-
-    loaded: Any = {}
-    if "hyper_parameters" in checkpoint:
-        for old_key in _CHECKPOINT_PAST_HPARAMS_KEYS:  # checkpoints of old Lightning versions
-            loaded.update(checkpoint.get(old_key, {}))
-        loaded.update(checkpoint.get("hyper_parameters", {}))
-        hparams_type = checkpoint.get("hparams_type")
-        if hparams_type:
-            loaded = AttributeDict(loaded) if isinstance(hparams_type, str) else hparams_type(loaded)
-        # hyperparameters saved from one __init__ argument (a dict or Namespace) go back as it
-        args_name = checkpoint.get("hparams_name")
-        if args_name and args_name in init_names:
-            loaded = {args_name: loaded}
-
-    kwargs = dict(loaded)
-    kwargs.update(cls_kwargs_new)
-    kwargs.pop("_instantiator", None)  # LightningCLI's (not built): the class is built directly
-    if not cls_spec.varkw:
-        kwargs = {k: v for k, v in kwargs.items() if k in init_names}
+    kwargs = _init_kwargs(cls, checkpoint, cls_kwargs_new)
     obj = cls(**kwargs)
 
     if obj._strict_loading is not None and strict is not None and strict != obj.strict_loading:
@@ -251,14 +79,11 @@ def _load_state(cls: type, checkpoint: dict[str, Any], strict: bool | None = Non
     return obj
 
 
-class LightningModule(EvaluationModelHooks, torch.nn.Module):
+class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Module):
     """A torch.nn.Module with Lightning's training API. Subclass it, set
     ``self.automatic_optimization = False`` for manual optimization, and fit it with
     `mopt_fast.Trainer`."""
 
-    CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
-    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
-    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -268,7 +93,6 @@ class LightningModule(EvaluationModelHooks, torch.nn.Module):
         self._example_input_array: Any = None
         self._strict_loading: bool | None = None
         self._metric_attributes: dict[int, str] | None = None
-        self._log_hyperparams = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -387,114 +211,6 @@ class LightningModule(EvaluationModelHooks, torch.nn.Module):
             else:
                 print(*args, **kwargs)
 
-    # -- hyperparameters ----------------------------------------------------------------------
-    @property
-    def hparams(self) -> AttributeDict | MutableMapping:
-        """What `save_hyperparameters` saved (mutable). See `hparams_initial` for the frozen copy."""
-        if "_hparams" not in self.__dict__:
-            self._hparams = AttributeDict()
-        return self._hparams
-
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        """A copy of the hyperparameters as `save_hyperparameters` saved them (what the loggers get)."""
-        if "_hparams_initial" not in self.__dict__:
-            return AttributeDict()
-        return copy.deepcopy(self._hparams_initial)
-
-    def save_hyperparameters(
-        self,
-        *args: Any,
-        ignore: Sequence[str] | str | None = None,
-        frame: types.FrameType | None = None,
-        logger: bool = True,
-    ) -> None:
-        """Save ``__init__`` arguments to `hparams`.
-
-        Args:
-            *args: nothing (every ``__init__`` argument of this class and of its parents whose
-                ``__init__`` called this one), the names of arguments to keep, or one dict /
-                argparse.Namespace / AttributeDict whose items become the hyperparameters.
-            ignore: an argument name or a list of them to leave out (also removes them when a
-                parent class saved them).
-            frame: the frame to read the arguments from (default: the caller's).
-            logger: send the hyperparameters to the loggers when fit starts.
-        """
-        self._log_hyperparams = logger
-        if len(args) == 1 and not isinstance(args, str) and not args[0]:
-            return  # an empty container
-        if not frame:
-            current = inspect.currentframe()
-            if current:
-                frame = current.f_back
-        if not isinstance(frame, types.FrameType):
-            raise AttributeError("There is no `frame` available while being required.")
-
-        if is_dataclass(self):
-            init_args = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        else:
-            init_args = {}
-            for local_args in _collect_init_args(frame, [], classes=(LightningModule,)):
-                init_args.update(local_args)
-
-        if ignore is None:
-            ignore = []
-        elif isinstance(ignore, str):
-            ignore = [ignore]
-        elif isinstance(ignore, (list, tuple)):
-            ignore = [arg for arg in ignore if isinstance(arg, str)]
-        ignore = list(set(ignore))
-        init_args = {k: v for k, v in init_args.items() if k not in ignore}
-
-        if not args:
-            hp: Any = init_args
-            self._hparams_name = "kwargs" if hp else None
-        else:
-            non_str = [i for i, arg in enumerate(args) if not isinstance(arg, str)]
-            if len(non_str) == 1:
-                hp = args[non_str[0]]
-                candidates = [k for k, v in init_args.items() if v == hp]
-                self._hparams_name = candidates[0] if candidates else None
-            else:
-                hp = {arg: init_args[arg] for arg in args if isinstance(arg, str)}
-                self._hparams_name = "kwargs"
-
-        self._set_hparams(hp)
-        self.remove_ignored_hparams(ignore)
-        for k, v in self._hparams.items():
-            if isinstance(v, torch.nn.Module):
-                warnings.warn(
-                    f"Attribute {k!r} is an instance of `nn.Module` and is already saved during checkpointing. It is "
-                    f"recommended to ignore them using `self.save_hyperparameters(ignore=[{k!r}])`.",
-                    stacklevel=2,
-                )
-        self._hparams_initial = copy.deepcopy(self._hparams)
-
-    def _set_hparams(self, hp: MutableMapping | Namespace | str) -> None:
-        hp = self._to_hparams_dict(hp)
-        if isinstance(hp, dict) and isinstance(self.hparams, dict):
-            self.hparams.update(hp)
-        else:
-            self._hparams = hp
-
-    @staticmethod
-    def _to_hparams_dict(hp: MutableMapping | Namespace | str) -> MutableMapping:
-        if isinstance(hp, Namespace):
-            hp = vars(hp)
-        if isinstance(hp, dict):
-            hp = AttributeDict(hp)
-        elif isinstance(hp, _PRIMITIVE_TYPES):
-            raise ValueError(f"Primitives {_PRIMITIVE_TYPES} are not allowed.")
-        elif not isinstance(hp, MutableMapping):
-            raise ValueError(f"Unsupported config type of {type(hp)}.")
-        return hp
-
-    def remove_ignored_hparams(self, ignore_list: list[str]) -> None:
-        """Drop these names from the saved hyperparameters (what a subclass's ``ignore=`` does to
-        hyperparameters its parent saved)."""
-        for key in ignore_list:
-            self.hparams.pop(key, None)
-
     # -- checkpoints ----------------------------------------------------------------------------
     @_restricted_classmethod
     def load_from_checkpoint(
@@ -523,15 +239,7 @@ class LightningModule(EvaluationModelHooks, torch.nn.Module):
         """
         if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
             raise NotImplementedError(f"Unsupported {cls}")
-        checkpoint = _read_checkpoint(checkpoint_path, map_location, weights_only)
-        if hparams_file is not None:
-            extension = str(hparams_file).split(".")[-1].lower()
-            if extension not in ("csv", "yml", "yaml"):
-                raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
-            from mopt_fast.trainer.loggers import load_hparams_from_tags_csv, load_hparams_from_yaml
-
-            read = load_hparams_from_tags_csv if extension == "csv" else load_hparams_from_yaml
-            checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY] = read(os.fspath(hparams_file))
+        checkpoint = _read_checkpoint(checkpoint_path, map_location, weights_only, hparams_file)
         checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
         checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY].update(kwargs)
         model = _load_state(cls, checkpoint, strict=strict, **kwargs)
@@ -541,31 +249,6 @@ class LightningModule(EvaluationModelHooks, torch.nn.Module):
             return model
         device = next((t for t in state_dict.values() if isinstance(t, torch.Tensor)), torch.tensor(0)).device
         return model.to(device)
-
-    def _checkpoint_hparams(self) -> dict[str, Any]:
-        """The checkpoint entries of the hyperparameters (called by the Trainer when it saves):
-        ``"hyper_parameters"`` as plain data (a checkpoint loads with ``weights_only=True``; a value
-        that is not plain data is left out, with a warning, and must be given to
-        `load_from_checkpoint` as a keyword argument) and, as Lightning, ``"hparams_name"``: the
-        ``__init__`` argument they came from when it was one dict or Namespace."""
-        stored: dict[str, Any] = {}
-        warned = self.__dict__.setdefault("_hparams_not_stored", set())
-        for key, value in self.hparams.items():
-            ok, plain = _plain(value) if isinstance(key, str) else (False, type(key))
-            if ok:
-                stored[key] = plain
-            elif key not in warned:
-                warned.add(key)
-                warnings.warn(
-                    f"The hyperparameter {key!r} holds a {plain.__qualname__}, which is not plain data: it is not "
-                    "stored in checkpoints (they load with torch.load(weights_only=True)). Pass it to "
-                    f"`load_from_checkpoint(..., {key}=...)`, or `save_hyperparameters(ignore=[{key!r}])`.",
-                    stacklevel=4,
-                )
-        entries: dict[str, Any] = {self.CHECKPOINT_HYPER_PARAMS_KEY: stored}
-        if self.hparams:
-            entries[self.CHECKPOINT_HYPER_PARAMS_NAME] = getattr(self, "_hparams_name", None)
-        return entries
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Any:
         raise not_built("LightningModule.to_onnx", "export with torch.onnx.export(model, ...)")

@@ -57,6 +57,15 @@ def clip_check(out: str) -> None:
             lines.append(f"p={norm_type} max_norm={max_norm} total={total.item():.6f} ref={ref_total.item():.6f}")
     with open(os.path.join(out, f"clip{rank}.txt"), "w") as f:
         f.write("\n".join(lines) + "\nOK\n")
+    # This script made the process group, so it ends it, as the Trainer's strategy does for its
+    # own: destroyed, then a wait until gloo's worker threads are idle. Without it the process
+    # sometimes aborts at exit ("terminate called without an active exception", 1 run in 16
+    # here): a gloo thread still dropping a Python object meets interpreter finalization (the
+    # whole story in mopt_fast/trainer/strategies.py's docstring).
+    from mopt_fast.trainer.strategies import _wait_until_gloo_threads_idle
+
+    dist.destroy_process_group()
+    _wait_until_gloo_threads_idle()
 
 
 def train(out: str) -> None:

@@ -503,6 +503,109 @@ def test_datamodule(tmp_path, positional: bool) -> None:
     assert ref["hparams"] and ref["hparams"][0] == {"batch_size": 12, "shift": 0.5}
 
 
+@pytest.mark.parametrize("entry", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("saves", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["neither", "module", "datamodule", "both"])
+def test_hyperparameters_logged_with_a_datamodule(tmp_path, entry: str, saves: tuple) -> None:
+    """A LightningDataModule (like a LightningModule) logs no hyperparameters until it calls
+    save_hyperparameters: with neither calling it the loggers get no log_hyperparams call and
+    CSVLogger writes no hparams.yaml; otherwise the merged hyperparameters, in every entry point."""
+    module_saves, dm_saves = saves
+    out = {}
+    for fw in ("lightning", "mopt_fast"):
+        LM, _, DataModule, _ = classes(fw)
+        CSVLogger = (__import__("lightning.pytorch.loggers", fromlist=["x"]).CSVLogger if fw == "lightning"
+                     else mopt_fast.CSVLogger)
+
+        class Data(DataModule):
+            def __init__(self, batch_size: int = 16) -> None:
+                super().__init__()
+                if dm_saves:
+                    self.save_hyperparameters()
+                self.loaders = cases.make_data(batch_size=batch_size)
+
+            def train_dataloader(self):
+                return self.loaders[0]
+
+            def val_dataloader(self):
+                return self.loaders[1]
+
+            test_dataloader = val_dataloader
+
+            def predict_dataloader(self):
+                return predict_data()
+
+        class Model(regressor(LM)):
+            def __init__(self, lr: float = 0.05) -> None:
+                super().__init__()
+                if module_saves:
+                    self.save_hyperparameters()
+
+        torch.manual_seed(0)
+        logger = cases.recording_logger(fw)
+        hparams: list = []
+        logger.log_hyperparams = lambda params, *a, _into=hparams, **k: _into.append(dict(params))
+        root = tmp_path / fw
+        trainer = new_trainer(fw, str(root), max_epochs=1, logger=[logger, CSVLogger(str(root))])
+        quiet(getattr(trainer, entry), Model(), datamodule=Data(), **({"verbose": False} if entry in ("validate", "test")
+                                                                      else {}))
+        out[fw] = (hparams, sorted(p.name for p in root.rglob("hparams.yaml")))
+    assert out["mopt_fast"] == out["lightning"]
+    assert bool(out["lightning"][0]) is (module_saves or dm_saves)
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+@pytest.mark.parametrize("given", ["init", "dict"])
+def test_datamodule_in_the_checkpoint(tmp_path, weights_only: bool, given: str) -> None:
+    """The data module's hyperparameters with Lightning's "datamodule_hparams_name" (the __init__
+    argument a dict came from, else "kwargs") and its state_dict, in full and in weights-only
+    checkpoints, and test(ckpt_path=) gives the state back. save_hyperparameters(None) saves
+    nothing."""
+    out = {}
+    for fw in ("lightning", "mopt_fast"):
+        DataModule = classes(fw)[2]
+
+        class Data(DataModule):
+            loaded: list = []
+
+            def __init__(self, config: dict | None = None, batch_size: int = 16) -> None:
+                super().__init__()
+                self.save_hyperparameters(config) if given == "dict" else self.save_hyperparameters()
+                self.loaders = cases.make_data(batch_size=batch_size)
+
+            def train_dataloader(self):
+                return self.loaders[0]
+
+            def test_dataloader(self):
+                return self.loaders[1]
+
+            def state_dict(self):
+                return {"seen": 3}
+
+            def load_state_dict(self, state):
+                self.loaded.append(state)
+
+        torch.manual_seed(0)
+        trainer = new_trainer(fw, str(tmp_path / fw), max_epochs=1)
+        quiet(trainer.fit, regressor(classes(fw)[0])(), datamodule=Data({"batch_size": 8, "lr": 0.1}, batch_size=8))
+        path = str(tmp_path / fw / "saved.ckpt")
+        trainer.save_checkpoint(path, weights_only=weights_only)
+        saved = torch.load(path, weights_only=False)
+        quiet(new_trainer(fw, str(tmp_path / fw)).test, regressor(classes(fw)[0])(), datamodule=Data(), ckpt_path=path,
+              verbose=False)
+        loaded_by_test = list(Data.loaded)
+        # LightningDataModule.load_from_checkpoint: __init__ from the stored hyperparameters (a
+        # keyword over them), then load_state_dict with the stored state
+        rebuilt = Data.load_from_checkpoint(path, weights_only=False, batch_size=4)
+        out[fw] = {"saved": {k: v for k, v in saved.items() if k.startswith("datamodule") or k.endswith("Data")},
+                   "loaded": loaded_by_test, "rebuilt": (dict(rebuilt.hparams), Data.loaded[len(loaded_by_test):],
+                                                         rebuilt.loaders[0].batch_size)}
+    assert out["mopt_fast"] == out["lightning"]
+    assert out["lightning"]["saved"]["datamodule_hparams_name"] == ("config" if given == "dict" else "kwargs")
+    assert out["lightning"]["rebuilt"][1] == [{"seen": 3}]
+    assert out["lightning"]["loaded"] == [{"seen": 3}]
+
+
 def test_datamodule_argument_errors(tmp_path) -> None:
     for fw in ("lightning", "mopt_fast"):
         LM = classes(fw)[0]
@@ -562,6 +665,46 @@ def test_predict_step_none(tmp_path) -> None:
         new_trainer(fw, str(tmp_path)).predict(model, predict_data())
 
     both_raise(run, "misconf", r"`predict_step` cannot be None to run `Trainer.predict`")
+
+
+_NOT_REGISTERED = r"the loop's result collection is not registered yet\. This is most likely because you are trying to log in a `predict` hook"
+
+
+@pytest.mark.parametrize("hook, entry, match", [
+    ("predict_step", "predict", _NOT_REGISTERED),
+    ("on_predict_epoch_end", "predict", _NOT_REGISTERED),
+    ("setup", "predict", _NOT_REGISTERED),
+    ("setup", "fit", r"You can't `self.log\(\)` inside `setup`"),
+    ("on_fit_start", "fit", r"You can't `self.log\(\)` inside `on_fit_start`"),
+    ("setup", "test", r"You can't `self.log\(\)` inside `setup`"),
+    ("after", "fit", _NOT_REGISTERED),
+], ids=["predict_step", "on_predict_epoch_end", "setup-predict", "setup-fit", "on_fit_start", "setup-test", "after-fit"])
+def test_self_log_where_it_cannot_log(tmp_path, hook: str, entry: str, match: str) -> None:
+    """self.log in predict hooks, in setup / on_fit_start, or after fit: Lightning's error for
+    each (its checks in its order: no result collection outside fit/validate/test, then a hook
+    that may not log)."""
+    def run(fw: str) -> None:
+        class Logs(regressor(classes(fw)[0])):
+            pass
+
+        if hook != "after":
+            original = getattr(Logs, hook)
+
+            def logging_hook(self, *args, **kwargs):
+                self.log("x", 1.0)
+                return original(self, *args, **kwargs)
+
+            setattr(Logs, hook, logging_hook)
+        model = Logs()
+        trainer = new_trainer(fw, str(tmp_path / fw), max_epochs=1)
+        train, val = cases.make_data()
+        if entry == "fit":
+            trainer.fit(model, train)
+        else:
+            getattr(trainer, entry)(model, predict_data() if entry == "predict" else val)
+        model.log("x", 1.0)
+
+    both_raise(run, "misconf", match)
 
 
 @pytest.mark.parametrize("several", [True, False])

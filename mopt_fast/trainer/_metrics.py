@@ -354,7 +354,15 @@ class MetricStore:
         """`value`: a number, a tensor, or a torchmetrics.Metric (then `metric_attribute` names it)."""
         fx = trainer._current_fx
         results = self.active
-        if results is None or fx is None:
+        # Lightning's checks in its order: a running fit / sanity check / validate / test (predict
+        # logs nothing), a hook, one that may log
+        state = getattr(trainer, "state", None)
+        if state is not None and (state.stage is None or state.stage == "predict"):
+            raise MisconfigurationException(
+                "You are trying to `self.log()` but the loop's result collection is not registered yet. This is most "
+                "likely because you are trying to log in a `predict` hook, but it doesn't support logging"
+            )
+        if fx is None:
             raise MisconfigurationException(
                 "You are trying to `self.log()` but it is not managed by the `Trainer` control flow"
             )
@@ -363,6 +371,10 @@ class MetricStore:
             raise MisconfigurationException(
                 f"You can't `self.log()` inside `{fx}`. HINT: You can still log directly to the logger by using "
                 "`self.logger.experiment`."
+            )
+        if results is None:
+            raise MisconfigurationException(
+                "You are trying to `self.log()` but it is not managed by the `Trainer` control flow"
             )
         allowed_step, allowed_epoch, default_step, default_epoch = opts
         on_step = default_step if on_step is None else on_step

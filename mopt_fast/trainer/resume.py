@@ -9,10 +9,7 @@ can only start new ones; see `_data.iter_continuing`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from mopt_fast.trainer._data import persistent_workers
 from mopt_fast.trainer._warn import warn
@@ -46,13 +43,12 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         **model._checkpoint_hparams(),  # "hyper_parameters" as plain data, and "hparams_name"
     }
     datamodule = trainer.datamodule
-    if datamodule is not None:
+    if datamodule is not None:  # its hyperparameters and state also in a weights-only checkpoint, as Lightning's
         if datamodule.hparams:
-            ckpt[datamodule.CHECKPOINT_HYPER_PARAMS_KEY] = _plain(dict(datamodule.hparams))
-        if not weights_only:
-            state = datamodule.state_dict()
-            if state:
-                ckpt[type(datamodule).__qualname__] = state
+            ckpt.update(datamodule._checkpoint_hparams())  # as the module's, under the data module's keys
+        state = datamodule.state_dict()
+        if state:
+            ckpt[type(datamodule).__qualname__] = state
     if not weights_only:
         val_loop = trainer.val_loop
         ckpt.update(
@@ -264,15 +260,3 @@ def continue_epoch(loop: FitLoop, model: LightningModule, loader: Any, ckpt: dic
         loop.finish_epoch()
     else:  # saved before training started, between epochs, or after it ended
         set_rng_state(ckpt["rng"])
-
-
-def _plain(value: Any) -> Any:
-    """`value` if it is plain data (what a weights_only load accepts), else None."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return value
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return items if all(i is not None or v is None for i, v in zip(items, value)) else None
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items() if isinstance(k, str) and (_plain(v) is not None or v is None)}
-    return None
