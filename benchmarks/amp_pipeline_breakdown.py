@@ -2,7 +2,13 @@
 set: the whole call, its kernel alone, the per-call cost around the kernel, and the roofline (torch's
 read pass and in-place pass over one flat buffer of the same bytes), interleaved round by round.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/amp_pipeline_breakdown.py [--set many_small] [--dtype fp32]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/amp_pipeline_breakdown.py [--set many_small] [--dtype fp32] [--layout views]
+
+--layout: "separate" (default) gives each gradient its own allocation, as autograd does;
+"views" makes the gradients views into one buffer, as DDP's gradient buckets with
+gradient_as_bucket_view=True (or FSDP's flat parameters) do. On the 2-core machine the separate
+allocations alone cost the read pass about 200 µs of 500 on many_small fp32: the hardware
+streams one buffer faster than 1000 separate 16 KiB ones.
 
 Rows:
   roofline       torch.linalg.vector_norm(flat) + flat.mul_(c): one read pass and one in-place pass
@@ -36,8 +42,15 @@ def main() -> None:
     parser.add_argument("--set", default="many_small")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--layout", default="separate", choices=["separate", "views"])
     args = parser.parse_args()
     params = make_params(args.set, DTYPES[args.dtype])
+    if args.layout == "views":  # the same values, in one buffer
+        bucket = torch.cat([p.grad.flatten() for p in params])
+        offset = 0
+        for p in params:
+            p.grad = bucket[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
     grads = [p.grad for p in params]
     originals = [g.clone() for g in grads]
     nbytes = sum(g.nbytes for g in grads)
@@ -73,7 +86,7 @@ def main() -> None:
                 times[name].append(e - s)
     med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
     roof = med["roofline"]
-    print(f"{args.set} {args.dtype}: {len(grads)} tensors, {nbytes / 2**20:.1f} MiB; torch {torch.__version__}, "
+    print(f"{args.set} {args.dtype} ({args.layout}): {len(grads)} tensors, {nbytes / 2**20:.1f} MiB; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds, medians")
     print("| row | µs | x roofline |")
     print("|---|---|---|")
