@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -59,3 +60,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("=", "skipped, by reason")
     for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         terminalreporter.write_line(f"skipped {n}: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rich_console():
+    """A test starts with no rich global console: RichProgressBar(console_kwargs=...) reconfigures
+    that console (Lightning's does too), which would send later output, e.g. the results table
+    Lightning and mopt_fast print after test(), to the stream an earlier test captured."""
+    rich = sys.modules.get("rich")
+    if rich is not None:
+        rich._console = None
+    yield
