@@ -79,12 +79,9 @@ class DataSource:
     def request(self, trainer: Any) -> Any:
         if not self.is_module():
             return self.instance
-        prev = trainer._current_fx
-        trainer._current_fx = self.name
-        try:
-            return getattr(self.instance, self.name)()
-        finally:
-            trainer._current_fx = prev
+        from mopt_fast.trainer._hooks import call_as_hook
+
+        return call_as_hook(trainer, self.name, getattr(self.instance, self.name))
 
 
 def flatten_loaders(loaders: Any) -> list[Any]:

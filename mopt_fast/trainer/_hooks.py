@@ -97,3 +97,14 @@ def build_hook_table(callbacks: list[Any], module: LightningModule) -> dict[str,
                 fns.append((fn, False))
         table[name] = fns
     return table
+
+
+def call_as_hook(trainer: Any, name: str, fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` with `name` as the trainer's current hook (what self.log checks), the
+    previous one put back after."""
+    prev = trainer._current_fx
+    trainer._current_fx = name
+    try:
+        return fn(*args)
+    finally:
+        trainer._current_fx = prev

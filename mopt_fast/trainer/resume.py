@@ -12,6 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from mopt_fast.trainer._data import persistent_workers
+from mopt_fast.trainer._hooks import call_as_hook
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.callbacks import load_callback_states, save_callback_states
 from mopt_fast.trainer.checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
@@ -68,12 +69,7 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             rng=rng_state(),
         )
         save_callback_states(trainer, ckpt)  # by state_key, then the callbacks' on_save_checkpoint (callbacks.py)
-    prev = trainer._current_fx
-    trainer._current_fx = "on_save_checkpoint"
-    try:
-        model.on_save_checkpoint(ckpt)
-    finally:
-        trainer._current_fx = prev
+    call_as_hook(trainer, "on_save_checkpoint", model.on_save_checkpoint, ckpt)
     return ckpt
 
 
@@ -164,12 +160,7 @@ def restore_weights(trainer: Trainer, path: str) -> None:
     data module's state and every callback's state, as Lightning's `_restore_modules_and_callbacks`."""
     ckpt = load_checkpoint(path)
     model = trainer.lightning_module
-    prev = trainer._current_fx
-    trainer._current_fx = "on_load_checkpoint"
-    try:
-        model.on_load_checkpoint(ckpt)
-    finally:
-        trainer._current_fx = prev
+    call_as_hook(trainer, "on_load_checkpoint", model.on_load_checkpoint, ckpt)
     model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
     _restore_datamodule(trainer, ckpt)
     load_callback_states(trainer, ckpt)
