@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.trainer.states import RunningStage
 
 __all__ = ["MetricStore"]
 
@@ -357,7 +358,7 @@ class MetricStore:
         # Lightning's checks in its order: a running fit / sanity check / validate / test (predict
         # logs nothing), a hook, one that may log
         state = getattr(trainer, "state", None)
-        if state is not None and (state.stage is None or state.stage == "predict"):
+        if state is not None and (state.stage is None or state.stage is RunningStage.PREDICTING):
             raise MisconfigurationException(
                 "You are trying to `self.log()` but the loop's result collection is not registered yet. This is most "
                 "likely because you are trying to log in a `predict` hook, but it doesn't support logging"

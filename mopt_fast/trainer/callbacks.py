@@ -409,7 +409,45 @@ def _update_n(bar: Any, value: int) -> None:
             bar.refresh()
 
 
-class TQDMProgressBar(ProgressBar):
+class SwitchableBar:
+    """The on/off switch of the built-in bars (tqdm and rich): enabled unless `disable` was called
+    or the refresh rate is 0."""
+
+    _enabled = True
+    refresh_rate: Any
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled and self.refresh_rate > 0
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+
+def _tqdm_bar(name: str) -> property:
+    """TQDMProgressBar's ``<name>_progress_bar``: the tqdm bar, a TypeError before it is made."""
+    attr = f"_{name}_progress_bar"
+
+    def get(self: TQDMProgressBar) -> Any:
+        bar = getattr(self, attr)
+        if bar is None:
+            raise TypeError(f"The `{self.__class__.__name__}.{attr}` reference has not been set yet.")
+        return bar
+
+    def set_(self: TQDMProgressBar, bar: Any) -> None:
+        setattr(self, attr, bar)
+
+    return property(get, set_)
+
+
+class TQDMProgressBar(SwitchableBar, ProgressBar):
     """Lightning's default tqdm progress bars: the sanity check, the training epoch (with the
     ``prog_bar=True`` metrics), the validation run, test and predict, written to stdout.
 
@@ -440,43 +478,10 @@ class TQDMProgressBar(ProgressBar):
     def __getstate__(self) -> dict:
         return {k: v if not isinstance(v, _tqdm) else None for k, v in vars(self).items()}
 
-    def _bar(self, name: str) -> Any:
-        bar = getattr(self, f"_{name}_progress_bar")
-        if bar is None:
-            raise TypeError(f"The `{self.__class__.__name__}._{name}_progress_bar` reference has not been set yet.")
-        return bar
-
-    @property
-    def train_progress_bar(self) -> Any:
-        return self._bar("train")
-
-    @train_progress_bar.setter
-    def train_progress_bar(self, bar: Any) -> None:
-        self._train_progress_bar = bar
-
-    @property
-    def val_progress_bar(self) -> Any:
-        return self._bar("val")
-
-    @val_progress_bar.setter
-    def val_progress_bar(self, bar: Any) -> None:
-        self._val_progress_bar = bar
-
-    @property
-    def test_progress_bar(self) -> Any:
-        return self._bar("test")
-
-    @test_progress_bar.setter
-    def test_progress_bar(self, bar: Any) -> None:
-        self._test_progress_bar = bar
-
-    @property
-    def predict_progress_bar(self) -> Any:
-        return self._bar("predict")
-
-    @predict_progress_bar.setter
-    def predict_progress_bar(self, bar: Any) -> None:
-        self._predict_progress_bar = bar
+    train_progress_bar = _tqdm_bar("train")
+    val_progress_bar = _tqdm_bar("val")
+    test_progress_bar = _tqdm_bar("test")
+    predict_progress_bar = _tqdm_bar("predict")
 
     @property
     def refresh_rate(self) -> int:
@@ -485,20 +490,6 @@ class TQDMProgressBar(ProgressBar):
     @property
     def process_position(self) -> int:
         return self._process_position
-
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self.refresh_rate > 0
-
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
 
     def init_sanity_tqdm(self) -> Tqdm:
         """Override this to customize the tqdm bar for the validation sanity run."""

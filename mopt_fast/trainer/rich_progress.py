@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mopt_fast.trainer.callbacks import ProgressBar, trainer_fn
+from mopt_fast.trainer.callbacks import ProgressBar, SwitchableBar, trainer_fn
 
 __all__ = ["RichProgressBar", "RichProgressBarTheme"]
 
@@ -198,7 +198,7 @@ class RichProgressBarTheme:
     metrics_format: str = ".3f"
 
 
-class RichProgressBar(ProgressBar):
+class RichProgressBar(SwitchableBar, ProgressBar):
     """Lightning's rich progress bar (``pip install rich``).
 
     Args:
@@ -231,14 +231,6 @@ class RichProgressBar(ProgressBar):
     def refresh_rate(self) -> float:
         return self._refresh_rate
 
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled and self.refresh_rate > 0
-
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
     def _task(self, task_id: Any) -> Any:
         assert self.progress is not None and task_id is not None
         return self.progress.tasks[task_id]
@@ -258,12 +250,6 @@ class RichProgressBar(ProgressBar):
     @property
     def test_progress_bar(self) -> Any:
         return self._task(self.test_progress_bar_id)
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
 
     def _init_progress(self, trainer: Any) -> None:
         if self.is_enabled and (self.progress is None or self._progress_stopped):

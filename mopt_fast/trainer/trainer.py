@@ -56,6 +56,19 @@ class _MultipleOptimizersError(MisconfigurationException, RuntimeError):
     before: both catch it."""
 
 
+def _stage_flag(stage: RunningStage) -> property:
+    """A Trainer flag (``trainer.training`` and its siblings): whether `stage` is the one running;
+    setting it True enters the stage, False leaves it if it is the one running (Lightning's)."""
+
+    def get(self: Trainer) -> bool:
+        return self.state.stage is stage
+
+    def set_(self: Trainer, value: bool) -> None:
+        self._set_stage(stage, value)
+
+    return property(get, set_)
+
+
 class Trainer:
     """Fits a `mopt_fast.LightningModule`; the arguments are Lightning's (keyword-only).
 
@@ -202,45 +215,11 @@ class Trainer:
         elif self.state.stage is stage:
             self.state.stage = None
 
-    @property
-    def training(self) -> bool:
-        return self.state.stage is RunningStage.TRAINING
-
-    @training.setter
-    def training(self, value: bool) -> None:
-        self._set_stage(RunningStage.TRAINING, value)
-
-    @property
-    def validating(self) -> bool:
-        return self.state.stage is RunningStage.VALIDATING
-
-    @validating.setter
-    def validating(self, value: bool) -> None:
-        self._set_stage(RunningStage.VALIDATING, value)
-
-    @property
-    def sanity_checking(self) -> bool:
-        return self.state.stage is RunningStage.SANITY_CHECKING
-
-    @sanity_checking.setter
-    def sanity_checking(self, value: bool) -> None:
-        self._set_stage(RunningStage.SANITY_CHECKING, value)
-
-    @property
-    def testing(self) -> bool:
-        return self.state.stage is RunningStage.TESTING
-
-    @testing.setter
-    def testing(self, value: bool) -> None:
-        self._set_stage(RunningStage.TESTING, value)
-
-    @property
-    def predicting(self) -> bool:
-        return self.state.stage is RunningStage.PREDICTING
-
-    @predicting.setter
-    def predicting(self, value: bool) -> None:
-        self._set_stage(RunningStage.PREDICTING, value)
+    training = _stage_flag(RunningStage.TRAINING)
+    validating = _stage_flag(RunningStage.VALIDATING)
+    sanity_checking = _stage_flag(RunningStage.SANITY_CHECKING)
+    testing = _stage_flag(RunningStage.TESTING)
+    predicting = _stage_flag(RunningStage.PREDICTING)
 
     @property
     def evaluating(self) -> bool:
