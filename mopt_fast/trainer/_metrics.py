@@ -357,8 +357,8 @@ class MetricStore:
         results = self.active
         # Lightning's checks in its order: a running fit / sanity check / validate / test (predict
         # logs nothing), a hook, one that may log
-        state = getattr(trainer, "state", None)
-        if state is not None and (state.stage is None or state.stage is RunningStage.PREDICTING):
+        stage = trainer.state.stage
+        if stage is None or stage is RunningStage.PREDICTING:
             raise MisconfigurationException(
                 "You are trying to `self.log()` but the loop's result collection is not registered yet. This is most "
                 "likely because you are trying to log in a `predict` hook, but it doesn't support logging"

@@ -33,6 +33,7 @@ class MetricsTrainer(Protocol):
     """What `MetricStore.log` (``self.log``) reads."""
 
     _current_fx: str | None  # the hook running now: decides where a logged value goes
+    state: TrainerState  # no logging outside fit / validate / test
     root_device: torch.device
     strategy: Strategy
     loggers: list[Logger]
@@ -45,7 +46,6 @@ class MetricsTrainer(Protocol):
 class ModuleTrainer(MetricsTrainer, Protocol):
     """What `LightningModule` calls into."""
 
-    state: TrainerState
     optimizers: list[torch.optim.Optimizer]
     lr_scheduler_configs: list[LRSchedulerConfig]
     gradient_clip_val: int | float | None
