@@ -555,3 +555,22 @@ def test_resume_with_persistent_workers(noise: float, tmp_path) -> None:
         if name in first_epoch or not noise:
             assert_identical(model.state_dict(), ref_model.state_dict(), name)
             assert_identical(trainer.optimizers[0].state_dict(), ref.optimizers[0].state_dict(), name)
+
+
+@pytest.mark.parametrize("name", ["legacy-batch", "legacy-mid-epoch-validation", "legacy-last-batch-validation"])
+def test_legacy_checkpoints_resume_bitwise(name: str) -> None:
+    """Checkpoints an earlier release wrote (tests/make_legacy_checkpoints.py, the flat "loops"
+    entry from before the loops serialized themselves) still resume, to the weights, optimizer
+    state, scheduler state and callback_metrics of the uninterrupted fit."""
+    import make_legacy_checkpoints as legacy
+
+    ref_model, ref = legacy.fit()
+    path = os.path.join(os.path.dirname(__file__), "data", f"{name}.ckpt")
+    model, trainer = legacy.fit(ckpt_path=path)
+    assert trainer.global_step == ref.global_step == 18
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert_identical(trainer.optimizers[0].state_dict(), ref.optimizers[0].state_dict())
+    assert trainer.lr_scheduler_configs[0].scheduler.state_dict() == ref.lr_scheduler_configs[0].scheduler.state_dict()
+    assert {k: v.item() for k, v in trainer.callback_metrics.items()} == {
+        k: v.item() for k, v in ref.callback_metrics.items()}
