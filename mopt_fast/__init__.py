@@ -2,14 +2,21 @@
 
 Layers, bottom up: kernels (csrc/, triton_kernels/, mopt_fast/torch_ops) → op registry
 (mopt_fast.registry) → functional API (mopt_fast.functional, re-exported here) → precision
-plugins and the optimizer wrapper (mopt_fast.precision, mopt_fast.optimizer) → LightningModule
-(mopt_fast.module) → Trainer (mopt_fast.trainer).
+plugins (mopt_fast.precision) → core (mopt_fast.core: LightningModule, LightningDataModule, the
+optimizer wrapper) → callbacks and loggers (mopt_fast.callbacks, mopt_fast.loggers) → the Trainer
+engine (mopt_fast.trainer).
+
+``import mopt_fast`` loads the kernels and the functional API only; the Lightning front (the
+names below from core/ up, and ``mopt_fast.callbacks`` / ``loggers`` / ``trainer``) loads on first
+use, so a kernels-only user pays for neither it nor torch.distributed.
 """
-from typing import Any
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from mopt_fast import _extension
 from mopt_fast._version import __version__
-from mopt_fast.datamodule import LightningDataModule
 from mopt_fast.exceptions import MisconfigurationException, not_built
 from mopt_fast.functional import (
     clip_grad_norm_,
@@ -21,30 +28,50 @@ from mopt_fast.functional import (
     unscale_grads_,
     zero_grad_,
 )
-from mopt_fast.module import LightningModule
-from mopt_fast.optimizer import LightningOptimizer
 from mopt_fast.registry import available_backends, backend_for, use_backend
 from mopt_fast.seed import seed_everything
-from mopt_fast.trainer import (
-    Callback,
-    CSVLogger,
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    ModelSummary,
-    ProgressBar,
-    RichProgressBar,
-    TensorBoardLogger,
-    TQDMProgressBar,
-    Trainer,
-)
-from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
+
+if TYPE_CHECKING:
+    from mopt_fast.callbacks import (
+        Callback,
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        ModelSummary,
+        ProgressBar,
+        RichProgressBar,
+        TQDMProgressBar,
+    )
+    from mopt_fast.core import LightningDataModule, LightningModule, LightningOptimizer
+    from mopt_fast.loggers import CSVLogger, TensorBoardLogger
+    from mopt_fast.trainer import Trainer
+    from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
 
 if _extension.COMPILED:
     from mopt_fast import _ops
 
     _ops.register_fakes("mopt_fast")
 
+# The Lightning front, loaded on first access: name -> the module that defines it.
+_FRONT = {
+    "LightningDataModule": "mopt_fast.core.datamodule",
+    "LightningModule": "mopt_fast.core.module",
+    "LightningOptimizer": "mopt_fast.core.optimizer",
+    "Callback": "mopt_fast.callbacks.callback",
+    "EarlyStopping": "mopt_fast.callbacks.early_stopping",
+    "LearningRateMonitor": "mopt_fast.callbacks.lr_monitor",
+    "ModelCheckpoint": "mopt_fast.callbacks.model_checkpoint",
+    "ModelSummary": "mopt_fast.callbacks.model_summary",
+    "ProgressBar": "mopt_fast.callbacks.progress.progress_bar",
+    "RichProgressBar": "mopt_fast.callbacks.progress.rich_progress",
+    "TQDMProgressBar": "mopt_fast.callbacks.progress.tqdm_progress",
+    "CSVLogger": "mopt_fast.loggers.csv_logs",
+    "TensorBoardLogger": "mopt_fast.loggers.tensorboard",
+    "Trainer": "mopt_fast.trainer.trainer",
+    "DDPStrategy": "mopt_fast.trainer.strategies",
+    "FSDPStrategy": "mopt_fast.trainer.strategies",
+}
+_SUBPACKAGES = ("callbacks", "core", "loggers", "trainer")
 
 # Names of the lightning.pytorch / lightning top level that mopt_fast does not build.
 _NOT_BUILT = {
@@ -53,9 +80,19 @@ _NOT_BUILT = {
 
 
 def __getattr__(name: str) -> Any:
+    if name in _FRONT:
+        value = getattr(importlib.import_module(_FRONT[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _NOT_BUILT:
         raise not_built(_NOT_BUILT[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FRONT) | set(_SUBPACKAGES))
 
 
 def build_info() -> dict:

@@ -10,6 +10,7 @@ Bad input raises before anything is written: a rejected call leaves every gradie
 from __future__ import annotations
 
 import math
+import sys
 import types
 import warnings
 from collections.abc import Callable, Iterable
@@ -22,11 +23,6 @@ from mopt_fast._ops import result_dtype
 from mopt_fast.registry import kernel
 
 Tensors = torch.Tensor | Iterable[torch.Tensor]
-
-try:  # FSDP2 gradients are DTensors; builds without torch.distributed have none
-    from torch.distributed.tensor import DTensor as _DTensor
-except ImportError:  # pragma: no cover
-    _DTensor = None
 
 __all__ = [
     "clip_grad_norm_",
@@ -47,23 +43,31 @@ def _grads(parameters: Tensors) -> list[torch.Tensor]:
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     grads = [g for g in [p.grad for p in parameters] if g is not None]
-    if _sharding_possible() and any(isinstance(g, _DTensor) for g in grads):
-        return [g.to_local() if isinstance(g, _DTensor) else g for g in grads]
+    dtensor = _dtensor_type()
+    if dtensor is not None and any(isinstance(g, dtensor) for g in grads):
+        return [g.to_local() if isinstance(g, dtensor) else g for g in grads]
     return grads
 
 
-def _sharding_possible() -> bool:
-    """DTensor gradients need an initialized process group; without one no list is scanned."""
-    return _DTensor is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
+def _dtensor_type() -> type | None:
+    """FSDP2's gradient type, DTensor, when gradients can be DTensors: an initialized process
+    group, and torch.distributed.tensor loaded (no DTensor exists before it is). None otherwise, so
+    no list is scanned, and importing mopt_fast does not load torch.distributed.tensor (most of
+    its import time before)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    return module.DTensor
 
 
 def _sharded_group(parameters: list[torch.Tensor]) -> Any:
     """The process group over which partial norms of DTensor gradients are reduced, or None
     for plain tensors. Only gradients sharded on a 1-D mesh (FSDP2's `fully_shard`) are
     supported: replicated placements would be counted once per rank."""
-    if _DTensor is None:
+    dtensor = _dtensor_type()
+    if dtensor is None:
         return None
-    dts = [p.grad for p in parameters if isinstance(p.grad, _DTensor)]
+    dts = [p.grad for p in parameters if isinstance(p.grad, dtensor)]
     if not dts:
         return None
     if len(dts) != sum(p.grad is not None for p in parameters):

@@ -149,3 +149,33 @@ def isolate_rng(include_cuda: bool = True) -> Generator[None, None, None]:
     if np is not None:
         np.random.set_state(states["numpy"])
     random.setstate(states["python"])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, as plain data (numpy's as lists, so weights_only loads it)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy
+
+        name, keys, pos, has_gauss, cached = numpy.random.get_state()
+        state["numpy"] = [name, keys.tolist(), pos, has_gauss, cached]
+    except ImportError:  # numpy is optional
+        pass
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy
+
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        numpy.random.set_state((name, numpy.array(keys, dtype=numpy.uint32), pos, has_gauss, cached))
+

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import mopt_fast
-from mopt_fast.trainer.loggers import Logger
+from mopt_fast.loggers import Logger
 
 # val_metric per rank and epoch: rank 0 improves every epoch, rank 1 stops improving at epoch 2
 VALUES = {0: [5.0, 4.0, 3.0, 2.0, 1.0, 0.5], 1: [5.0, 4.0, 4.5, 4.6, 4.7, 4.8]}

@@ -457,7 +457,7 @@ def recording_logger(framework: str) -> Any:
     if framework == "lightning":
         from lightning.pytorch.loggers import Logger
     else:
-        from mopt_fast.trainer.loggers import Logger
+        from mopt_fast.loggers import Logger
 
     class RecordingLogger(Logger):
         def __init__(self) -> None:

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mopt_fast  # noqa: E402
-from mopt_fast.trainer import checkpoint as checkpoint_module  # noqa: E402
+from mopt_fast.core import saving as checkpoint_module  # noqa: E402
 
 import lightning_cases as cases  # noqa: E402
 

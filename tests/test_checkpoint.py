@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import mopt_fast
 from mopt_fast import LightningModule, ModelCheckpoint, Trainer
-from mopt_fast.trainer.checkpoint import load_checkpoint, remove_stale_temporaries, save_atomic
+from mopt_fast.core.saving import load_checkpoint, remove_stale_temporaries, save_atomic
 
 import lightning_cases as cases
 
@@ -301,7 +301,7 @@ def test_bit_flips_are_refused_or_harmless(tmp_path) -> None:
 def test_checksum_mismatch_names_the_file(tmp_path) -> None:
     path, _ = _small_checkpoint(tmp_path)
     ckpt = torch.load(path, weights_only=True)  # a plain dict, readable by torch alone
-    assert ckpt["format"] == mopt_fast.trainer.checkpoint.FORMAT and ckpt["checksum"].startswith("sha256:")
+    assert ckpt["format"] == mopt_fast.core.saving.FORMAT and ckpt["checksum"].startswith("sha256:")
     ckpt["global_step"] += 1  # a value changed after the checksum was taken
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match=re.escape(repr(path)) + ".*do not match the checksum"):

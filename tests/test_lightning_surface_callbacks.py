@@ -170,7 +170,7 @@ def test_early_stopping_matches_lightning(name: str) -> None:
     got = {}
     for framework in FRAMEWORKS:
         log_name = ("lightning.pytorch.callbacks.early_stopping" if framework == "lightning"
-                    else "mopt_fast.trainer.early_stopping")
+                    else "mopt_fast.callbacks.early_stopping")
         handler = capture_logs(log_name)
         try:
             trainer, model, (es,) = fit(framework, case, lambda ns: [ns.EarlyStopping(**es_kwargs)], **trainer_kwargs)
@@ -240,7 +240,7 @@ def test_early_stopping_resumes_from_a_checkpoint(tmp_path) -> None:
     assert ref_trainer.should_stop and ref_trainer.current_epoch == 3
     # paused with one check without improvement: a resumed fit that forgot it would not stop at epoch 2
     fit("mopt_fast", cases.automatic(), callbacks(str(tmp_path / "a")), enable_checkpointing=True, max_epochs=2)
-    saved = mopt_fast.trainer.checkpoint.load_checkpoint(str(tmp_path / "a" / "last.ckpt"))
+    saved = mopt_fast.core.saving.load_checkpoint(str(tmp_path / "a" / "last.ckpt"))
     assert "EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}" in saved["callbacks"]
     trainer, model, (es, _) = fit("mopt_fast", cases.automatic(), callbacks(str(tmp_path / "a")),
                                   enable_checkpointing=True, ckpt_path="last", seed=99)
@@ -382,7 +382,7 @@ def tqdm_class(framework: str) -> type:
         from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
         return Tqdm
-    return mopt_fast.trainer.callbacks.Tqdm
+    return mopt_fast.callbacks.progress.tqdm_progress.Tqdm
 
 
 def recording_tqdm_bar(framework: str, override_metrics: bool) -> type:

@@ -11,6 +11,7 @@ import copy
 import os
 import random
 import tempfile
+import types
 import warnings
 from typing import Any
 
@@ -299,10 +300,18 @@ def test_import_paths() -> None:
     from lightning.pytorch import loggers as pl_loggers
 
     from mopt_fast import callbacks, loggers
+
+    # the classes in the files that define them (one file per callback and logger)
+    from mopt_fast.callbacks import callback, model_checkpoint, model_summary
+    from mopt_fast.callbacks.progress import tqdm_progress
     from mopt_fast.exceptions import NotBuiltError
-    from mopt_fast.trainer import callbacks as trainer_callbacks
-    from mopt_fast.trainer import checkpoint
-    from mopt_fast.trainer import loggers as trainer_loggers
+    from mopt_fast.loggers import csv_logs, logger, tensorboard
+
+    checkpoint = model_checkpoint
+    trainer_callbacks = types.SimpleNamespace(Callback=callback.Callback, ModelSummary=model_summary.ModelSummary,
+                                              TQDMProgressBar=tqdm_progress.TQDMProgressBar)
+    trainer_loggers = types.SimpleNamespace(CSVLogger=csv_logs.CSVLogger, TensorBoardLogger=tensorboard.TensorBoardLogger,
+                                            Logger=logger.Logger)
 
     assert callbacks.ModelCheckpoint is checkpoint.ModelCheckpoint is mopt_fast.ModelCheckpoint
     for name in ("Callback", "ModelSummary", "TQDMProgressBar"):
@@ -323,8 +332,13 @@ def test_import_paths() -> None:
                 getattr(ours, name)
             with pytest.raises(NotImplementedError):
                 getattr(ours, name)
-    # the callbacks mopt_fast.trainer exports show up under the import path, as the same classes
-    import mopt_fast.trainer as trainer_package
+    # the callbacks in their own files show up under the import path, as the same classes
+    from mopt_fast.callbacks import early_stopping, lr_monitor, timer
+    from mopt_fast.callbacks.progress import progress_bar, rich_progress
+
+    trainer_package = types.SimpleNamespace(
+        EarlyStopping=early_stopping.EarlyStopping, LearningRateMonitor=lr_monitor.LearningRateMonitor,
+        RichProgressBar=rich_progress.RichProgressBar, Timer=timer.Timer, ProgressBar=progress_bar.ProgressBar)
 
     for name in ("EarlyStopping", "LearningRateMonitor", "RichProgressBar", "Timer", "ProgressBar"):
         assert name in callbacks.__all__, name

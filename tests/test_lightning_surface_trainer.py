@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import mopt_fast
-from mopt_fast.trainer import _protocol
-from mopt_fast.trainer.states import LoopPoint, RunningStage, TrainerFn, TrainerStatus
+from mopt_fast.core import protocol as _protocol
+from mopt_fast.core.states import LoopPoint, RunningStage, TrainerFn, TrainerStatus
 
 import lightning_cases as cases
 from helpers import importorskip_unless_ci
@@ -31,7 +31,7 @@ def test_trainer_implements_the_protocols_other_parts_use() -> None:
     trainer = mopt_fast.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, enable_checkpointing=False)
     protocols = [_protocol.ModuleTrainer, _protocol.MetricsTrainer, _protocol.OptimizerTrainer,
-                 _protocol.CheckpointTrainer, _protocol.StrategyTrainer, _protocol.TrainerProtocol]
+                 _protocol.CheckpointTrainer, _protocol.CallbackTrainer, _protocol.TrainerProtocol]
     for proto in protocols:
         assert isinstance(trainer, proto), proto.__name__
     torch.manual_seed(0)

@@ -221,7 +221,7 @@ def test_toggle_with_shared_and_frozen_parameters() -> None:
 def test_configure_optimizers_forms_match_lightning(conf: str) -> None:
     _configure_optimizers = importorskip_unless_ci("lightning.pytorch.core.optimizer")._configure_optimizers
 
-    from mopt_fast.trainer._configure import configure_optimizers
+    from mopt_fast.core.optimizer import configure_optimizers
 
     p, q = nn.Parameter(torch.randn(2)), nn.Parameter(torch.randn(2))
     o1, o2 = torch.optim.SGD([p], lr=0.1), torch.optim.Adam([q])

@@ -1,7 +1,9 @@
-"""The Trainer's arguments: checked, given their defaults and turned into the Trainer's
-attributes, loggers and callbacks, as Lightning 2.6's Trainer.__init__ and its connectors do."""
+"""The Trainer's arguments: checked, given their defaults and turned into the values the Trainer
+and its loops keep, loggers and callbacks, as Lightning 2.6's Trainer.__init__ and its connectors
+do. Each function takes the arguments it reads by name; Trainer.__init__ says where each goes."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterable
@@ -10,19 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mopt_fast.callbacks.callback import validate_callbacks_list
+from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
+from mopt_fast.callbacks.model_summary import ModelSummary
+from mopt_fast.callbacks.progress.progress_bar import ProgressBar
+from mopt_fast.callbacks.progress.tqdm_progress import TQDMProgressBar
+from mopt_fast.callbacks.timer import Timer, parse_duration
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.optimizer import validate_clip_args
-from mopt_fast.precision import make_precision, normalize_precision
-from mopt_fast.trainer.callbacks import ModelSummary, ProgressBar, TQDMProgressBar, validate_callbacks_list
-from mopt_fast.trainer.checkpoint import ModelCheckpoint
-from mopt_fast.trainer.loggers import CSVLogger, Logger, TensorBoardLogger
-from mopt_fast.trainer.strategies import FSDPStrategy, make_strategy
-from mopt_fast.trainer.timer import Timer, parse_duration
+from mopt_fast.loggers.csv_logs import CSVLogger
+from mopt_fast.loggers.logger import Logger
+from mopt_fast.loggers.tensorboard import TensorBoardLogger
+from mopt_fast.precision import Precision, make_precision, normalize_precision
+from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
 
 if TYPE_CHECKING:
-    from mopt_fast.trainer.trainer import Trainer
+    pass
 
-__all__ = ["UNSUPPORTED", "check_limit", "configure", "parse_devices"]
+__all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "loggers", "parse_devices",
+           "precision_plugin", "set_torch_flags"]
 
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off":
 # accepted at that value, a NotImplementedError naming the feature at any other.
@@ -72,128 +79,149 @@ def check_limit(name: str, value: Any) -> int | float:
     return value
 
 
-def configure(trainer: Trainer, args: dict[str, Any]) -> None:
-    """Sets `trainer`'s configuration from the Trainer(...) arguments `args`."""
+def check_unsupported(**args: Any) -> None:
+    """A NotImplementedError naming each Lightning Trainer argument in `UNSUPPORTED` set to anything
+    but its "off" value."""
     for name, off in UNSUPPORTED.items():
         if args[name] != off:
             raise NotImplementedError(f"mopt_fast.Trainer does not support `{name}={args[name]!r}` yet")
-    a = args
-    _set_torch_flags(a["deterministic"], a["benchmark"])
-    trainer._accelerator, n_devices, trainer._device_index = parse_devices(a["accelerator"], a["devices"])
-    num_nodes = a["num_nodes"]
+
+
+def check_num_nodes(num_nodes: Any) -> int:
     if not isinstance(num_nodes, int) or num_nodes < 1:
         raise MisconfigurationException(f"`num_nodes` must be an int >= 1, got {num_nodes!r}")
-    trainer.num_nodes = num_nodes
-    trainer.num_devices = n_devices
-    trainer.strategy = make_strategy(a["strategy"], n_devices, num_nodes)
-    # The device is known once the process knows its rank (at fit); until then, this one.
-    trainer.root_device = torch.device("cpu") if trainer._accelerator == "cpu" else torch.device(
-        "cuda", trainer._device_index or 0)
-    precision = a["precision"]
-    trainer.precision = normalize_precision("32-true" if precision is None else precision)
-    trainer._precision = make_precision(trainer.precision, trainer._accelerator)
-    trainer.precision = getattr(trainer._precision, "name", trainer.precision)
+    return num_nodes
 
-    accumulate = a["accumulate_grad_batches"]
+
+def initial_device(accelerator: str, device_index: int | None) -> torch.device:
+    """The device until the process knows its rank (at fit, a distributed strategy picks it)."""
+    return torch.device("cpu") if accelerator == "cpu" else torch.device("cuda", device_index or 0)
+
+
+def precision_plugin(precision: str | int | None, accelerator: str) -> Precision:
+    """The precision plugin of ``Trainer(precision=...)`` (None: "32-true"), as Lightning names it."""
+    return make_precision(normalize_precision("32-true" if precision is None else precision), accelerator)
+
+
+def check_accumulate(accumulate: Any) -> int:
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
         raise MisconfigurationException(f"`accumulate_grad_batches` should be an int >= 1, got {accumulate!r}")
-    max_steps, max_epochs = a["max_steps"], a["max_epochs"]
+    return accumulate
+
+
+def check_max_limits(max_epochs: Any, max_steps: Any) -> tuple[int | None, int]:
+    """max_epochs (None: Lightning's _parse_loop_limits sets it, 1000 or -1 with max_steps or a
+    Timer, at fit) and max_steps."""
     if max_steps is None or not isinstance(max_steps, int) or max_steps < -1:
         raise MisconfigurationException(f"`max_steps` must be an int >= -1, got {max_steps!r}")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < -1):
         raise MisconfigurationException(f"`max_epochs` must be an int >= -1 or None, got {max_epochs!r}")
-    trainer.accumulate_grad_batches = accumulate
-    gradient_clip_val = a["gradient_clip_val"]
-    _, trainer.gradient_clip_algorithm = validate_clip_args(gradient_clip_val, a["gradient_clip_algorithm"])
-    trainer.gradient_clip_val = gradient_clip_val  # as given (Lightning compares it with clip_gradients')
-    # None: Lightning's _parse_loop_limits sets it (1000, or -1 with max_steps or a Timer) at fit.
-    trainer.max_epochs = max_epochs
-    trainer.max_steps = max_steps
-    for name in ("min_epochs", "min_steps"):
-        if a[name] is not None and (not isinstance(a[name], int) or isinstance(a[name], bool) or a[name] < 0):
-            raise MisconfigurationException(f"`{name}` must be an int >= 0 or None, got {a[name]!r}")
-    trainer.min_steps = a["min_steps"]
-    # Lightning's _parse_loop_limits: min_steps alone means at least one epoch
-    trainer.min_epochs = a["min_epochs"] if a["min_epochs"] is not None else (1 if a["min_steps"] is not None else 0)
-    trainer.inference_mode = bool(a["inference_mode"])
-    trainer.detect_anomaly = bool(a["detect_anomaly"])
-    trainer.sync_batchnorm = bool(a["sync_batchnorm"])
-    trainer.use_distributed_sampler = bool(a["use_distributed_sampler"])
-    trainer.enable_autolog_hparams = bool(a["enable_autolog_hparams"])
-    trainer.reload_dataloaders_every_n_epochs = a["reload_dataloaders_every_n_epochs"]
-    _debugging_flags(trainer, a)
-    check_val_every_n_epoch = a["check_val_every_n_epoch"]
+    return max_epochs, max_steps
+
+
+def check_min_limits(min_epochs: Any, min_steps: Any) -> tuple[int, int | None]:
+    """min_epochs (min_steps alone means at least one epoch, as Lightning's _parse_loop_limits)
+    and min_steps."""
+    for name, value in (("min_epochs", min_epochs), ("min_steps", min_steps)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise MisconfigurationException(f"`{name}` must be an int >= 0 or None, got {value!r}")
+    return (min_epochs if min_epochs is not None else (1 if min_steps is not None else 0)), min_steps
+
+
+def check_val_every_n_epoch_arg(check_val_every_n_epoch: Any, val_check_interval: Any) -> int | None:
     if check_val_every_n_epoch is not None and (
         not isinstance(check_val_every_n_epoch, int) or isinstance(check_val_every_n_epoch, bool)
     ):
         raise MisconfigurationException(
             f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}."
         )
-    if check_val_every_n_epoch is None and isinstance(a["val_check_interval"], float):
+    if check_val_every_n_epoch is None and isinstance(val_check_interval, float):
         raise MisconfigurationException(
             "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
             "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`."
         )
-    if not trainer.fast_dev_run:
-        trainer.check_val_every_n_epoch = check_val_every_n_epoch
-    log_every_n_steps = a["log_every_n_steps"]
-    trainer.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
-    if trainer.log_every_n_steps < 0:
+    return check_val_every_n_epoch
+
+
+def check_log_every_n_steps(log_every_n_steps: int | None) -> int:
+    every = 50 if log_every_n_steps is None else log_every_n_steps
+    if every < 0:
         raise MisconfigurationException("`log_every_n_steps` must be >= 0")
-    root = a["default_root_dir"]
-    trainer.default_root_dir = os.fspath(root) if root is not None else os.getcwd()
-    trainer.loggers = _loggers(trainer, a["logger"])
-    if trainer.fast_dev_run:  # logging is suppressed: a logger that writes nothing, as Lightning's DummyLogger
-        trainer.loggers = [_DummyLogger(trainer.default_root_dir)] if trainer.loggers else []
-    trainer.callbacks = _callbacks(trainer, a["callbacks"], a["enable_progress_bar"], a["enable_model_summary"],
-                                   a["enable_checkpointing"], a["max_time"])
+    return every
 
 
-def _debugging_flags(trainer: Trainer, a: dict[str, Any]) -> None:
-    """limit_*_batches, fast_dev_run, overfit_batches, val_check_interval and num_sanity_val_steps, as
-    Lightning's `_init_debugging_flags`."""
-    fast_dev_run = a["fast_dev_run"]
+@dataclasses.dataclass
+class DebuggingFlags:
+    """What limit_*_batches, fast_dev_run, overfit_batches, val_check_interval and
+    num_sanity_val_steps come to (Lightning's `_init_debugging_flags`); `max_steps`,
+    `max_epochs` and `check_val_every_n_epoch` are set only under fast_dev_run."""
+
+    fast_dev_run: bool | int
+    overfit_batches: int | float
+    limit_train_batches: int | float
+    limit_val_batches: int | float
+    limit_test_batches: int | float
+    limit_predict_batches: int | float
+    num_sanity_val_steps: int | float
+    val_check_interval: int | float
+    val_check_time_interval: float | None  # seconds, for a time-based val_check_interval
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    check_val_every_n_epoch: int | None = None
+
+
+def debugging_flags(fast_dev_run: int | bool, overfit_batches: Any, limit_train_batches: Any,
+                    limit_val_batches: Any, limit_test_batches: Any, limit_predict_batches: Any,
+                    val_check_interval: Any, num_sanity_val_steps: int | None) -> DebuggingFlags:
     if isinstance(fast_dev_run, int) and fast_dev_run < 0:
         raise MisconfigurationException(f"fast_dev_run={fast_dev_run!r} is not a valid configuration. It should be >= 0.")
-    trainer.fast_dev_run = True if fast_dev_run == 1 else fast_dev_run
-    overfit = check_limit("overfit_batches", a["overfit_batches"])
-    trainer.overfit_batches = overfit
-    val_check_interval = a["val_check_interval"]
-    trainer._val_check_time_interval = None
+    overfit = check_limit("overfit_batches", overfit_batches)
     if fast_dev_run:
         n = int(fast_dev_run)
-        if not overfit > 0:
-            trainer.limit_train_batches = trainer.limit_val_batches = n
-        trainer.limit_test_batches = trainer.limit_predict_batches = n
-        trainer.max_steps = n
-        trainer.num_sanity_val_steps = 0
-        trainer.max_epochs = 1
-        trainer.val_check_interval = 1.0
-        trainer.check_val_every_n_epoch = 1
+        flags = DebuggingFlags(
+            fast_dev_run=True if fast_dev_run == 1 else fast_dev_run, overfit_batches=overfit,
+            limit_train_batches=n, limit_val_batches=n, limit_test_batches=n, limit_predict_batches=n,
+            num_sanity_val_steps=0, val_check_interval=1.0, val_check_time_interval=None, max_steps=n, max_epochs=1,
+            check_val_every_n_epoch=1,
+        )
     else:
-        if not overfit > 0:
-            trainer.limit_train_batches = check_limit("limit_train_batches", a["limit_train_batches"])
-            trainer.limit_val_batches = check_limit("limit_val_batches", a["limit_val_batches"])
-        trainer.limit_test_batches = check_limit("limit_test_batches", a["limit_test_batches"])
-        trainer.limit_predict_batches = check_limit("limit_predict_batches", a["limit_predict_batches"])
-        num_sanity_val_steps = 2 if a["num_sanity_val_steps"] is None else a["num_sanity_val_steps"]
-        if num_sanity_val_steps != -1 and num_sanity_val_steps < 0:
+        sanity = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        if sanity != -1 and sanity < 0:
             raise MisconfigurationException("`num_sanity_val_steps` must be >= -1")
-        trainer.num_sanity_val_steps = float("inf") if num_sanity_val_steps == -1 else num_sanity_val_steps
+        time_interval = None
         if isinstance(val_check_interval, (str, dict, timedelta)):  # validation every so much time
-            trainer._val_check_time_interval = parse_duration(val_check_interval, "val_check_interval").total_seconds()
-            trainer.val_check_interval = 1.0
+            time_interval = parse_duration(val_check_interval, "val_check_interval").total_seconds()
+            interval: int | float = 1.0
         else:
-            trainer.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
-            if isinstance(trainer.val_check_interval, float) and not 0.0 < trainer.val_check_interval <= 1.0:
+            interval = 1.0 if val_check_interval is None else val_check_interval
+            if isinstance(interval, float) and not 0.0 < interval <= 1.0:
                 raise MisconfigurationException(
-                    f"`val_check_interval` should be a float in (0.0, 1.0] or an int, got {trainer.val_check_interval}"
+                    f"`val_check_interval` should be a float in (0.0, 1.0] or an int, got {interval}"
                 )
+        flags = DebuggingFlags(
+            fast_dev_run=fast_dev_run, overfit_batches=overfit,
+            limit_train_batches=1.0 if overfit > 0 else check_limit("limit_train_batches", limit_train_batches),
+            limit_val_batches=1.0 if overfit > 0 else check_limit("limit_val_batches", limit_val_batches),
+            limit_test_batches=check_limit("limit_test_batches", limit_test_batches),
+            limit_predict_batches=check_limit("limit_predict_batches", limit_predict_batches),
+            num_sanity_val_steps=float("inf") if sanity == -1 else sanity, val_check_interval=interval,
+            val_check_time_interval=time_interval,
+        )
     if overfit > 0:
-        trainer.limit_train_batches = trainer.limit_val_batches = overfit
+        flags.limit_train_batches = flags.limit_val_batches = overfit
+    return flags
 
 
-def _set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
+def loggers(logger: bool | Logger | Iterable[Logger] | None, default_root_dir: str, fast_dev_run: bool | int) -> list[Logger]:
+    """The Trainer's loggers: a default one for None / True; under fast_dev_run a logger that writes
+    nothing in their place (Lightning's DummyLogger)."""
+    found = _loggers(logger, default_root_dir)
+    if fast_dev_run:
+        return [_DummyLogger(default_root_dir)] if found else []
+    return found
+
+
+def set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
     """cudnn.benchmark and torch.use_deterministic_algorithms, as Lightning's `_set_torch_flags`."""
     if deterministic not in (None, True, False, "warn"):
         raise MisconfigurationException(f"`deterministic` must be a bool, 'warn' or None, got {deterministic!r}")
@@ -204,7 +232,7 @@ def _set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) -
             warnings.warn(
                 "You passed `deterministic=True` and `benchmark=True`. Note that PyTorch ignores "
                 "torch.backends.cudnn.deterministic=True when torch.backends.cudnn.benchmark=True.",
-                stacklevel=4,
+                stacklevel=3,
             )
     if benchmark is not None:
         torch.backends.cudnn.benchmark = benchmark
@@ -227,9 +255,9 @@ class _DummyLogger(Logger):
         return self.save_dir
 
 
-def _loggers(trainer: Trainer, logger: Any) -> list[Logger]:
+def _loggers(logger: Any, default_root_dir: str) -> list[Logger]:
     if logger is None or logger is True:
-        return [_default_logger(trainer.default_root_dir)]
+        return [_default_logger(default_root_dir)]
     if logger is False:
         return []
     if isinstance(logger, Iterable):
@@ -257,8 +285,10 @@ def _default_logger(root: str) -> Logger:
     return TensorBoardLogger(root)
 
 
-def _callbacks(trainer: Trainer, callbacks: Any, enable_progress_bar: bool | None,
-               enable_model_summary: bool | None, enable_checkpointing: bool | None, max_time: Any) -> list[Any]:
+def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool | None,
+                   enable_model_summary: bool | None, enable_checkpointing: bool | None, max_time: Any) -> list[Any]:
+    """The Trainer's callbacks: the ones given, plus Lightning's defaults (progress bar, model
+    summary, ModelCheckpoint, a Timer for max_time), checked, checkpoint callbacks last."""
     cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
     if max_time is not None and not any(isinstance(c, Timer) for c in cbs):
         cbs.append(Timer(duration=parse_duration(max_time, "Trainer(max_time"), interval="step"))
@@ -276,7 +306,7 @@ def _callbacks(trainer: Trainer, callbacks: Any, enable_progress_bar: bool | Non
     if enable_model_summary is not False and not any(isinstance(c, ModelSummary) for c in cbs):
         cbs.insert(0, ModelSummary())
     has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in cbs)
-    if isinstance(trainer.strategy, FSDPStrategy):
+    if isinstance(strategy, FSDPStrategy):
         if has_checkpoint or enable_checkpointing:
             raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
         enable_checkpointing = False

@@ -13,8 +13,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
+from mopt_fast.core.datamodule import LightningDataModule
+from mopt_fast.core.module import LightningModule
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.trainer.checkpoint import rng_state, set_rng_state
+from mopt_fast.seed import pl_worker_init_function, rng_state, set_rng_state
+from mopt_fast.trainer._hooks import is_overridden
+from mopt_fast.trainer._warn import warn
 
 __all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "check_iterable", "flatten_loaders", "isolated_rng",
            "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
@@ -60,8 +64,6 @@ class DataSource:
         self.name = name
 
     def is_module(self) -> bool:
-        from mopt_fast.datamodule import LightningDataModule
-        from mopt_fast.module import LightningModule
 
         return isinstance(self.instance, (LightningModule, LightningDataModule))
 
@@ -69,9 +71,6 @@ class DataSource:
         """A loader was given, or the module's hook is overridden."""
         if not self.is_module():
             return self.instance is not None
-        from mopt_fast.datamodule import LightningDataModule
-        from mopt_fast.module import LightningModule
-        from mopt_fast.trainer._hooks import is_overridden
 
         base = LightningModule if isinstance(self.instance, LightningModule) else LightningDataModule
         return is_overridden(self.name, self.instance, base)
@@ -79,9 +78,8 @@ class DataSource:
     def request(self, trainer: Any) -> Any:
         if not self.is_module():
             return self.instance
-        from mopt_fast.trainer._hooks import call_as_hook
 
-        return call_as_hook(trainer, self.name, getattr(self.instance, self.name))
+        return trainer.hooks.run_as(self.name, getattr(self.instance, self.name))
 
 
 def flatten_loaders(loaders: Any) -> list[Any]:
@@ -123,7 +121,6 @@ def without_shuffling(loaders: list[Any], prefix: str) -> list[Any]:
     rebuilt with a SequentialSampler, with Lightning's warning (`_resolve_overfit_batches`)."""
     if all(isinstance(getattr(dl, "sampler", None), SequentialSampler) for dl in loaders if hasattr(dl, "sampler")):
         return loaders
-    from mopt_fast.trainer._warn import warn
 
     warn(f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the {prefix} "
          "dataloader shuffling for you.")
@@ -150,10 +147,6 @@ def add_worker_init_fn(loader: Any, rank: int) -> None:
     if not hasattr(loader, "worker_init_fn") or loader.worker_init_fn is not None:
         return
     if not int(os.environ.get("PL_SEED_WORKERS", 0)):
-        return
-    try:
-        from mopt_fast.seed import pl_worker_init_function
-    except ImportError:  # mopt_fast.seed not there (yet): leave the loader as it is
         return
     loader.worker_init_fn = functools.partial(pl_worker_init_function, rank=rank)
 

@@ -7,29 +7,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mopt_fast.hooks import EVAL_CALLBACK_HOOKS
+from mopt_fast.callbacks.callback import Callback
+from mopt_fast.core.hooks import ALWAYS_CALLED, CALLBACK_HOOKS
+from mopt_fast.core.module import LightningModule
 
-if TYPE_CHECKING:
-    from mopt_fast.module import LightningModule
+__all__ = ["HookRunner", "takes_batch_idx", "build_hook_table", "is_overridden", "is_param_in_hook_signature"]
 
-__all__ = ["ALWAYS", "CALLBACK_HOOKS", "build_hook_table", "is_overridden", "is_param_in_hook_signature"]
-
-# Module hooks whose default does something: always called.
-ALWAYS = (
-    "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step", "backward",
-    "on_validation_model_eval", "on_validation_model_zero_grad", "on_test_model_eval", "on_predict_model_eval",
-)
-
-
-def _callback_hooks() -> tuple[str, ...]:
-    from mopt_fast.trainer.callbacks import HOOKS
-
-    return tuple(dict.fromkeys(HOOKS + EVAL_CALLBACK_HOOKS))
-
-
-CALLBACK_HOOKS = _callback_hooks()
 
 
 def _code(fn: Any) -> Any:
@@ -77,11 +62,8 @@ def _monitoring(callback: Any) -> bool:
 def build_hook_table(callbacks: list[Any], module: LightningModule) -> dict[str, list[tuple[Callable, bool]]]:
     """hook name -> [(callable, is_callback)]: the callbacks' then the module's, each only when it
     overrides the hook (or, for the module, when its default does something)."""
-    from mopt_fast.module import LightningModule
-    from mopt_fast.trainer.callbacks import Callback
-
     table: dict[str, list[tuple[Callable, bool]]] = {}
-    for name in CALLBACK_HOOKS + ALWAYS:
+    for name in CALLBACK_HOOKS + ALWAYS_CALLED:
         cbs = [cb for cb in callbacks if name in CALLBACK_HOOKS and is_overridden(name, cb, Callback)]
         if name == "on_train_epoch_end":  # non-monitoring callbacks, the module, monitoring callbacks
             cbs = [cb for cb in cbs if not _monitoring(cb)] + [None] + [cb for cb in cbs if _monitoring(cb)]
@@ -93,18 +75,74 @@ def build_hook_table(callbacks: list[Any], module: LightningModule) -> dict[str,
                 fns.append((getattr(cb, name), True))
                 continue
             fn = getattr(module, name, None)
-            if callable(fn) and (name in ALWAYS or is_overridden(name, module, LightningModule)):
+            if callable(fn) and (name in ALWAYS_CALLED or is_overridden(name, module, LightningModule)):
                 fns.append((fn, False))
         table[name] = fns
     return table
 
 
-def call_as_hook(trainer: Any, name: str, fn: Callable, *args: Any) -> Any:
-    """``fn(*args)`` with `name` as the trainer's current hook (what self.log checks), the
-    previous one put back after."""
-    prev = trainer._current_fx
-    trainer._current_fx = name
-    try:
-        return fn(*args)
-    finally:
-        trainer._current_fx = prev
+def takes_batch_idx(fn: Callable) -> bool:
+    """A step or batch hook that takes ``batch_idx`` (as Lightning decides it)."""
+    return is_param_in_hook_signature(fn, "batch_idx", min_args=2)
+
+
+class HookRunner:
+    """Calls the hooks of one run and knows which one is running (`current_fx`, what ``self.log``
+    checks): the one place that sets it. ``trainer.hooks``; the loops call through it."""
+
+    __slots__ = ("trainer", "table", "current_fx")
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.table: dict[str, list[tuple[Callable, bool]]] = {}
+        self.current_fx: str | None = None
+
+    def build(self, callbacks: list[Any], module: LightningModule) -> None:
+        """The callables of each hook for a run (`build_hook_table`)."""
+        self.table = build_hook_table(callbacks, module)
+
+    def has(self, name: str) -> bool:
+        """Whether any callback or the module does something on `name`."""
+        return bool(self.table.get(name))
+
+    def module_overrides(self, name: str) -> bool:
+        return is_overridden(name, self.trainer.lightning_module, LightningModule)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """`name` on the callbacks (with trainer, module), then the module; the module's result."""
+        fns = self.table.get(name)
+        if not fns:
+            return None
+        trainer = self.trainer
+        prev = self.current_fx
+        self.current_fx = name
+        result = None
+        try:
+            for fn, is_callback in fns:
+                if is_callback:
+                    fn(trainer, trainer.lightning_module, *args, **kwargs)
+                else:
+                    result = fn(*args, **kwargs)
+        finally:
+            self.current_fx = prev
+        return result
+
+    def call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """The module's hook `name`, whether or not it is overridden."""
+        return self.run_as(name, getattr(self.trainer.lightning_module, name), *args, **kwargs)
+
+    def call_datamodule(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            return None
+        fn = getattr(datamodule, name, None)
+        return fn(*args, **kwargs) if callable(fn) else None
+
+    def run_as(self, name: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with `name` as the running hook, the previous one put back after."""
+        prev = self.current_fx
+        self.current_fx = name
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.current_fx = prev

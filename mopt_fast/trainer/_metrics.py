@@ -19,15 +19,15 @@ or the progress bar refreshes (Lightning converts the progress-bar values after 
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
+from mopt_fast.core.module import is_metric
+from mopt_fast.core.states import RunningStage
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.trainer.states import RunningStage
 
 __all__ = ["MetricStore"]
 
@@ -95,18 +95,6 @@ def _reduction(reduce_fx: Any) -> str:
 def base_reduction(code: str) -> str:
     """"mean", "sum", "max" or "min": the collective that syncs a metric of reduction `code`."""
     return code[3:] if code.startswith("py_") else code
-
-
-def metric_class() -> type | None:
-    """torchmetrics.Metric when torchmetrics has been imported (a Metric can exist only then), else
-    None: torchmetrics stays an optional dependency that mopt_fast never imports itself."""
-    module = sys.modules.get("torchmetrics")
-    return getattr(module, "Metric", None) if module is not None else None
-
-
-def is_metric(value: Any) -> bool:
-    cls = metric_class()
-    return cls is not None and isinstance(value, cls)
 
 
 def _batch_sizes(batch: Any) -> Iterable[int | None]:
@@ -353,7 +341,7 @@ class MetricStore:
             on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
             sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None:
         """`value`: a number, a tensor, or a torchmetrics.Metric (then `metric_attribute` names it)."""
-        fx = trainer._current_fx
+        fx = trainer.hooks.current_fx
         results = self.active
         # Lightning's checks in its order: a running fit / sanity check / validate / test (predict
         # logs nothing), a hook, one that may log

@@ -19,11 +19,13 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mopt_fast.module import LightningModule
+from mopt_fast.core.module import LightningModule
+from mopt_fast.core.states import RunningStage, TrainerFn
 from mopt_fast.trainer._data import (
     DataSource,
     add_worker_init_fn,
@@ -34,12 +36,13 @@ from mopt_fast.trainer._data import (
     num_batches,
     persistent_workers,
     set_sampler_epoch,
+    shut_down_workers,
     without_shuffling,
 )
 from mopt_fast.trainer._hooks import is_overridden, is_param_in_hook_signature
+from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._metrics import to_scalars
 from mopt_fast.trainer._warn import warn
-from mopt_fast.trainer.states import RunningStage, TrainerFn
 
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
@@ -90,6 +93,13 @@ def _is_shuffled(loader: Any) -> bool:
     if batch_sampler is not None and getattr(batch_sampler, "sampler", None) is not None:
         sampler = batch_sampler.sampler
     return isinstance(sampler, torch.utils.data.RandomSampler)
+
+
+def _forward(forward_context: Callable[[], contextlib.AbstractContextManager], step_fn: Callable,
+             args: tuple) -> Any:
+    """A step under the precision plugin's forward context (autocast)."""
+    with forward_context():
+        return step_fn(*args)
 
 
 class _ModuleModes:
@@ -154,7 +164,6 @@ class _Loop:
         return it
 
     def teardown(self) -> None:
-        from mopt_fast.trainer._data import shut_down_workers
 
         for loader in self.loaders or ():
             shut_down_workers(loader)
@@ -174,6 +183,16 @@ class EvaluationLoop(_Loop):
         self.hooks = {k: f"on_{name}_{k}" for k in ("start", "end", "epoch_start", "epoch_end", "batch_start",
                                                      "batch_end", "model_eval", "model_train")}
         self.batches_logged: list[int] = []  # per loader: the loggers' step for step metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint of a fit records of its validation loop."""
+        return {"batches_logged": list(self.batches_logged), "workers_started": self.workers_started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches_logged = list(state["batches_logged"])
+        self.workers_started = bool(state["workers_started"])
+        # The original run's persistent workers were running: a resumed fit continues them.
+        self.resume_workers_running = self.workers_started
 
     def reset_data(self) -> None:
         """Forget the loaders (a new fit/validate/test asks for them again)."""
@@ -214,7 +233,7 @@ class EvaluationLoop(_Loop):
         if self.fn == TrainerFn.FITTING:
             for loader in loaders:  # some users shuffle validation by the training progress
                 set_sampler_epoch(loader, trainer.current_epoch)
-        metrics = trainer._metrics
+        metrics = trainer.metric_store
         saved_active, saved_first = metrics.active, metrics.first_loop_iter
         metrics.active = results = metrics.val
         metrics.reset_results(results)
@@ -222,10 +241,11 @@ class EvaluationLoop(_Loop):
         step_fn = getattr(model, self.step_name)
         pass_idx = is_param_in_hook_signature(step_fn, "batch_idx", min_args=2)
         modes = _ModuleModes(model)
-        trainer._call_module(hooks["model_eval"])
+        trainer.hooks.call_module(hooks["model_eval"])
         device = trainer.root_device
-        call = trainer._call
-        forward_context = trainer._precision.forward_context
+        call = trainer.hooks.call
+        run_as = trainer.hooks.run_as
+        forward_context = trainer.precision_plugin.forward_context
         outputs: list[dict[str, Any]] = []
         try:
             with _grad_context(trainer, self.inference_mode and self.fn != TrainerFn.FITTING):
@@ -248,19 +268,15 @@ class EvaluationLoop(_Loop):
                             batch = move_to_device(batch, device)
                         metrics.on_batch_start(batch, dl_idx if several else None)
                         call(hooks["batch_start"], batch, batch_idx, *idx)
-                        trainer._current_fx = self.step_name
-                        try:
-                            with forward_context():
-                                out = step_fn(batch, batch_idx, *idx) if pass_idx else step_fn(batch, *idx)
-                        finally:
-                            trainer._current_fx = None
+                        args = (batch, batch_idx, *idx) if pass_idx else (batch, *idx)
+                        out = run_as(self.step_name, _forward, forward_context, step_fn, args)
                         call(hooks["batch_end"], out, batch, batch_idx, *idx)
                         metrics.on_batch_end()
                         if not sanity:
                             if trainer.loggers:
                                 step_logs = results.metrics(on_step=True)[1]
                                 if step_logs:
-                                    trainer._log_to_loggers(step_logs, step=self.batches_logged[dl_idx])
+                                    log_to_loggers(trainer, step_logs, step=self.batches_logged[dl_idx])
                             self.batches_logged[dl_idx] += 1
                         batch_idx += 1
                 self.resume_workers_running = False
@@ -274,7 +290,7 @@ class EvaluationLoop(_Loop):
                 for out in outputs:
                     out.update(epoch_end_outputs)
                 if not sanity:
-                    trainer._log_to_loggers(logged)
+                    log_to_loggers(trainer, logged)
                 call(hooks["end"])
                 metrics.reset_results(results)
         except BaseException:
@@ -282,20 +298,20 @@ class EvaluationLoop(_Loop):
             metrics.active, metrics.first_loop_iter = saved_active, saved_first
             raise
         if is_overridden(hooks["model_train"], model, LightningModule):
-            trainer._call_module(hooks["model_train"])
+            trainer.hooks.call_module(hooks["model_train"])
         else:
             modes.restore(model)
         metrics.active, metrics.first_loop_iter = saved_active, saved_first
         if self.verbose and trainer.is_global_zero and not sanity:
             print_results(outputs, self.stage.value)
-        trainer._last_val_time = time.monotonic()
+        trainer.fit_loop.last_val_time = time.monotonic()  # time-based val_check_interval counts from here
         return outputs
 
     def _loader_outputs(self, sanity: bool) -> dict[str, Any]:
         """The epoch metrics of the loader just finished (or, after the epoch-end hook, of none),
         folded into callback_metrics; the logged ones returned (Lightning's
         `update_eval_epoch_metrics`)."""
-        metrics = self.trainer._metrics
+        metrics = self.trainer.metric_store
         metrics.first_loop_iter = None
         if sanity:
             return {}
@@ -334,9 +350,11 @@ class PredictionLoop(_Loop):
         step_fn = model.predict_step
         pass_idx = is_param_in_hook_signature(step_fn, "batch_idx", min_args=2)
         modes = _ModuleModes(model)
-        trainer._call_module("on_predict_model_eval")
+        trainer.hooks.call_module("on_predict_model_eval")
         device, cpu = trainer.root_device, torch.device("cpu")
-        call = trainer._call
+        forward_context = trainer.precision_plugin.forward_context
+        call = trainer.hooks.call
+        run_as = trainer.hooks.run_as
         try:
             with _grad_context(trainer, self.inference_mode):
                 call("on_predict_start")
@@ -353,12 +371,8 @@ class PredictionLoop(_Loop):
                         if device.type != "cpu":
                             batch = move_to_device(batch, device)
                         call("on_predict_batch_start", batch, batch_idx, *idx)
-                        trainer._current_fx = "predict_step"
-                        try:
-                            with trainer._precision.forward_context():
-                                out = step_fn(batch, batch_idx, *idx) if pass_idx else step_fn(batch, *idx)
-                        finally:
-                            trainer._current_fx = None
+                        args = (batch, batch_idx, *idx) if pass_idx else (batch, *idx)
+                        out = run_as("predict_step", _forward, forward_context, step_fn, args)
                         if out is None and not self._warned_none:
                             self._warned_none = True
                             warn("predict returned None if it was on purpose, ignore this warning...")

@@ -8,8 +8,9 @@ global_step and callback_metrics under either Trainer. One batch goes: `FitLoop.
 (fetch, on_train_batch_start) → training_step.py (the step and its optimization) → back here
 (schedulers, on_train_batch_end, logging, checkpoint point, validation when due).
 
-The loop's position (`point`, a `LoopPoint`) and counters are what a checkpoint records and
-resume.py restores.
+The loop owns its position (`point`, a `LoopPoint`), counters and clocks, and serializes them
+itself (`state_dict` / `load_state_dict`); a restored loop's `run` continues the epoch its
+checkpoint was taken in (`continue_epoch`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader
 
+from mopt_fast.core.states import LoopPoint
 from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.seed import rng_state, set_rng_state
 from mopt_fast.trainer import training_step
 from mopt_fast.trainer._data import (
     DataSource,
@@ -34,11 +37,12 @@ from mopt_fast.trainer._data import (
     without_shuffling,
 )
 from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
-from mopt_fast.trainer.checkpoint import rng_state
-from mopt_fast.trainer.states import LoopPoint
+from mopt_fast.trainer._hooks import takes_batch_idx
+from mopt_fast.trainer._logging import log_to_loggers
+from mopt_fast.trainer._warn import warn
 
 if TYPE_CHECKING:
-    from mopt_fast.module import LightningModule
+    from mopt_fast.core.module import LightningModule
     from mopt_fast.trainer.trainer import Trainer
 
 __all__ = ["FitLoop"]
@@ -58,6 +62,14 @@ class FitLoop:
         self.source = DataSource(None, "train_dataloader")
         self.loader: Any = None  # the train loader of the fit running
         self.validation_enabled = False  # trainer.enable_validation, fixed for the fit
+        # Validation every so many seconds (a time-based val_check_interval; None: by batches),
+        # counted from the end of the last validation run.
+        self.val_check_time_interval: float | None = None
+        self.last_val_time = 0.0
+        self.validation_has_run = False  # in this fit (ModelCheckpoint: a missing monitor is an error after)
+        # A resumed fit: the RNG state the checkpoint was taken with, set by `load_state_dict`'s
+        # caller; None for a fit from the start.
+        self.resume_rng: dict[str, Any] | None = None
         self.reset_progress()
 
     def reset_progress(self) -> None:
@@ -79,6 +91,32 @@ class FitLoop:
         # had them running where this one has yet to start them.
         self.train_workers: str | None = None
         self.resume_train_workers_running = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's position and counters, as plain data: what a checkpoint records."""
+        return {
+            "point": self.point.value, "epochs_completed": self.epochs_completed, "manual_steps": self.manual_steps,
+            "auto_steps": self.auto_steps, "batches_that_stepped": self.batches_that_stepped,
+            "total_batch_idx": self.total_batch_idx, "batch_idx": self.batch_idx, "is_last_batch": self.is_last_batch,
+            "epoch_rng": self.epoch_rng, "train_workers": self.train_workers,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Back to where `state_dict` was taken; `run` then resumes from there."""
+        self.point = LoopPoint(state["point"])
+        self.epochs_completed = state["epochs_completed"]
+        self.manual_steps, self.auto_steps = state["manual_steps"], state["auto_steps"]
+        self.batches_that_stepped = state["batches_that_stepped"]
+        self.total_batch_idx = state["total_batch_idx"]
+        self.batch_idx, self.is_last_batch = state["batch_idx"], state["is_last_batch"]
+        self.epoch_rng = state["epoch_rng"]
+        self.train_workers = state["train_workers"]
+        # Were the original run's persistent workers running where this fit goes on? Inside an
+        # epoch: if that epoch's iterator continued them; at or after an epoch's end: if any ran.
+        if self.point.inside_epoch:
+            self.resume_train_workers_running = self.train_workers == "continued"
+        else:
+            self.resume_train_workers_running = self.train_workers is not None and self.point != LoopPoint.START
 
     # -- counters ------------------------------------------------------------------------------
     @property
@@ -144,9 +182,9 @@ class FitLoop:
         if self.num_training_batches == 0:
             return
         interval = trainer.val_check_interval
-        if trainer._val_check_time_interval is not None:  # validation every so many seconds
+        if self.val_check_time_interval is not None:  # validation every so many seconds
             self.val_check_batch = None
-            trainer._train_start_time = trainer._last_val_time = time.monotonic()
+            self.last_val_time = time.monotonic()
         elif isinstance(interval, int):
             self.val_check_batch = interval
             if (self.val_check_batch > self.num_training_batches and trainer.check_val_every_n_epoch is not None
@@ -181,10 +219,11 @@ class FitLoop:
         _set_sampler_epoch(loader, self.epochs_completed)
 
     # -- the epochs --------------------------------------------------------------------------------
-    def run(self, model: LightningModule, resume: dict[str, Any] | None) -> None:
-        from mopt_fast.trainer import resume as resuming
-
+    def run(self, model: LightningModule) -> None:
+        """The fit's epochs; a loop restored with `load_state_dict` (and `resume_rng` set) first
+        finishes the batch or epoch its checkpoint was taken in."""
         trainer = self.trainer
+        resume_rng, self.resume_rng = self.resume_rng, None
         self.validation_enabled = trainer.enable_validation
         if trainer.limit_train_batches == 0:
             return
@@ -195,7 +234,7 @@ class FitLoop:
             return
         # The first epoch's iterator is made before on_train_start, later ones after
         # on_train_epoch_start: the same points as Lightning, so the RNG draws line up.
-        first = resume is None
+        first = resume_rng is None
         if first:
             self.epoch_rng = rng_state()
             iterator = self.new_iterator(loader)
@@ -208,14 +247,14 @@ class FitLoop:
             return
         if self.should_check_val_epoch():  # the val loaders, asked for now if the sanity check did not
             trainer.val_loop.setup_data()
-        if resume is not None:
-            resuming.warn_if_worker_streams_restart(trainer, resume, loader)
-        trainer._call("on_train_start")
-        if resume is not None:
-            resuming.continue_epoch(self, model, loader, resume)
+        if resume_rng is not None:
+            self.warn_if_worker_streams_restart(loader)
+        trainer.hooks.call("on_train_start")
+        if resume_rng is not None:
+            self.continue_epoch(model, loader, resume_rng)
         while not self.done():
             self.set_sampler_epoch(loader)
-            trainer._call("on_train_epoch_start")
+            trainer.hooks.call("on_train_epoch_start")
             if not first:
                 self.epoch_rng = rng_state()
                 iterator = self.new_iterator(loader)
@@ -223,7 +262,7 @@ class FitLoop:
             self.run_epoch(model, iterator)
             self.end_epoch()
         self.point = LoopPoint.END
-        trainer._call("on_train_end")
+        trainer.hooks.call("on_train_end")
 
     def run_epoch(self, model: LightningModule, iterator: Any, resume_tail: str | None = None) -> None:
         """One epoch's batches; `resume_tail` ("batch" or "validation") first finishes the batch a
@@ -233,15 +272,15 @@ class FitLoop:
             self.batch_idx = -1
             self.is_last_batch = False
         automatic = model.automatic_optimization
-        metrics = trainer._metrics
+        metrics = trainer.metric_store
         metrics.active = metrics.train
         device = trainer.root_device
         on_cpu = device.type == "cpu"
         step = training_step.run_automatic if automatic else training_step.run_manual
-        pass_idx = trainer._takes_batch_idx(model.training_step)
+        pass_idx = takes_batch_idx(model.training_step)
         lookahead = isinstance(iterator, Lookahead)
-        precision = trainer._precision
-        call = trainer._call
+        precision = trainer.precision_plugin
+        call = trainer.hooks.call
         if resume_tail:
             self.batch_tail(automatic, after_validation=resume_tail == "validation")
         while True:
@@ -284,7 +323,7 @@ class FitLoop:
             if trainer.loggers and every > 0 and not (automatic and self.should_accumulate()) and (
                 (self.batches_that_stepped + 1) % every == 0 or trainer.should_stop
             ):
-                trainer._log_to_loggers(metrics.step_log_metrics())
+                log_to_loggers(trainer, metrics.step_log_metrics())
             self.loop_point(LoopPoint.BATCH)
             self.batch_tail(automatic)
 
@@ -297,10 +336,10 @@ class FitLoop:
         if not after_validation and self.should_check_val():
             trainer.validating = True
             if not accumulating:  # no gradients kept in memory during validation
-                trainer._call_module("on_validation_model_zero_grad")
+                trainer.hooks.call_module("on_validation_model_zero_grad")
             trainer.val_loop.run()
             trainer.training = True
-            trainer._validation_has_run = True
+            self.validation_has_run = True
             self.loop_point(LoopPoint.VALIDATION)
         if automatic:
             self.update_schedulers("step", plateau=True)
@@ -309,23 +348,23 @@ class FitLoop:
 
     def end_epoch(self) -> None:
         trainer = self.trainer
-        trainer._metrics.epoch_end_reached()
+        trainer.metric_store.epoch_end_reached()
         self.point = LoopPoint.IN_EPOCH_END
-        trainer._call("on_train_epoch_end")
+        trainer.hooks.call("on_train_epoch_end")
         self.loop_point(LoopPoint.EPOCH)
         self.finish_epoch()
         self.point = LoopPoint.BETWEEN_EPOCHS
 
     def finish_epoch(self) -> None:
         trainer = self.trainer
-        metrics = trainer._metrics
+        metrics = trainer.metric_store
         metrics.active = metrics.train
         metrics.on_epoch_end()
         if trainer.lightning_module.automatic_optimization and self.ready_batches_reached():
             self.update_schedulers("epoch", plateau=True)
         self.batches_that_stepped -= 1
         if trainer.loggers:
-            trainer._log_to_loggers(metrics.step_log_metrics())
+            log_to_loggers(trainer, metrics.step_log_metrics())
         metrics.reset_results(metrics.train)
         self.batches_that_stepped += 1
         self.epochs_completed += 1
@@ -339,6 +378,55 @@ class FitLoop:
             for cb in self.trainer.checkpoint_callbacks:
                 cb._on_loop_point(self.trainer, point)
         self.point = LoopPoint.IN_EPOCH_END if point is LoopPoint.EPOCH else LoopPoint.IN_BATCH
+
+    # -- resuming --------------------------------------------------------------------------------
+    def continue_epoch(self, model: LightningModule, loader: Any, rng: dict[str, Any]) -> None:
+        """Carry on from where the restored state was taken: the rest of that batch or epoch;
+        `rng` is the RNG state then."""
+        metrics = self.trainer.metric_store
+        point = self.point
+        if point in (LoopPoint.IN_BATCH, LoopPoint.IN_EPOCH_END):
+            warn(
+                f"The checkpoint was saved from inside the loop ({point.value}), not at a resume point: the fit "
+                "resumes after that batch or epoch, which may repeat or skip hooks run after the save.")
+        if point.inside_epoch:
+            # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
+            # up the RNG where the checkpoint left it.
+            self.set_sampler_epoch(loader)
+            set_rng_state(self.epoch_rng)
+            iterator = self.new_iterator(loader)
+            for _ in range(self.batch_idx + 1):
+                next(iterator)
+            set_rng_state(rng)
+            metrics.active = metrics.train
+            self.run_epoch(model, iterator, resume_tail="validation" if point == LoopPoint.VALIDATION else "batch")
+            self.end_epoch()
+        elif point.at_epoch_end:
+            set_rng_state(rng)
+            metrics.active = metrics.train
+            self.finish_epoch()
+        else:  # saved before training started, between epochs, or after it ended
+            set_rng_state(rng)
+
+    def warn_if_worker_streams_restart(self, train_loader: Any) -> None:
+        """The one part of a resume that is not exact: see `_data.iter_continuing`."""
+        trainer = self.trainer
+        restarted = []
+        if persistent_workers(train_loader) and self.resume_train_workers_running:
+            restarted.append("training")
+        val_loop = trainer.val_loop
+        if trainer.enable_validation and any(persistent_workers(dl) for dl in val_loop.loaders or ()) and (
+            val_loop.resume_workers_running
+        ):
+            restarted.append("validation")
+        if restarted:
+            warn(
+                f"Resuming with persistent_workers=True on the {' and '.join(restarted)} DataLoader: its worker "
+                "processes were running in the interrupted run and start anew here, so random numbers drawn inside "
+                "them (e.g. random augmentation in the Dataset) do not continue that run's streams, and the resumed "
+                "fit is not exact if the Dataset draws any. What the main process draws still resumes exactly. With "
+                "persistent_workers=False the resume is exact.",
+                UserWarning)
 
     # -- schedulers and validation checks ----------------------------------------------------------
     def update_schedulers(self, interval: str, plateau: bool) -> None:
@@ -371,7 +459,7 @@ class FitLoop:
                         stacklevel=2,
                     )
                     continue
-            trainer._call_module("lr_scheduler_step", config.scheduler, monitor_val)
+            trainer.hooks.call_module("lr_scheduler_step", config.scheduler, monitor_val)
 
     def should_check_val_epoch(self) -> bool:
         every = self.trainer.check_val_every_n_epoch
@@ -387,9 +475,9 @@ class FitLoop:
             return True
         if trainer.should_stop and self.can_stop_early():
             return True
-        interval = trainer._val_check_time_interval
+        interval = self.val_check_time_interval
         if interval is not None:
-            return time.monotonic() - trainer._last_val_time >= interval
+            return time.monotonic() - self.last_val_time >= interval
         if isinstance(trainer.limit_train_batches, int) and infinite:
             return (self.batch_idx + 1) % trainer.limit_train_batches == 0
         if not infinite:

@@ -1,31 +1,29 @@
-"""Checkpoints of a fit and resuming from them exactly.
+"""What a checkpoint of a fit holds, and restoring one (Lightning's checkpoint connector).
 
-A checkpoint records where in the loop it was taken (a `LoopPoint`) and the RNG state at the
-start of its epoch, so a resumed fit rebuilds the epoch's data order, skips the batches already
-done and carries on from there. One limit: a DataLoader with ``persistent_workers=True`` keeps
+Each loop serializes itself (`FitLoop.state_dict`: where in the loop the checkpoint was taken, a
+`LoopPoint`, and the RNG state at the start of its epoch), so a resumed fit rebuilds the epoch's
+data order, skips the batches already done and carries on from there (`FitLoop.continue_epoch`). One limit: a DataLoader with ``persistent_workers=True`` keeps
 its worker processes (and the random streams inside them) from epoch to epoch, and a resumed fit
 can only start new ones; see `_data.iter_continuing`.
 """
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from mopt_fast.trainer._data import persistent_workers
-from mopt_fast.trainer._hooks import call_as_hook
+from mopt_fast.callbacks.callback import Callback
+from mopt_fast.core.saving import FORMAT, load_checkpoint
+from mopt_fast.seed import rng_state
 from mopt_fast.trainer._warn import warn
-from mopt_fast.trainer.callbacks import load_callback_states, save_callback_states
-from mopt_fast.trainer.checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
-from mopt_fast.trainer.states import LoopPoint
 from mopt_fast.trainer.strategies import FSDPStrategy
 
 if TYPE_CHECKING:
-    from mopt_fast.module import LightningModule
-    from mopt_fast.trainer.fit_loop import FitLoop
     from mopt_fast.trainer.trainer import Trainer
 
-__all__ = ["checkpoint_dict", "continue_epoch", "load_for_resume", "restore", "restore_weights", "select_ckpt_path",
-           "warn_if_worker_streams_restart"]
+__all__ = ["checkpoint_dict", "load_callback_states", "load_for_resume", "restore", "restore_weights",
+           "save_callback_states", "select_ckpt_path"]
 
 
 def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -55,37 +53,22 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         ckpt.update(
             optimizer_states=[o.state_dict() for o in trainer.optimizers],
             lr_schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
-            precision=trainer._precision.state_dict(),
-            loops={
-                "stage": loop.point.value, "epochs_completed": loop.epochs_completed,
-                "manual_steps": loop.manual_steps, "auto_steps": loop.auto_steps,
-                "batches_that_stepped": loop.batches_that_stepped, "total_batch_idx": loop.total_batch_idx,
-                "val_batches_logged": val_loop.batches_logged[0] if val_loop.batches_logged else 0,
-                "val_batches_logged_per_loader": list(val_loop.batches_logged), "batch_idx": loop.batch_idx,
-                "is_last_batch": loop.is_last_batch, "epoch_rng": loop.epoch_rng,
-                "train_workers": loop.train_workers, "val_workers_started": val_loop.workers_started,
-            },
-            metrics=trainer._metrics.state_dict(),
+            precision=trainer.precision_plugin.state_dict(),
+            loops={"fit_loop": loop.state_dict(), "val_loop": val_loop.state_dict()},
+            metrics=trainer.metric_store.state_dict(),
             rng=rng_state(),
         )
         save_callback_states(trainer, ckpt)  # by state_key, then the callbacks' on_save_checkpoint (callbacks.py)
-    call_as_hook(trainer, "on_save_checkpoint", model.on_save_checkpoint, ckpt)
+    trainer.hooks.run_as("on_save_checkpoint", model.on_save_checkpoint, ckpt)
     return ckpt
 
 
 def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> str | None:
     """The checkpoint file fit/validate/test/predict loads, as Lightning's `_select_ckpt_path`:
-    `ckpt_path` ("best", "last" or a path), else the one set with ``trainer.ckpt_path = ...``; for
-    validate/test/predict without a model, "best" (with a warning); None: the current weights."""
+    `ckpt_path` ("best", "last" or a path); for validate/test/predict without a model, "best" (with a
+    warning); None: the current weights. (A path set with ``trainer.ckpt_path = ...`` is the
+    Trainer's to choose first.)"""
     fn = trainer.state.fn.value
-    if trainer._ckpt_path_user_managed:
-        if ckpt_path:
-            warn(
-                f"`trainer.ckpt_path = {trainer._ckpt_path!r}` was called but then you passed "
-                f"`trainer.{fn}(ckpt_path={ckpt_path!r})`. The latter will be loaded.")
-            trainer._ckpt_path, trainer._ckpt_path_user_managed = None, False
-        else:
-            return trainer._ckpt_path
     if ckpt_path is not None:
         ckpt_path = os.fspath(ckpt_path)
     if model_provided and ckpt_path is None:
@@ -160,7 +143,7 @@ def restore_weights(trainer: Trainer, path: str) -> None:
     data module's state and every callback's state, as Lightning's `_restore_modules_and_callbacks`."""
     ckpt = load_checkpoint(path)
     model = trainer.lightning_module
-    call_as_hook(trainer, "on_load_checkpoint", model.on_load_checkpoint, ckpt)
+    trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
     model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
     _restore_datamodule(trainer, ckpt)
     load_callback_states(trainer, ckpt)
@@ -172,9 +155,9 @@ def _restore_datamodule(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
 
 
-def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
-    """Everything but the metrics (loaded after the sanity check) and the RNG (set by
-    `continue_epoch` once the data order is rebuilt)."""
+def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Everything but the metrics (loaded after the sanity check: returned) and the RNG (set by the
+    fit loop once it has rebuilt the epoch's data order: `FitLoop.resume_rng`)."""
     model = trainer.lightning_module
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
@@ -183,71 +166,68 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         opt.load_state_dict(state)
     for config, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
         config.scheduler.load_state_dict(state)
-    trainer._precision.load_state_dict(ckpt["precision"])
+    trainer.precision_plugin.load_state_dict(ckpt["precision"])
     loops = ckpt["loops"]
-    loop, val_loop = trainer.fit_loop, trainer.val_loop
-    loop.epochs_completed = loops["epochs_completed"]
-    loop.manual_steps, loop.auto_steps = loops["manual_steps"], loops["auto_steps"]
-    loop.batches_that_stepped = loops["batches_that_stepped"]
-    loop.total_batch_idx = loops["total_batch_idx"]
-    val_loop.batches_logged = list(loops.get("val_batches_logged_per_loader", [loops["val_batches_logged"]]))
-    loop.batch_idx, loop.is_last_batch = loops["batch_idx"], loops["is_last_batch"]
-    loop.epoch_rng = loops["epoch_rng"]
-    loop.train_workers = loops.get("train_workers")
-    val_loop.workers_started = bool(loops.get("val_workers_started", False))
-    # Were the original run's persistent workers running where this fit goes on? Inside an
-    # epoch: if that epoch's iterator continued them; at or after an epoch's end: if any ran.
-    point = LoopPoint(loops["stage"])
-    if point.inside_epoch:
-        loop.resume_train_workers_running = loop.train_workers == "continued"
-    else:
-        loop.resume_train_workers_running = loop.train_workers is not None and point != LoopPoint.START
-    val_loop.resume_workers_running = bool(loops.get("val_workers_started", False))
-    load_callback_states(trainer, ckpt)  # on_load_checkpoint, then load_state_dict by state_key (callbacks.py)
+    if "fit_loop" not in loops:
+        loops = _loops_of_format_2(loops)
+    trainer.fit_loop.load_state_dict(loops["fit_loop"])
+    trainer.fit_loop.resume_rng = ckpt["rng"]
+    trainer.val_loop.load_state_dict(loops["val_loop"])
+    load_callback_states(trainer, ckpt)  # on_load_checkpoint, then load_state_dict by state_key
+    return ckpt["metrics"]
 
 
-def warn_if_worker_streams_restart(trainer: Trainer, ckpt: dict[str, Any], train_loader: Any) -> None:
-    """The one part of a resume that is not exact: see `_data.iter_continuing`."""
-    restarted = []
-    if persistent_workers(train_loader) and trainer.fit_loop.resume_train_workers_running:
-        restarted.append("training")
-    if trainer.enable_validation and any(persistent_workers(dl) for dl in trainer.val_loop.loaders or ()) and ckpt[
-        "loops"
-    ].get("val_workers_started"):
-        restarted.append("validation")
-    if restarted:
-        warn(
-            f"Resuming with persistent_workers=True on the {' and '.join(restarted)} DataLoader: its worker "
-            "processes were running in the interrupted run and start anew here, so random numbers drawn inside "
-            "them (e.g. random augmentation in the Dataset) do not continue that run's streams, and the resumed "
-            "fit is not exact if the Dataset draws any. What the main process draws still resumes exactly. With "
-            "persistent_workers=False the resume is exact.",
-            UserWarning)
+def _loops_of_format_2(flat: dict[str, Any]) -> dict[str, Any]:
+    """The loops' states of a checkpoint written before the loops serialized themselves: one flat
+    dictionary for both (mopt_fast.checkpoint/2 files up to this change)."""
+    fit_keys = ("epochs_completed", "manual_steps", "auto_steps", "batches_that_stepped", "total_batch_idx",
+                "batch_idx", "is_last_batch", "epoch_rng")
+    fit_loop = {k: flat[k] for k in fit_keys}
+    fit_loop.update(point=flat["stage"], train_workers=flat.get("train_workers"))
+    val_loop = {"batches_logged": list(flat.get("val_batches_logged_per_loader", [flat["val_batches_logged"]])),
+                "workers_started": bool(flat.get("val_workers_started", False))}
+    return {"fit_loop": fit_loop, "val_loop": val_loop}
 
 
-def continue_epoch(loop: FitLoop, model: LightningModule, loader: Any, ckpt: dict[str, Any]) -> None:
-    """Carry on from where the checkpoint was taken: the rest of that batch or epoch."""
-    metrics = loop.trainer._metrics
-    point = LoopPoint(ckpt["loops"]["stage"])
-    if point in (LoopPoint.IN_BATCH, LoopPoint.IN_EPOCH_END):
-        warn(
-            f"The checkpoint was saved from inside the loop ({point.value}), not at a resume point: the fit "
-            "resumes after that batch or epoch, which may repeat or skip hooks run after the save.")
-    if point.inside_epoch:
-        # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
-        # up the RNG where the checkpoint left it.
-        loop.set_sampler_epoch(loader)
-        set_rng_state(loop.epoch_rng)
-        iterator = loop.new_iterator(loader)
-        for _ in range(loop.batch_idx + 1):
-            next(iterator)
-        set_rng_state(ckpt["rng"])
-        metrics.active = metrics.train
-        loop.run_epoch(model, iterator, resume_tail="validation" if point == LoopPoint.VALIDATION else "batch")
-        loop.end_epoch()
-    elif point.at_epoch_end:
-        set_rng_state(ckpt["rng"])
-        metrics.active = metrics.train
-        loop.finish_epoch()
-    else:  # saved before training started, between epochs, or after it ended
-        set_rng_state(ckpt["rng"])
+def save_callback_states(trainer: Any, checkpoint: dict[str, Any]) -> None:
+    """``checkpoint["callbacks"]``: each callback's non-empty state_dict under its state_key; then
+    every callback's on_save_checkpoint (Lightning's order)."""
+    states = {}
+    for cb in trainer.callbacks:
+        state = cb.state_dict()
+        if state:
+            states[cb.state_key] = state
+    checkpoint["callbacks"] = states
+    for cb in trainer.callbacks:
+        if type(cb).on_save_checkpoint is not Callback.on_save_checkpoint:
+            cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
+
+
+def load_callback_states(trainer: Any, checkpoint: dict[str, Any]) -> None:
+    """Every callback's on_load_checkpoint, then load_state_dict with its saved state (a copy), as
+    Lightning restores callbacks. Checkpoints from before state keys (``ModelCheckpoint[i]``) load too."""
+    states = checkpoint.get("callbacks")
+    if states is None:
+        return
+    legacy: dict[int, str] = {}
+    n_checkpoints = 0
+    for cb in trainer.callbacks:
+        if getattr(cb, "_is_model_checkpoint", False):
+            legacy[id(cb)] = f"ModelCheckpoint[{n_checkpoints}]"
+            n_checkpoints += 1
+    current = {legacy[id(cb)] if legacy.get(id(cb)) in states else cb.state_key for cb in trainer.callbacks}
+    missing = states.keys() - current
+    if missing:
+        warnings.warn(
+            "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during"
+            f" `Trainer` instantiation. Please add the following callbacks: {list(missing)}.",
+            stacklevel=4,
+        )
+    for cb in trainer.callbacks:
+        if type(cb).on_load_checkpoint is not Callback.on_load_checkpoint:
+            cb.on_load_checkpoint(trainer, trainer.lightning_module, checkpoint)
+    for cb in trainer.callbacks:
+        state = states.get(cb.state_key, states.get(legacy.get(id(cb), "")))
+        if state:
+            cb.load_state_dict(copy.deepcopy(state))
+

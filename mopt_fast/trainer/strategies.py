@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -43,9 +43,6 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.trainer._data import with_sampler
-
-if TYPE_CHECKING:
-    from mopt_fast.trainer._protocol import StrategyTrainer
 
 __all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy", "make_strategy"]
 
@@ -84,7 +81,7 @@ class Strategy:
         self.local_rank = 0
         self.node_rank = 0
 
-    def setup_environment(self, trainer: StrategyTrainer) -> None:
+    def setup_environment(self, accelerator: str) -> None:
         pass
 
     def root_device(self, accelerator: str) -> torch.device:
@@ -209,7 +206,7 @@ class _ProcessGroupStrategy(Strategy):
         self.num_processes, self.num_nodes = devices, num_nodes
         self.world_size = devices * num_nodes
 
-    def setup_environment(self, trainer: StrategyTrainer) -> None:
+    def setup_environment(self, accelerator: str) -> None:
         if dist.is_available() and dist.is_initialized():
             self._read_ranks()
             return
@@ -232,7 +229,7 @@ class _ProcessGroupStrategy(Strategy):
         if launched:
             self._launch_local_processes()
         self._read_ranks()
-        backend = self.process_group_backend or ("nccl" if trainer._accelerator == "cuda" else "gloo")
+        backend = self.process_group_backend or ("nccl" if accelerator == "cuda" else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
         store = None

@@ -17,37 +17,38 @@ _protocol.py.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import torch
 
-from mopt_fast.datamodule import LightningDataModule
+from mopt_fast.callbacks.callback import Callback
+from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
+from mopt_fast.callbacks.progress.progress_bar import ProgressBar
+from mopt_fast.callbacks.timer import Timer
+from mopt_fast.core.datamodule import LightningDataModule
+from mopt_fast.core.module import LightningModule
+from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
+from mopt_fast.core.saving import save_checkpoint_file
+from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.module import LightningModule
-from mopt_fast.optimizer import LightningOptimizer
+from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, resume, training_step
-from mopt_fast.trainer._configure import LRSchedulerConfig, configure_optimizers
 from mopt_fast.trainer._data import isolated_rng, shut_down_workers
-from mopt_fast.trainer._hooks import build_hook_table, is_overridden, is_param_in_hook_signature
-from mopt_fast.trainer._metrics import MetricStore, to_scalars
+from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
+from mopt_fast.trainer._logging import log_hyperparams_at_start
+from mopt_fast.trainer._metrics import MetricStore
 from mopt_fast.trainer._warn import warn
-from mopt_fast.trainer.callbacks import Callback, ProgressBar
-from mopt_fast.trainer.checkpoint import ModelCheckpoint, save_checkpoint_file
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
 from mopt_fast.trainer.fit_loop import FitLoop
-from mopt_fast.trainer.loggers import Logger, log_hyperparams_at_start
-from mopt_fast.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
-from mopt_fast.trainer.strategies import Strategy
-from mopt_fast.trainer.timer import Timer
+from mopt_fast.trainer.strategies import Strategy, make_strategy
 
 __all__ = ["Trainer"]
 
@@ -97,7 +98,7 @@ class Trainer:
         default_root_dir: where the loggers write (default: the working directory).
     """
 
-    # Set by _args.configure:
+    # Set in __init__, from the arguments (_args.py checks them):
     _accelerator: str
     _device_index: int | None
     num_nodes: int
@@ -105,7 +106,7 @@ class Trainer:
     strategy: Strategy
     root_device: torch.device
     precision: str
-    _precision: Precision
+    precision_plugin: Precision
     accumulate_grad_batches: int
     gradient_clip_val: int | float | None
     gradient_clip_algorithm: str | None
@@ -119,7 +120,6 @@ class Trainer:
     use_distributed_sampler: bool
     enable_autolog_hparams: bool
     reload_dataloaders_every_n_epochs: int
-    _val_check_time_interval: float | None
     limit_train_batches: int | float
     limit_val_batches: int | float
     limit_test_batches: int | float
@@ -179,22 +179,57 @@ class Trainer:
         enable_autolog_hparams: bool = True,
         model_registry: str | None = None,
     ) -> None:
-        args = dict(locals())
-        del args["self"]
-        _args.configure(self, args)
+        _args.check_unsupported(profiler=profiler, barebones=barebones, plugins=plugins,
+                                reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
+                                model_registry=model_registry)
+        _args.set_torch_flags(deterministic, benchmark)
+        self._accelerator, self.num_devices, self._device_index = _args.parse_devices(accelerator, devices)
+        self.num_nodes = _args.check_num_nodes(num_nodes)
+        self.strategy = make_strategy(strategy, self.num_devices, self.num_nodes)
+        self.root_device = _args.initial_device(self._accelerator, self._device_index)
+        self.precision_plugin = _args.precision_plugin(precision, self._accelerator)
+        self.precision = self.precision_plugin.name
+        self.accumulate_grad_batches = _args.check_accumulate(accumulate_grad_batches)
+        self.max_epochs, self.max_steps = _args.check_max_limits(max_epochs, max_steps)
+        self.min_epochs, self.min_steps = _args.check_min_limits(min_epochs, min_steps)
+        _, self.gradient_clip_algorithm = validate_clip_args(gradient_clip_val, gradient_clip_algorithm)
+        self.gradient_clip_val = gradient_clip_val  # as given (Lightning compares it with clip_gradients')
+        self.inference_mode = bool(inference_mode)
+        self.detect_anomaly = bool(detect_anomaly)
+        self.sync_batchnorm = bool(sync_batchnorm)
+        self.use_distributed_sampler = bool(use_distributed_sampler)
+        self.enable_autolog_hparams = bool(enable_autolog_hparams)
+        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        flags = _args.debugging_flags(fast_dev_run, overfit_batches, limit_train_batches, limit_val_batches,
+                                      limit_test_batches, limit_predict_batches, val_check_interval,
+                                      num_sanity_val_steps)
+        self.fast_dev_run = flags.fast_dev_run
+        self.overfit_batches = flags.overfit_batches
+        self.limit_train_batches, self.limit_val_batches = flags.limit_train_batches, flags.limit_val_batches
+        self.limit_test_batches, self.limit_predict_batches = flags.limit_test_batches, flags.limit_predict_batches
+        self.num_sanity_val_steps = flags.num_sanity_val_steps
+        self.val_check_interval = flags.val_check_interval
+        self.check_val_every_n_epoch = _args.check_val_every_n_epoch_arg(check_val_every_n_epoch, val_check_interval)
+        if flags.fast_dev_run:
+            self.max_steps, self.max_epochs = flags.max_steps, flags.max_epochs
+            self.check_val_every_n_epoch = flags.check_val_every_n_epoch
+        self.log_every_n_steps = _args.check_log_every_n_steps(log_every_n_steps)
+        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self.loggers = _args.loggers(logger, self.default_root_dir, self.fast_dev_run)
+        self.callbacks = _args.callbacks_list(callbacks, self.strategy, enable_progress_bar, enable_model_summary,
+                                              enable_checkpointing, max_time)
         self.state = TrainerState()
-        self._metrics = MetricStore()
+        self.metric_store = MetricStore()
         self.lightning_module: LightningModule | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
-        self._lightning_optimizers: list[LightningOptimizer] = []
+        self.lightning_optimizers: list[LightningOptimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
-        self._before_update: dict[int, Callable[[], None] | None] = {}
-        self._backward = types.MethodType(training_step.backward, self)
-        self._optimizer_step = types.MethodType(training_step.optimizer_step, self)
-        self._current_fx: str | None = None
-        self._validation_has_run = False
-        self._hooks: dict[str, list[tuple[Callable, bool]]] = {}
+        self.before_update: dict[int, Callable[[], None] | None] = {}
+        self.run_backward = types.MethodType(training_step.backward, self)
+        self.run_optimizer_step = types.MethodType(training_step.optimizer_step, self)
+        self.hooks = HookRunner(self)  # the hook table of the run, and which hook is running
         self.fit_loop = FitLoop(self)
+        self.fit_loop.val_check_time_interval = flags.val_check_time_interval
         self.val_loop = EvaluationLoop(self, TrainerFn.FITTING, RunningStage.VALIDATING, verbose=False,
                                        inference_mode=False)
         self.validate_loop = EvaluationLoop(self, TrainerFn.VALIDATING, RunningStage.VALIDATING,
@@ -203,7 +238,6 @@ class Trainer:
                                         inference_mode=self.inference_mode)
         self.predict_loop = PredictionLoop(self, inference_mode=self.inference_mode)
         self.datamodule: LightningDataModule | None = None
-        self._train_start_time = self._last_val_time = 0.0  # time-based val_check_interval
         self._ckpt_path: str | None = None
         self._ckpt_path_user_managed = False
         self.should_stop = False
@@ -333,19 +367,19 @@ class Trainer:
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
-        return self._metrics.callback_metrics
+        return self.metric_store.callback_metrics
 
     @property
     def logged_metrics(self) -> dict[str, torch.Tensor]:
-        return self._metrics.logged_metrics
+        return self.metric_store.logged_metrics
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
-        return self._metrics.progress_bar_metrics
+        return self.metric_store.progress_bar_metrics
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
-        return self._precision.scaler
+        return self.precision_plugin.scaler
 
     @property
     def world_size(self) -> int:
@@ -380,61 +414,14 @@ class Trainer:
     def progress_bar_callback(self) -> ProgressBar | None:
         return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
 
-    # -- hooks -------------------------------------------------------------------------------------
-    def _build_hook_table(self, module: LightningModule) -> None:
-        self._hooks = build_hook_table(self.callbacks, module)
-
-    def _module_overrides(self, name: str) -> bool:
-        return is_overridden(name, self.lightning_module, LightningModule)
-
-    @staticmethod
-    def _takes_batch_idx(fn: Callable) -> bool:
-        return is_param_in_hook_signature(fn, "batch_idx", min_args=2)
-
-    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Calls `name` on the callbacks (with trainer, module) and then the module; returns the
-        module's result."""
-        fns = self._hooks.get(name)
-        if not fns:
-            return None
-        prev = self._current_fx
-        self._current_fx = name
-        result = None
-        try:
-            for fn, is_callback in fns:
-                if is_callback:
-                    fn(self, self.lightning_module, *args, **kwargs)
-                else:
-                    result = fn(*args, **kwargs)
-        finally:
-            self._current_fx = prev
-        return result
-
-    def _call_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        prev = self._current_fx
-        self._current_fx = name
-        try:
-            return getattr(self.lightning_module, name)(*args, **kwargs)
-        finally:
-            self._current_fx = prev
-
-    def _call_datamodule(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        datamodule = self.datamodule
-        if datamodule is None:
-            return None
-        fn = getattr(datamodule, name, None)
-        return fn(*args, **kwargs) if callable(fn) else None
-
-    # -- what the module and the optimizer wrapper call (see _protocol.py) -------------------------
+    # -- what the module, the optimizer wrapper and ModelCheckpoint call (see core/protocol.py) --------
     # training_step.backward and .optimizer_step, bound to the Trainer (one call less per step than a
     # method calling them): see __init__.
-    _backward: Callable[..., None]
-    _optimizer_step: Callable[..., Any]
+    run_backward: Callable[..., None]
+    run_optimizer_step: Callable[..., Any]
 
-    def _block_grad_sync(self, block: bool) -> contextlib.AbstractContextManager:
-        return self.strategy.block_grad_sync(block)
-
-    def _checkpoint_dict(self, weights_only: bool = False) -> dict[str, Any]:
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
+        """The checkpoint of the current state, as a dictionary (what `save_checkpoint` writes)."""
         return resume.checkpoint_dict(self, weights_only)
 
     # -- the entry points ---------------------------------------------------------------------------
@@ -467,7 +454,7 @@ class Trainer:
                 "You cannot pass `train_dataloader` or `val_dataloaders` to `trainer.fit(datamodule=...)`"
             )
         self._attach(model, datamodule, train=train_dataloaders, val=val_dataloaders)
-        path = resume.select_ckpt_path(self, ckpt_path, model_provided=True)
+        path = self._select_ckpt_path(ckpt_path, model_provided=True)
         self._run(model, path)
         self.training = False
 
@@ -532,7 +519,7 @@ class Trainer:
         provided = model is not None
         model = model if provided else self.lightning_module
         self._attach(model, datamodule, predict=dataloaders)
-        path = resume.select_ckpt_path(self, ckpt_path, model_provided=provided)
+        path = self._select_ckpt_path(ckpt_path, model_provided=provided)
         results = self._run(model, path)
         self.predicting = False
         return results
@@ -564,7 +551,7 @@ class Trainer:
         loop = self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop
         loop.verbose = verbose
         self._attach(model, datamodule, **{"val" if fn == TrainerFn.VALIDATING else "test": dataloaders})
-        path = resume.select_ckpt_path(self, ckpt_path, model_provided=provided)
+        path = self._select_ckpt_path(ckpt_path, model_provided=provided)
         results = self._run(model, path)
         self._set_stage(stage, False)
         return results_to_scalars(results)
@@ -627,7 +614,7 @@ class Trainer:
         for cb in self.callbacks:
             if is_overridden("on_exception", cb, Callback):
                 cb.on_exception(self, model, exc)
-        self._call_datamodule("on_exception", exc)
+        self.hooks.call_datamodule("on_exception", exc)
         if self.is_global_zero:
             for lg in self.loggers:
                 lg.finalize("failed")
@@ -640,7 +627,7 @@ class Trainer:
         shut_down_workers(self.fit_loop.loader)
         for loop in (self.val_loop, self.validate_loop, self.test_loop, self.predict_loop):
             loop.teardown()
-        metrics = self._metrics
+        metrics = self.metric_store
         for name in ("_callback", "_logged", "_pbar"):
             values = getattr(metrics, name, None)
             if values:
@@ -660,35 +647,34 @@ class Trainer:
             else:
                 self.max_epochs = -1
         self._verify_configuration(model)
-        self.strategy.setup_environment(self)
+        self.strategy.setup_environment(self._accelerator)
         if self.strategy.is_distributed:
             self.root_device = self.strategy.root_device(self._accelerator)
         self._prepare_data(model)
-        self._build_hook_table(model)
+        self.hooks.build(self.callbacks, model)
         self._ckpt_path = ckpt_path
         model.to(self.root_device)
-        self._call_datamodule("setup", stage=fn)
-        self._call("setup", stage=fn)
-        ckpt = None
+        self.hooks.call_datamodule("setup", stage=fn)
+        self.hooks.call("setup", stage=fn)
+        restored_metrics = None
         if fn == TrainerFn.FITTING:
             if self.sync_batchnorm and self.strategy.is_distributed:
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.strategy.wrap(model)
             self._setup_optimizers(model)
             if ckpt_path is not None:
-                ckpt = resume.load_for_resume(self, ckpt_path)
-                resume.restore(self, ckpt)
+                restored_metrics = resume.restore(self, resume.load_for_resume(self, ckpt_path))
         elif ckpt_path is not None:
             resume.restore_weights(self, ckpt_path)
-        self._metrics = MetricStore()
+        self.metric_store = MetricStore()
         if fn == TrainerFn.FITTING:
-            self._call("on_fit_start")
+            self.hooks.call("on_fit_start")
         if self.enable_autolog_hparams:
             log_hyperparams_at_start(self)  # after on_fit_start, as Lightning
 
         model.zero_grad()  # gradients left from before must not leak into the first step
         if fn == TrainerFn.FITTING:
-            results = self._run_fit(model, ckpt)
+            results = self._run_fit(model, restored_metrics)
         elif fn == TrainerFn.PREDICTING:
             results = self.predict_loop.run()
         else:
@@ -696,35 +682,37 @@ class Trainer:
 
         self._teardown()
         if fn == TrainerFn.FITTING:
-            self._call("on_fit_end")
-        self._call_datamodule("teardown", stage=fn)
-        self._call("teardown", stage=fn)
+            self.hooks.call("on_fit_end")
+        self.hooks.call_datamodule("teardown", stage=fn)
+        self.hooks.call("teardown", stage=fn)
         for lg in self._rank_zero_loggers():
             lg.finalize("success")
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
         return results
 
-    def _run_fit(self, model: LightningModule, ckpt: dict[str, Any] | None) -> None:
+    def _run_fit(self, model: LightningModule, restored_metrics: dict[str, Any] | None) -> None:
+        """The fit stage: the sanity check, then the fit loop; `restored_metrics`, the metric state
+        of the checkpoint a resumed fit restored (the loops hold their own)."""
         loop, val_loop = self.fit_loop, self.val_loop
-        if ckpt is None:
+        if loop.resume_rng is None:
             loop.train_workers, val_loop.workers_started = None, False
             loop.resume_train_workers_running = val_loop.resume_workers_running = False
-        self._validation_has_run = False
+        loop.validation_has_run = False
         if self.enable_validation and self.num_sanity_val_steps > 0:
             stage = self.state.stage
             self.sanity_checking = True
-            self._call("on_sanity_check_start")
+            self.hooks.call("on_sanity_check_start")
             with isolated_rng():
                 val_loop.run()
-            self._call("on_sanity_check_end")
-            self._metrics = MetricStore()
+            self.hooks.call("on_sanity_check_end")
+            self.metric_store = MetricStore()
             self.state.stage = stage
-        if ckpt is not None:  # after the sanity check, which starts the metrics afresh
-            self._metrics.load_state_dict(ckpt["metrics"], model)
-        self._metrics.active = self._metrics.train  # on_train_start / on_train_epoch_start may log
+        if restored_metrics is not None:  # after the sanity check, which starts the metrics afresh
+            self.metric_store.load_state_dict(restored_metrics, model)
+        self.metric_store.active = self.metric_store.train  # on_train_start / on_train_epoch_start may log
         with torch.autograd.set_detect_anomaly(self.detect_anomaly):
-            loop.run(model, ckpt)
+            loop.run(model)
 
     def _verify_configuration(self, model: LightningModule) -> None:
         """Lightning's `_verify_loop_configurations`: what a module must define for this entry point."""
@@ -811,11 +799,7 @@ class Trainer:
             self.strategy.barrier()
 
     def _setup_optimizers(self, model: LightningModule) -> None:
-        self._current_fx = "configure_optimizers"
-        try:
-            conf = model.configure_optimizers()
-        finally:
-            self._current_fx = None
+        conf = self.hooks.run_as("configure_optimizers", model.configure_optimizers)
         automatic = model.automatic_optimization
         self.optimizers, self.lr_scheduler_configs = configure_optimizers(conf, automatic)
         if is_param_in_hook_signature(model.training_step, "optimizer_idx", explicit=True):
@@ -842,33 +826,34 @@ class Trainer:
                 )
         wrappers = []
         for opt in self.optimizers:
-            w = LightningOptimizer(opt, precision=self._precision)
+            w = LightningOptimizer(opt, precision=self.precision_plugin)
             w._trainer = self
             wrappers.append(w)
-        self._lightning_optimizers = wrappers
-        self._before_update = {id(o): training_step.make_before_update(self, o) for o in self.optimizers}
+        self.lightning_optimizers = wrappers
+        self.before_update = {id(o): training_step.make_before_update(self, o) for o in self.optimizers}
 
     # -- checkpoints and loggers -------------------------------------------------------------------
+    def _select_ckpt_path(self, ckpt_path: Any, model_provided: bool) -> str | None:
+        """The path set with ``trainer.ckpt_path = ...`` unless the entry point names one (with
+        Lightning's warning then), else `resume.select_ckpt_path`."""
+        if self._ckpt_path_user_managed:
+            if not ckpt_path:
+                return self._ckpt_path
+            warn(
+                f"`trainer.ckpt_path = {self._ckpt_path!r}` was called but then you passed "
+                f"`trainer.{self.state.fn.value}(ckpt_path={ckpt_path!r})`. The latter will be loaded.")
+            self._ckpt_path, self._ckpt_path_user_managed = None, False
+        return resume.select_ckpt_path(self, ckpt_path, model_provided)
+
     def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
         """Write a checkpoint of the current state to `filepath` (atomically). `weights_only`:
         the model only, no optimizer, scheduler or loop state (such a file cannot resume a fit)."""
         if self.lightning_module is None or not self.optimizers and not weights_only:
             raise RuntimeError("save_checkpoint() needs a model that has been fitted (or is being fitted)")
-        ckpt = self._checkpoint_dict(weights_only)
+        ckpt = self.dump_checkpoint(weights_only)
         if self.is_global_zero:  # the DDP ranks hold the same state: one writes, all wait
             save_checkpoint_file(ckpt, os.fspath(filepath))
         self.strategy.barrier()
 
     def _rank_zero_loggers(self) -> list[Logger]:
         return self.loggers if self.is_global_zero else []
-
-    def _log_to_loggers(self, logged: Mapping[str, torch.Tensor], step: int | None = None) -> None:
-        if not logged or not self.loggers or not self.is_global_zero:
-            return
-        scalars = to_scalars(logged)
-        if step is None:
-            scalars.setdefault("epoch", self.current_epoch)
-            step = self.fit_loop.batches_that_stepped
-        for lg in self.loggers:
-            lg.log_metrics(scalars, step)
-            lg.save()

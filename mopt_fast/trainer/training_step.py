@@ -20,7 +20,7 @@ import torch
 from mopt_fast.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
-    from mopt_fast.optimizer import LightningOptimizer
+    from mopt_fast.core.optimizer import LightningOptimizer
     from mopt_fast.trainer.fit_loop import FitLoop
     from mopt_fast.trainer.trainer import Trainer
 
@@ -29,29 +29,26 @@ __all__ = ["backward", "make_before_update", "optimizer_step", "run_automatic", 
 
 def run_automatic(trainer: Trainer, loop: FitLoop, args: tuple) -> dict[str, Any]:
     """training_step, backward and (unless accumulating) the optimizer step of one batch."""
-    wrapper = trainer._lightning_optimizers[0]
+    wrapper = trainer.lightning_optimizers[0]
     closure = _AutomaticClosure(trainer, loop, args, wrapper)
     if loop.should_accumulate():
         with trainer.strategy.block_grad_sync(True):  # no all-reduce until the stepping batch
             closure()
     else:
-        trainer._call_module("optimizer_step", loop.epochs_completed, loop.batch_idx, wrapper, closure)
+        trainer.hooks.call_module("optimizer_step", loop.epochs_completed, loop.batch_idx, wrapper, closure)
         loop.auto_steps += 1
     return closure.outputs
 
 
 def run_manual(trainer: Trainer, loop: FitLoop, args: tuple) -> dict[str, Any]:
     """training_step of one batch; the steps it takes through the optimizer wrappers are counted."""
-    wrappers = trainer._lightning_optimizers
+    wrappers = trainer.lightning_optimizers
     count = loop.count_manual_step
     for w in wrappers:
         w._on_after_step = count
     try:
-        trainer._current_fx = "training_step"
-        with trainer._precision.forward_context():
-            out = trainer.strategy.training_step(trainer.lightning_module, args)
+        out = trainer.hooks.run_as("training_step", _forward, trainer, trainer.lightning_module, args)
     finally:
-        trainer._current_fx = None
         for w in wrappers:
             w._on_after_step = None
     if out is None:
@@ -64,6 +61,12 @@ def run_manual(trainer: Trainer, loop: FitLoop, args: tuple) -> dict[str, Any]:
         "In manual optimization, `training_step` must either return a Tensor or have no return "
         f"(a Mapping is also accepted); it returned {type(out).__name__}."
     )
+
+
+def _forward(trainer: Trainer, module: Any, args: tuple) -> Any:
+    """The module's training_step through the strategy, under the precision plugin's autocast."""
+    with trainer.precision_plugin.forward_context():
+        return trainer.strategy.training_step(module, args)
 
 
 class _AutomaticClosure:
@@ -82,12 +85,7 @@ class _AutomaticClosure:
     def __call__(self) -> torch.Tensor | None:
         trainer = self.trainer
         module = trainer.lightning_module
-        trainer._current_fx = "training_step"
-        try:
-            with trainer._precision.forward_context():
-                out = trainer.strategy.training_step(module, self.args)
-        finally:
-            trainer._current_fx = None
+        out = trainer.hooks.run_as("training_step", _forward, trainer, module, self.args)
         if out is None:
             loss, extra = None, {}
         elif isinstance(out, torch.Tensor):
@@ -109,8 +107,8 @@ class _AutomaticClosure:
         batch_idx = self.loop.batch_idx
         if batch_idx % n == 0:
             raw = self.wrapper._optimizer
-            trainer._call("on_before_zero_grad", raw)
-            trainer._call_module("optimizer_zero_grad", self.loop.epochs_completed, batch_idx, raw)
+            trainer.hooks.call("on_before_zero_grad", raw)
+            trainer.hooks.call_module("optimizer_zero_grad", self.loop.epochs_completed, batch_idx, raw)
         if loss is not None:
             backward(trainer, loss, self.wrapper)
             detached = loss.detach()
@@ -123,11 +121,11 @@ class _AutomaticClosure:
 def backward(trainer: Trainer, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
     """on_before_backward → the precision plugin's loss scaling → the module's `backward` hook →
     on_after_backward (`manual_backward` and the automatic closure both come here)."""
-    trainer._call("on_before_backward", loss)
-    loss = trainer._precision.scale_loss(loss)
+    trainer.hooks.call("on_before_backward", loss)
+    loss = trainer.precision_plugin.scale_loss(loss)
     trainer.strategy.before_backward(trainer.lightning_module, loss)
-    trainer._call_module("backward", loss, *args, **kwargs)
-    trainer._call("on_after_backward")
+    trainer.hooks.call_module("backward", loss, *args, **kwargs)
+    trainer.hooks.call("on_after_backward")
 
 
 def optimizer_step(trainer: Trainer, wrapper: LightningOptimizer, closure: Callable[[], Any] | None,
@@ -135,8 +133,8 @@ def optimizer_step(trainer: Trainer, wrapper: LightningOptimizer, closure: Calla
     """`LightningOptimizer.step` under a Trainer: the closure, the hooks between it and the
     update (`make_before_update`), the update, all in the precision plugin."""
     raw = wrapper._optimizer
-    before = trainer._before_update.get(id(raw))
-    return trainer._precision.optimizer_step(
+    before = trainer.before_update.get(id(raw))
+    return trainer.precision_plugin.optimizer_step(
         raw, closure, before, skip_if_no_loss=trainer.lightning_module.automatic_optimization, **kwargs
     )
 
@@ -145,18 +143,18 @@ def make_before_update(trainer: Trainer, raw: torch.optim.Optimizer) -> Callable
     """What runs between the closure and the update: on_before_optimizer_step, then (automatic
     optimization) configure_gradient_clipping. None when neither has anything to do."""
     module = trainer.lightning_module
-    hooks = trainer._hooks.get("on_before_optimizer_step")
+    hooks = trainer.hooks.has("on_before_optimizer_step")
     clip = module.automatic_optimization and (
-        trainer._module_overrides("configure_gradient_clipping") or bool(trainer.gradient_clip_val)
+        trainer.hooks.module_overrides("configure_gradient_clipping") or bool(trainer.gradient_clip_val)
     )
     if not hooks and not clip:
         return None
 
     def before_update() -> None:
         if hooks:
-            trainer._call("on_before_optimizer_step", raw)
+            trainer.hooks.call("on_before_optimizer_step", raw)
         if clip:
-            trainer._call_module(
+            trainer.hooks.call_module(
                 "configure_gradient_clipping", raw, gradient_clip_val=trainer.gradient_clip_val,
                 gradient_clip_algorithm=trainer.gradient_clip_algorithm,
             )

@@ -8,45 +8,20 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import os
 import types
 import warnings
 from argparse import Namespace
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import fields, is_dataclass
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-__all__ = ["AttributeDict", "HyperparametersMixin"]
+from mopt_fast.core.saving import AttributeDict
+
+__all__ = ["HyperparametersMixin"]
 
 _PRIMITIVE_TYPES = (bool, int, float, str)
-
-
-class AttributeDict(dict):
-    """A dict whose keys are also attributes (``hparams.lr``), as Lightning's AttributeDict."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as e:
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'") from e
-
-    def __setattr__(self, key: str, val: Any) -> None:
-        self[key] = val
-
-    def __delattr__(self, item: str) -> None:
-        if item not in self:
-            raise KeyError(item)
-        del self[item]
-
-    def __repr__(self) -> str:
-        if not len(self):
-            return ""
-        max_key_length = max(len(str(k)) for k in self)
-        tmp_name = "{:" + str(max_key_length + 3) + "s} {}"
-        rows = [tmp_name.format(f'"{n}":', self[n]) for n in sorted(self.keys())]
-        return "\n".join(rows)
 
 
 # -- save_hyperparameters: the frame walk of lightning.pytorch.utilities.parsing ---------------------
@@ -148,40 +123,7 @@ class _restricted_classmethod:
         return wrapper
 
 
-def _default_map_location(storage: Any, location: str) -> Any:
-    """torch.load's default, except that tensors saved on a device this machine lacks go to the CPU."""
-    if (
-        location.startswith("mps") and not torch.backends.mps.is_available()
-        or location.startswith("cuda") and not torch.cuda.is_available()
-        or location.startswith("xla")
-    ):
-        return storage.cpu()
-    return None
-
-
 _CHECKPOINT_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
-
-
-def _read_checkpoint(checkpoint_path: str | os.PathLike | IO, map_location: Any, weights_only: bool | None,
-                     hparams_file: str | os.PathLike | None = None, key: str = "hyper_parameters") -> dict:
-    """A checkpoint written by mopt_fast.Trainer (or by Lightning's Trainer: the same keys), loaded
-    with ``weights_only=True`` unless told otherwise."""
-    if isinstance(checkpoint_path, (str, os.PathLike)):
-        checkpoint_path = os.fspath(checkpoint_path)
-    ckpt = torch.load(checkpoint_path, map_location=map_location or _default_map_location,
-                      weights_only=True if weights_only is None else weights_only)
-    if not isinstance(ckpt, dict) or ("state_dict" not in ckpt and key == "hyper_parameters"):
-        raise ValueError(f"{checkpoint_path!r} is not a checkpoint of a LightningModule: it has no 'state_dict'")
-    if hparams_file is not None:  # hyperparameters from a file, instead of the checkpoint's
-        extension = str(hparams_file).split(".")[-1].lower()
-        if extension not in ("csv", "yml", "yaml"):
-            raise ValueError(".csv, .yml or .yaml is required for `hparams_file`")
-        from mopt_fast.trainer.loggers import load_hparams_from_tags_csv, load_hparams_from_yaml
-
-        read = load_hparams_from_tags_csv if extension == "csv" else load_hparams_from_yaml
-        ckpt[key] = read(os.fspath(hparams_file))
-    return ckpt
-
 
 
 def _init_kwargs(cls: type, checkpoint: dict[str, Any], cls_kwargs_new: dict[str, Any]) -> dict[str, Any]:

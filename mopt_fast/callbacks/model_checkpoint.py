@@ -1,276 +1,23 @@
-"""Checkpoints: atomic writes, safe loads, and the ModelCheckpoint callback.
-
-A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)``: opening one cannot run code. It holds the model, every
-optimizer and scheduler, the loss scaler, the loop position (epoch, global step, batch within the
-epoch, and where in the batch it was taken), the logged-metric state and every RNG state, plus
-the RNG state at the start of the epoch so a resumed run can rebuild the epoch's shuffled order.
-
-Every checkpoint carries a SHA-256 checksum of its contents (the ``"checksum"`` entry, over every
-other entry: tensors by dtype, shape and bytes, plain data by type and value), checked on load: a
-file damaged on disk or in transfer is refused, not loaded with other values. The checksum is an
-entry of the same dictionary, so ``torch.load(path, weights_only=True)`` still gives the
-checkpoint itself, and loading costs no second copy of the payload.
-
-Writes go to a temporary file in the target folder, are fsync'ed, then renamed over the target:
-a crash during a save leaves the previous file intact, never a torn one. The temporary file's
-name carries the writer's process id and host, so a later save into the folder can remove those
-left by a writer that was killed (and only those).
-"""
+"""ModelCheckpoint: Lightning 2.6's checkpoint callback; the file it writes is core/saving.py's."""
 from __future__ import annotations
+
+__all__ = ["ModelCheckpoint"]
 
 import copy
 import datetime
-import hashlib
 import os
-import random
 import re
 import shutil
-import socket
-import struct
-import tempfile
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mopt_fast.callbacks.callback import Callback, rank_zero_info, reduce_boolean_decision, trainer_fn
+from mopt_fast.core.saving import remove_stale_temporaries
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.trainer.callbacks import Callback, rank_zero_info, reduce_boolean_decision, trainer_fn
-
-__all__ = ["ModelCheckpoint", "save_atomic", "save_checkpoint_file", "load_checkpoint", "remove_stale_temporaries",
-           "rng_state", "set_rng_state", "FORMAT"]
-
-FORMAT = "mopt_fast.checkpoint/2"
-# Files written before checksums (mopt_fast.checkpoint/1) still load, unverified, with a warning.
-# (No single bit flip turns "/2" into "/1": '1' and '2' differ in two bits.)
-_FORMAT_V1 = "mopt_fast.checkpoint/1"
-_CHECKSUM_KEY = "checksum"
-_CHECKSUM_ALGORITHM = "sha256"
-
-
-def _fsync(f: Any) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
-# Temporary files: ".tmp-<pid>-<host>~<random>.ckpt" (a host name has no "~").
-_TMP_NAME = re.compile(r"^\.tmp-(\d+)-([^~/]*)~[^/]*\.ckpt$")
-_writing: set[str] = set()  # temporary files this process is writing now
-_swept: set[str] = set()  # folders already cleared of stale temporaries by this process
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
-def _host() -> str:
-    return socket.gethostname().replace("~", "_")
-
-
-def remove_stale_temporaries(folder: str) -> list[str]:
-    """Removes the temporary files that a save killed midway left in `folder`: our own name
-    pattern, written on this host by a process that no longer runs (or by this process, under a
-    pid it reuses, when it is not writing that file now). Files from other hosts, or from any
-    process still running, are left alone: they may be being written. Returns the removed paths."""
-    removed = []
-    host = _host()
-    folder = os.path.abspath(folder)  # as save_atomic names the files in _writing
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        m = _TMP_NAME.match(name)
-        if m is None or m.group(2) != host:
-            continue
-        path = os.path.join(folder, name)
-        pid = int(m.group(1))
-        if (path in _writing) if pid == os.getpid() else _pid_alive(pid):
-            continue
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except OSError:  # gone already, or not ours to remove: leave it
-            pass
-    return removed
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """torch.save `obj` to `path` so that `path` is either the old file or the whole new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    if folder not in _swept:  # once per folder: stale files come from processes that died before
-        remove_stale_temporaries(folder)
-        _swept.add(folder)
-    prefix = f".tmp-{os.getpid()}-{_host()}~"
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".ckpt", dir=folder)
-    _writing.add(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            _fsync(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        _writing.discard(tmp)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
-
-
-def _feed(h: Any, obj: Any, where: str) -> None:
-    """Feeds `obj` to the hash `h`, unambiguously: a type tag, then lengths and values. Covers
-    what a weights_only load can give back; `where` names the entry for an error."""
-    if obj is None:
-        h.update(b"N")
-    elif isinstance(obj, bool):
-        h.update(b"T" if obj else b"F")
-    elif isinstance(obj, int):
-        text = str(int(obj)).encode()
-        h.update(b"i%d:" % len(text) + text)
-    elif isinstance(obj, float):
-        h.update(b"f" + struct.pack("<d", obj))
-    elif isinstance(obj, complex):
-        h.update(b"c" + struct.pack("<dd", obj.real, obj.imag))
-    elif isinstance(obj, str):
-        data = obj.encode("utf-8", "surrogatepass")
-        h.update(b"s%d:" % len(data) + data)
-    elif isinstance(obj, (bytes, bytearray)):
-        h.update(b"b%d:" % len(obj) + bytes(obj))
-    elif isinstance(obj, torch.Tensor):
-        _feed_tensor(h, obj, where)
-    elif isinstance(obj, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
-        text = f"{type(obj).__name__}:{obj}".encode()
-        h.update(b"o%d:" % len(text) + text)
-    elif isinstance(obj, Mapping):
-        h.update(b"d%d:" % len(obj))
-        for key, value in obj.items():  # in order: pickling keeps a dict's order
-            _feed(h, key, where)
-            _feed(h, value, f"{where}[{key!r}]")
-    elif isinstance(obj, (list, tuple)):
-        h.update((b"z" if isinstance(obj, torch.Size) else b"t" if isinstance(obj, tuple) else b"l") + b"%d:" % len(obj))
-        for i, value in enumerate(obj):
-            _feed(h, value, f"{where}[{i}]")
-    elif isinstance(obj, (set, frozenset)):  # no order to keep: the sorted digests of the items
-        digests = []
-        for value in obj:
-            item = hashlib.sha256()
-            _feed(item, value, f"{where}{{...}}")
-            digests.append(item.digest())
-        h.update(b"e%d:" % len(digests) + b"".join(sorted(digests)))
-    else:
-        raise TypeError(
-            f"checkpoint entry {where} is a {type(obj).__qualname__}: a checkpoint holds tensors and plain data "
-            "(numbers, strings, lists, tuples, dicts), what torch.load(weights_only=True) can read back"
-        )
-
-
-def _feed_tensor(h: Any, t: torch.Tensor, where: str) -> None:
-    if t.layout != torch.strided or t.is_quantized or t.is_nested:
-        raise TypeError(f"checkpoint entry {where} is a {t.layout} tensor: only dense (strided) tensors are supported")
-    meta = f"{t.dtype}|{tuple(t.shape)}|{t.requires_grad}".encode()
-    h.update(b"x%d:" % len(meta) + meta)
-    if t.device.type == "meta":  # no data to cover
-        return
-    data = t.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
-    h.update(data.reshape(-1).view(torch.uint8).numpy())
-
-
-def checksum(ckpt: Mapping[str, Any]) -> str:
-    """The checksum of a checkpoint's contents: every entry but the checksum itself."""
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in ckpt.items() if k != _CHECKSUM_KEY}, "checkpoint")
-    return f"{_CHECKSUM_ALGORITHM}:{h.hexdigest()}"
-
-
-def save_checkpoint_file(ckpt: dict[str, Any], *paths: str) -> None:
-    """Writes the checkpoint dictionary `ckpt` (with its format marker) to each of `paths`,
-    atomically, with the checksum of its contents added. A value a weights_only load could not
-    read back is a TypeError here, before anything is written."""
-    sealed = {k: v for k, v in ckpt.items() if k != _CHECKSUM_KEY}
-    sealed[_CHECKSUM_KEY] = checksum(sealed)
-    for path in paths:
-        save_atomic(sealed, path)
-
-
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Loads a checkpoint written by `Trainer.save_checkpoint` or `ModelCheckpoint`, with
-    ``weights_only=True``, and checks its checksum. A truncated, corrupt, foreign or code-carrying
-    file raises ValueError naming the file; the returned dictionary has no checksum entry."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"checkpoint {path!r} is a directory, not a checkpoint file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file can fail anywhere in the unpickler or the zip reader
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
-            f"{path!r} is not a loadable mopt_fast checkpoint (truncated, corrupt, or holding objects other "
-            f"than tensors and plain data): {type(e).__name__}: {reason}"
-        ) from e
-    marker = ckpt.get("format") if isinstance(ckpt, dict) else None
-    marker = marker if isinstance(marker, str) else None
-    if marker == _FORMAT_V1:
-        warnings.warn(f"{path!r} was written by an older mopt_fast, without a checksum: it is loaded unverified",
-                      stacklevel=2)
-        return ckpt
-    if marker != FORMAT:
-        raise ValueError(f"{path!r} is not a mopt_fast checkpoint (no {FORMAT!r} format marker)")
-    stored = ckpt.pop(_CHECKSUM_KEY, None)
-    try:
-        actual = checksum(ckpt)
-    except Exception as e:  # a damaged file may hold what no checkpoint holds
-        raise ValueError(f"{path!r} is corrupt: its contents cannot be checked ({e})") from e
-    if not isinstance(stored, str) or stored != actual:
-        raise ValueError(
-            f"{path!r} is corrupt: its contents do not match the checksum stored in it "
-            f"(stored {stored!r}, computed {actual!r}); the file was damaged after it was written"
-        )
-    return ckpt
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state, as plain data (numpy's as lists, so weights_only loads it)."""
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy
-
-        name, keys, pos, has_gauss, cached = numpy.random.get_state()
-        state["numpy"] = [name, keys.tolist(), pos, has_gauss, cached]
-    except ImportError:  # numpy is optional
-        pass
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        import numpy
-
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        numpy.random.set_state((name, numpy.array(keys, dtype=numpy.uint32), pos, has_gauss, cached))
 
 
 class ModelCheckpoint(Callback):
@@ -442,7 +189,7 @@ class ModelCheckpoint(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_time_checked = time.monotonic()
 
-    # -- when to save (the Trainer calls _on_loop_point; see trainer._loop_point) --------------------
+    # -- when to save (the fit loop calls _on_loop_point at its checkpoint points) --------------------
     def _should_skip_saving_checkpoint(self, trainer: Any) -> bool:
         return (
             bool(getattr(trainer, "fast_dev_run", False))
@@ -615,7 +362,7 @@ class ModelCheckpoint(Callback):
                     f" metrics: {list(candidates)}."
                     f" HINT: Did you call `log({self.monitor!r}, value)` in the `LightningModule`?"
                 )
-                if trainer._validation_has_run:
+                if trainer.fit_loop.validation_has_run:
                     raise MisconfigurationException(m)
                 if m not in _warned:
                     _warned.add(m)

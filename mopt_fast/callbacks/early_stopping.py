@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from mopt_fast.callbacks.callback import Callback, reduce_boolean_decision, trainer_fn
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.trainer.callbacks import Callback, reduce_boolean_decision, trainer_fn
 
 __all__ = ["EarlyStopping", "EarlyStoppingReason"]
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from mopt_fast.callbacks.callback import Callback
+from mopt_fast.core.states import RunningStage
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.trainer.callbacks import Callback
-from mopt_fast.trainer.states import RunningStage
 
 __all__ = ["Timer", "parse_duration"]
 

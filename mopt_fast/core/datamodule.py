@@ -16,8 +16,9 @@ from typing import IO, Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from mopt_fast.core.hparams import HyperparametersMixin, _init_kwargs, _restricted_classmethod
+from mopt_fast.core.saving import _read_checkpoint
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.hparams import HyperparametersMixin, _init_kwargs, _read_checkpoint, _restricted_classmethod
 
 __all__ = ["LightningDataModule"]
 

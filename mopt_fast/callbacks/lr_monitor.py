@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch.optim.optimizer import Optimizer
 
+from mopt_fast.callbacks.callback import Callback
 from mopt_fast.exceptions import MisconfigurationException
-from mopt_fast.trainer.callbacks import Callback
 
 __all__ = ["LearningRateMonitor"]
 

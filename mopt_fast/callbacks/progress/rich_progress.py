@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from mopt_fast.trainer.callbacks import ProgressBar, SwitchableBar, trainer_fn
+from mopt_fast.callbacks.callback import trainer_fn
+from mopt_fast.callbacks.progress.progress_bar import ProgressBar, SwitchableBar
 
 __all__ = ["RichProgressBar", "RichProgressBarTheme"]
 

@@ -23,19 +23,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
+from mopt_fast.core.hooks import ModelHooks
+from mopt_fast.core.hparams import HyperparametersMixin, _init_kwargs, _restricted_classmethod
+from mopt_fast.core.optimizer import LightningOptimizer, validate_clip_args
+from mopt_fast.core.saving import AttributeDict, _read_checkpoint
 from mopt_fast.exceptions import MisconfigurationException, not_built
-from mopt_fast.hooks import EvaluationModelHooks
-from mopt_fast.hparams import (
-    AttributeDict,
-    HyperparametersMixin,
-    _init_kwargs,
-    _read_checkpoint,
-    _restricted_classmethod,
-)
-from mopt_fast.optimizer import LightningOptimizer, validate_clip_args
 
 if TYPE_CHECKING:
-    from mopt_fast.trainer._protocol import ModuleTrainer
+    from mopt_fast.core.protocol import ModuleTrainer
 
 __all__ = ["AttributeDict", "LightningModule"]
 
@@ -79,7 +74,7 @@ def _load_state(cls: type, checkpoint: dict[str, Any], strict: bool | None = Non
     return obj
 
 
-class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Module):
+class LightningModule(HyperparametersMixin, ModelHooks, torch.nn.Module):
     """A torch.nn.Module with Lightning's training API. Subclass it, set
     ``self.automatic_optimization = False`` for manual optimization, and fit it with
     `mopt_fast.Trainer`."""
@@ -264,7 +259,7 @@ class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Modul
         """The optimizers from `configure_optimizers`: one object when there is one, else a list.
         Wrapped in `LightningOptimizer` unless `use_pl_optimizer=False`."""
         trainer = self.trainer
-        opts = trainer._lightning_optimizers if use_pl_optimizer else trainer.optimizers
+        opts = trainer.lightning_optimizers if use_pl_optimizer else trainer.optimizers
         return opts[0] if len(opts) == 1 else list(opts)
 
     def lr_schedulers(self) -> Any:
@@ -283,7 +278,7 @@ class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Modul
                 "to use manual_backward, please disable automatic optimization: "
                 "set model property `automatic_optimization = False`"
             )
-        self.trainer._backward(loss, None, *args, **kwargs)
+        self.trainer.run_backward(loss, None, *args, **kwargs)
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Hook: how a (scaled) loss is back-propagated."""
@@ -357,13 +352,11 @@ class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Modul
                 )
         clip_val, algorithm = validate_clip_args(gradient_clip_val, gradient_clip_algorithm)
         raw = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
-        trainer._precision.clip_gradients(raw, clip_val, algorithm)
+        trainer.precision_plugin.clip_gradients(raw, clip_val, algorithm)
 
     # -- logging ------------------------------------------------------------------------------
     def _find_metric_attribute(self, metric: Any, name: str) -> str:
         """The attribute name (in `named_modules`) of a logged torchmetrics.Metric, or Lightning's error."""
-        from mopt_fast.trainer._metrics import metric_class
-
         cls = metric_class()
         if self._metric_attributes is None or id(metric) not in self._metric_attributes:
             # looked up again on a miss: a metric assigned after the first log is found too
@@ -404,9 +397,6 @@ class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Modul
         by batch size), "sum", "max", "min", or torch's / Python's functions of those names. A
         Metric's step value is its last forward's result, its epoch value `compute()`; it is reset
         at the end of the epoch."""
-        # (imported here: mopt_fast.trainer imports this module)
-        from mopt_fast.trainer._metrics import is_metric
-
         if isinstance(value, Mapping):
             raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
         if not isinstance(value, (torch.Tensor, numbers.Number)) and not is_metric(value):
@@ -437,7 +427,7 @@ class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Modul
             raise not_built("self.log(sync_dist_group=...)", "sync over the whole world with sync_dist=True")
         if is_metric(value) and metric_attribute is None:
             metric_attribute = self._find_metric_attribute(value, name)
-        trainer._metrics.log(
+        trainer.metric_store.log(
             trainer, name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
             reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size,
             sync_dist=sync_dist and distributed and not rank_zero_only, metric_attribute=metric_attribute,
@@ -514,40 +504,15 @@ class LightningModule(HyperparametersMixin, EvaluationModelHooks, torch.nn.Modul
         else:
             scheduler.step(metric)
 
-    # -- hooks (no-ops) -------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add to (or edit) a checkpoint before it is written; plain data and tensors only."""
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Read what `on_save_checkpoint` added, when a fit resumes from the checkpoint."""
+def metric_class() -> type | None:
+    """torchmetrics.Metric when torchmetrics has been imported (a Metric can exist only then), else
+    None: torchmetrics stays an optional dependency that mopt_fast never imports itself."""
+    module = sys.modules.get("torchmetrics")
+    return getattr(module, "Metric", None) if module is not None else None
 
-    def setup(self, stage: str) -> None: ...
-    def teardown(self, stage: str) -> None: ...
-    def on_fit_start(self) -> None: ...
-    def on_fit_end(self) -> None: ...
-    def on_train_start(self) -> None: ...
-    def on_train_end(self) -> None: ...
-    def on_train_epoch_start(self) -> None: ...
-    def on_train_epoch_end(self) -> None: ...
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
-    def on_before_backward(self, loss: torch.Tensor) -> None: ...
-    def on_after_backward(self) -> None: ...
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
-    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
-    def on_validation_start(self) -> None: ...
-    def on_validation_end(self) -> None: ...
-    def on_validation_epoch_start(self) -> None: ...
-    def on_validation_epoch_end(self) -> None: ...
-    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
 
-    def on_validation_model_zero_grad(self) -> None:
-        self.zero_grad()
+def is_metric(value: Any) -> bool:
+    cls = metric_class()
+    return cls is not None and isinstance(value, cls)
 
-    def on_validation_model_eval(self) -> None:
-        self.eval()
-
-    def on_validation_model_train(self) -> None:
-        # The Trainer then puts each submodule back in the mode it had before validation.
-        self.train()

@@ -1,0 +1,224 @@
+"""What the module, the optimizer wrapper and the callbacks may ask of a Trainer: one
+`typing.Protocol` per caller, so each side of the seam is written down and typed, with names
+from core/ and below only (the Trainer, its loops, strategies, metric store and loggers are
+described here by the members their callers use). `mopt_fast.Trainer` implements them all
+(tests/test_lightning_surface_trainer.py checks it structurally, the type checker statically).
+
+Most members are Lightning's public Trainer attributes under Lightning's names. The others are
+mopt_fast's seam, public so that no layer reaches into a private Trainer member: `hooks` (which
+hook is running), `metric_store` (where ``self.log`` writes), `precision_plugin` (Lightning's
+name), `lightning_optimizers`, `run_backward` and `run_optimizer_step` (the step's path through
+the precision plugin), and `dump_checkpoint`.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig
+    from mopt_fast.core.states import TrainerState
+    from mopt_fast.precision import Precision
+
+__all__ = ["CallbackTrainer", "CheckpointTrainer", "FitLoopState", "HookState", "MetricSink", "MetricsTrainer",
+           "ModuleTrainer", "OptimizerTrainer", "StrategyLike", "TrainerProtocol"]
+
+
+class StrategyLike(Protocol):
+    """The members of a strategy (DDP, FSDP2, single device) its callers use."""
+
+    @property
+    def world_size(self) -> int: ...
+
+    def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor: ...
+
+    def barrier(self) -> None: ...
+
+    def block_grad_sync(self, block: bool) -> contextlib.AbstractContextManager: ...
+
+
+class HookState(Protocol):
+    """Which hook runs now: decides where a logged value goes, and whether it may be logged."""
+
+    current_fx: str | None
+
+
+class MetricSink(Protocol):
+    """Where ``self.log`` writes (the Trainer's metric store)."""
+
+    def log(self, trainer: Any, name: str, value: Any, *, prog_bar: bool, logger: bool | None, on_step: bool | None,
+            on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, sync_dist: bool, sync_dist_group: Any,
+            add_dataloader_idx: bool, batch_size: int | None, metric_attribute: str | None,
+            rank_zero_only: bool) -> None: ...
+
+
+class FitLoopState(Protocol):
+    """What callbacks read of the fit loop."""
+
+    batches_that_stepped: int  # the loggers' step
+    validation_has_run: bool  # a missing monitor is an error only once validation has run
+
+
+@runtime_checkable
+class MetricsTrainer(Protocol):
+    """What the metric store's `log` (``self.log``) reads."""
+
+    hooks: HookState
+    state: TrainerState  # no logging outside fit / validate / test
+    root_device: torch.device
+    strategy: StrategyLike
+    loggers: list[Any]
+
+    @property
+    def world_size(self) -> int: ...
+
+
+@runtime_checkable
+class ModuleTrainer(MetricsTrainer, Protocol):
+    """What `LightningModule` calls into."""
+
+    optimizers: list[torch.optim.Optimizer]
+    lr_scheduler_configs: list[LRSchedulerConfig]
+    gradient_clip_val: int | float | None
+    gradient_clip_algorithm: str | None
+    lightning_optimizers: list[LightningOptimizer]  # what `self.optimizers()` returns
+    precision_plugin: Precision  # `self.clip_gradients` runs on its fused kernels
+    metric_store: MetricSink  # `self.log` writes here
+    lightning_module: LightningModule | None
+
+    @property
+    def current_epoch(self) -> int: ...
+
+    @property
+    def global_step(self) -> int: ...
+
+    @property
+    def global_rank(self) -> int: ...
+
+    @property
+    def local_rank(self) -> int: ...
+
+    @property
+    def is_global_zero(self) -> bool: ...
+
+    @property
+    def logger(self) -> Any: ...
+
+    @property
+    def progress_bar_callback(self) -> Any: ...
+
+    def run_backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+        """`manual_backward` (and the automatic closure): the backward hooks around the precision
+        plugin's scaled backward."""
+
+
+@runtime_checkable
+class OptimizerTrainer(Protocol):
+    """What `LightningOptimizer.step` and `toggle_model` call."""
+
+    strategy: StrategyLike  # toggle_model: no gradient all-reduce inside (DDP ``no_sync``)
+    lightning_module: LightningModule | None
+
+    def run_optimizer_step(self, wrapper: LightningOptimizer, closure: Callable[[], Any] | None,
+                           **kwargs: Any) -> Any:
+        """One step through the precision plugin, with the hooks that run between the closure and
+        the update."""
+
+
+@runtime_checkable
+class CallbackTrainer(Protocol):
+    """What the built-in callbacks (progress bars, early stopping, the learning-rate monitor, the
+    timer, the model summary) read and set: Lightning's public Trainer attributes."""
+
+    state: TrainerState
+    strategy: StrategyLike
+    root_device: torch.device
+    loggers: list[Any]
+    callbacks: list[Any]
+    lightning_module: LightningModule | None
+    optimizers: list[torch.optim.Optimizer]
+    lr_scheduler_configs: list[LRSchedulerConfig]
+    should_stop: bool
+    fit_loop: FitLoopState
+    default_root_dir: str
+    check_val_every_n_epoch: int | None
+    val_check_interval: int | float
+    log_every_n_steps: int
+    max_epochs: int | None
+    max_steps: int
+    num_sanity_val_steps: int | float
+    fast_dev_run: bool | int
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def global_rank(self) -> int: ...
+
+    @property
+    def is_global_zero(self) -> bool: ...
+
+    @property
+    def current_epoch(self) -> int: ...
+
+    @property
+    def global_step(self) -> int: ...
+
+    @property
+    def is_last_batch(self) -> bool: ...
+
+    @property
+    def sanity_checking(self) -> bool: ...
+
+    @property
+    def training(self) -> bool: ...
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]: ...
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]: ...
+
+    @property
+    def progress_bar_callback(self) -> Any: ...
+
+    @property
+    def num_training_batches(self) -> int | float: ...
+
+    @property
+    def num_val_batches(self) -> list[int | float]: ...
+
+    @property
+    def num_sanity_val_batches(self) -> list[int | float]: ...
+
+    @property
+    def num_test_batches(self) -> list[int | float]: ...
+
+    @property
+    def num_predict_batches(self) -> list[int | float]: ...
+
+
+@runtime_checkable
+class CheckpointTrainer(CallbackTrainer, Protocol):
+    """What `ModelCheckpoint` reads to decide when, where and what to save."""
+
+    @property
+    def log_dir(self) -> str | None: ...
+
+    @property
+    def enable_validation(self) -> bool: ...
+
+    def save_checkpoint(self, filepath: Any, weights_only: bool = False) -> None: ...
+
+    def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
+        """The checkpoint of the current state (see trainer/resume.py)."""
+
+
+@runtime_checkable
+class TrainerProtocol(ModuleTrainer, OptimizerTrainer, CheckpointTrainer, Protocol):
+    """All of the above."""
+

@@ -1,0 +1,67 @@
+"""What the Trainer sends its loggers: the hyperparameters at the start of a run, and the logged
+metrics (read back to the host here only, when a logger takes them)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from mopt_fast.trainer._metrics import to_scalars
+
+__all__ = ["log_hyperparams_at_start", "log_to_loggers"]
+
+
+def log_hyperparams_at_start(trainer: Any) -> None:
+    """What Lightning's Trainer does with the loggers once on_fit_start has run (and at the start
+    of validate/test/predict): each logger gets the initial hyperparameters of the module (when
+    `save_hyperparameters` was called with ``logger=True``) and of the data module, merged (the
+    same key with different values is Lightning's error), the model for `log_graph`, and a `save`.
+    Rank 0 only."""
+    if not trainer.loggers or not trainer.is_global_zero:
+        return
+    module, datamodule = trainer.lightning_module, trainer.datamodule
+    log_model = getattr(module, "_log_hyperparams", False)
+    log_dm = datamodule is not None and getattr(datamodule, "_log_hyperparams", False)
+    hparams = None
+    if log_model and log_dm:
+        model_hparams, dm_hparams = dict(module.hparams_initial), dict(datamodule.hparams_initial)
+        clash = [k for k in model_hparams.keys() & dm_hparams.keys() if k != "_class_path" and (
+            type(model_hparams[k]) is not type(dm_hparams[k])
+            or (isinstance(model_hparams[k], torch.Tensor) and model_hparams[k] is not dm_hparams[k])
+            or (not isinstance(model_hparams[k], torch.Tensor) and model_hparams[k] != dm_hparams[k])
+        )]
+        if clash:
+            raise RuntimeError(
+                f"Error while merging hparams: the keys {clash} are present in both the LightningModule's and "
+                "LightningDataModule's hparams but have different values."
+            )
+        hparams = {**model_hparams, **dm_hparams}
+    elif log_model:
+        hparams = dict(module.hparams_initial)
+    elif log_dm:
+        hparams = dict(datamodule.hparams_initial)
+    if hparams is not None:
+        hparams = {k: v for k, v in hparams.items() if k != "_class_path"}
+    for lg in trainer.loggers:
+        if hparams is not None:
+            lg.log_hyperparams(hparams)
+        if hasattr(lg, "log_graph"):
+            lg.log_graph(module)
+        if hasattr(lg, "save"):
+            lg.save()
+
+
+
+def log_to_loggers(trainer: Any, logged: Mapping[str, torch.Tensor], step: int | None = None) -> None:
+    """`logged` to every logger on global rank 0, as numbers, at `step` (default: the fit loop's
+    logging step, with the epoch added)."""
+    if not logged or not trainer.loggers or not trainer.is_global_zero:
+        return
+    scalars = to_scalars(logged)
+    if step is None:
+        scalars.setdefault("epoch", trainer.current_epoch)
+        step = trainer.fit_loop.batches_that_stepped
+    for lg in trainer.loggers:
+        lg.log_metrics(scalars, step)
+        lg.save()
