@@ -114,6 +114,8 @@ setup(
     # with other packages of that name.
     packages=find_packages(include=["mopt_fast", "mopt_fast.*"]) + ["mopt_fast.triton_kernels"],
     package_dir={"mopt_fast.triton_kernels": "triton_kernels"},
+    # The op set's one declaration: included by the C++ sources, read by mopt_fast/_ops.py.
+    package_data={"mopt_fast": ["ops.h"]},
     python_requires=">=3.10",
     license="BSD-3-Clause",
     # The torch CI builds and tests against (README: Supported); the C++ ops are tied to it.

@@ -11,13 +11,14 @@
 // the ops the same meaning at the dispatcher, where torch.compile and every backend see it.
 //
 // Both kernels are boxed and schema-driven: the written arguments are those the schema in
-// csrc/ops.h marks with (a!), and every op of that list gets both, so a new op needs no line here.
+// mopt_fast/ops.h marks with (a!), and every op of that list gets both, so a new op needs no line
+// here.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
-#include "ops.h"
+#include "../mopt_fast/ops.h"
 
 namespace mopt_fast {
 namespace {
@@ -75,7 +76,7 @@ void inplace_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
 
 }  // namespace
 
-// Fallbacks cannot be scoped to one namespace, so each op of csrc/ops.h is named.
+// Fallbacks cannot be scoped to one namespace, so each op of mopt_fast/ops.h is named.
 TORCH_LIBRARY_IMPL(mopt_fast, Autograd, m) {
 #define MOPT_FAST_AUTOGRAD(name, schema) \
   m.impl(#name, torch::CppFunction::makeFromBoxedFunction<&autograd_kernel>());

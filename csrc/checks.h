@@ -54,7 +54,7 @@ inline void check_scalar(const at::Tensor& t, const char* name, const char* op,
                     " tensor, got ", t.scalar_type(), " of shape ", t.sizes());
 }
 
-// The arguments of scale_inplace (csrc/ops.h), checked on `device` before anything is written.
+// The arguments of scale_inplace (mopt_fast/ops.h), checked on `device` before anything is written.
 inline void check_scale_args(at::TensorList tensors, const std::optional<at::Tensor>& scale,
                              const std::optional<at::Tensor>& total_norm, double max_norm,
                              const std::optional<at::Tensor>& found_inf, const at::Device& device) {

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 // The helpers below run on the host and, compiled by nvcc, in the CUDA kernels.
 #ifdef __CUDACC__
@@ -28,6 +29,30 @@ inline NormKind norm_kind(double p) {
   if (p == 1.0) return NormKind::kL1;
   if (std::isinf(p)) return NormKind::kLinf;
   return NormKind::kLp;
+}
+
+// Calls fn(std::integral_constant<NormKind, K>{}) with K == kind: the one place a run-time norm
+// kind becomes the compile-time K of a kernel instantiation (host side, CPU and CUDA).
+template <typename Fn>
+void dispatch_norm_kind(NormKind kind, Fn&& fn) {
+  switch (kind) {
+    case NormKind::kL2: fn(std::integral_constant<NormKind, NormKind::kL2>{}); break;
+    case NormKind::kL1: fn(std::integral_constant<NormKind, NormKind::kL1>{}); break;
+    case NormKind::kLinf: fn(std::integral_constant<NormKind, NormKind::kLinf>{}); break;
+    case NormKind::kLp: fn(std::integral_constant<NormKind, NormKind::kLp>{}); break;
+  }
+}
+
+// The norm from its reduced value: sqrt of the sum of squares (L2), pow(sum, 1/p) (general p),
+// and the sum (L1) or max (inf) as it is.
+MOPT_FAST_HOST_DEVICE double finish_norm(NormKind kind, double value, double p) {
+  switch (kind) {
+    case NormKind::kL2: return std::sqrt(value);
+    case NormKind::kLp: return std::pow(value, 1.0 / p);
+    case NormKind::kL1:
+    case NormKind::kLinf: break;
+  }
+  return value;
 }
 
 // The clip coefficient min(1, max_norm / (norm + 1e-6)) in the norm's precision, as torch

@@ -1,8 +1,9 @@
-"""The op set, declared once for Python: each op's name, schema and fake kernel. From this table
-come the torch backend's table and the Triton backend's custom ops (mopt_fast.registry,
-mopt_fast.triton_kernels), and the fake kernels torch.compile traces with. The C++ ops declare the
-same set in csrc/ops.h; tests/test_op_set.py checks the two agree and that every op exists on
-every backend.
+"""The op set for Python: each op's name and schema, read from mopt_fast/ops.h (the one
+declaration, which the C++ build includes too), with the fake kernel torch.compile traces with.
+From this table come the torch backend's table and the Triton backend's custom ops
+(mopt_fast.registry, mopt_fast.triton_kernels). The header is read as text, so the op set is here
+without the compiled library; tests/test_op_set.py checks that every op exists on every backend
+with the declared schema, and that the compiled library defines no op that is not declared.
 
 Also here, mirroring csrc/common.h: the norm kinds, the chunk size and the result-dtype rule.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -86,40 +89,58 @@ def _fake_writes_only(tensors, *args) -> None:
     return None
 
 
+#: The op set's one declaration, shipped inside the package (setup.py package_data).
+OP_SET_HEADER = Path(__file__).with_name("ops.h")
+
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_ENTRY = re.compile(r'\bX\(\s*(\w+)\s*,\s*((?:"[^"\\]*"\s*)+)\)')
+
+
+def parse_op_set(text: str) -> dict[str, str]:
+    """name -> schema of every X(name, "schema" ...) entry of the op set header's text, with its
+    adjacent string literals joined as the C++ compiler joins them. Raises ValueError on an entry
+    of another form, or a name declared twice, rather than leave an op out."""
+    code = _COMMENT.sub(" ", text.replace("\\\n", "\n"))  # line continuations, then comments
+    entries = _ENTRY.findall(code)
+    if not entries or len(entries) != len(re.findall(r"\bX\(", code)):
+        raise ValueError('mopt_fast: the op set header has an entry not of the form X(name, "schema" ...)')
+    schemas: dict[str, str] = {}
+    for name, literals in entries:
+        if name in schemas:
+            raise ValueError(f"mopt_fast: op {name!r} is declared twice in the op set header")
+        schemas[name] = "".join(re.findall(r'"([^"]*)"', literals))
+    return schemas
+
+
+#: Fake kernels of the ops that return tensors; an op that returns nothing gets _fake_writes_only.
+_FAKES: dict[str, Callable] = {
+    "norm": _fake_norm,
+    "unscale_norm": _fake_unscale_norm,
+    "unscale_clip_inplace": _fake_unscale_clip_inplace,
+}
+
+
 @dataclass(frozen=True)
 class OpSpec:
     name: str
-    schema: str  # as in csrc/ops.h; (a!) marks what the op writes
+    schema: str  # as in mopt_fast/ops.h; (a!) marks what the op writes
     fake: Callable  # output shapes and dtypes, for FakeTensor tracing
 
 
-OPS: tuple[OpSpec, ...] = (
-    OpSpec("norm", "(Tensor[] tensors, float norm_type, bool per_tensor) -> (Tensor, Tensor)", _fake_norm),
-    OpSpec(
-        "unscale_norm",
-        "(Tensor[] tensors, Tensor inv_scale, Tensor(a!) found_inf, float norm_type, bool per_tensor)"
-        " -> (Tensor, Tensor)",
-        _fake_unscale_norm,
-    ),
-    OpSpec(
-        "scale_inplace",
-        "(Tensor(a!)[] tensors, Tensor? scale, Tensor? total_norm, float max_norm, Tensor? found_inf) -> ()",
-        _fake_writes_only,
-    ),
-    OpSpec("clamp_inplace", "(Tensor(a!)[] tensors, float clip_value) -> ()", _fake_writes_only),
-    OpSpec("zero_inplace", "(Tensor(a!)[] tensors) -> ()", _fake_writes_only),
-    OpSpec(
-        "unscale_inplace",
-        "(Tensor(a!)[] tensors, Tensor(b!) found_inf, Tensor inv_scale) -> ()",
-        _fake_writes_only,
-    ),
-    OpSpec(
-        "unscale_clip_inplace",
-        "(Tensor(a!)[] tensors, Tensor inv_scale, Tensor(b!) found_inf, float max_norm, float norm_type) -> Tensor",
-        _fake_unscale_clip_inplace,
-    ),
-)
+def _op_specs(schemas: dict[str, str]) -> tuple[OpSpec, ...]:
+    unknown = set(_FAKES) - set(schemas)
+    if unknown:
+        raise ValueError(f"mopt_fast: fake kernels for ops mopt_fast/ops.h does not declare: {sorted(unknown)}")
+    specs = []
+    for name, schema in schemas.items():
+        fake = _FAKES.get(name) or (_fake_writes_only if schema.endswith("-> ()") else None)
+        if fake is None:
+            raise ValueError(f"mopt_fast: op {name!r} returns tensors; give it a fake kernel in _ops._FAKES")
+        specs.append(OpSpec(name, schema, fake))
+    return tuple(specs)
 
+
+OPS: tuple[OpSpec, ...] = _op_specs(parse_op_set(OP_SET_HEADER.read_text()))
 NAMES: tuple[str, ...] = tuple(spec.name for spec in OPS)
 
 

@@ -111,7 +111,7 @@ def tensor_list(tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Te
 
 
 def unscale_clip_args(tensors: list[torch.Tensor], inv_scale, found_inf, max_norm: float) -> None:
-    """The arguments of the unscale_clip_inplace op (see csrc/ops.h), checked as the C++ kernels do."""
+    """The arguments of the unscale_clip_inplace op (see mopt_fast/ops.h), checked as the C++ kernels do."""
     check_tensors(tensors, "unscale_clip")
     device = tensors[0].device
     amp_scalar(inv_scale, "inv_scale", device, "unscale_clip")
@@ -120,7 +120,7 @@ def unscale_clip_args(tensors: list[torch.Tensor], inv_scale, found_inf, max_nor
 
 
 def scale_args(tensors: list[torch.Tensor], scale, total_norm, max_norm: float, found_inf) -> None:
-    """The arguments of the scale_inplace op (see csrc/registry.cpp), checked as the C++ kernels do."""
+    """The arguments of the scale_inplace op (see mopt_fast/ops.h), checked as the C++ kernels do."""
     check_tensors(tensors, "scale")
     device = tensors[0].device
     for t in (scale, total_norm):

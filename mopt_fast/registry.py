@@ -25,9 +25,9 @@ import torch
 
 from mopt_fast import _extension, _ops, torch_ops
 
-# The op set (mopt_fast._ops): name -> pure-torch implementation, found by the op's name in
-# mopt_fast.torch_ops. The compiled backends serve the same names through torch.ops.mopt_fast.<name>
-# (csrc/ops.h) and torch.ops.mopt_fast_triton.<name>.
+# The op set (mopt_fast/ops.h, read by mopt_fast._ops): name -> pure-torch implementation, found by
+# the op's name in mopt_fast.torch_ops. The compiled backends serve the same names through
+# torch.ops.mopt_fast.<name> and torch.ops.mopt_fast_triton.<name>.
 OPS: dict[str, Callable] = {name: getattr(torch_ops, name) for name in _ops.NAMES}
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")

@@ -1,6 +1,8 @@
-"""The op set is declared once per language (mopt_fast/_ops.py, csrc/ops.h): the two agree, every
-op exists on every backend with its fake kernel, and the constants every backend shares
-(csrc/common.h) are the same in C++ and Python."""
+"""The op set is declared once, in mopt_fast/ops.h: the C++ build includes it, and mopt_fast/_ops.py
+reads it as text. Python reads what the C++ compiler sees (the compiled schemas are the parsed
+ones, and the compiled library defines no op the header does not), every op exists on every
+backend with its fake kernel, and the constants every backend shares (csrc/common.h) are the same
+in C++ and Python."""
 from __future__ import annotations
 
 import pytest
@@ -42,6 +44,42 @@ def test_every_op_exists_on_every_backend_with_the_declared_schema(spec):
         for key in keys:
             assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key), (qualname, key)
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"), f"{qualname}: no fake kernel"
+
+
+def test_compiled_namespaces_define_exactly_the_declared_ops():
+    """No op of a compiled library is missing from the parsed header (e.g. an entry the parser
+    skipped), and none is left over."""
+    namespaces = compiled_namespaces()
+    if not namespaces:
+        pytest.skip("no compiled backend here")
+    registered = torch._C._dispatch_get_all_op_names()
+    for ns, _ in namespaces:
+        assert sorted(n.split("::", 1)[1] for n in registered if n.startswith(ns + "::")) == sorted(NAMES), ns
+
+
+def test_op_set_parser_reads_the_header_as_the_compiler_does():
+    text = """// X(commented_out, "() -> ()")
+#define MOPT_FAST_OPS(X)                                   \\
+  /* an op: X(also_commented_out, "() -> ()") */           \\
+  X(first, "(Tensor[] tensors) -> ()")                     \\
+  X(second,                                                \\
+    "(Tensor(a!)[] tensors, "                              \\
+    "float value) -> Tensor")
+"""
+    assert _ops.parse_op_set(text) == {
+        "first": "(Tensor[] tensors) -> ()",
+        "second": "(Tensor(a!)[] tensors, float value) -> Tensor",
+    }
+    assert _ops.parse_op_set(_ops.OP_SET_HEADER.read_text()) == {spec.name: spec.schema for spec in _ops.OPS}
+    with pytest.raises(ValueError, match="not of the form"):
+        _ops.parse_op_set('#define MOPT_FAST_OPS(X) X(first, "() -> ()") X(second, SCHEMA)')
+    with pytest.raises(ValueError, match="declared twice"):
+        _ops.parse_op_set('#define MOPT_FAST_OPS(X) X(first, "() -> ()") X(first, "() -> ()")')
+
+
+def test_every_op_returning_tensors_has_its_own_fake_kernel():
+    for spec in _ops.OPS:
+        assert (spec.fake is _ops._fake_writes_only) == spec.schema.endswith("-> ()"), spec.name
 
 
 def test_triton_table_is_the_declared_op_set():

@@ -1,6 +1,6 @@
 """The Triton backend: the op set as Triton kernels, one kernel family per file, with the
-signatures of the custom ops in csrc/registry.cpp. Runs on CUDA tensors, and on CPU tensors under
-Triton's interpreter (TRITON_INTERPRET=1), which is how CI checks it.
+signatures the op set declares (mopt_fast/ops.h). Runs on CUDA tensors, and on CPU tensors
+under Triton's interpreter (TRITON_INTERPRET=1), which is how CI checks it.
 
 The kernels are registered as torch custom ops, torch.ops.mopt_fast_triton.<op>, from the op table
 of mopt_fast._ops (schemas and fake kernels, so torch.compile sees them as ops); the dispatcher

@@ -32,16 +32,7 @@ void clamp_inplace_cpu(at::TensorList tensors, double clip_value) {
   check_tensors(tensors, "clamp", /*writes=*/true);
   TORCH_CHECK_VALUE(clip_value >= 0.0, "mopt_fast.clamp: clip_value must be >= 0, got ",
                     clip_value);
-  for_each_round(tensors, [&](at::TensorList round) {
-    const Plan plan = make_plan(round);
-    for_each_item(plan, [&](int64_t, const WorkItem& item) {
-      MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_clamp", [&] {
-        clamp_run<scalar_t>(item_ptr<scalar_t>(plan, item), item.end - item.begin,
-                            static_cast<at::opmath_type<scalar_t>>(clip_value));
-      });
-    });
-    write_back(plan, round);
-  });
+  apply_inplace(tensors, [&](auto* p, int64_t n) { clamp_run(p, n, opmath(p, clip_value)); });
 }
 
 }  // namespace

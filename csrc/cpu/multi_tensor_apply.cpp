@@ -23,8 +23,7 @@ Plan make_plan(at::TensorList tensors) {
       plan.copies.emplace_back(i, t.contiguous());
       dense = &plan.copies.back().second;
     }
-    plan.spans.push_back(
-        {dense->data_ptr(), t.scalar_type(), static_cast<int64_t>(t.element_size())});
+    plan.spans.push_back({dense->data_ptr(), t.scalar_type()});
     plan.first_item.push_back(static_cast<int64_t>(plan.items.size()));
     const int64_t numel = t.numel();
     for (int64_t begin = 0; begin < numel; begin += kChunkElems) {

@@ -21,6 +21,7 @@
 #include "common.h"
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace mopt_fast::cpu {
@@ -37,7 +38,6 @@ struct WorkItem {
 struct Span {
   void* data;
   at::ScalarType dtype;
-  int64_t element_size;
 };
 
 // The tensors an op reads or writes, each as one dense run of memory, and the work items over them.
@@ -116,6 +116,45 @@ inline T* item_ptr(const Plan& plan, const WorkItem& item) {
 
 inline at::ScalarType item_dtype(const Plan& plan, const WorkItem& item) {
   return plan.spans[item.tensor].dtype;
+}
+
+// x in the compute type of the elements `data` points to (fp32 for fp16/bf16): the parameters of
+// an apply_inplace kernel, whose element type is that of its pointer.
+template <typename T>
+inline at::opmath_type<T> opmath(const T* /*data*/, double x) {
+  return static_cast<at::opmath_type<T>>(x);
+}
+
+// The body of every in-place CPU op, after its argument checks: kernel(T* data, int64_t n) on
+// every work item of the list, T the element type of the item's tensor (float, double, at::Half
+// or at::BFloat16), on ATen's thread pool; then the results of non-dense tensors are written back
+// (unless `write` is false: a pass that found nothing to write). A list whose tensors share
+// memory runs in disjoint rounds (see for_each_round), so no two items of one round race on it.
+// A kernel may return bool to flag its item (an inf/NaN seen); apply_inplace then returns whether
+// any item was flagged, combined in item order, else false.
+template <typename Kernel>
+bool apply_inplace(at::TensorList tensors, const Kernel& kernel, bool write = true) {
+  constexpr bool kFlags =
+      std::is_same_v<std::invoke_result_t<const Kernel&, float*, int64_t>, bool>;
+  bool any_flagged = false;
+  for_each_round(tensors, [&](at::TensorList round) {
+    const Plan plan = make_plan(round);
+    std::vector<char> flagged(kFlags ? plan.items.size() : 0, 0);
+    for_each_item(plan, [&](int64_t i, const WorkItem& item) {
+      MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast", [&] {
+        scalar_t* data = item_ptr<scalar_t>(plan, item);
+        const int64_t n = item.end - item.begin;
+        if constexpr (kFlags) {
+          flagged[i] = kernel(data, n);
+        } else {
+          kernel(data, n);
+        }
+      });
+    });
+    if (write) write_back(plan, round);
+    for (char f : flagged) any_flagged |= f != 0;
+  });
+  return any_flagged;
 }
 
 }  // namespace mopt_fast::cpu

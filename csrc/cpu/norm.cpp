@@ -132,16 +132,6 @@ Partial reduce_item(const T* p, int64_t n, float scale, double order) {
   }
 }
 
-double finish(NormKind kind, double value, double order) {
-  switch (kind) {
-    case NormKind::kL2: return std::sqrt(value);
-    case NormKind::kL1:
-    case NormKind::kLinf: return value;
-    case NormKind::kLp: return std::pow(value, 1.0 / order);
-  }
-  return value;
-}
-
 // fp32 result, fp64 when any input is fp64.
 void check_order(double order) {
   TORCH_CHECK_VALUE(order > 0.0, "mopt_fast: norm_type must be > 0 or inf, got ", order);
@@ -163,17 +153,11 @@ std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double or
     MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_norm", [&] {
       const scalar_t* p = item_ptr<scalar_t>(plan, item);
       const int64_t n = item.end - item.begin;
-      auto run = [&](auto kind_tag) {
+      dispatch_norm_kind(kind, [&](auto kind_tag) {
         constexpr NormKind K = decltype(kind_tag)::value;
         partials[i] = inv_scale ? reduce_item<scalar_t, K, true>(p, n, scale, order)
                                 : reduce_item<scalar_t, K, false>(p, n, scale, order);
-      };
-      switch (kind) {
-        case NormKind::kL2: run(std::integral_constant<NormKind, NormKind::kL2>{}); break;
-        case NormKind::kL1: run(std::integral_constant<NormKind, NormKind::kL1>{}); break;
-        case NormKind::kLinf: run(std::integral_constant<NormKind, NormKind::kLinf>{}); break;
-        case NormKind::kLp: run(std::integral_constant<NormKind, NormKind::kLp>{}); break;
-      }
+      });
     });
   });
 
@@ -192,10 +176,10 @@ std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double or
       nonfinite |= partials[i].nonfinite;
     }
     total = kind == NormKind::kLinf ? nan_max(total, acc) : total + acc;
-    if (per_tensor) per_data[t] = finish(kind, acc, order);
+    if (per_tensor) per_data[t] = finish_norm(kind, acc, order);
   }
   if (found_inf && nonfinite) found_inf->fill_(1.0);
-  at::Tensor total_t = at::scalar_tensor(finish(kind, total, order), opts);
+  at::Tensor total_t = at::scalar_tensor(finish_norm(kind, total, order), opts);
   return {total_t.to(dtype), per.to(dtype)};
 }
 

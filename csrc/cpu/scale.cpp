@@ -51,16 +51,7 @@ double scale_factor(const std::optional<at::Tensor>& scale,
 
 void scale_list(at::TensorList tensors, double factor) {
   if (factor == 1.0) return;  // x * 1 == x bit for bit, NaN and -0 included.
-  for_each_round(tensors, [&](at::TensorList round) {
-    const Plan plan = make_plan(round);
-    for_each_item(plan, [&](int64_t, const WorkItem& item) {
-      MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_scale", [&] {
-        scale_run<scalar_t>(item_ptr<scalar_t>(plan, item), item.end - item.begin,
-                            static_cast<at::opmath_type<scalar_t>>(factor));
-      });
-    });
-    write_back(plan, round);
-  });
+  apply_inplace(tensors, [&](auto* p, int64_t n) { scale_run(p, n, opmath(p, factor)); });
 }
 
 TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) {

@@ -47,22 +47,14 @@ void unscale_inplace_cpu(at::TensorList tensors, const at::Tensor& found_inf,
   check_scalar(inv_scale, "inv_scale", "unscale", cpu, false);
   const float s = inv_scale.item<float>();
   const bool write = s != 1.0f;
-  bool any_nonfinite = false;
-  for_each_round(tensors, [&](at::TensorList round) {
-    const Plan plan = make_plan(round);
-    std::vector<char> nonfinite(plan.items.size(), 0);
-    for_each_item(plan, [&](int64_t i, const WorkItem& item) {
-      MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast_unscale", [&] {
-        scalar_t* p = item_ptr<scalar_t>(plan, item);
-        const int64_t n = item.end - item.begin;
-        const auto scale = static_cast<at::opmath_type<scalar_t>>(s);
-        nonfinite[i] = write ? unscale_run<scalar_t, true>(p, n, scale)
-                             : unscale_run<scalar_t, false>(p, n, scale);
-      });
-    });
-    if (write) write_back(plan, round);
-    for (char f : nonfinite) any_nonfinite |= f != 0;
-  });
+  const bool any_nonfinite = apply_inplace(
+      tensors,
+      [&](auto* p, int64_t n) {
+        using T = std::remove_pointer_t<decltype(p)>;
+        return write ? unscale_run<T, true>(p, n, opmath(p, s))
+                     : unscale_run<T, false>(p, n, opmath(p, s));
+      },
+      write);
   if (any_nonfinite) found_inf.fill_(1.0);
 }
 

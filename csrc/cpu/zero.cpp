@@ -11,15 +11,8 @@ namespace {
 
 void zero_inplace_cpu(at::TensorList tensors) {
   check_tensors(tensors, "zero", /*writes=*/true);
-  for_each_round(tensors, [&](at::TensorList round) {
-    const Plan plan = make_plan(round);
-    for_each_item(plan, [&](int64_t, const WorkItem& item) {
-      const Span& span = plan.spans[item.tensor];
-      const int64_t elem = span.element_size;
-      auto* base = static_cast<char*>(span.data);
-      std::memset(base + item.begin * elem, 0, static_cast<size_t>((item.end - item.begin) * elem));
-    });
-    write_back(plan, round);
+  apply_inplace(tensors, [](auto* p, int64_t n) {
+    std::memset(static_cast<void*>(p), 0, static_cast<size_t>(n) * sizeof(*p));
   });
 }
 

@@ -66,9 +66,7 @@ __global__ void norm_finish_kernel(const double* sums, int64_t n, NormKind kind,
                                    Out* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double v = sums[i];
-    const double r = kind == NormKind::kL2 ? sqrt(v) : kind == NormKind::kLp ? pow(v, 1.0 / p) : v;
-    out[i] = static_cast<Out>(r);
+    out[i] = static_cast<Out>(finish_norm(kind, sums[i], p));
   }
 }
 
@@ -94,24 +92,10 @@ void launch_norm_partials(DType dtype, const int64_t* table, int64_t n_tensors, 
   if (n_chunks == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    switch (kind) {
-      case NormKind::kL2:
-        launch_partials<T, NormKind::kL2>(table, n_tensors, n_chunks, p, inv_scale, partials,
-                                          found_inf, stream);
-        break;
-      case NormKind::kL1:
-        launch_partials<T, NormKind::kL1>(table, n_tensors, n_chunks, p, inv_scale, partials,
-                                          found_inf, stream);
-        break;
-      case NormKind::kLinf:
-        launch_partials<T, NormKind::kLinf>(table, n_tensors, n_chunks, p, inv_scale, partials,
-                                            found_inf, stream);
-        break;
-      case NormKind::kLp:
-        launch_partials<T, NormKind::kLp>(table, n_tensors, n_chunks, p, inv_scale, partials,
-                                          found_inf, stream);
-        break;
-    }
+    dispatch_norm_kind(kind, [&](auto kind_tag) {
+      launch_partials<T, decltype(kind_tag)::value>(table, n_tensors, n_chunks, p, inv_scale,
+                                                    partials, found_inf, stream);
+    });
   });
 }
 

@@ -1,5 +1,5 @@
 """The pure-torch backend: one module per op, each with the signature of its custom op in
-csrc/registry.cpp. It runs wherever torch runs (any device, no build), and it is the behaviour
+mopt_fast/ops.h. It runs wherever torch runs (any device, no build), and it is the behaviour
 the compiled backends are checked against, next to the float64 reference in the tests.
 """
 from mopt_fast.torch_ops.clamp import clamp_inplace

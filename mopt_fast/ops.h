@@ -1,6 +1,12 @@
-// The op set, declared once for C++: X(name, schema) per op. registry.cpp defines the schemas
-// from it and autograd.cpp registers every op's Autograd and ADInplaceOrView kernels from it.
-// mopt_fast/_ops.py declares the same set for Python (a test checks the schemas agree).
+// The mopt_fast op set, declared once for every backend and both languages: X(name, schema) per
+// op, where (a!) marks what the op writes.
+//  - C++ includes it as an X-macro: csrc/registry.cpp defines the ops from it, and
+//    csrc/autograd.cpp registers their Autograd and ADInplaceOrView kernels.
+//  - Python reads it as text (mopt_fast/_ops.py, at import): the Triton backend's ops and the fake
+//    kernels come from it. It ships inside the package for that, so the pure-torch and Triton
+//    backends have the op set without the compiled library.
+// Keep every entry of the form X(name, "schema" ...): a name, then only string literals. An op
+// that returns tensors also needs its fake kernel in mopt_fast/_ops.py (_FAKES).
 #pragma once
 
 #define MOPT_FAST_OPS(X)                                                                       \
