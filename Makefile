@@ -7,7 +7,7 @@
 #   make bench    the benchmark comparison table (torch vs every mopt_fast backend)
 #   make cmake-check   build the C++ op library and the CUDA kernels (sm_80, sm_90) with CMake,
 #                      and syntax-check the CUDA binding against torch's headers (what CI checks)
-#   make lint     ruff (pyflakes, isort, bugbear, pyupgrade) and clang-format, as CI runs them
+#   make lint     ruff (pyflakes, isort, bugbear, pyupgrade), mypy and clang-format, as CI runs them
 #   make format   apply ruff's fixes and clang-format
 #
 # TORCH_SPEC picks the torch to install into .venv (default: the version we test with).
@@ -48,6 +48,7 @@ demo: install
 
 lint: $(VENV)/.stamp-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 format: $(VENV)/.stamp-deps

@@ -78,7 +78,7 @@ class GradScaler(torch.amp.GradScaler):
         if not self._enabled:  # nothing is scaled: plain clipping
             params = [q for group in optimizer.param_groups for q in group["params"]]
             return clip_grad_norm_(params, max_norm, p)
-        self._check_scale_growth_tracker("unscale_clip_grad_norm_")
+        scale, _ = self._check_scale_growth_tracker("unscale_clip_grad_norm_")  # self._scale, not None
         state = self._per_optimizer_states[id(optimizer)]
         if state["stage"] is OptState.UNSCALED:
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
@@ -87,8 +87,8 @@ class GradScaler(torch.amp.GradScaler):
         grads = _optimizer_grads(optimizer)
         if not grads:
             raise ValueError("mopt_fast.GradScaler.unscale_clip_grad_norm_: the optimizer has no gradients")
-        device = self._scale.device
-        inv_scale = self._scale.double().reciprocal().float()
+        device = scale.device
+        inv_scale = scale.double().reciprocal().float()
         found_inf = torch.zeros((), dtype=torch.float32, device=device)
         total = None
         if grads[0].device == device:
@@ -100,7 +100,8 @@ class GradScaler(torch.amp.GradScaler):
                         # UNSCALED step.
                         total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
                         coef = torch.clamp(max_norm / (total.float() + 1e-6), max=1.0)
-                        optimizer.grad_scale = self._scale / coef  # type: ignore[attr-defined]
+                        # torch's Optimizer declares no grad_scale (torch's GradScaler sets it the same way)
+                        optimizer.grad_scale = scale / coef  # type: ignore[attr-defined]
                     else:
                         total = kernel("unscale_clip_inplace", device)(grads, inv_scale, found_inf, max_norm, p)
             except ValueError as error:
@@ -149,5 +150,6 @@ class GradScaler(torch.amp.GradScaler):
         does for several optimizers.
         """
         states = self._per_optimizer_states
-        states[object()] = states.pop(id(optimizer))
+        # torch types the records' keys as ids; a fresh object, kept alive by the dict, cannot collide with one
+        states[object()] = states.pop(id(optimizer))  # type: ignore[index]
 

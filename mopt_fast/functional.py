@@ -14,13 +14,16 @@ import sys
 import types
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast import _validate
 from mopt_fast._ops import result_dtype
 from mopt_fast.registry import kernel
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 Tensors = torch.Tensor | Iterable[torch.Tensor]
 
@@ -49,7 +52,7 @@ def _grads(parameters: Tensors) -> list[torch.Tensor]:
     return grads
 
 
-def _dtensor_type() -> type | None:
+def _dtensor_type() -> type[DTensor] | None:
     """FSDP2's gradient type, DTensor, when gradients can be DTensors: an initialized process
     group, and torch.distributed.tensor loaded (no DTensor exists before it is). None otherwise, so
     no list is scanned, and importing mopt_fast does not load torch.distributed.tensor (most of

@@ -25,8 +25,8 @@ Lightning is an optional dependency (``pip install mopt_fast[lightning]``, teste
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
 import torch
 from torch.amp.grad_scaler import OptState
@@ -34,6 +34,7 @@ from torch.amp.grad_scaler import OptState
 try:
     import lightning.pytorch as pl
     from lightning.fabric.plugins.precision.amp import _optimizer_handles_unscaling
+    from lightning.fabric.utilities.types import Optimizable
     from lightning.pytorch.core.optimizer import LightningOptimizer
     from lightning.pytorch.plugins.precision import MixedPrecision as _LightningMixedPrecision
     from lightning.pytorch.plugins.precision import Precision as _LightningPrecision
@@ -57,8 +58,17 @@ from mopt_fast.precision import normalize_precision
 __all__ = ["MixedPrecision", "Precision", "precision_plugin"]
 
 
+# The mixins' bases, for the type checker: what they are mixed into (at run time they mix into any
+# optimizer class, and into Lightning's two precision plugins).
+if TYPE_CHECKING:
+    _OptimizerBase = torch.optim.Optimizer
+    _PluginBase = _LightningPrecision
+else:
+    _OptimizerBase = _PluginBase = object
+
+
 # -- fused zero_grad on the optimizers Lightning wraps ----------------------------------------------
-class _FusedZeroGrad:
+class _FusedZeroGrad(_OptimizerBase):
     """Mixed into an optimizer's class by `_use_fused_zero_grad`."""
 
     _plain_class: type[torch.optim.Optimizer]
@@ -71,7 +81,7 @@ class _FusedZeroGrad:
             return super().zero_grad(set_to_none=set_to_none)
         zero_grad_(params, set_to_none=False)
 
-    def __reduce_ex__(self, protocol: int) -> tuple:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple:
         # Pickled and deep-copied as the class it was made from: a class made at run time cannot be
         # pickled by name, and the fused zero_grad belongs to the fit that attached it.
         return _new_optimizer, (self._plain_class,), self.__getstate__()
@@ -122,10 +132,12 @@ def _gradients_read_before_step(model: pl.LightningModule) -> bool:
         return True
     if model.automatic_optimization and is_overridden("configure_gradient_clipping", model, pl.LightningModule):
         return True
-    return any(is_overridden("on_before_optimizer_step", cb, pl.Callback) for cb in model.trainer.callbacks)
+    # Lightning's Trainer sets `callbacks` in its callback connector, which its typing does not declare
+    callbacks = model.trainer.callbacks  # type: ignore[attr-defined]
+    return any(is_overridden("on_before_optimizer_step", cb, pl.Callback) for cb in callbacks)
 
 
-class _FusedKernels:
+class _FusedKernels(_PluginBase):
     """What the plugins share: clipping on mopt_fast's kernels, fused zero_grad on the optimizers."""
 
     def connect(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
@@ -159,6 +171,8 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
             torch's own GradScaler lacks the fused unscale-and-clip pass.
     """
 
+    scaler: GradScaler | None  # mopt_fast's (Lightning's plugin declares torch's)
+
     def __init__(self, precision: str, device: str, scaler: GradScaler | None = None) -> None:
         if precision == "16-mixed":
             if scaler is None:
@@ -169,7 +183,8 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
                     f"{type(scaler).__module__}.{type(scaler).__qualname__}; mopt_fast.amp.GradScaler "
                     "takes the same arguments as torch.amp.GradScaler."
                 )
-        super().__init__(precision, device, scaler)  # Lightning's checks: the name, no scaler for bf16
+        # Lightning's checks: the name (its typing names the two it accepts), no scaler for bf16
+        super().__init__(precision, device, scaler)  # type: ignore[arg-type]
         self._in_training_step = False
         # Stepping in this iteration is skipped (automatic optimization, training_step returned None).
         self._step_skipped = False
@@ -208,26 +223,31 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
 
     def _one_pass_applies(self, grads: list[torch.Tensor]) -> bool:
         """The fused unscale-and-clip pass takes gradients on the scaler's device only."""
+        assert self.scaler is not None  # called under 16-mixed only
         scale = self.scaler._scale
         return scale is not None and all(g.device == scale.device for g in grads)
 
     def _unfold(self, optimizer: torch.optim.Optimizer) -> None:
         """Apply the unscale-and-clip factor left in a fused optimizer's grad_scale to its gradients."""
-        grad_scale = self._folded.pop(id(optimizer)).grad_scale
-        del optimizer.grad_scale
+        # torch's Optimizer declares no grad_scale (torch's GradScaler sets it on fused optimizers)
+        grad_scale = self._folded.pop(id(optimizer)).grad_scale  # type: ignore[attr-defined]
+        del optimizer.grad_scale  # type: ignore[attr-defined]
         params = [p for group in optimizer.param_groups for p in group["params"]]
         scale_grads_(params, grad_scale.double().reciprocal())
 
     # -- the step ----------------------------------------------------------------------------------
-    def optimizer_step(
+    # Lightning's signature; Lightning marks it too: fabric's base plugin takes (optimizer, **kwargs)
+    def optimizer_step(  # type: ignore[override]
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizable,
         model: pl.LightningModule,
-        closure: Any,
+        closure: Callable[[], Any],
         **kwargs: Any,
     ) -> Any:
         if self.scaler is None:
             return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
+        # Lightning passes the torch optimizer itself (its Optimizable is a structural view of one)
+        optimizer = cast(torch.optim.Optimizer, optimizer)
         if isinstance(optimizer, torch.optim.LBFGS):
             raise MisconfigurationException("AMP and the LBFGS optimizer are not compatible.")
         closure_result = closure()
@@ -260,6 +280,7 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
     def _begin_step(self, optimizer: torch.optim.Optimizer) -> None:
         """An optimizer stepping a second time in one training_step: its new gradients carry the
         scale not updated yet, so it steps with that scale and both steps count in the update."""
+        assert self.scaler is not None  # called under 16-mixed only
         if self.scaler._stage(optimizer) is OptState.STEPPED:
             self.scaler._step_again(optimizer)
 

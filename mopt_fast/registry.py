@@ -20,6 +20,7 @@ import functools
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -113,7 +114,10 @@ if _extension.COMPILED:
 def _table(name: str) -> dict[str, Callable]:
     if name not in _TABLES and name == "triton":
         # Imported on first use: importing triton costs time that CPU-only users need not pay.
-        from mopt_fast import triton_kernels
+        if TYPE_CHECKING:  # the source tree's triton_kernels/ ships as mopt_fast.triton_kernels (setup.py)
+            import triton_kernels
+        else:
+            from mopt_fast import triton_kernels
 
         _TABLES["triton"] = dict(triton_kernels.OPS)
     return _TABLES[name]

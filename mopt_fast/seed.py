@@ -160,7 +160,9 @@ def rng_state() -> dict[str, Any]:
     try:
         import numpy
 
-        name, keys, pos, has_gauss, cached = numpy.random.get_state()
+        legacy = numpy.random.get_state(legacy=True)  # the default, named: the stubs' no-argument overload is a dict
+        assert isinstance(legacy, tuple)  # a dict only for a generator other than MT19937
+        name, keys, pos, has_gauss, cached = legacy
         state["numpy"] = [name, keys.tolist(), pos, has_gauss, cached]
     except ImportError:  # numpy is optional
         pass

@@ -154,7 +154,8 @@ def make_plan(tensors: list[torch.Tensor]) -> Plan:
         by_dtype.setdefault(t.dtype, []).append((i, dense))
     plan.shares_memory = _validate.spans_overlap(spans)
     for dtype, members in by_dtype.items():
-        ptrs, numels, index, first, end, chunk_tensor, chunk_start = [], [], [], [], [], [], []
+        chunk_tensor: list[int] = []
+        ptrs, numels, index, first, end, chunk_start = [], [], [], [], [], []
         for k, (i, t) in enumerate(members):
             ptrs.append(t.data_ptr())
             numels.append(t.numel())
@@ -179,7 +180,9 @@ def write_plans(tensors: list[torch.Tensor]) -> Iterator[Plan]:
     if not plan.shares_memory:
         yield plan
         return
-    for members in _validate.disjoint_rounds(tensors):
+    rounds = _validate.disjoint_rounds(tensors)
+    assert rounds is not None  # the tensors share memory: there are rounds
+    for members in rounds:
         yield make_plan([tensors[i] for i in members])
 
 

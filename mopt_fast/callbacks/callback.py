@@ -11,11 +11,14 @@ __all__ = ["Callback", "rank_zero_info", "reduce_boolean_decision", "trainer_fn"
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.core.hooks import CallbackHooks
+
+if TYPE_CHECKING:
+    from mopt_fast.core.protocol import CallbackTrainer
 
 # Lightning's console logger set-up: INFO messages (EarlyStopping(verbose=True), ModelCheckpoint(verbose=True))
 # go to stderr unless the application configured logging itself.
@@ -26,7 +29,7 @@ if not logging.getLogger().hasHandlers():
     log.propagate = False
 
 
-def rank_zero_info(trainer: Any, message: str) -> None:
+def rank_zero_info(trainer: CallbackTrainer | None, message: str) -> None:
     if trainer is None or trainer.is_global_zero:
         log.info(message)
 
@@ -75,7 +78,7 @@ def validate_callbacks_list(callbacks: Iterable[Callback]) -> None:
         seen.add(cb.state_key)
 
 
-def reduce_boolean_decision(trainer: Any, decision: bool, all: bool = True) -> bool:  # noqa: A002
+def reduce_boolean_decision(trainer: CallbackTrainer, decision: bool, all: bool = True) -> bool:  # noqa: A002
     """Every rank's `decision` combined (all of them, or any): the same answer on every rank."""
     if trainer.world_size <= 1:
         return bool(decision)
@@ -83,7 +86,7 @@ def reduce_boolean_decision(trainer: Any, decision: bool, all: bool = True) -> b
     return bool(t.item() == trainer.world_size) if all else bool(t.item() > 0)
 
 
-def trainer_fn(trainer: Any) -> str:
+def trainer_fn(trainer: CallbackTrainer) -> str:
     """What the trainer is running: "fit", "validate", "test" or "predict" (Lightning's
     ``trainer.state.fn``); "fit" for a Trainer without a state."""
     state = getattr(trainer, "state", None)

@@ -11,12 +11,16 @@ import logging
 import warnings
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.callbacks.callback import Callback, reduce_boolean_decision, trainer_fn
 from mopt_fast.exceptions import MisconfigurationException
+
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.protocol import CallbackTrainer
 
 __all__ = ["EarlyStopping", "EarlyStoppingReason"]
 
@@ -103,7 +107,7 @@ class EarlyStopping(Callback):
     def monitor_op(self) -> Callable:
         return self.mode_dict[self.mode]
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: CallbackTrainer, pl_module: LightningModule, stage: str) -> None:
         if self._check_on_train_epoch_end is None:
             # Validation several times an epoch, or not every epoch: check after validation instead.
             self._check_on_train_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
@@ -127,15 +131,15 @@ class EarlyStopping(Callback):
             state_dict.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED.value))
         self.stopping_reason_message = state_dict.get("stopping_reason_message")
 
-    def _should_skip_check(self, trainer: Any) -> bool:
+    def _should_skip_check(self, trainer: CallbackTrainer) -> bool:
         return trainer_fn(trainer) != "fit" or trainer.sanity_checking
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if not self._check_on_train_epoch_end or self._should_skip_check(trainer):
             return
         self._run_early_stopping_check(trainer)
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if self._check_on_train_epoch_end or self._should_skip_check(trainer):
             return
         self._run_early_stopping_check(trainer)
@@ -154,7 +158,7 @@ class EarlyStopping(Callback):
             warnings.warn(error_msg, RuntimeWarning, stacklevel=2)
         return False
 
-    def _run_early_stopping_check(self, trainer: Any) -> None:
+    def _run_early_stopping_check(self, trainer: CallbackTrainer) -> None:
         """Checks the stopping criteria and, if one is met, tells the Trainer to stop."""
         logs = trainer.callback_metrics
         if getattr(trainer, "fast_dev_run", False) or not self._validate_condition_metric(logs):
@@ -219,7 +223,7 @@ class EarlyStopping(Callback):
         return f"Metric {self.monitor} improved. New best score: {current:.3f}"
 
     @staticmethod
-    def _log_info(trainer: Any, message: str, log_rank_zero_only: bool) -> None:
+    def _log_info(trainer: CallbackTrainer, message: str, log_rank_zero_only: bool) -> None:
         rank = trainer.global_rank if trainer.world_size > 1 else None
         if rank is not None:
             message = f"[rank: {rank}] {message}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.optimizer import Optimizer
@@ -18,10 +18,13 @@ from torch.optim.optimizer import Optimizer
 from mopt_fast.callbacks.callback import Callback
 from mopt_fast.exceptions import MisconfigurationException
 
+if TYPE_CHECKING:
+    from mopt_fast.core.protocol import CallbackTrainer
+
 __all__ = ["LearningRateMonitor"]
 
 
-def _should_update_logs(trainer: Any) -> bool:
+def _should_update_logs(trainer: CallbackTrainer) -> bool:
     """Lightning's logger-connector rule, checked before the batch's step is counted."""
     every = trainer.log_every_n_steps
     if every == 0:
@@ -55,7 +58,7 @@ class LearningRateMonitor(Callback):
         self.last_momentum_values: dict[str, float | None] = {}
         self.last_weight_decay_values: dict[str, float | None] = {}
 
-    def on_train_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+    def on_train_start(self, trainer: CallbackTrainer, *args: Any, **kwargs: Any) -> None:
         if not trainer.loggers:
             raise MisconfigurationException("Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger.")
         if self.log_momentum:
@@ -78,23 +81,23 @@ class LearningRateMonitor(Callback):
         self.last_momentum_values = {name + "-momentum": None for name in names}
         self.last_weight_decay_values = {name + "-weight_decay": None for name in names}
 
-    def on_train_batch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+    def on_train_batch_start(self, trainer: CallbackTrainer, *args: Any, **kwargs: Any) -> None:
         if not _should_update_logs(trainer):
             return
         if self.logging_interval != "epoch":
             self._log(trainer, self._extract_stats(trainer, "step" if self.logging_interval is None else "any"))
 
-    def on_train_epoch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+    def on_train_epoch_start(self, trainer: CallbackTrainer, *args: Any, **kwargs: Any) -> None:
         if self.logging_interval != "step":
             self._log(trainer, self._extract_stats(trainer, "epoch" if self.logging_interval is None else "any"))
 
     @staticmethod
-    def _log(trainer: Any, stats: dict[str, float]) -> None:
+    def _log(trainer: CallbackTrainer, stats: dict[str, float]) -> None:
         if stats and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(stats, step=trainer.fit_loop.batches_that_stepped)
 
-    def _extract_stats(self, trainer: Any, interval: str) -> dict[str, float]:
+    def _extract_stats(self, trainer: CallbackTrainer, interval: str) -> dict[str, float]:
         stats: dict[str, float] = {}
         sched_names, seen_opts, seen_types = self._find_names_from_schedulers(trainer.lr_scheduler_configs)
         self._remap_keys(sched_names)

@@ -11,13 +11,17 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info, reduce_boolean_decision, trainer_fn
 from mopt_fast.core.saving import remove_stale_temporaries
 from mopt_fast.exceptions import MisconfigurationException
+
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.protocol import CheckpointTrainer
 
 
 class ModelCheckpoint(Callback):
@@ -156,7 +160,7 @@ class ModelCheckpoint(Callback):
         return self._every_n_epochs
 
     # -- set-up ------------------------------------------------------------------------------------
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: CheckpointTrainer, pl_module: LightningModule, stage: str) -> None:
         self.dirpath = self._resolve_ckpt_dir(trainer)
         # Refuse now what would make the first save fail, after training has run.
         if os.path.exists(self.dirpath) and not os.path.isdir(self.dirpath):
@@ -172,7 +176,7 @@ class ModelCheckpoint(Callback):
             if self.save_top_k != 0 and os.path.isdir(self.dirpath) and os.listdir(self.dirpath):
                 warnings.warn(f"Checkpoint directory {self.dirpath} exists and is not empty.", stacklevel=2)
 
-    def _resolve_ckpt_dir(self, trainer: Any) -> str:
+    def _resolve_ckpt_dir(self, trainer: CheckpointTrainer) -> str:
         """``dirpath``, else the first logger's ``<save_dir>/<name>/<version>/checkpoints``, else
         ``<default_root_dir>/checkpoints``."""
         if self.dirpath is not None:
@@ -186,11 +190,11 @@ class ModelCheckpoint(Callback):
             return os.path.join(save_dir, str(logger.name), version, "checkpoints")
         return os.path.join(trainer.default_root_dir, "checkpoints")
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: CheckpointTrainer, pl_module: LightningModule) -> None:
         self._last_time_checked = time.monotonic()
 
     # -- when to save (the fit loop calls _on_loop_point at its checkpoint points) --------------------
-    def _should_skip_saving_checkpoint(self, trainer: Any) -> bool:
+    def _should_skip_saving_checkpoint(self, trainer: CheckpointTrainer) -> bool:
         return (
             bool(getattr(trainer, "fast_dev_run", False))
             or trainer_fn(trainer) != "fit"
@@ -198,7 +202,7 @@ class ModelCheckpoint(Callback):
             or self._last_global_step_saved == trainer.global_step
         )
 
-    def _should_save_on_exception(self, trainer: Any) -> bool:
+    def _should_save_on_exception(self, trainer: CheckpointTrainer) -> bool:
         return (
             self.save_on_exception
             and not bool(getattr(trainer, "fast_dev_run", False))
@@ -206,7 +210,7 @@ class ModelCheckpoint(Callback):
             and self._last_global_step_saved != trainer.global_step
         )
 
-    def _should_save_on_train_epoch_end(self, trainer: Any) -> bool:
+    def _should_save_on_train_epoch_end(self, trainer: CheckpointTrainer) -> bool:
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
         if trainer.check_val_every_n_epoch != 1:
@@ -217,7 +221,7 @@ class ModelCheckpoint(Callback):
             return True
         return trainer.val_check_interval == 1.0
 
-    def _on_loop_point(self, trainer: Any, point: str) -> None:
+    def _on_loop_point(self, trainer: CheckpointTrainer, point: str) -> None:
         """The Trainer's checkpoint points: the end of a batch ("batch"), of a validation run
         ("validation") and of a training epoch ("epoch", after every on_train_epoch_end)."""
         if point == "batch":
@@ -227,10 +231,12 @@ class ModelCheckpoint(Callback):
         elif point == "epoch":
             self._on_epoch_end(trainer)
 
-    def _on_batch_end(self, trainer: Any) -> None:
+    def _on_batch_end(self, trainer: CheckpointTrainer) -> None:
         """Lightning's on_train_batch_end: every_n_train_steps and train_time_interval."""
         skip_batch = self._every_n_train_steps < 1 or trainer.global_step % self._every_n_train_steps != 0
-        if not trainer.lightning_module.automatic_optimization:
+        module = trainer.lightning_module
+        assert module is not None  # a batch ran: the module is attached
+        if not module.automatic_optimization:
             if skip_batch or self._should_skip_saving_checkpoint(trainer):
                 return
             candidates = self._monitor_candidates(trainer)
@@ -266,8 +272,8 @@ class ModelCheckpoint(Callback):
             return
         # A monitored value may be stale when validation runs right after this batch: wait for it.
         if self.monitor is not None and not self._should_save_on_train_epoch_end(trainer) and trainer.is_last_batch:
-            num_val = trainer.num_val_batches
-            num_val = sum(num_val) if isinstance(num_val, list) else num_val
+            batches = trainer.num_val_batches
+            num_val = sum(batches) if isinstance(batches, list) else batches
             n = trainer.check_val_every_n_epoch
             if getattr(trainer, "enable_validation", False) and num_val and num_val > 0 and (
                 n is None or (trainer.current_epoch + 1) % n == 0
@@ -279,11 +285,11 @@ class ModelCheckpoint(Callback):
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
-    def _on_epoch_end(self, trainer: Any) -> None:
+    def _on_epoch_end(self, trainer: CheckpointTrainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
             self._save_at_epoch_or_validation_end(trainer)
 
-    def _on_validation_end(self, trainer: Any) -> None:
+    def _on_validation_end(self, trainer: CheckpointTrainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
             if self._defer_save_until_validation:
                 candidates = self._monitor_candidates(trainer)
@@ -293,7 +299,7 @@ class ModelCheckpoint(Callback):
                 return
             self._save_at_epoch_or_validation_end(trainer)
 
-    def _save_at_epoch_or_validation_end(self, trainer: Any) -> None:
+    def _save_at_epoch_or_validation_end(self, trainer: CheckpointTrainer) -> None:
         candidates = self._monitor_candidates(trainer)
         if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
             self._save_topk_checkpoint(trainer, candidates)
@@ -303,7 +309,7 @@ class ModelCheckpoint(Callback):
         ):
             self._save_last_checkpoint(trainer, candidates)
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: CheckpointTrainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not self._should_save_on_exception(trainer):
             return
         candidates = self._monitor_candidates(trainer)
@@ -313,7 +319,7 @@ class ModelCheckpoint(Callback):
         rank_zero_info(trainer, f"An {type(exception).__name__} was raised with message: {exception}, saved "
                                 f"checkpoint to {filepath}")
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_end(self, trainer: CheckpointTrainer, pl_module: LightningModule) -> None:
         if self.save_last and not self._last_checkpoint_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
@@ -352,7 +358,7 @@ class ModelCheckpoint(Callback):
         self._last_global_step_saved = state_dict.get("last_global_step_saved", 0)
 
     # -- saving ------------------------------------------------------------------------------------
-    def _save_topk_checkpoint(self, trainer: Any, candidates: dict[str, torch.Tensor]) -> None:
+    def _save_topk_checkpoint(self, trainer: CheckpointTrainer, candidates: dict[str, torch.Tensor]) -> None:
         if self.save_top_k == 0:
             return
         if self.monitor is not None:
@@ -371,7 +377,7 @@ class ModelCheckpoint(Callback):
         else:
             self._save_none_monitor_checkpoint(trainer, candidates)
 
-    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+    def _save_checkpoint(self, trainer: CheckpointTrainer, filepath: str) -> None:
         # Before the write: the file carries this bookkeeping in its own state.
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -383,7 +389,7 @@ class ModelCheckpoint(Callback):
                     after(self)
 
     @staticmethod
-    def _link_checkpoint(trainer: Any, filepath: str, linkpath: str) -> None:
+    def _link_checkpoint(trainer: CheckpointTrainer, filepath: str, linkpath: str) -> None:
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
             if os.path.islink(linkpath) or os.path.isfile(linkpath):
                 os.remove(linkpath)
@@ -395,7 +401,7 @@ class ModelCheckpoint(Callback):
                 shutil.copy(filepath, linkpath)
         trainer.strategy.barrier()
 
-    def _save_last_checkpoint(self, trainer: Any, candidates: dict[str, torch.Tensor]) -> None:
+    def _save_last_checkpoint(self, trainer: CheckpointTrainer, candidates: dict[str, torch.Tensor]) -> None:
         if not self.save_last:
             return
         filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
@@ -412,23 +418,25 @@ class ModelCheckpoint(Callback):
         if previous and self._should_remove_checkpoint(trainer, previous, filepath):
             self._remove_checkpoint(trainer, previous)
 
-    def _save_monitor_checkpoint(self, trainer: Any, candidates: dict[str, torch.Tensor]) -> None:
+    def _save_monitor_checkpoint(self, trainer: CheckpointTrainer, candidates: dict[str, torch.Tensor]) -> None:
+        assert self.monitor is not None  # called for a monitored checkpoint only
         current = candidates.get(self.monitor)
         if self.check_monitor_top_k(trainer, current):
+            assert current is not None  # check_monitor_top_k is False without a value
             self._update_best_and_save(current, trainer, candidates)
         elif self.verbose:
             epoch, step = candidates["epoch"], candidates["step"]
             rank_zero_info(trainer, f"Epoch {epoch:d}, global step {step:d}: {self.monitor!r} was not in top "
                                     f"{self.save_top_k}")
 
-    def _save_none_monitor_checkpoint(self, trainer: Any, candidates: dict[str, torch.Tensor]) -> None:
+    def _save_none_monitor_checkpoint(self, trainer: CheckpointTrainer, candidates: dict[str, torch.Tensor]) -> None:
         filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
         self._save_checkpoint(trainer, filepath)
         if self.save_top_k == 1 and previous and self._should_remove_checkpoint(trainer, previous, filepath):
             self._remove_checkpoint(trainer, previous)
 
-    def check_monitor_top_k(self, trainer: Any, current: torch.Tensor | None = None) -> bool:
+    def check_monitor_top_k(self, trainer: CheckpointTrainer, current: torch.Tensor | None = None) -> bool:
         if current is None:
             return False
         if self.save_top_k == -1:
@@ -439,7 +447,8 @@ class ModelCheckpoint(Callback):
         better = bool(monitor_op(current, self.best_k_models[self.kth_best_model_path]))
         return reduce_boolean_decision(trainer, better)  # every rank decides the same
 
-    def _update_best_and_save(self, current: torch.Tensor, trainer: Any, candidates: dict[str, torch.Tensor]) -> None:
+    def _update_best_and_save(self, current: torch.Tensor, trainer: CheckpointTrainer,
+                              candidates: dict[str, torch.Tensor]) -> None:
         k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
         del_filepath = None
         if len(self.best_k_models) == k and k > 0:
@@ -452,10 +461,10 @@ class ModelCheckpoint(Callback):
         self.best_k_models[filepath] = current
         if len(self.best_k_models) == k:
             worst = max if self.mode == "min" else min
-            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get)  # type: ignore[arg-type]
+            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
             self.kth_value = self.best_k_models[self.kth_best_model_path]
         best = min if self.mode == "min" else max
-        self.best_model_path = best(self.best_k_models, key=self.best_k_models.get)  # type: ignore[arg-type]
+        self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
         self.best_model_score = self.best_k_models[self.best_model_path]
         if self.verbose:
             epoch, step = candidates["epoch"], candidates["step"]
@@ -498,7 +507,7 @@ class ModelCheckpoint(Callback):
         name = f"{filename}{self.FILE_EXTENSION}"
         return os.path.join(self.dirpath, name) if self.dirpath else name
 
-    def _get_metric_interpolated_filepath_name(self, candidates: dict[str, torch.Tensor], trainer: Any,
+    def _get_metric_interpolated_filepath_name(self, candidates: dict[str, torch.Tensor], trainer: CheckpointTrainer,
                                                del_filepath: str | None = None) -> str:
         filepath = self.format_checkpoint_name(candidates)
         if self._enable_version_counter:
@@ -508,7 +517,7 @@ class ModelCheckpoint(Callback):
                 version += 1
         return filepath
 
-    def _monitor_candidates(self, trainer: Any) -> dict[str, torch.Tensor]:
+    def _monitor_candidates(self, trainer: CheckpointTrainer) -> dict[str, torch.Tensor]:
         candidates = copy.deepcopy(trainer.callback_metrics)
         # self.log("epoch", ...) logs a float: back to an int; anything else there is replaced
         epoch = candidates.get("epoch")
@@ -517,7 +526,7 @@ class ModelCheckpoint(Callback):
         candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
         return candidates
 
-    def _find_last_checkpoints(self, trainer: Any) -> set[str]:
+    def _find_last_checkpoints(self, trainer: CheckpointTrainer) -> set[str]:
         """The files of this callback's folder named like its `last` checkpoints (what
         ``fit(ckpt_path="last")`` chooses from, the newest)."""
         folder = self._resolve_ckpt_dir(trainer)
@@ -537,15 +546,16 @@ class ModelCheckpoint(Callback):
             raise ImportError("ModelCheckpoint.to_yaml needs PyYAML: pip install pyyaml") from e
         best_k = {k: v.item() for k, v in self.best_k_models.items()}
         if filepath is None:
+            assert self.dirpath is not None, "ModelCheckpoint.to_yaml: dirpath is set at setup"
             filepath = os.path.join(self.dirpath, "best_k_models.yaml")
         with open(filepath, "w") as fp:
             yaml.dump(best_k, fp)
 
-    def file_exists(self, filepath: str | os.PathLike, trainer: Any) -> bool:
+    def file_exists(self, filepath: str | os.PathLike, trainer: CheckpointTrainer) -> bool:
         """Whether `filepath` exists on rank 0 (every rank gets rank 0's answer)."""
         return reduce_boolean_decision(trainer, trainer.is_global_zero and os.path.exists(filepath), all=False)
 
-    def _should_remove_checkpoint(self, trainer: Any, previous: str, current: str) -> bool:
+    def _should_remove_checkpoint(self, trainer: CheckpointTrainer, previous: str, current: str) -> bool:
         """Not the file just written, not the file this fit resumed from, and inside dirpath."""
         if previous == current:
             return False
@@ -553,9 +563,10 @@ class ModelCheckpoint(Callback):
         resume = getattr(trainer, "ckpt_path", None)
         if resume is not None and previous_path == Path(resume).absolute():
             return False
+        assert self.dirpath is not None  # set at setup, before any save
         return Path(self.dirpath).absolute() in previous_path.parents
 
-    def _remove_checkpoint(self, trainer: Any, filepath: str) -> None:
+    def _remove_checkpoint(self, trainer: CheckpointTrainer, filepath: str) -> None:
         if trainer.is_global_zero and (os.path.exists(filepath) or os.path.islink(filepath)):
             os.remove(filepath)
 
@@ -563,7 +574,7 @@ class ModelCheckpoint(Callback):
 _warned: set[str] = set()
 
 
-def _broadcast_bool(trainer: Any, value: bool) -> bool:
+def _broadcast_bool(trainer: CheckpointTrainer, value: bool) -> bool:
     """Rank 0's `value` on every rank."""
     if trainer.world_size <= 1:
         return value

@@ -1,20 +1,24 @@
 """ModelSummary: the table of the module's layers and parameter counts at the start of fit."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from mopt_fast.callbacks.callback import Callback
 
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.protocol import CallbackTrainer
+
 __all__ = ["ModelSummary"]
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("", " K", " M", " B", " T"):
         if abs(n) < 1000:
             return f"{n:.1f}{unit}" if unit else str(n)
-        n /= 1000  # type: ignore[assignment]
+        n /= 1000
     return f"{n:.1f} P"
 
 
@@ -27,7 +31,7 @@ class ModelSummary(Callback):
 
     @staticmethod
     def summarize(module: torch.nn.Module, max_depth: int = 1) -> str:
-        rows = []
+        rows: list[tuple[str, str, str, str, str]] = []
         for name, child in module.named_modules():
             depth = name.count(".") + 1 if name else 0
             if depth == 0 or depth > max_depth:
@@ -49,7 +53,7 @@ class ModelSummary(Callback):
                f"{size_mb:<10.3f} Total estimated model params size (MB)"]
         return "\n".join(out)
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
             print(self.summarize(pl_module, self.max_depth))
 

@@ -8,7 +8,7 @@ import re
 import sys
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 
@@ -16,9 +16,17 @@ from mopt_fast.callbacks.callback import Callback
 from mopt_fast.core.states import RunningStage
 from mopt_fast.exceptions import MisconfigurationException
 
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.protocol import CallbackTrainer
+
 __all__ = ["Timer", "parse_duration"]
 
 
+@overload
+def parse_duration(duration: str | timedelta | dict[str, int], what: str = ...) -> timedelta: ...
+@overload
+def parse_duration(duration: None, what: str = ...) -> None: ...
 def parse_duration(duration: str | timedelta | dict[str, int] | None, what: str = "Timer(duration") -> timedelta | None:
     """"DD:HH:MM:SS", a timedelta or timedelta's keyword arguments, as a timedelta."""
     if isinstance(duration, str):
@@ -72,33 +80,34 @@ class Timer(Callback):
     def time_remaining(self, stage: str = RunningStage.TRAINING) -> float | None:
         return None if self._duration is None else self._duration - self.time_elapsed(stage)
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._start_time[RunningStage.TRAINING] = time.monotonic()
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._end_time[RunningStage.TRAINING] = time.monotonic()
 
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._start_time[RunningStage.VALIDATING] = time.monotonic()
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._end_time[RunningStage.VALIDATING] = time.monotonic()
 
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._start_time[RunningStage.TESTING] = time.monotonic()
 
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._end_time[RunningStage.TESTING] = time.monotonic()
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if self._duration is not None:
             self._check_time_remaining(trainer)
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+    def on_train_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, *args: Any,
+                           **kwargs: Any) -> None:
         if self._interval == "step" and self._duration is not None:
             self._check_time_remaining(trainer)
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if self._interval == "epoch" and self._duration is not None:
             self._check_time_remaining(trainer)
 
@@ -108,7 +117,8 @@ class Timer(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._offset = state_dict.get("time_elapsed", {}).get(RunningStage.TRAINING.value, 0)
 
-    def _check_time_remaining(self, trainer: Any) -> None:
+    def _check_time_remaining(self, trainer: CallbackTrainer) -> None:
+        assert self._duration is not None  # the hooks check only with a duration
         should_stop = self.time_elapsed() >= self._duration
         if trainer.world_size > 1:  # rank 0's clock decides for all, as Lightning's broadcast
             flag = torch.tensor(float(should_stop and trainer.is_global_zero), device=trainer.root_device)

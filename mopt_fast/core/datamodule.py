@@ -12,13 +12,16 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterable, Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mopt_fast.core.hparams import HyperparametersMixin, _init_kwargs, _restricted_classmethod
 from mopt_fast.core.saving import _read_checkpoint
 from mopt_fast.exceptions import MisconfigurationException
+
+if TYPE_CHECKING:
+    from mopt_fast.core.protocol import TrainerProtocol
 
 __all__ = ["LightningDataModule"]
 
@@ -33,7 +36,7 @@ class LightningDataModule(HyperparametersMixin):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.trainer: Any = None
+        self.trainer: TrainerProtocol | None = None
         self.prepare_data_per_node = True
         self.allow_zero_length_dataloader_with_multiple_devices = False
 
@@ -50,6 +53,8 @@ class LightningDataModule(HyperparametersMixin):
         """A new data module of this class from a checkpoint: ``__init__`` gets the hyperparameters
         it stores (``"datamodule_hyper_parameters"``; `kwargs` override or add to them, `hparams_file`
         replaces them), then `load_state_dict` gets its saved state, as Lightning's."""
+        if not (isinstance(cls, type) and issubclass(cls, LightningDataModule)):  # as LightningModule's
+            raise NotImplementedError(f"Unsupported {cls}")
         checkpoint = _read_checkpoint(checkpoint_path, map_location, weights_only, hparams_file,
                                       key=cls.CHECKPOINT_HYPER_PARAMS_KEY)
         checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {}).update(kwargs)

@@ -25,9 +25,9 @@ _PRIMITIVE_TYPES = (bool, int, float, str)
 
 
 # -- save_hyperparameters: the frame walk of lightning.pytorch.utilities.parsing ---------------------
-def _parse_class_init_keys(cls: type) -> tuple[str, str | None, str | None]:
+def _parse_class_init_keys(cls: type[object]) -> tuple[str, str | None, str | None]:
     """The names of ``self``, ``*args`` and ``**kwargs`` in ``cls.__init__``."""
-    params = list(inspect.signature(cls.__init__).parameters.values())  # type: ignore[misc]
+    params = list(inspect.signature(cls.__init__).parameters.values())
     n_self = params[0].name
 
     def first(kind: Any) -> str | None:
@@ -126,7 +126,8 @@ class _restricted_classmethod:
 _CHECKPOINT_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
 
 
-def _init_kwargs(cls: type, checkpoint: dict[str, Any], cls_kwargs_new: dict[str, Any]) -> dict[str, Any]:
+def _init_kwargs(cls: type[HyperparametersMixin], checkpoint: dict[str, Any],
+                 cls_kwargs_new: dict[str, Any]) -> dict[str, Any]:
     """The ``__init__`` arguments of `cls` from the checkpoint's hyperparameters (under the keys
     `cls` names: the module's or the data module's), `cls_kwargs_new` over them; the first half of
     Lightning's `_load_state`."""
@@ -175,11 +176,12 @@ class HyperparametersMixin:
     def hparams(self) -> AttributeDict | MutableMapping:
         """What `save_hyperparameters` saved (mutable). See `hparams_initial` for the frozen copy."""
         if "_hparams" not in self.__dict__:
-            self._hparams = AttributeDict()
+            # a MutableMapping other than a dict (an OmegaConf DictConfig) is kept as it is
+            self._hparams: AttributeDict | MutableMapping = AttributeDict()
         return self._hparams
 
     @property
-    def hparams_initial(self) -> AttributeDict:
+    def hparams_initial(self) -> AttributeDict | MutableMapping:
         """A copy of the hyperparameters as `save_hyperparameters` saved them (what the loggers get)."""
         if "_hparams_initial" not in self.__dict__:
             return AttributeDict()

@@ -351,6 +351,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, torch.nn.Module):
                     "Please use only one of them."
                 )
         clip_val, algorithm = validate_clip_args(gradient_clip_val, gradient_clip_algorithm)
+        assert clip_val is not None and algorithm is not None  # both were set above
         raw = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
         trainer.precision_plugin.clip_gradients(raw, clip_val, algorithm)
 
@@ -358,6 +359,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, torch.nn.Module):
     def _find_metric_attribute(self, metric: Any, name: str) -> str:
         """The attribute name (in `named_modules`) of a logged torchmetrics.Metric, or Lightning's error."""
         cls = metric_class()
+        assert cls is not None  # `metric` is a torchmetrics.Metric: torchmetrics is imported
         if self._metric_attributes is None or id(metric) not in self._metric_attributes:
             # looked up again on a miss: a metric assigned after the first log is found too
             self._metric_attributes = {id(m): n for n, m in self.named_modules() if isinstance(m, cls)}

@@ -64,6 +64,8 @@ class LightningOptimizer:
         gradient_clip_algorithm: "norm" (default) or "value".
     """
 
+    _optimizer: torch.optim.Optimizer
+
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
@@ -93,6 +95,7 @@ class LightningOptimizer:
         return self._clip_val is not None and self._clip_val > 0
 
     def _standalone_clip(self) -> None:
+        assert self._clip_val is not None  # installed only when `_clips`
         self._precision.clip_gradients(self._optimizer, self._clip_val, self._clip_algorithm or "norm")
 
     @property
@@ -157,6 +160,7 @@ class LightningOptimizer:
         if self._trainer is None:
             raise RuntimeError("toggle_model() needs the optimizer to be driven by a Trainer")
         module = self._trainer.lightning_module
+        assert module is not None  # a Trainer drives its optimizers with its module attached
         with self._trainer.strategy.block_grad_sync(not sync_grad):
             module.toggle_optimizer(self)
             try:
@@ -194,7 +198,7 @@ class _MockOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         if closure is not None:
             return closure()
         return None

@@ -50,10 +50,9 @@ class HookState(Protocol):
 class MetricSink(Protocol):
     """Where ``self.log`` writes (the Trainer's metric store)."""
 
-    def log(self, trainer: Any, name: str, value: Any, *, prog_bar: bool, logger: bool | None, on_step: bool | None,
-            on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, sync_dist: bool, sync_dist_group: Any,
-            add_dataloader_idx: bool, batch_size: int | None, metric_attribute: str | None,
-            rank_zero_only: bool) -> None: ...
+    def log(self, trainer: MetricsTrainer, name: str, value: Any, *, prog_bar: bool, logger: bool | None,
+            on_step: bool | None, on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
+            sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None: ...
 
 
 class FitLoopState(Protocol):
@@ -67,11 +66,17 @@ class FitLoopState(Protocol):
 class MetricsTrainer(Protocol):
     """What the metric store's `log` (``self.log``) reads."""
 
-    hooks: HookState
     state: TrainerState  # no logging outside fit / validate / test
     root_device: torch.device
-    strategy: StrategyLike
     loggers: list[Any]
+
+    # Read-only (properties) where the Trainer holds a concrete class: a protocol's plain
+    # attribute would be invariant, and the concrete class is only structurally a `HookState`.
+    @property
+    def hooks(self) -> HookState: ...
+
+    @property
+    def strategy(self) -> StrategyLike: ...
 
     @property
     def world_size(self) -> int: ...
@@ -87,8 +92,11 @@ class ModuleTrainer(MetricsTrainer, Protocol):
     gradient_clip_algorithm: str | None
     lightning_optimizers: list[LightningOptimizer]  # what `self.optimizers()` returns
     precision_plugin: Precision  # `self.clip_gradients` runs on its fused kernels
-    metric_store: MetricSink  # `self.log` writes here
     lightning_module: LightningModule | None
+
+    @property
+    def metric_store(self) -> MetricSink:
+        """Where `self.log` writes."""
 
     @property
     def current_epoch(self) -> int: ...
@@ -111,6 +119,10 @@ class ModuleTrainer(MetricsTrainer, Protocol):
     @property
     def progress_bar_callback(self) -> Any: ...
 
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """What the test / predict model-mode hooks put in eval (and back in train) mode."""
+
     def run_backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         """`manual_backward` (and the automatic closure): the backward hooks around the precision
         plugin's scaled backward."""
@@ -120,8 +132,11 @@ class ModuleTrainer(MetricsTrainer, Protocol):
 class OptimizerTrainer(Protocol):
     """What `LightningOptimizer.step` and `toggle_model` call."""
 
-    strategy: StrategyLike  # toggle_model: no gradient all-reduce inside (DDP ``no_sync``)
     lightning_module: LightningModule | None
+
+    @property
+    def strategy(self) -> StrategyLike:
+        """toggle_model: no gradient all-reduce inside (DDP ``no_sync``)."""
 
     def run_optimizer_step(self, wrapper: LightningOptimizer, closure: Callable[[], Any] | None,
                            **kwargs: Any) -> Any:
@@ -135,7 +150,6 @@ class CallbackTrainer(Protocol):
     timer, the model summary) read and set: Lightning's public Trainer attributes."""
 
     state: TrainerState
-    strategy: StrategyLike
     root_device: torch.device
     loggers: list[Any]
     callbacks: list[Any]
@@ -143,7 +157,6 @@ class CallbackTrainer(Protocol):
     optimizers: list[torch.optim.Optimizer]
     lr_scheduler_configs: list[LRSchedulerConfig]
     should_stop: bool
-    fit_loop: FitLoopState
     default_root_dir: str
     check_val_every_n_epoch: int | None
     val_check_interval: int | float
@@ -152,6 +165,12 @@ class CallbackTrainer(Protocol):
     max_steps: int
     num_sanity_val_steps: int | float
     fast_dev_run: bool | int
+
+    @property
+    def strategy(self) -> StrategyLike: ...
+
+    @property
+    def fit_loop(self) -> FitLoopState: ...
 
     @property
     def world_size(self) -> int: ...

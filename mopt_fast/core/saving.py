@@ -89,7 +89,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     pattern, written on this host by a process that no longer runs (or by this process, under a
     pid it reuses, when it is not writing that file now). Files from other hosts, or from any
     process still running, are left alone: they may be being written. Returns the removed paths."""
-    removed = []
+    removed: list[str] = []
     host = _host()
     folder = os.path.abspath(folder)  # as save_atomic names the files in _writing
     try:
@@ -331,7 +331,9 @@ def _dictconfigs_to_containers(obj: Any, omegaconf: Any) -> Any:
     if isinstance(obj, omegaconf.DictConfig):
         return omegaconf.OmegaConf.to_container(obj, resolve=True)
     if isinstance(obj, Mapping):
-        return type(obj)({k: _dictconfigs_to_containers(v, omegaconf) for k, v in obj.items()})
+        # typeshed's Mapping declares no constructor; the mappings rebuilt here (dict, OrderedDict, ...) take one
+        items = {k: _dictconfigs_to_containers(v, omegaconf) for k, v in obj.items()}
+        return type(obj)(items)  # type: ignore[call-arg]
     if isinstance(obj, (list, tuple)):
         return type(obj)(_dictconfigs_to_containers(v, omegaconf) for v in obj)
     return obj

@@ -128,7 +128,9 @@ class CSVLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         if step is None:
-            step = len(self.experiment.metrics)
+            experiment = self.experiment
+            assert isinstance(experiment, _ExperimentWriter)  # rank 0's (this method runs on rank 0 only)
+            step = len(experiment.metrics)
         self.experiment.log_metrics(metrics, step)
         if (step + 1) % self._flush_logs_every_n_steps == 0:
             self.save()

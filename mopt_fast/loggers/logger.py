@@ -89,12 +89,15 @@ def _flatten_dict(params: MutableMapping, delimiter: str = "/", parent_key: str 
 
 def _sanitize_params(params: dict[str, Any]) -> dict[str, Any]:
     """Numbers, strings, bools and tensors kept; numpy scalars unwrapped; the rest as str."""
+    numpy_scalars: tuple[type, ...] = ()
     try:
         import numpy as np
+
+        numpy_scalars = (np.bool_, np.integer, np.floating)
     except ImportError:  # numpy is optional
-        np = None
+        pass
     for k in params:
-        if np is not None and isinstance(params[k], (np.bool_, np.integer, np.floating)):
+        if numpy_scalars and isinstance(params[k], numpy_scalars):
             params[k] = params[k].item()
         if type(params[k]) not in [bool, int, float, str, torch.Tensor]:
             params[k] = str(params[k])

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 
 from mopt_fast import _validate
@@ -26,13 +29,14 @@ def per_tensor_norms(tensors: list[torch.Tensor], p: float) -> list[torch.Tensor
     for acc, idx in by_dtype.items():
         group = [tensors[i] for i in idx]
         # dtype=acc: fp16/bf16 accumulate in and return fp32 (a half result overflows at 65504).
+        norms: Sequence[torch.Tensor]
         if device.type in ("cpu", "cuda"):
             norms = torch._foreach_norm(group, p, dtype=acc)
         else:
             norms = [torch.linalg.vector_norm(t, p, dtype=acc) for t in group]
         for i, n in zip(idx, norms):
             out[i] = n
-    return out  # type: ignore[return-value]
+    return cast(list[torch.Tensor], out)  # every index was filled above
 
 
 def combine(norms: list[torch.Tensor], p: float, dtype: torch.dtype) -> torch.Tensor:

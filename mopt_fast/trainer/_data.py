@@ -8,7 +8,7 @@ import functools
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
@@ -19,6 +19,9 @@ from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import pl_worker_init_function, rng_state, set_rng_state
 from mopt_fast.trainer._hooks import is_overridden
 from mopt_fast.trainer._warn import warn
+
+if TYPE_CHECKING:
+    from mopt_fast.trainer.trainer import Trainer
 
 __all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "check_iterable", "flatten_loaders", "isolated_rng",
            "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
@@ -75,7 +78,7 @@ class DataSource:
         base = LightningModule if isinstance(self.instance, LightningModule) else LightningDataModule
         return is_overridden(self.name, self.instance, base)
 
-    def request(self, trainer: Any) -> Any:
+    def request(self, trainer: Trainer) -> Any:
         if not self.is_module():
             return self.instance
 
@@ -124,7 +127,9 @@ def without_shuffling(loaders: list[Any], prefix: str) -> list[Any]:
 
     warn(f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the {prefix} "
          "dataloader shuffling for you.")
-    return [with_sampler(dl, SequentialSampler(dl.dataset)) if isinstance(dl, DataLoader) else dl for dl in loaders]
+    # torch's Dataset declares no __len__, which SequentialSampler's typing asks for (a map-style one has it)
+    return [with_sampler(dl, SequentialSampler(dl.dataset))  # type: ignore[arg-type]
+            if isinstance(dl, DataLoader) else dl for dl in loaders]
 
 
 def with_sampler(loader: DataLoader, sampler: Any) -> DataLoader:
@@ -156,7 +161,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     accelerator (a copy to the CPU must be complete when it returns)."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=device.type != "cpu")
-    if isinstance(batch, Mapping):
+    if isinstance(batch, Mapping):  # typeshed's Mapping declares no constructor; dict-like ones take a dict
         return type(batch)({k: move_to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(move_to_device(v, device) for v in batch))

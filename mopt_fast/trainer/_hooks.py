@@ -7,11 +7,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import Callback
 from mopt_fast.core.hooks import ALWAYS_CALLED, CALLBACK_HOOKS
 from mopt_fast.core.module import LightningModule
+
+if TYPE_CHECKING:
+    from mopt_fast.trainer.trainer import Trainer
 
 __all__ = ["HookRunner", "takes_batch_idx", "build_hook_table", "is_overridden", "is_param_in_hook_signature"]
 
@@ -92,7 +95,7 @@ class HookRunner:
 
     __slots__ = ("trainer", "table", "current_fx")
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.table: dict[str, list[tuple[Callable, bool]]] = {}
         self.current_fx: str | None = None

@@ -3,16 +3,19 @@ metrics (read back to the host here only, when a logger takes them)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from mopt_fast.trainer._metrics import to_scalars
 
+if TYPE_CHECKING:
+    from mopt_fast.trainer.trainer import Trainer
+
 __all__ = ["log_hyperparams_at_start", "log_to_loggers"]
 
 
-def log_hyperparams_at_start(trainer: Any) -> None:
+def log_hyperparams_at_start(trainer: Trainer) -> None:
     """What Lightning's Trainer does with the loggers once on_fit_start has run (and at the start
     of validate/test/predict): each logger gets the initial hyperparameters of the module (when
     `save_hyperparameters` was called with ``logger=True``) and of the data module, merged (the
@@ -21,11 +24,12 @@ def log_hyperparams_at_start(trainer: Any) -> None:
     if not trainer.loggers or not trainer.is_global_zero:
         return
     module, datamodule = trainer.lightning_module, trainer.datamodule
-    log_model = getattr(module, "_log_hyperparams", False)
-    log_dm = datamodule is not None and getattr(datamodule, "_log_hyperparams", False)
+    assert module is not None  # a run has its module attached
+    model_hparams = dict(module.hparams_initial) if getattr(module, "_log_hyperparams", False) else None
+    dm_hparams = (dict(datamodule.hparams_initial)
+                  if datamodule is not None and getattr(datamodule, "_log_hyperparams", False) else None)
     hparams = None
-    if log_model and log_dm:
-        model_hparams, dm_hparams = dict(module.hparams_initial), dict(datamodule.hparams_initial)
+    if model_hparams is not None and dm_hparams is not None:
         clash = [k for k in model_hparams.keys() & dm_hparams.keys() if k != "_class_path" and (
             type(model_hparams[k]) is not type(dm_hparams[k])
             or (isinstance(model_hparams[k], torch.Tensor) and model_hparams[k] is not dm_hparams[k])
@@ -37,10 +41,10 @@ def log_hyperparams_at_start(trainer: Any) -> None:
                 "LightningDataModule's hparams but have different values."
             )
         hparams = {**model_hparams, **dm_hparams}
-    elif log_model:
-        hparams = dict(module.hparams_initial)
-    elif log_dm:
-        hparams = dict(datamodule.hparams_initial)
+    elif model_hparams is not None:
+        hparams = model_hparams
+    elif dm_hparams is not None:
+        hparams = dm_hparams
     if hparams is not None:
         hparams = {k: v for k, v in hparams.items() if k != "_class_path"}
     for lg in trainer.loggers:
@@ -53,7 +57,7 @@ def log_hyperparams_at_start(trainer: Any) -> None:
 
 
 
-def log_to_loggers(trainer: Any, logged: Mapping[str, torch.Tensor], step: int | None = None) -> None:
+def log_to_loggers(trainer: Trainer, logged: Mapping[str, torch.Tensor], step: int | None = None) -> None:
     """`logged` to every logger on global rank 0, as numbers, at `step` (default: the fit loop's
     logging step, with the epoch added)."""
     if not logged or not trainer.loggers or not trainer.is_global_zero:

@@ -20,14 +20,17 @@ or the progress bar refreshes (Lightning converts the progress-bar values after 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.core.module import is_metric
 from mopt_fast.core.states import RunningStage
 from mopt_fast.exceptions import MisconfigurationException
+
+if TYPE_CHECKING:
+    from mopt_fast.core.protocol import MetricsTrainer
 
 __all__ = ["MetricStore"]
 
@@ -66,7 +69,7 @@ DATALOADER_SUFFIX = "/dataloader_idx_{}"
 _REDUCTION_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
 _CALLABLE_REDUCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",
                         sum: "py_sum", max: "py_max", min: "py_min"}
-_EXTREMUM = {"max": torch.max, "min": torch.min, "py_max": max, "py_min": min}
+_EXTREMUM: dict[str, Callable[[Any, Any], Any]] = {"max": torch.max, "min": torch.min, "py_max": max, "py_min": min}
 
 
 def _default_dtype() -> torch.dtype:
@@ -144,9 +147,12 @@ class _Metric:
         "is_tensor", "metric_attribute", "value", "count", "step_value", "computed", "has_reset",
         "step_name", "epoch_name", "_default", "dataloader_idx",
     )
+    value: Any  # the running tensor, or the user's torchmetrics.Metric
+    count: Any  # the summed batch sizes of a "mean" (a tensor); None for a Metric
+    step_value: Any  # the last logged batch value
 
     def __init__(self, fx: str, name: str, prog_bar: bool, logger: bool, on_step: bool, on_epoch: bool,
-                 reduction: str, enable_graph: bool, device: torch.device, metric: Any = None,
+                 reduction: str, enable_graph: bool, device: torch.device | None, metric: Any = None,
                  metric_attribute: str | None = None, dataloader_idx: int | None = None,
                  add_dataloader_idx: bool = True) -> None:
         self.fx, self.name = fx, name
@@ -188,7 +194,7 @@ class _Metric:
             self.count = torch.tensor(0, device=device)
         else:
             self.value.reset()  # the user's Metric
-        self.step_value: Any = None
+        self.step_value = None
         self.computed = None
         self.has_reset = True
 
@@ -337,8 +343,8 @@ class MetricStore:
         self._pbar: dict[str, torch.Tensor] = {}
 
     # -- self.log ---------------------------------------------------------------------------
-    def log(self, trainer: Any, name: str, value: Any, *, prog_bar: bool, logger: bool | None, on_step: bool | None,
-            on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
+    def log(self, trainer: MetricsTrainer, name: str, value: Any, *, prog_bar: bool, logger: bool | None,
+            on_step: bool | None, on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
             sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None:
         """`value`: a number, a tensor, or a torchmetrics.Metric (then `metric_attribute` names it)."""
         fx = trainer.hooks.current_fx
@@ -410,26 +416,32 @@ class MetricStore:
         self.current_fx = fx
 
     # -- the loop's events ------------------------------------------------------------------
+    def _active(self) -> _Results:
+        assert self.active is not None, "the loop sets its results (reset_results) before its batches"
+        return self.active
+
     def on_batch_start(self, batch: Any, dataloader_idx: int | None = None) -> None:
         if self.first_loop_iter is None:
             self.first_loop_iter = True
         elif self.first_loop_iter is True:
             self.first_loop_iter = False
-        self.active.batch = batch
-        self.active.batch_size = None
-        self.active.dataloader_idx = dataloader_idx
+        active = self._active()
+        active.batch = batch
+        active.batch_size = None
+        active.dataloader_idx = dataloader_idx
 
     def on_batch_end(self) -> None:
-        self._update(*self.active.metrics(on_step=True))
-        self.active.batch = None
-        self.active.batch_size = None
+        active = self._active()
+        self._update(*active.metrics(on_step=True))
+        active.batch = None
+        active.batch_size = None
 
     def epoch_end_reached(self) -> None:
         self.first_loop_iter = None
 
     def on_epoch_end(self) -> dict[str, torch.Tensor]:
         """Folds the epoch values into the dictionaries; returns the ones for the loggers."""
-        callback, log, pbar = self.active.metrics(on_step=False)
+        callback, log, pbar = self._active().metrics(on_step=False)
         self._update(callback, log, pbar)
         self.current_fx = None
         return log

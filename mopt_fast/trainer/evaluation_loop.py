@@ -227,6 +227,7 @@ class EvaluationLoop(_Loop):
         model = trainer.lightning_module
         hooks = self.hooks
         loaders = self.loaders
+        assert model is not None and loaders is not None  # attached, and set up above
         several = len(loaders) > 1
         _verify_dataloader_idx(model, (self.step_name,), several, self.prefix)
         _verify_dataloader_idx(model, (hooks["batch_start"], hooks["batch_end"]), several, self.prefix)
@@ -315,7 +316,7 @@ class EvaluationLoop(_Loop):
         metrics.first_loop_iter = None
         if sanity:
             return {}
-        callback, log, pbar = metrics.active.metrics(on_step=False)
+        callback, log, pbar = metrics._active().metrics(on_step=False)
         metrics._update(callback, log, pbar)
         return log
 
@@ -343,6 +344,7 @@ class PredictionLoop(_Loop):
             return None
         model = trainer.lightning_module
         loaders = self.loaders
+        assert model is not None and loaders is not None  # attached, and set up above
         several = len(loaders) > 1
         _verify_dataloader_idx(model, ("predict_step",), several, self.prefix)
         _verify_dataloader_idx(model, ("on_predict_batch_start", "on_predict_batch_end"), several, self.prefix)

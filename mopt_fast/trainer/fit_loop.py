@@ -84,7 +84,7 @@ class FitLoop:
         self.point = LoopPoint.START
         self.epoch_rng: dict[str, Any] | None = None  # the RNG at the start of the epoch (resume rebuilds its order)
         self.num_training_batches: int | float = _INF
-        self.val_check_batch: int | float = _INF
+        self.val_check_batch: int | float | None = _INF  # None: validation by time (val_check_time_interval)
         # Persistent DataLoader workers (see _data.iter_continuing): for the current epoch's
         # train iterator, None (no persistent workers), "started" (it started them) or
         # "continued" (it reused running ones); and, in a resumed fit, whether the original run
@@ -360,7 +360,9 @@ class FitLoop:
         metrics = trainer.metric_store
         metrics.active = metrics.train
         metrics.on_epoch_end()
-        if trainer.lightning_module.automatic_optimization and self.ready_batches_reached():
+        module = trainer.lightning_module
+        assert module is not None  # a fit runs with its module attached
+        if module.automatic_optimization and self.ready_batches_reached():
             self.update_schedulers("epoch", plateau=True)
         self.batches_that_stepped -= 1
         if trainer.loggers:
@@ -393,6 +395,7 @@ class FitLoop:
             # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
             # up the RNG where the checkpoint left it.
             self.set_sampler_epoch(loader)
+            assert self.epoch_rng is not None  # a checkpoint from inside an epoch holds the epoch's RNG
             set_rng_state(self.epoch_rng)
             iterator = self.new_iterator(loader)
             for _ in range(self.batch_idx + 1):
@@ -444,6 +447,7 @@ class FitLoop:
                 continue
             monitor_val = None
             if config.reduce_on_plateau:
+                assert config.monitor is not None  # required for ReduceLROnPlateau (configure_optimizers)
                 monitor_val = trainer.callback_metrics.get(config.monitor)
                 if monitor_val is None:
                     if config.strict:
@@ -482,5 +486,6 @@ class FitLoop:
             return (self.batch_idx + 1) % trainer.limit_train_batches == 0
         if not infinite:
             current = self.total_batch_idx if trainer.check_val_every_n_epoch is None else self.batch_idx
+            assert self.val_check_batch is not None  # None only with a time interval, handled above
             return (current + 1) % self.val_check_batch == 0
         return self.is_last_batch

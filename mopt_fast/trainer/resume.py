@@ -33,6 +33,7 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     if isinstance(trainer.strategy, FSDPStrategy):
         raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
     model = trainer.lightning_module
+    assert model is not None  # a checkpoint is of a run, which has its module attached
     loop = trainer.fit_loop
     ckpt: dict[str, Any] = {
         "format": FORMAT,
@@ -68,6 +69,7 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
     `ckpt_path` ("best", "last" or a path); for validate/test/predict without a model, "best" (with a
     warning); None: the current weights. (A path set with ``trainer.ckpt_path = ...`` is the
     Trainer's to choose first.)"""
+    assert trainer.state.fn is not None  # set by fit / validate / test / predict before this
     fn = trainer.state.fn.value
     if ckpt_path is not None:
         ckpt_path = os.fspath(ckpt_path)
@@ -143,6 +145,7 @@ def restore_weights(trainer: Trainer, path: str) -> None:
     data module's state and every callback's state, as Lightning's `_restore_modules_and_callbacks`."""
     ckpt = load_checkpoint(path)
     model = trainer.lightning_module
+    assert model is not None  # attached before the checkpoint is restored
     trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
     model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
     _restore_datamodule(trainer, ckpt)
@@ -159,6 +162,7 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any]:
     """Everything but the metrics (loaded after the sanity check: returned) and the RNG (set by the
     fit loop once it has rebuilt the epoch's data order: `FitLoop.resume_rng`)."""
     model = trainer.lightning_module
+    assert model is not None  # attached before the checkpoint is restored
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
     _restore_datamodule(trainer, ckpt)
@@ -189,7 +193,7 @@ def _loops_of_format_2(flat: dict[str, Any]) -> dict[str, Any]:
     return {"fit_loop": fit_loop, "val_loop": val_loop}
 
 
-def save_callback_states(trainer: Any, checkpoint: dict[str, Any]) -> None:
+def save_callback_states(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """``checkpoint["callbacks"]``: each callback's non-empty state_dict under its state_key; then
     every callback's on_save_checkpoint (Lightning's order)."""
     states = {}
@@ -203,7 +207,7 @@ def save_callback_states(trainer: Any, checkpoint: dict[str, Any]) -> None:
             cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
 
 
-def load_callback_states(trainer: Any, checkpoint: dict[str, Any]) -> None:
+def load_callback_states(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Every callback's on_load_checkpoint, then load_state_dict with its saved state (a copy), as
     Lightning restores callbacks. Checkpoints from before state keys (``ModelCheckpoint[i]``) load too."""
     states = checkpoint.get("callbacks")

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.trainer._data import with_sampler
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+
+    from mopt_fast.core.module import LightningModule
 
 __all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy", "make_strategy"]
 
@@ -56,7 +61,7 @@ _JOINED_KEY = "mopt_fast/ranks_joined"
 class _TrainingStepForward(nn.Module):
     """Routes DDP's forward to `training_step`: DDP prepares its gradient reduction in forward."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: LightningModule) -> None:
         super().__init__()
         self.module = module
         self.ddp: nn.parallel.DistributedDataParallel | None = None
@@ -87,7 +92,7 @@ class Strategy:
     def root_device(self, accelerator: str) -> torch.device:
         return torch.device("cpu") if accelerator == "cpu" else torch.device("cuda", self.local_rank)
 
-    def wrap(self, module: nn.Module) -> None:
+    def wrap(self, module: LightningModule) -> None:
         pass
 
     def training_step(self, module: Any, args: tuple) -> Any:
@@ -265,8 +270,10 @@ class _ProcessGroupStrategy(Strategy):
     def _await_children(self) -> None:
         """Rank 0: wait until every rank it started has checked in with its store, failing as
         soon as one of them has exited (it cannot join any more)."""
+        store = self._store
+        assert store is not None  # _launch_local_processes started it
         deadline = time.monotonic() + self.timeout.total_seconds()
-        while self._store.add(_JOINED_KEY, 0) < len(self._children):
+        while store.add(_JOINED_KEY, 0) < len(self._children):
             for rank, proc in enumerate(self._children, start=1):
                 if proc.poll() is not None:
                     raise RuntimeError(
@@ -308,7 +315,7 @@ class _ProcessGroupStrategy(Strategy):
             return loader
         if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)) or loader.batch_size is None:
             return loader
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[int] = DistributedSampler(
             loader.dataset, num_replicas=self.world_size, rank=self.global_rank,
             shuffle=isinstance(loader.sampler, RandomSampler), seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
         )
@@ -361,7 +368,7 @@ class DDPStrategy(_ProcessGroupStrategy):
         self.find_unused_parameters = find_unused_parameters
         self._ddp: nn.parallel.DistributedDataParallel | None = None
 
-    def wrap(self, module: nn.Module) -> None:
+    def wrap(self, module: LightningModule) -> None:
         device_ids = [self.local_rank] if next(module.parameters(), torch.empty(0)).is_cuda else None
         wrapper = _TrainingStepForward(module)
         self._ddp = nn.parallel.DistributedDataParallel(
@@ -370,9 +377,11 @@ class DDPStrategy(_ProcessGroupStrategy):
         wrapper.ddp = self._ddp
 
     def training_step(self, module: Any, args: tuple) -> Any:
-        out = self._ddp(*args)
+        ddp = self._ddp
+        assert ddp is not None  # set by wrap()
+        out = ddp(*args)
         if not module.automatic_optimization:
-            self._ddp.require_backward_grad_sync = True
+            ddp.require_backward_grad_sync = True
         return out
 
     def before_backward(self, module: Any, loss: torch.Tensor) -> None:
@@ -410,9 +419,9 @@ class FSDPStrategy(_ProcessGroupStrategy):
     def __init__(self, timeout: datetime.timedelta = datetime.timedelta(minutes=30),
                  process_group_backend: str | None = None) -> None:
         super().__init__(timeout, process_group_backend)
-        self._sharded: list[nn.Module] = []
+        self._sharded: list[FSDPModule] = []
 
-    def wrap(self, module: nn.Module) -> None:
+    def wrap(self, module: LightningModule) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
@@ -421,10 +430,8 @@ class FSDPStrategy(_ProcessGroupStrategy):
         mesh = init_device_mesh(device_type, (self.world_size,))
         for child in module.children():
             if any(True for _ in child.parameters()):
-                fully_shard(child, mesh=mesh)
-                self._sharded.append(child)
-        fully_shard(module, mesh=mesh)
-        self._sharded.append(module)
+                self._sharded.append(fully_shard(child, mesh=mesh))  # the child, its class made FSDP's
+        self._sharded.append(fully_shard(module, mesh=mesh))
 
     @contextlib.contextmanager
     def block_grad_sync(self, block: bool) -> Iterator[None]:

@@ -211,6 +211,7 @@ class Trainer:
         self.val_check_interval = flags.val_check_interval
         self.check_val_every_n_epoch = _args.check_val_every_n_epoch_arg(check_val_every_n_epoch, val_check_interval)
         if flags.fast_dev_run:
+            assert flags.max_steps is not None  # fast_dev_run sets the limits
             self.max_steps, self.max_epochs = flags.max_steps, flags.max_epochs
             self.check_val_every_n_epoch = flags.check_val_every_n_epoch
         self.log_every_n_steps = _args.check_log_every_n_steps(log_every_n_steps)
@@ -286,7 +287,7 @@ class Trainer:
         return self.fit_loop.num_training_batches
 
     @property
-    def val_check_batch(self) -> int | float:
+    def val_check_batch(self) -> int | float | None:  # None: validation by time
         return self.fit_loop.val_check_batch
 
     @property
@@ -518,6 +519,7 @@ class Trainer:
             raise MisconfigurationException("You cannot pass both `trainer.predict(dataloaders=..., datamodule=...)`")
         provided = model is not None
         model = model if provided else self.lightning_module
+        assert model is not None  # the entry point refused a run without a module
         self._attach(model, datamodule, predict=dataloaders)
         path = self._select_ckpt_path(ckpt_path, model_provided=provided)
         results = self._run(model, path)
@@ -548,6 +550,7 @@ class Trainer:
             )
         provided = model is not None
         model = model if provided else self.lightning_module
+        assert model is not None  # the entry point refused a run without a module
         loop = self.validate_loop if fn == TrainerFn.VALIDATING else self.test_loop
         loop.verbose = verbose
         self._attach(model, datamodule, **{"val" if fn == TrainerFn.VALIDATING else "test": dataloaders})
@@ -673,8 +676,9 @@ class Trainer:
             log_hyperparams_at_start(self)  # after on_fit_start, as Lightning
 
         model.zero_grad()  # gradients left from before must not leak into the first step
+        results: Any = None
         if fn == TrainerFn.FITTING:
-            results = self._run_fit(model, restored_metrics)
+            self._run_fit(model, restored_metrics)
         elif fn == TrainerFn.PREDICTING:
             results = self.predict_loop.run()
         else:
@@ -717,6 +721,7 @@ class Trainer:
     def _verify_configuration(self, model: LightningModule) -> None:
         """Lightning's `_verify_loop_configurations`: what a module must define for this entry point."""
         fn = self.state.fn
+        assert fn is not None  # the entry point set it
         name = type(model).__name__
         if fn == TrainerFn.FITTING:
             for hook in ("training_step", "configure_optimizers"):
@@ -839,6 +844,7 @@ class Trainer:
         if self._ckpt_path_user_managed:
             if not ckpt_path:
                 return self._ckpt_path
+            assert self.state.fn is not None  # the entry point set it
             warn(
                 f"`trainer.ckpt_path = {self._ckpt_path!r}` was called but then you passed "
                 f"`trainer.{self.state.fn.value}(ckpt_path={ckpt_path!r})`. The latter will be loaded.")

@@ -86,6 +86,7 @@ class _AutomaticClosure:
         trainer = self.trainer
         module = trainer.lightning_module
         out = trainer.hooks.run_as("training_step", _forward, trainer, module, self.args)
+        extra: dict[str, Any]
         if out is None:
             loss, extra = None, {}
         elif isinstance(out, torch.Tensor):
@@ -134,6 +135,7 @@ def optimizer_step(trainer: Trainer, wrapper: LightningOptimizer, closure: Calla
     update (`make_before_update`), the update, all in the precision plugin."""
     raw = wrapper._optimizer
     before = trainer.before_update.get(id(raw))
+    assert trainer.lightning_module is not None  # a fit runs with its module attached
     return trainer.precision_plugin.optimizer_step(
         raw, closure, before, skip_if_no_loss=trainer.lightning_module.automatic_optimization, **kwargs
     )
@@ -143,6 +145,7 @@ def make_before_update(trainer: Trainer, raw: torch.optim.Optimizer) -> Callable
     """What runs between the closure and the update: on_before_optimizer_step, then (automatic
     optimization) configure_gradient_clipping. None when neither has anything to do."""
     module = trainer.lightning_module
+    assert module is not None  # configured at the start of a fit, with the module attached
     hooks = trainer.hooks.has("on_before_optimizer_step")
     clip = module.automatic_optimization and (
         trainer.hooks.module_overrides("configure_gradient_clipping") or bool(trainer.gradient_clip_val)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.protocol import CallbackTrainer
 
 __all__ = ["ProgressBar", "SwitchableBar", "get_standard_metrics"]
 
@@ -19,7 +23,7 @@ def _logger_version(loggers: list[Any]) -> Any:
     return "_".join(dict.fromkeys(str(lg.version) for lg in loggers))
 
 
-def get_standard_metrics(trainer: Any) -> dict[str, int | str]:
+def get_standard_metrics(trainer: CallbackTrainer) -> dict[str, int | str]:
     """``{"v_num": version}`` with a logger (the last 4 characters of a string version), as Lightning."""
     items: dict[str, int | str] = {}
     if trainer.loggers:
@@ -42,13 +46,13 @@ class ProgressBar(Callback):
     """
 
     def __init__(self, refresh_interval: float = 0.5) -> None:
-        self._trainer: Any = None
+        self._trainer: CallbackTrainer | None = None
         self._current_eval_dataloader_idx: int | None = None
         self.refresh_interval = refresh_interval
         self._last_metrics_time = -math.inf
 
     @property
-    def trainer(self) -> Any:
+    def trainer(self) -> CallbackTrainer:
         if self._trainer is None:
             raise TypeError(f"The `{self.__class__.__name__}._trainer` reference has not been set yet.")
         return self._trainer
@@ -140,12 +144,13 @@ class ProgressBar(Callback):
     def print(self, *args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: CallbackTrainer, pl_module: LightningModule, stage: str) -> None:
         self._trainer = trainer
         if not trainer.is_global_zero:
             self.disable()
 
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, int | str | float | dict[str, float]]:
+    def get_metrics(self, trainer: CallbackTrainer,
+                    pl_module: LightningModule) -> dict[str, int | str | float | dict[str, float]]:
         """What the bar shows: ``v_num`` (with a logger) and the ``prog_bar=True`` metrics. Override
         it to change what is displayed."""
         standard = get_standard_metrics(trainer)
@@ -169,18 +174,20 @@ class ProgressBar(Callback):
         return False
 
 
-def _trainer_attr(trainer: Any, name: str, loop: str) -> Any:
+def _trainer_attr(trainer: CallbackTrainer, name: str, loop: str) -> Any:
     if not hasattr(trainer, name):
         raise NotImplementedError(f"{type(trainer).__name__} has no {loop} loop yet (no `trainer.{name}`)")
     return getattr(trainer, name)
 
 
-def _num_sanity_val_batches(trainer: Any) -> int | float:
+def _num_sanity_val_batches(trainer: CallbackTrainer) -> int | float:
     if hasattr(trainer, "num_sanity_val_batches"):
         batches = trainer.num_sanity_val_batches
         return sum(batches) if isinstance(batches, list) else batches
     steps = trainer.num_sanity_val_steps
-    return trainer.num_val_batches if steps == -1 else min(steps, trainer.num_val_batches)
+    val_batches = trainer.num_val_batches
+    total = sum(val_batches) if isinstance(val_batches, list) else val_batches
+    return total if steps == -1 else min(steps, total)
 
 
 class SwitchableBar:

@@ -12,12 +12,16 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mopt_fast.callbacks.callback import trainer_fn
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar, SwitchableBar
+
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.protocol import CallbackTrainer
 
 __all__ = ["RichProgressBar", "RichProgressBarTheme"]
 
@@ -42,6 +46,9 @@ if _RICH_AVAILABLE:
         """A bar that pulses for loaders without a length."""
 
         def render(self, task: Task) -> _RichBar:
+            # rich's Task allows no total (an indeterminate bar); these bars always have one (inf
+            # for a loader without a length, see CustomInfiniteTask).
+            assert task.total is not None and task.remaining is not None
             return _RichBar(
                 total=max(0, task.total), completed=max(0, task.completed),
                 width=None if self.bar_width is None else max(1, self.bar_width),
@@ -98,6 +105,7 @@ if _RICH_AVAILABLE:
 
         def add_task(self, description: str, start: bool = True, total: float | None = 100.0, completed: int = 0,
                      visible: bool = True, **fields: Any) -> TaskID:
+            assert total is not None  # the bars always give a total (see CustomBarColumn)
             if not math.isfinite(total):
                 task = CustomInfiniteTask(self._task_index, description, total, completed, visible=visible,
                                           fields=fields, _get_time=self.get_time, _lock=self._lock)
@@ -146,7 +154,8 @@ if _RICH_AVAILABLE:
     class MetricsTextColumn(ProgressColumn):
         """The metrics, on the training bar only; each finished epoch's bar keeps its last metrics."""
 
-        def __init__(self, trainer: Any, style: str | Style, text_delimiter: str, metrics_format: str) -> None:
+        def __init__(self, trainer: CallbackTrainer, style: str | Style, text_delimiter: str,
+                     metrics_format: str) -> None:
             self._trainer = trainer
             self._tasks: dict[Any, Any] = {}
             self._current_task_id: Any = 0
@@ -210,6 +219,13 @@ class RichProgressBar(SwitchableBar, ProgressBar):
         refresh_interval: mopt_fast's, see `ProgressBar`.
     """
 
+    # rich's task ids, None while a bar is not shown (set in `_reset_progress_bar_ids`)
+    train_progress_bar_id: TaskID | None
+    val_sanity_progress_bar_id: TaskID | None
+    val_progress_bar_id: TaskID | None
+    test_progress_bar_id: TaskID | None
+    predict_progress_bar_id: TaskID | None
+
     def __init__(self, refresh_rate: int = 100, leave: bool = False,
                  theme: RichProgressBarTheme = RichProgressBarTheme(),  # noqa: B008 (Lightning's default)
                  console_kwargs: dict[str, Any] | None = None, *, refresh_interval: float = 0.5) -> None:
@@ -252,7 +268,7 @@ class RichProgressBar(SwitchableBar, ProgressBar):
     def test_progress_bar(self) -> Any:
         return self._task(self.test_progress_bar_id)
 
-    def _init_progress(self, trainer: Any) -> None:
+    def _init_progress(self, trainer: CallbackTrainer) -> None:
         if self.is_enabled and (self.progress is None or self._progress_stopped):
             self._reset_progress_bar_ids()
             reconfigure(**self._console_kwargs)
@@ -279,27 +295,27 @@ class RichProgressBar(SwitchableBar, ProgressBar):
             else:
                 self.progress.soft_refresh()
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._init_progress(trainer)
 
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._init_progress(trainer)
 
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._init_progress(trainer)
 
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._init_progress(trainer)
 
-    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_sanity_check_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._init_progress(trainer)
 
-    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_sanity_check_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if self.progress is not None and self.val_sanity_progress_bar_id is not None:
             self.progress.update(self.val_sanity_progress_bar_id, advance=0, visible=False)
         self.refresh()
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if self.is_disabled:
             return
         total = self.total_train_batches
@@ -315,8 +331,8 @@ class RichProgressBar(SwitchableBar, ProgressBar):
         self._last_metrics_time = -math.inf
         self.refresh()
 
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(self, trainer: CallbackTrainer, pl_module: LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.is_disabled or not self.has_dataloader_changed(dataloader_idx):
             return
         total = self.total_val_batches_current_dataloader
@@ -341,23 +357,23 @@ class RichProgressBar(SwitchableBar, ProgressBar):
             self.progress.update(bar_id, completed=current, visible=visible)
             self.refresh(hard=hard)
 
-    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_epoch_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if self.is_enabled and self.val_progress_bar_id is not None and trainer_fn(trainer) == "fit":
             self.progress.update(self.val_progress_bar_id, advance=0, visible=False)
             self.refresh()
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if trainer_fn(trainer) == "fit":
             self._update_metrics(trainer, pl_module, force=True)
         self.reset_dataloader_idx_tracker()
 
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.reset_dataloader_idx_tracker()
 
-    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.reset_dataloader_idx_tracker()
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_test_batch_start(self, trainer: CallbackTrainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
         if self.is_disabled or not self.has_dataloader_changed(dataloader_idx):
             return
@@ -366,7 +382,7 @@ class RichProgressBar(SwitchableBar, ProgressBar):
         self.test_progress_bar_id = self._add_task(self.total_test_batches_current_dataloader, self.test_description)
         self.refresh()
 
-    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_start(self, trainer: CallbackTrainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                                dataloader_idx: int = 0) -> None:
         if self.is_disabled or not self.has_dataloader_changed(dataloader_idx):
             return
@@ -376,7 +392,8 @@ class RichProgressBar(SwitchableBar, ProgressBar):
                                                       self.predict_description)
         self.refresh()
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         if not self.is_disabled and self.train_progress_bar_id is None:  # a fit resumed mid-epoch
             self.train_progress_bar_id = self._add_task(self.total_train_batches,
                                                         self._get_train_description(trainer.current_epoch))
@@ -384,12 +401,12 @@ class RichProgressBar(SwitchableBar, ProgressBar):
         self._update_metrics(trainer, pl_module)
         self.refresh()
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self._update_metrics(trainer, pl_module, force=True)
         self.refresh()
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.is_disabled:
             return
         if trainer.sanity_checking:
@@ -399,14 +416,14 @@ class RichProgressBar(SwitchableBar, ProgressBar):
         if self.val_progress_bar_id is not None:
             self._update(self.val_progress_bar_id, batch_idx + 1)
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                          dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.is_disabled or self.test_progress_bar_id is None:
             return
         self._update(self.test_progress_bar_id, batch_idx + 1)
 
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                             dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.is_disabled or self.predict_progress_bar_id is None:
             return
         self._update(self.predict_progress_bar_id, batch_idx + 1)
@@ -425,29 +442,29 @@ class RichProgressBar(SwitchableBar, ProgressBar):
             self._progress_stopped = True  # the next stage starts a new one
 
     def _reset_progress_bar_ids(self) -> None:
-        self.train_progress_bar_id: Any = None
-        self.val_sanity_progress_bar_id: Any = None
-        self.val_progress_bar_id: Any = None
-        self.test_progress_bar_id: Any = None
-        self.predict_progress_bar_id: Any = None
+        self.train_progress_bar_id = None
+        self.val_sanity_progress_bar_id = None
+        self.val_progress_bar_id = None
+        self.test_progress_bar_id = None
+        self.predict_progress_bar_id = None
 
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+    def get_metrics(self, trainer: CallbackTrainer, pl_module: LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in items.items()}
 
-    def _update_metrics(self, trainer: Any, pl_module: Any, force: bool = False) -> None:
+    def _update_metrics(self, trainer: CallbackTrainer, pl_module: LightningModule, force: bool = False) -> None:
         if not self.is_enabled or self._metric_component is None:
             return
         if self._metrics_due(force):
             self._metric_component.update(self.get_metrics(trainer, pl_module))
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def teardown(self, trainer: CallbackTrainer, pl_module: LightningModule, stage: str) -> None:
         self._stop_progress()
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: CallbackTrainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._stop_progress()
 
-    def configure_columns(self, trainer: Any) -> list:
+    def configure_columns(self, trainer: CallbackTrainer) -> list:
         """The columns before the metrics; override to change them."""
         return [
             TextColumn("[progress.description]{task.description}"),

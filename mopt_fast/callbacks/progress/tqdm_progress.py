@@ -5,10 +5,14 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import trainer_fn
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar, SwitchableBar
+
+if TYPE_CHECKING:
+    from mopt_fast.core.module import LightningModule
+    from mopt_fast.core.protocol import CallbackTrainer
 
 __all__ = ["TQDMProgressBar", "Tqdm"]
 
@@ -24,29 +28,31 @@ def _load_tqdm() -> type:
     return tqdm
 
 
-_tqdm = _load_tqdm()
+if TYPE_CHECKING:  # tqdm.auto's class subclasses this one
+    from tqdm import tqdm as _tqdm
+else:
+    _tqdm = _load_tqdm()
 
 
 _PAD_SIZE = 5
 
 
-class Tqdm(_tqdm):  # type: ignore[misc, valid-type]
+class Tqdm(_tqdm):
     """tqdm whose float and string numbers are padded with zeros, so the bar does not flicker."""
 
     @staticmethod
     def format_num(n: int | float | str) -> str:
         padded = isinstance(n, (float, str))
-        if not isinstance(n, str):
-            n = _tqdm.format_num(n)
-        if padded and "e" not in n:
-            if "." not in n and len(n) < _PAD_SIZE:
+        s: str = n if isinstance(n, str) else _tqdm.format_num(n)
+        if padded and "e" not in s:
+            if "." not in s and len(s) < _PAD_SIZE:
                 try:
-                    float(n)
+                    float(s)
                 except ValueError:
-                    return n
-                n += "."
-            n += "0" * (_PAD_SIZE - len(n))
-        return n
+                    return s
+                s += "."
+            s += "0" * (_PAD_SIZE - len(s))
+        return s
 
 
 def convert_inf(x: int | float | None) -> int | float | None:
@@ -157,7 +163,7 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
         return Tqdm(desc="Testing", position=(2 * self.process_position), disable=self.is_disabled, leave=True,
                     dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT)
 
-    def _set_postfix(self, trainer: Any, pl_module: Any, force: bool) -> None:
+    def _set_postfix(self, trainer: CallbackTrainer, pl_module: LightningModule, force: bool) -> None:
         if self._metrics_due(force):
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
@@ -173,7 +179,7 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
     def on_train_start(self, *_: Any) -> None:
         self.train_progress_bar = self.init_train_tqdm()
 
-    def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
+    def on_train_epoch_start(self, trainer: CallbackTrainer, *_: Any) -> None:
         if self._leave:
             self.train_progress_bar = self.init_train_tqdm()
         self.train_progress_bar.reset()
@@ -182,13 +188,14 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
         self._last_metrics_time = -math.inf
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         n = batch_idx + 1
         if self._train_progress_bar is not None and self._should_update(n, self.train_progress_bar.total):
             _update_n(self.train_progress_bar, n)
             self._set_postfix(trainer, pl_module, force=False)
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if not self.train_progress_bar.disable:
             self._set_postfix(trainer, pl_module, force=True)
         if self._leave:
@@ -198,12 +205,12 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
         self.train_progress_bar.close()
 
     # -- validation -------------------------------------------------------------------------------
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self.val_progress_bar = self.init_validation_tqdm()
 
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(self, trainer: CallbackTrainer, pl_module: LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
         self.val_progress_bar.reset()
@@ -212,23 +219,23 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
         desc = self.sanity_check_description if trainer.sanity_checking else self.validation_description
         self.val_progress_bar.set_description(f"{desc} DataLoader {dataloader_idx}")
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
         n = batch_idx + 1
         if self._val_progress_bar is not None and self._should_update(n, self.val_progress_bar.total):
             _update_n(self.val_progress_bar, n)
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.val_progress_bar.close()
         self.reset_dataloader_idx_tracker()
         if self._train_progress_bar is not None and trainer_fn(trainer) == "fit":
             self._set_postfix(trainer, pl_module, force=True)
 
     # -- test and predict (for a Trainer that runs them) ------------------------------------------------
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.test_progress_bar = self.init_test_tqdm()
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_test_batch_start(self, trainer: CallbackTrainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
@@ -237,20 +244,20 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
         self.test_progress_bar.initial = 0
         self.test_progress_bar.set_description(f"{self.test_description} DataLoader {dataloader_idx}")
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                          dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
         n = batch_idx + 1
         if self._test_progress_bar is not None and self._should_update(n, self.test_progress_bar.total):
             _update_n(self.test_progress_bar, n)
 
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.test_progress_bar.close()
         self.reset_dataloader_idx_tracker()
 
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_start(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.predict_progress_bar = self.init_predict_tqdm()
 
-    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_start(self, trainer: CallbackTrainer, pl_module: LightningModule, batch: Any, batch_idx: int,
                                dataloader_idx: int = 0) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
@@ -259,17 +266,17 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
         self.predict_progress_bar.initial = 0
         self.predict_progress_bar.set_description(f"{self.predict_description} DataLoader {dataloader_idx}")
 
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
-                             dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(self, trainer: CallbackTrainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
         n = batch_idx + 1
         if self._predict_progress_bar is not None and self._should_update(n, self.predict_progress_bar.total):
             _update_n(self.predict_progress_bar, n)
 
-    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.predict_progress_bar.close()
         self.reset_dataloader_idx_tracker()
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: CallbackTrainer, pl_module: LightningModule, exception: BaseException) -> None:
         for bar in (self._val_progress_bar, self._train_progress_bar):
             if bar is not None:
                 bar.close()
