@@ -292,7 +292,7 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
     if max_time is not None and not any(isinstance(c, Timer) for c in cbs):
         cbs.append(Timer(duration=parse_duration(max_time, "Trainer(max_time"), interval="step"))
-    bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks (callbacks.py)
+    bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks
     if len(bars) > 1:
         raise MisconfigurationException(
             "You added multiple progress bar callbacks to the Trainer, but currently only one progress bar is "

@@ -59,7 +59,7 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             metrics=trainer.metric_store.state_dict(),
             rng=rng_state(),
         )
-        save_callback_states(trainer, ckpt)  # by state_key, then the callbacks' on_save_checkpoint (callbacks.py)
+        save_callback_states(trainer, ckpt)  # by state_key, then the callbacks' on_save_checkpoint (below)
     trainer.hooks.run_as("on_save_checkpoint", model.on_save_checkpoint, ckpt)
     return ckpt
 
@@ -111,7 +111,7 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
                     f'.{fn}(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
                     "pass the checkpoint's path"
                 )
-        # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (checkpoint.py); the newest wins
+        # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (callbacks/model_checkpoint.py); the newest wins
         found = [c for cb in trainer.checkpoint_callbacks for c in cb._find_last_checkpoints(trainer) if os.path.isfile(c)]
         if not found:
             warn(

@@ -1,19 +1,20 @@
 """mopt_fast.Trainer: Lightning 2.6's Trainer, lean, on the fused kernels.
 
-The Trainer holds the configuration (set-up in _args.py), the state (`trainer.state`: which entry
-point and loop are running, see states.py), the hooks, and the entry points. The loops live in
-their own files, each one Lightning's counterpart with less indirection:
+The Trainer holds the configuration (each argument checked in _args.py and kept by what owns
+it), the state (`trainer.state`: which entry point and loop are running, core/states.py), the
+hooks (`trainer.hooks`, _hooks.py), and the entry points. The loops live in their own files, each
+one Lightning's counterpart with less indirection, each owning and serializing its own state:
 
 - fit_loop.py: epochs, batches, scheduler steps, validation checks, logging, checkpoint points;
 - training_step.py: one batch's training_step and its optimization (automatic or manual);
-- evaluation_loop.py: validation inside fit (and the sanity check);
-- resume.py: what a checkpoint holds, and resuming a fit exactly from one.
+- evaluation_loop.py: validation inside fit (and the sanity check), validate, test, predict;
+- resume.py: what a checkpoint holds, and restoring one.
 
 It is leaner per step than Lightning's: hooks nobody overrides are not called, logged values stay
 on the device until a logger or the progress bar reads them, and the optimizer work runs on
 mopt_fast's kernels. Distributed training runs on torch.distributed's DDP or FSDP2
 (strategies.py). What other parts of mopt_fast may ask of the Trainer is written down in
-_protocol.py.
+core/protocol.py; only this file touches the Trainer's private members.
 """
 from __future__ import annotations
 
