@@ -8,7 +8,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -24,9 +24,6 @@ from mopt_fast.loggers.logger import Logger
 from mopt_fast.loggers.tensorboard import TensorBoardLogger
 from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "loggers", "parse_devices",
            "precision_plugin", "set_torch_flags"]
