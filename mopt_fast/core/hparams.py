@@ -282,22 +282,31 @@ class HyperparametersMixin:
 
     def _checkpoint_hparams(self) -> dict[str, Any]:
         """The checkpoint entries of the hyperparameters (called by the Trainer when it saves):
-        ``"hyper_parameters"`` as plain data (a checkpoint loads with ``weights_only=True``; a value
-        that is not plain data is left out, with a warning, and must be given to
-        `load_from_checkpoint` as a keyword argument) and, as Lightning, ``"hparams_name"``: the
-        ``__init__`` argument they came from when it was one dict or Namespace."""
+        ``"hyper_parameters"`` and, as Lightning, ``"hparams_name"``: the ``__init__`` argument they
+        came from when it was one dict or Namespace.
+
+        A value that is not plain data (an ``nn.Module`` or any other object passed to ``__init__``
+        and saved by `save_hyperparameters`) is stored as it is, pickled, as Lightning 2.6 stores it,
+        so `load_from_checkpoint` rebuilds the model with it rather than with the argument's default.
+        The price is Lightning's too: ``torch.load(weights_only=True)``, the default of both Trainers
+        (torch >= 2.6), refuses the whole file, and loading it (``load_from_checkpoint(...,
+        weights_only=False)``, ``fit(ckpt_path=..., weights_only=False)``) runs the unpickler, which
+        can execute any code the file carries: only for files from a trusted source. A module
+        whose hyperparameters are plain data keeps files that load safely; leaving such an
+        argument out (``save_hyperparameters(ignore=[...])``, and passing it to
+        `load_from_checkpoint` as a keyword) keeps them so. Warned once per hyperparameter."""
         stored: dict[str, Any] = {}
         warned = self.__dict__.setdefault("_hparams_not_stored", set())
         for key, value in self.hparams.items():
             ok, plain = _plain(value) if isinstance(key, str) else (False, type(key))
-            if ok:
-                stored[key] = plain
-            elif key not in warned:
+            stored[key] = plain if ok else value
+            if not ok and key not in warned:
                 warned.add(key)
                 warnings.warn(
-                    f"The hyperparameter {key!r} holds a {plain.__qualname__}, which is not plain data: it is not "
-                    "stored in checkpoints (they load with torch.load(weights_only=True)). Pass it to "
-                    f"`load_from_checkpoint(..., {key}=...)`, or `save_hyperparameters(ignore=[{key!r}])`.",
+                    f"The hyperparameter {key!r} holds a {plain.__qualname__}, which is not plain data: the checkpoint "
+                    "pickles it, as Lightning's, and loads only with weights_only=False (which runs code from the "
+                    "file: trusted files only). To keep checkpoints loadable with weights_only=True, use "
+                    f"`save_hyperparameters(ignore=[{key!r}])` and pass it to `load_from_checkpoint(..., {key}=...)`.",
                     stacklevel=4,
                 )
         entries: dict[str, Any] = {self.CHECKPOINT_HYPER_PARAMS_KEY: stored}

@@ -223,13 +223,20 @@ class LightningModule(HyperparametersMixin, ModelHooks, torch.nn.Module):
 
         Args:
             checkpoint_path: a file written by `Trainer.save_checkpoint` or `ModelCheckpoint` (of
-                mopt_fast or Lightning), or a file object.
+                mopt_fast or Lightning), a file object, or a URL as Lightning takes it: http(s)
+                (through torch.hub's download cache) or any fsspec protocol ("s3://", "memory://",
+                "file://", ...; fsspec must be installed).
             map_location: as for `torch.load`; by default tensors go back to the device they were
                 saved from, or to the CPU when this machine lacks it.
             hparams_file: a ``.yaml`` / ``.yml`` or ``.csv`` file of hyperparameters to use instead of
                 the checkpoint's.
             strict: whether the checkpoint's keys must match the model's (default: `strict_loading`).
-            weights_only: passed to `torch.load` (None: True; mopt_fast checkpoints are plain data).
+            weights_only: passed to `torch.load`. None: True, torch's default, which Lightning 2.6
+                keeps for files (for http(s) URLs Lightning uses False; here they get True too).
+                ``weights_only=True`` reads only tensors and plain data, so opening a file cannot run
+                code; it refuses a checkpoint holding pickled objects (a hyperparameter that is an
+                ``nn.Module``, which both Trainers pickle) with an UnpicklingError. False reads those,
+                by unpickling, which runs whatever code the file carries: only for trusted files.
             **kwargs: ``__init__`` arguments, over the stored hyperparameters.
         """
         if not (isinstance(cls, type) and issubclass(cls, LightningModule)):

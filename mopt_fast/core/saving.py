@@ -2,9 +2,17 @@
 file format, hyperparameter files (hparams.yaml, tags.csv), and `AttributeDict`.
 
 A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)``: opening one cannot run code. It holds the model, every
-optimizer and scheduler, the loss scaler, each loop's own state (see the loops' ``state_dict``),
-the logged-metric state and every RNG state.
+``torch.load(weights_only=True)``: opening one cannot run code. Its layout is Lightning 2.6's, so
+that either Trainer reads the other's files (see trainer/_lightning_ckpt.py): ``epoch``,
+``global_step``, ``pytorch-lightning_version``, ``state_dict``, ``loops`` (Lightning's progress
+counters), ``optimizer_states``, ``lr_schedulers``, ``callbacks`` (by state key), the loss scaler
+under the precision plugin's class name, the hyperparameters; and, under ``"mopt_fast"`` (which
+Lightning ignores), what an exact resume needs beyond that: each loop's own state (see the loops'
+``state_dict``), the logged-metric state and every RNG state.
+
+The one exception to plain data is a hyperparameter that is not (an ``nn.Module`` passed to
+``__init__``): as Lightning, the checkpoint pickles it (see `HyperparametersMixin._checkpoint_hparams`),
+and such a file then loads only with ``weights_only=False``, in either Trainer.
 
 Every checkpoint carries a SHA-256 checksum of its contents (the ``"checksum"`` entry, over every
 other entry: tensors by dtype, shape and bytes, plain data by type and value), checked on load: a
@@ -24,6 +32,7 @@ import copy
 import csv
 import hashlib
 import os
+import pickle
 import re
 import socket
 import struct
@@ -36,17 +45,36 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["FORMAT", "AttributeDict", "checksum", "load_checkpoint", "load_hparams_from_tags_csv",
-           "load_hparams_from_yaml", "remove_stale_temporaries", "save_atomic", "save_checkpoint_file",
-           "save_hparams_to_yaml"]
+__all__ = ["FORMAT", "LIGHTNING_LAYOUT_VERSION", "LIGHTNING_VERSION_KEY", "AttributeDict", "PickledCheckpointError", "checksum",
+           "checkpoint_source", "load_checkpoint", "load_hparams_from_tags_csv", "load_hparams_from_yaml",
+           "remove_stale_temporaries", "save_atomic", "save_checkpoint_file", "save_hparams_to_yaml", "torch_load"]
 
 
-FORMAT = "mopt_fast.checkpoint/2"
+FORMAT = "mopt_fast.checkpoint/3"
 
 
 # Files written before checksums (mopt_fast.checkpoint/1) still load, unverified, with a warning.
 # (No single bit flip turns "/2" into "/1": '1' and '2' differ in two bits.)
 _FORMAT_V1 = "mopt_fast.checkpoint/1"
+
+
+# Files written before Lightning's layout: mopt_fast's own loop states under "loops", no
+# "mopt_fast" entry. Checksummed as /3; still resumed.
+_FORMAT_V2 = "mopt_fast.checkpoint/2"
+
+
+# Lightning's marker: every checkpoint its Trainer writes has this entry (its version).
+LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
+
+
+# The version written into ours: the Lightning release whose layout they follow. Lightning runs
+# no migration on a 2.x file, so it reads ours as its own.
+LIGHTNING_LAYOUT_VERSION = "2.6.0"
+
+
+# Hyperparameter entries (the module's and the data module's): the one place a checkpoint may hold
+# objects other than plain data, pickled, as Lightning's (see _feed).
+_HPARAMS_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")
 
 
 _CHECKSUM_KEY = "checksum"
@@ -140,9 +168,12 @@ def save_atomic(obj: Any, path: str) -> None:
         os.close(dir_fd)
 
 
-def _feed(h: Any, obj: Any, where: str) -> None:
+def _feed(h: Any, obj: Any, where: str, opaque: bool = False) -> None:
     """Feeds `obj` to the hash `h`, unambiguously: a type tag, then lengths and values. Covers
-    what a weights_only load can give back; `where` names the entry for an error."""
+    what a weights_only load can give back; `where` names the entry for an error. `opaque`
+    (inside the hyperparameters): any other object is fed as its type's name only, not its
+    contents: pickled objects have no canonical byte form to hash (the file's zip records still
+    carry their own CRCs)."""
     if obj is None:
         h.update(b"N")
     elif isinstance(obj, bool):
@@ -167,19 +198,22 @@ def _feed(h: Any, obj: Any, where: str) -> None:
     elif isinstance(obj, Mapping):
         h.update(b"d%d:" % len(obj))
         for key, value in obj.items():  # in order: pickling keeps a dict's order
-            _feed(h, key, where)
-            _feed(h, value, f"{where}[{key!r}]")
+            _feed(h, key, where, opaque)
+            _feed(h, value, f"{where}[{key!r}]", opaque or (where == "checkpoint" and key in _HPARAMS_KEYS))
     elif isinstance(obj, (list, tuple)):
         h.update((b"z" if isinstance(obj, torch.Size) else b"t" if isinstance(obj, tuple) else b"l") + b"%d:" % len(obj))
         for i, value in enumerate(obj):
-            _feed(h, value, f"{where}[{i}]")
+            _feed(h, value, f"{where}[{i}]", opaque)
     elif isinstance(obj, (set, frozenset)):  # no order to keep: the sorted digests of the items
         digests = []
         for value in obj:
             item = hashlib.sha256()
-            _feed(item, value, f"{where}{{...}}")
+            _feed(item, value, f"{where}{{...}}", opaque)
             digests.append(item.digest())
         h.update(b"e%d:" % len(digests) + b"".join(sorted(digests)))
+    elif opaque:
+        text = f"{type(obj).__module__}.{type(obj).__qualname__}".encode()
+        h.update(b"p%d:" % len(text) + text)
     else:
         raise TypeError(
             f"checkpoint entry {where} is a {type(obj).__qualname__}: a checkpoint holds tensors and plain data "
@@ -215,30 +249,120 @@ def save_checkpoint_file(ckpt: dict[str, Any], *paths: str) -> None:
         save_atomic(sealed, path)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Loads a checkpoint written by `Trainer.save_checkpoint` or `ModelCheckpoint`, with
-    ``weights_only=True``, and checks its checksum. A truncated, corrupt, foreign or code-carrying
-    file raises ValueError naming the file; the returned dictionary has no checksum entry."""
+def _is_url(path: str) -> bool:
+    """A path with a protocol ("memory://", "s3://", "file://", "http://"): opened through fsspec
+    (http(s) through torch.hub), as Lightning opens checkpoint paths."""
+    return "://" in path and path.split("://", 1)[0].isidentifier()
+
+
+def _fsspec() -> Any:
+    try:
+        import fsspec
+    except ImportError as e:  # not a dependency of mopt_fast: only paths with a protocol need it
+        raise ModuleNotFoundError("a checkpoint path with a protocol (s3://, memory://, ...) needs fsspec: "
+                                  "pip install fsspec") from e
+    return fsspec
+
+
+def torch_load(path: str | os.PathLike | IO, map_location: Any = None, weights_only: bool = True) -> Any:
+    """``torch.load`` of a local path, a file object, or a URL as Lightning's ``_load`` reads them:
+    http(s) through ``torch.hub.load_state_dict_from_url`` (downloaded into torch.hub's cache),
+    any other protocol through fsspec. One difference: Lightning loads http(s) URLs with
+    ``weights_only=False`` unless told otherwise; here every source gets the caller's
+    `weights_only` (True by default), as a file from the network is the last one to trust."""
+    if not isinstance(path, (str, os.PathLike)):
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    path = os.fspath(path)
+    if path.startswith(("http://", "https://")):
+        return torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=weights_only)
+    if _is_url(path):
+        with _fsspec().open(path, "rb") as f:
+            return torch.load(f, map_location=map_location, weights_only=weights_only)
+    return torch.load(path, map_location=map_location, weights_only=weights_only)
+
+
+def _check_exists(path: str) -> None:
+    if _is_url(path):
+        if path.startswith(("http://", "https://")):
+            return  # a missing file is the download's error
+        fs, inner = _fsspec().core.url_to_fs(path)
+        if fs.isdir(inner):
+            raise IsADirectoryError(f"checkpoint {path!r} is a directory, not a checkpoint file")
+        if not fs.isfile(inner):
+            raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        return
     if os.path.isdir(path):
         raise IsADirectoryError(f"checkpoint {path!r} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+
+
+def checkpoint_source(ckpt: Any) -> str | None:
+    """"mopt_fast" or "lightning": who wrote the loaded checkpoint `ckpt`, by its marker (the
+    ``format`` entry, or Lightning's ``pytorch-lightning_version``); None for anything else.
+    Ours carry both markers: one with our checksum or ``"mopt_fast"`` entry is ours even when its
+    ``format`` entry is damaged (and is then refused, not read as Lightning's, unchecked)."""
+    if not isinstance(ckpt, dict):
+        return None
+    if "format" in ckpt or _CHECKSUM_KEY in ckpt or "mopt_fast" in ckpt:
+        return "mopt_fast"
+    if LIGHTNING_VERSION_KEY in ckpt:
+        return "lightning"
+    return None
+
+
+def _not_a_checkpoint(path: str, ckpt: Any) -> ValueError:
+    """The error for a file that loads but is no checkpoint either Trainer wrote, saying what it holds."""
+    expected = (f"a checkpoint of mopt_fast (a dict with the format marker 'format': {FORMAT!r}) or of Lightning "
+                f"(a dict with a {LIGHTNING_VERSION_KEY!r} entry), as Trainer.save_checkpoint and ModelCheckpoint write")
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        found = ("a plain state_dict (only tensors): load it with model.load_state_dict(torch.load(path)); it holds "
+                 "no training state to resume from")
+    elif isinstance(ckpt, dict):
+        keys = sorted(map(str, ckpt))
+        found = f"a dict with the keys {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+    else:
+        found = f"a {type(ckpt).__qualname__}"
+    return ValueError(f"{path!r} is not a checkpoint of mopt_fast or Lightning: expected {expected}; found {found}")
+
+
+def load_checkpoint(path: str, weights_only: bool = True) -> dict[str, Any]:
+    """Loads a checkpoint written by `Trainer.save_checkpoint` or `ModelCheckpoint`, of mopt_fast
+    or of Lightning, with ``weights_only=True`` unless told otherwise (`torch_load`: a local path
+    or one with a protocol). A mopt_fast checkpoint's checksum is checked (Lightning's have none).
+    A truncated or corrupt file, or one that is no checkpoint of either, raises ValueError naming
+    the file and what was expected; one that holds pickled objects (a hyperparameter that is an
+    ``nn.Module``) raises `PickledCheckpointError` under ``weights_only=True``: an UnpicklingError,
+    as Lightning's Trainer raises, and a ValueError. The returned dictionary has no checksum entry."""
+    _check_exists(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        if weights_only and "Weights only load failed" in str(e):
+            # A file holding pickled objects: torch's message (what to do), naming the file; the class
+            # Lightning's Trainer raises here, and a ValueError as every other unreadable file.
+            raise PickledCheckpointError(
+                f"{path!r} is not a loadable checkpoint with weights_only=True: it holds objects other than tensors "
+                "and plain data (e.g. a hyperparameter that is an nn.Module, pickled as Lightning does). If the file "
+                f"comes from a trusted source, pass weights_only=False. {e}"
+            ) from e
+        raise _unloadable(path, e) from e
     except Exception as e:  # a damaged file can fail anywhere in the unpickler or the zip reader
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
-            f"{path!r} is not a loadable mopt_fast checkpoint (truncated, corrupt, or holding objects other "
-            f"than tensors and plain data): {type(e).__name__}: {reason}"
-        ) from e
-    marker = ckpt.get("format") if isinstance(ckpt, dict) else None
-    marker = marker if isinstance(marker, str) else None
+        raise _unloadable(path, e) from e
+    source = checkpoint_source(ckpt)
+    if source is None:
+        raise _not_a_checkpoint(path, ckpt)
+    if source == "lightning":
+        return ckpt
+    marker = ckpt.get("format")
+    if not isinstance(marker, str) or not marker.startswith("mopt_fast.checkpoint/"):
+        raise ValueError(f"{path!r} is corrupt: its format marker is {marker!r}, not {FORMAT!r}")
     if marker == _FORMAT_V1:
         warnings.warn(f"{path!r} was written by an older mopt_fast, without a checksum: it is loaded unverified",
                       stacklevel=2)
         return ckpt
-    if marker != FORMAT:
-        raise ValueError(f"{path!r} is not a mopt_fast checkpoint (no {FORMAT!r} format marker)")
+    if marker not in (FORMAT, _FORMAT_V2):
+        raise ValueError(f"{path!r} is a checkpoint of a newer mopt_fast ({marker!r}); this one reads up to {FORMAT!r}")
     stored = ckpt.pop(_CHECKSUM_KEY, None)
     try:
         actual = checksum(ckpt)
@@ -251,6 +375,18 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         )
     return ckpt
 
+
+class PickledCheckpointError(ValueError, pickle.UnpicklingError):
+    """A checkpoint that only ``weights_only=False`` can load: an UnpicklingError, as torch (and
+    so Lightning's Trainer) raises it, and a ValueError, as every other unreadable file here."""
+
+
+def _unloadable(path: str, e: BaseException) -> ValueError:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return ValueError(
+        f"{path!r} is not a loadable checkpoint (truncated, corrupt, not written by torch.save, or holding objects "
+        f"other than tensors and plain data): {type(e).__name__}: {reason}"
+    )
 
 
 class AttributeDict(dict):
@@ -296,7 +432,7 @@ def _read_checkpoint(checkpoint_path: str | os.PathLike | IO, map_location: Any,
     with ``weights_only=True`` unless told otherwise."""
     if isinstance(checkpoint_path, (str, os.PathLike)):
         checkpoint_path = os.fspath(checkpoint_path)
-    ckpt = torch.load(checkpoint_path, map_location=map_location or _default_map_location,
+    ckpt = torch_load(checkpoint_path, map_location=map_location or _default_map_location,
                       weights_only=True if weights_only is None else weights_only)
     if not isinstance(ckpt, dict) or ("state_dict" not in ckpt and key == "hyper_parameters"):
         raise ValueError(f"{checkpoint_path!r} is not a checkpoint of a LightningModule: it has no 'state_dict'")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader
 
+from mopt_fast.callbacks.callback import rank_zero_info
 from mopt_fast.core.states import LoopPoint
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state, set_rng_state
@@ -137,12 +138,16 @@ class FitLoop:
         return epochs and steps
 
     def done(self) -> bool:
+        """Whether the fit is over; says why as Lightning's FitLoop.done does (INFO), also when a
+        resumed checkpoint is already at max_steps / max_epochs."""
         trainer = self.trainer
-        return (
-            _max_reached(self.global_step, trainer.max_steps)
-            or _max_reached(self.epochs_completed, trainer.max_epochs)
-            or (trainer.should_stop and self.can_stop_early())
-        )
+        if _max_reached(self.global_step, trainer.max_steps):
+            rank_zero_info(trainer, f"`Trainer.fit` stopped: `max_steps={trainer.max_steps!r}` reached.")
+            return True
+        if _max_reached(self.epochs_completed, trainer.max_epochs):
+            rank_zero_info(trainer, f"`Trainer.fit` stopped: `max_epochs={trainer.max_epochs!r}` reached.")
+            return True
+        return trainer.should_stop and self.can_stop_early()
 
     def ready_batches_reached(self) -> bool:
         return self.batch_idx + 1 == self.num_training_batches or self.is_last_batch
@@ -387,6 +392,15 @@ class FitLoop:
         `rng` is the RNG state then."""
         metrics = self.trainer.metric_store
         point = self.point
+        if not rng:  # a Lightning checkpoint: no RNG state, the RNG goes on as it is (Lightning's resume)
+            rng = rng_state()
+        if point.inside_epoch and self.epoch_rng is None:
+            warn(
+                "Resuming from a checkpoint taken inside an epoch that holds no RNG state (Lightning's): the rest of "
+                f"the epoch is a fresh iterator over the train dataloader with its first {self.batch_idx + 1} batches "
+                "skipped, the same batches as the interrupted run's only if their order does not depend on the random "
+                "state (no shuffling, or a sampler with its own seeded generator). Lightning itself resumes such a "
+                "checkpoint with the dataloader from its start.")
         if point in (LoopPoint.IN_BATCH, LoopPoint.IN_EPOCH_END):
             warn(
                 f"The checkpoint was saved from inside the loop ({point.value}), not at a resume point: the fit "
@@ -395,8 +409,7 @@ class FitLoop:
             # Rebuild the epoch's order from the RNG it started with, skip what was done, then take
             # up the RNG where the checkpoint left it.
             self.set_sampler_epoch(loader)
-            assert self.epoch_rng is not None  # a checkpoint from inside an epoch holds the epoch's RNG
-            set_rng_state(self.epoch_rng)
+            set_rng_state(self.epoch_rng if self.epoch_rng is not None else rng)
             iterator = self.new_iterator(loader)
             for _ in range(self.batch_idx + 1):
                 next(iterator)

@@ -1,5 +1,11 @@
 """What a checkpoint of a fit holds, and restoring one (Lightning's checkpoint connector).
 
+A checkpoint has Lightning 2.6's layout (core/saving.py), so Lightning's Trainer resumes ours and
+ours resumes Lightning's: `checkpoint_dict` writes Lightning's entries, its ``"loops"`` counters
+included (`_lightning_ckpt.lightning_loops`), and our exact-resume state under ``"mopt_fast"``;
+`restore` reads that state from our files and, from Lightning's, the position its counters give
+(`_lightning_ckpt.fit_loop_state`), without the RNG and data-order state Lightning does not keep.
+
 Each loop serializes itself (`FitLoop.state_dict`: where in the loop the checkpoint was taken, a
 `LoopPoint`, and the RNG state at the start of its epoch), so a resumed fit rebuilds the epoch's
 data order, skips the batches already done and carries on from there (`FitLoop.continue_epoch`). One limit: a DataLoader with ``persistent_workers=True`` keeps
@@ -13,9 +19,11 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from mopt_fast.callbacks.callback import Callback
-from mopt_fast.core.saving import FORMAT, load_checkpoint
+from mopt_fast.callbacks.callback import Callback, rank_zero_info
+from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, load_checkpoint
+from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
+from mopt_fast.trainer._lightning_ckpt import fit_loop_state, lightning_loops
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.strategies import FSDPStrategy
 
@@ -27,9 +35,10 @@ __all__ = ["checkpoint_dict", "load_callback_states", "load_for_resume", "restor
 
 
 def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
-    """The checkpoint of the current state: model and hyperparameters, and unless `weights_only`
-    the optimizers, schedulers, precision plugin, loop position, metrics, RNG and checkpoint
-    callbacks; then the module's on_save_checkpoint."""
+    """The checkpoint of the current state, in Lightning's layout: model, loops' counters and
+    hyperparameters, and unless `weights_only` the callbacks, optimizers, schedulers, loss
+    scaler and, under ``"mopt_fast"``, our loops' own state, the metrics and the RNG; then the
+    module's on_save_checkpoint."""
     if isinstance(trainer.strategy, FSDPStrategy):
         raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
     model = trainer.lightning_module
@@ -39,9 +48,27 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "format": FORMAT,
         "epoch": loop.epochs_completed,
         "global_step": loop.global_step,
+        LIGHTNING_VERSION_KEY: LIGHTNING_LAYOUT_VERSION,
         "state_dict": model.state_dict(),
-        **model._checkpoint_hparams(),  # "hyper_parameters" as plain data, and "hparams_name"
+        "loops": lightning_loops(loop, model.automatic_optimization),
     }
+    if not weights_only:
+        save_callback_states(trainer, ckpt, on_save=False)  # by state_key; their on_save_checkpoint comes last
+        ckpt.update(
+            optimizer_states=[o.state_dict() for o in trainer.optimizers],
+            lr_schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+        )
+        plugin = trainer.precision_plugin
+        scaler = plugin.state_dict().get("scaler")
+        if scaler:  # Lightning's entry: the scaler's state under the plugin's class name
+            ckpt[type(plugin).__qualname__] = scaler
+        ckpt["mopt_fast"] = {
+            "loops": {"fit_loop": loop.state_dict(), "val_loop": trainer.val_loop.state_dict()},
+            "metrics": trainer.metric_store.state_dict(),
+            "rng": rng_state(),
+        }
+    if model.hparams:
+        ckpt.update(model._checkpoint_hparams())  # "hyper_parameters" and "hparams_name"
     datamodule = trainer.datamodule
     if datamodule is not None:  # its hyperparameters and state also in a weights-only checkpoint, as Lightning's
         if datamodule.hparams:
@@ -50,16 +77,7 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         if state:
             ckpt[type(datamodule).__qualname__] = state
     if not weights_only:
-        val_loop = trainer.val_loop
-        ckpt.update(
-            optimizer_states=[o.state_dict() for o in trainer.optimizers],
-            lr_schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
-            precision=trainer.precision_plugin.state_dict(),
-            loops={"fit_loop": loop.state_dict(), "val_loop": val_loop.state_dict()},
-            metrics=trainer.metric_store.state_dict(),
-            rng=rng_state(),
-        )
-        save_callback_states(trainer, ckpt)  # by state_key, then the callbacks' on_save_checkpoint (below)
+        _call_callbacks_on_save(trainer, ckpt)
     trainer.hooks.run_as("on_save_checkpoint", model.on_save_checkpoint, ckpt)
     return ckpt
 
@@ -124,12 +142,23 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
     return ckpt_path
 
 
-def load_for_resume(trainer: Trainer, path: str) -> dict[str, Any]:
-    """The checkpoint `fit(ckpt_path=...)` resumes from, checked against the optimizers and
-    schedulers configured."""
-    ckpt = load_checkpoint(path)
-    if "loops" not in ckpt:
-        raise ValueError(f"{path!r} was saved with weights_only=True: it has no training state to resume from")
+def load_for_resume(trainer: Trainer, path: str, weights_only: bool | None = None) -> dict[str, Any]:
+    """The checkpoint `fit(ckpt_path=...)` resumes from (ours or Lightning's), checked against the
+    optimizers and schedulers configured and against max_epochs before anything is restored:
+    a file that cannot resume changes nothing."""
+    rank_zero_info(trainer, f"Restoring states from the checkpoint path at {path}")
+    ckpt = load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+    # Lightning's errors for a weights-only file (its loops are there, the optimizers are not)
+    if "optimizer_states" not in ckpt:
+        raise KeyError(
+            "Trying to restore optimizer state but checkpoint contains only the model."
+            " This is probably due to `ModelCheckpoint.save_weights_only` being set to `True`."
+        )
+    if "lr_schedulers" not in ckpt:
+        raise KeyError(
+            "Trying to restore learning rate scheduler state but checkpoint contains only the model."
+            " This is probably due to `ModelCheckpoint.save_weights_only` being set to `True`."
+        )
     if len(ckpt["optimizer_states"]) != len(trainer.optimizers) or len(ckpt["lr_schedulers"]) != len(
         trainer.lr_scheduler_configs
     ):
@@ -137,19 +166,41 @@ def load_for_resume(trainer: Trainer, path: str) -> dict[str, Any]:
             f"{path!r} holds {len(ckpt['optimizer_states'])} optimizer(s) and {len(ckpt['lr_schedulers'])} "
             f"scheduler(s); configure_optimizers gave {len(trainer.optimizers)} and {len(trainer.lr_scheduler_configs)}"
         )
+    epoch = _loop_states(ckpt)[0]["epochs_completed"]
+    if trainer.max_epochs not in (-1, None) and epoch > trainer.max_epochs:  # Lightning's restore_loops
+        raise MisconfigurationException(
+            f"You restored a checkpoint with current_epoch={epoch}, but you have set Trainer(max_epochs={trainer.max_epochs})."
+        )
     return ckpt
 
 
-def restore_weights(trainer: Trainer, path: str) -> None:
+def _loop_states(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the fit loop's state, the validation loop's or None) of a checkpoint: ours from the
+    ``"mopt_fast"`` entry (or, in files before Lightning's layout, from ``"loops"``), or read off
+    Lightning's counters."""
+    ours = ckpt.get("mopt_fast")
+    if ours is not None:
+        return ours["loops"]["fit_loop"], ours["loops"]["val_loop"]
+    if "format" in ckpt:  # mopt_fast.checkpoint/1 and /2
+        loops = ckpt["loops"]
+        if "fit_loop" not in loops:
+            loops = _loops_of_format_2(loops)
+        return loops["fit_loop"], loops["val_loop"]
+    return fit_loop_state(ckpt["loops"]), None
+
+
+def restore_weights(trainer: Trainer, path: str, weights_only: bool | None = None) -> None:
     """validate/test/predict(ckpt_path=...): the module's weights (after its on_load_checkpoint), the
     data module's state and every callback's state, as Lightning's `_restore_modules_and_callbacks`."""
-    ckpt = load_checkpoint(path)
+    rank_zero_info(trainer, f"Restoring states from the checkpoint path at {path}")
+    ckpt = load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
     model = trainer.lightning_module
     assert model is not None  # attached before the checkpoint is restored
     trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
     model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
     _restore_datamodule(trainer, ckpt)
     load_callback_states(trainer, ckpt)
+    rank_zero_info(trainer, f"Loaded model weights from the checkpoint at {path}")
 
 
 def _restore_datamodule(trainer: Trainer, ckpt: dict[str, Any]) -> None:
@@ -158,27 +209,34 @@ def _restore_datamodule(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
 
 
-def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """Everything but the metrics (loaded after the sanity check: returned) and the RNG (set by the
-    fit loop once it has rebuilt the epoch's data order: `FitLoop.resume_rng`)."""
+def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """Everything but the metrics (loaded after the sanity check: returned; None for a Lightning
+    checkpoint, which has none) and the RNG (set by the fit loop once it has rebuilt the epoch's
+    data order: `FitLoop.resume_rng`; a Lightning checkpoint has none, and the RNG is left as it
+    is, as Lightning leaves it)."""
     model = trainer.lightning_module
     assert model is not None  # attached before the checkpoint is restored
-    model.load_state_dict(ckpt["state_dict"])
-    model.on_load_checkpoint(ckpt)
+    fit_state, val_state = _loop_states(ckpt)
+    ours = ckpt.get("mopt_fast", ckpt if "format" in ckpt else {})
     _restore_datamodule(trainer, ckpt)
+    trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
+    model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
+    load_callback_states(trainer, ckpt)  # on_load_checkpoint, then load_state_dict by state_key
+    plugin = trainer.precision_plugin
+    if type(plugin).__qualname__ in ckpt:  # Lightning's entry: the scaler's state
+        plugin.load_state_dict({"scaler": ckpt[type(plugin).__qualname__]})
+    elif "precision" in ckpt:  # files before Lightning's layout
+        plugin.load_state_dict(ckpt["precision"])
+    trainer.fit_loop.load_state_dict(fit_state)
+    trainer.fit_loop.resume_rng = ours.get("rng", {})  # {}: no RNG state (Lightning's): left as it is
+    if val_state is not None:
+        trainer.val_loop.load_state_dict(val_state)
     for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
         opt.load_state_dict(state)
     for config, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
         config.scheduler.load_state_dict(state)
-    trainer.precision_plugin.load_state_dict(ckpt["precision"])
-    loops = ckpt["loops"]
-    if "fit_loop" not in loops:
-        loops = _loops_of_format_2(loops)
-    trainer.fit_loop.load_state_dict(loops["fit_loop"])
-    trainer.fit_loop.resume_rng = ckpt["rng"]
-    trainer.val_loop.load_state_dict(loops["val_loop"])
-    load_callback_states(trainer, ckpt)  # on_load_checkpoint, then load_state_dict by state_key
-    return ckpt["metrics"]
+    rank_zero_info(trainer, f"Restored all states from the checkpoint at {trainer.ckpt_path}")
+    return ours.get("metrics")
 
 
 def _loops_of_format_2(flat: dict[str, Any]) -> dict[str, Any]:
@@ -193,15 +251,20 @@ def _loops_of_format_2(flat: dict[str, Any]) -> dict[str, Any]:
     return {"fit_loop": fit_loop, "val_loop": val_loop}
 
 
-def save_callback_states(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+def save_callback_states(trainer: Trainer, checkpoint: dict[str, Any], on_save: bool = True) -> None:
     """``checkpoint["callbacks"]``: each callback's non-empty state_dict under its state_key; then
-    every callback's on_save_checkpoint (Lightning's order)."""
+    (`on_save`) every callback's on_save_checkpoint (Lightning's order)."""
     states = {}
     for cb in trainer.callbacks:
         state = cb.state_dict()
         if state:
             states[cb.state_key] = state
     checkpoint["callbacks"] = states
+    if on_save:
+        _call_callbacks_on_save(trainer, checkpoint)
+
+
+def _call_callbacks_on_save(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     for cb in trainer.callbacks:
         if type(cb).on_save_checkpoint is not Callback.on_save_checkpoint:
             cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)

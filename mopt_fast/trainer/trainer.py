@@ -242,6 +242,7 @@ class Trainer:
         self.datamodule: LightningDataModule | None = None
         self._ckpt_path: str | None = None
         self._ckpt_path_user_managed = False
+        self._ckpt_weights_only: bool | None = None  # the entry point's weights_only, for its ckpt_path
         self.should_stop = False
 
     # -- state -------------------------------------------------------------------------------------
@@ -441,6 +442,7 @@ class Trainer:
         `validation_step`. A `LightningDataModule` may come as `datamodule` or in place of
         `train_dataloaders`. `ckpt_path`: resume from this checkpoint, "last" or "best"."""
         self._connect(model)
+        self._ckpt_weights_only = weights_only
         self.state.fn = TrainerFn.FITTING
         self.state.status = TrainerStatus.RUNNING
         self.training = True
@@ -473,6 +475,7 @@ class Trainer:
         `val_dataloader()`); returns the logged epoch metrics, one dict per dataloader, and prints
         them (`verbose`). `ckpt_path`: "best", "last" or a checkpoint to load the weights from
         (default: the model's current weights; "best" when no model is given)."""
+        self._ckpt_weights_only = weights_only
         return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
 
     def test(
@@ -485,6 +488,7 @@ class Trainer:
         weights_only: bool | None = None,
     ) -> list[dict[str, float]]:
         """`validate` for `test_step` and `test_dataloader()`."""
+        self._ckpt_weights_only = weights_only
         return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
 
     def predict(
@@ -506,6 +510,7 @@ class Trainer:
                 raise TypeError(f"`Trainer.{name}()` requires a `LightningModule` when it hasn't been passed in a previous run")
         else:
             self._connect(model)
+        self._ckpt_weights_only = weights_only
         self.state.fn = TrainerFn.PREDICTING
         self.state.status = TrainerStatus.RUNNING
         self.predicting = True
@@ -667,9 +672,9 @@ class Trainer:
             self.strategy.wrap(model)
             self._setup_optimizers(model)
             if ckpt_path is not None:
-                restored_metrics = resume.restore(self, resume.load_for_resume(self, ckpt_path))
+                restored_metrics = resume.restore(self, resume.load_for_resume(self, ckpt_path, self._ckpt_weights_only))
         elif ckpt_path is not None:
-            resume.restore_weights(self, ckpt_path)
+            resume.restore_weights(self, ckpt_path, self._ckpt_weights_only)
         self.metric_store = MetricStore()
         if fn == TrainerFn.FITTING:
             self.hooks.call("on_fit_start")
