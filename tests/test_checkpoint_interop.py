@@ -209,6 +209,10 @@ def test_lightning_resumes_our_checkpoints_as_it_resumes_its_own(saved: dict, ke
     from_ours = fit("lightning", 3, ckpt_path=saved["mopt_fast", key, name], **kwargs)
     from_theirs = fit("lightning", 3, ckpt_path=saved["lightning", key, name], **kwargs)
     assert_same_fit(from_ours, from_theirs)
+    # the loggers' step and the batch count, which Lightning's restart stage also sets
+    loops = [t.fit_loop.epoch_loop for _, t in (from_ours, from_theirs)]
+    assert loops[0]._batches_that_stepped == loops[1]._batches_that_stepped
+    assert loops[0].batch_progress.state_dict() == loops[1].batch_progress.state_dict()
     if name in AT_EPOCH_END:  # there Lightning's resume is exact
         assert_same_fit(from_ours, fit("lightning", 3, **kwargs))
 

@@ -1110,7 +1110,7 @@ def test_resume_restores_the_state_of_logged_metrics() -> None:
         assert_tensors_equal(runs["lightning"][1], runs[name][1])
         assert_tensors_equal(runs["lightning"][2], runs[name][2])
         assert runs[name][3] == runs["lightning"][3]
-    state = torch.load(os.path.join(folder, "step=3.ckpt"), weights_only=True)["metrics"]["train"]
+    state = torch.load(os.path.join(folder, "step=3.ckpt"), weights_only=True)["mopt_fast"]["metrics"]["train"]
     entry = state["training_step.train_mse"]
     assert entry["metric_attribute"] == "train_mse" and entry["metric_state"]["update_count"] == 3
 
