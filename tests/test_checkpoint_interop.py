@@ -483,6 +483,12 @@ def test_checkpoint_paths_with_a_protocol(saved: dict, tmp_path: Any, monkeypatc
         assert_same_fit(fit("lightning", 2, ckpt_path=memory), fit("lightning", 2, ckpt_path=local))
         with pytest.raises(FileNotFoundError, match="does not exist"):
             fit("mopt_fast", 2, ckpt_path=memory + ".missing")
+        written = memory.replace("e0.ckpt", "written.ckpt")  # Trainer.save_checkpoint to an fsspec path
+        model, trainer = fit("mopt_fast", 1)
+        trainer.save_checkpoint(written)
+        assert not os.path.exists("memory:")  # not a local folder named after the protocol
+        for fw in FRAMEWORKS:
+            assert torch.equal(NETS[fw].load_from_checkpoint(written).net[0].weight, model.net[0].weight)
     finally:
         server.shutdown()
         server.server_close()
