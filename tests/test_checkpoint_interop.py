@@ -261,6 +261,24 @@ def test_callback_states_come_back_from_the_other_trainers_file(saved: dict) -> 
     assert restored["mopt_fast", "mopt_fast"][3] == 1  # EarlyStopping's wait_count
 
 
+def test_validate_and_test_load_the_weights_of_either_trainers_file(saved: dict) -> None:
+    """validate/test(ckpt_path=...) with a file of either Trainer: the same metrics in both."""
+    results = {}
+    for fw in FRAMEWORKS:
+        for source in FRAMEWORKS:
+            torch.manual_seed(0)
+            trainer = make_trainer(fw, tempfile.mkdtemp(prefix="mopt_fast_interop_"), 1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = trainer.validate(NETS[fw](), loaders()[1], ckpt_path=saved[source, "default", "e0-6.ckpt"],
+                                       verbose=False)
+            results[fw, source] = out[0]["val_loss"]
+    assert len(set(results.values())) == 1, results
+    torch.manual_seed(0)
+    assert results["mopt_fast", "lightning"] != make_trainer("mopt_fast", tempfile.mkdtemp(), 1).validate(
+        NETS["mopt_fast"](), loaders()[1], verbose=False)[0]["val_loss"]  # the weights did come from the file
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
