@@ -72,6 +72,28 @@ def net_class(LM: type) -> type:
 
 
 NETS = {"lightning": net_class(pl.LightningModule), "mopt_fast": net_class(mopt_fast.LightningModule)}
+
+
+def manual_class(base: type) -> type:
+    class Manual(base):
+        def __init__(self, lr: float = 0.05, encoder: nn.Module | None = None) -> None:
+            super().__init__(lr, encoder)
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            opt = self.optimizers()
+            opt.zero_grad()
+            x, y = batch
+            self.manual_backward(nn.functional.mse_loss(self.net(x), y))
+            opt.step()
+
+        def on_train_epoch_end(self) -> None:
+            self.lr_schedulers().step()
+
+    return Manual
+
+
+MANUAL = {fw: manual_class(net) for fw, net in NETS.items()}
 TRAINERS = {"lightning": pl.Trainer, "mopt_fast": mopt_fast.Trainer}
 CALLBACKS = {"lightning": pl.callbacks, "mopt_fast": mopt_fast}
 AT_EPOCH_END = ("e0-6.ckpt",)  # saved after the validation in an epoch's last batch, or after the epoch
@@ -91,10 +113,11 @@ def make_trainer(fw: str, root: str, max_epochs: int, callbacks: list | None = N
 
 
 def fit(fw: str, max_epochs: int, ckpt_path: str | None = None, callbacks: list | None = None, seed: int = 0,
-        **kwargs: Any) -> tuple[Any, Any]:
-    """(model, trainer): a fresh module seeded with `seed`, fitted by `fw`'s Trainer."""
+        manual: bool = False, **kwargs: Any) -> tuple[Any, Any]:
+    """(model, trainer): a fresh module seeded with `seed` (`manual`: optimizing by hand), fitted
+    by `fw`'s Trainer."""
     torch.manual_seed(seed)
-    model = NETS[fw]()
+    model = (MANUAL if manual else NETS)[fw]()
     trainer = make_trainer(fw, tempfile.mkdtemp(prefix="mopt_fast_interop_"), max_epochs, callbacks, **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -164,7 +187,9 @@ def test_our_checkpoints_have_lightnings_entries_and_counters(saved: dict) -> No
         ours = torch.load(saved["mopt_fast", key, name], weights_only=True)
         theirs = torch.load(saved["lightning", key, name], weights_only=True)
         where = (key, name)
-        assert set(theirs) - {"hparams_name"} <= set(ours), where  # Lightning's entries are all there
+        assert set(theirs) <= set(ours), where  # Lightning's entries are all there
+        assert set(ours) - set(theirs) == {"format", "checksum", "mopt_fast"}, where  # and ours, which it ignores
+        assert ours["hparams_name"] == theirs["hparams_name"] == "kwargs"
         assert ours["pytorch-lightning_version"].startswith("2.")
         assert counters(ours) == counters(theirs), where
         assert ours["loops"].keys() == theirs["loops"].keys()
@@ -184,17 +209,18 @@ def test_our_checkpoints_have_lightnings_entries_and_counters(saved: dict) -> No
                     assert ours["callbacks"][state_key][k] is None, (where, state_key, k)
 
 
+@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
 @pytest.mark.parametrize("first", FRAMEWORKS)
-def test_a_fit_resumed_by_the_other_trainer_is_the_uninterrupted_fit(first: str) -> None:
+def test_a_fit_resumed_by_the_other_trainer_is_the_uninterrupted_fit(first: str, manual: bool) -> None:
     """2 epochs in one Trainer, saved; resumed to 4 epochs in the other: the weights (bitwise),
     global step, optimizer and scheduler state of the other's uninterrupted 4-epoch fit."""
     folder = tempfile.mkdtemp(prefix="mopt_fast_interop_")
     path = os.path.join(folder, "first.ckpt")
-    fit(first, 2)[1].save_checkpoint(path)
+    fit(first, 2, manual=manual)[1].save_checkpoint(path)
     second = OTHER[first]
-    resumed = fit(second, 4, ckpt_path=path, seed=7)
+    resumed = fit(second, 4, ckpt_path=path, seed=7, manual=manual)
     assert resumed[1].global_step == 24
-    assert_same_fit(resumed, fit(second, 4))
+    assert_same_fit(resumed, fit(second, 4, manual=manual))
     shutil.rmtree(folder)
 
 
