@@ -511,7 +511,7 @@ def test_checkpoint_paths_with_a_protocol(saved: dict, tmp_path: Any, monkeypatc
     memory = f"memory://interop-{uuid.uuid4().hex}/e0.ckpt"
     with fsspec.open(memory, "wb") as f, open(local, "rb") as src:
         f.write(src.read())
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # where torch.hub downloads URLs
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # where Lightning (torch.hub) caches URLs
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=os.path.dirname(local)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -525,6 +525,11 @@ def test_checkpoint_paths_with_a_protocol(saved: dict, tmp_path: Any, monkeypatc
                 loaded = NETS[fw].load_from_checkpoint(path, weights_only=True)
                 assert torch.equal(loaded.net[0].weight, NETS[fw].load_from_checkpoint(local).net[0].weight)
         assert_same_fit(fit("lightning", 2, ckpt_path=memory), fit("lightning", 2, ckpt_path=local))
+        # another file under the same name is that file, not the one loaded before (no cache by name)
+        other = saved["mopt_fast", "default", "end.ckpt"]
+        shutil.copy(other, tmp_path / "e0-6.ckpt")
+        server.RequestHandlerClass = functools.partial(_Quiet, directory=str(tmp_path))
+        assert fit("mopt_fast", 3, ckpt_path=url)[1].global_step == 18  # resumed from step 12, not 6
         with pytest.raises(FileNotFoundError, match="does not exist"):
             fit("mopt_fast", 2, ckpt_path=memory + ".missing")
         written = memory.replace("e0.ckpt", "written.ckpt")  # Trainer.save_checkpoint to an fsspec path

@@ -271,15 +271,20 @@ def _fsspec() -> Any:
 
 def torch_load(path: str | os.PathLike | IO, map_location: Any = None, weights_only: bool = True) -> Any:
     """``torch.load`` of a local path, a file object, or a URL as Lightning's ``_load`` reads them:
-    http(s) through ``torch.hub.load_state_dict_from_url`` (downloaded into torch.hub's cache),
-    any other protocol through fsspec. One difference: Lightning loads http(s) URLs with
-    ``weights_only=False`` unless told otherwise; here every source gets the caller's
-    `weights_only` (True by default), as a file from the network is the last one to trust."""
+    http(s) downloaded, any other protocol through fsspec. Two differences from Lightning, both
+    for safety: Lightning loads http(s) URLs with ``weights_only=False`` unless told otherwise,
+    while here every source gets the caller's `weights_only` (True by default), as a file from the
+    network is the last one to trust; and Lightning downloads through torch.hub's cache, which
+    keys files by their name alone (a second ".../last.ckpt" from another run would load the
+    first one's), while here each load downloads the file afresh into a temporary folder."""
     if not isinstance(path, (str, os.PathLike)):
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     path = os.fspath(path)
     if path.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=weights_only)
+        with tempfile.TemporaryDirectory(prefix="mopt_fast_ckpt_") as folder:
+            local = os.path.join(folder, "checkpoint.ckpt")
+            torch.hub.download_url_to_file(path, local, progress=False)
+            return torch.load(local, map_location=map_location, weights_only=weights_only)
     if _is_url(path):
         with _fsspec().open(path, "rb") as f:
             return torch.load(f, map_location=map_location, weights_only=weights_only)
