@@ -287,8 +287,9 @@ def test_callback_states_come_back_from_the_other_trainers_file(saved: dict) -> 
     assert restored["mopt_fast", "mopt_fast"][3] == 1  # EarlyStopping's wait_count
 
 
-def test_validate_and_test_load_the_weights_of_either_trainers_file(saved: dict) -> None:
-    """validate/test(ckpt_path=...) with a file of either Trainer: the same metrics in both."""
+def test_validate_loads_the_weights_of_either_trainers_file(saved: dict) -> None:
+    """validate(ckpt_path=...) with a file of either Trainer (test/predict load it the same way,
+    resume.restore_weights): the same metrics in both."""
     results = {}
     for fw in FRAMEWORKS:
         for source in FRAMEWORKS:
