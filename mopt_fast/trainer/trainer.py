@@ -33,7 +33,7 @@ from mopt_fast.callbacks.callback import Callback
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
 from mopt_fast.callbacks.timer import Timer
-from mopt_fast.core.datamodule import LightningDataModule
+from mopt_fast.core.datamodule import LightningDataModule, datamodule_base, is_datamodule
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.saving import save_checkpoint_file
@@ -42,7 +42,7 @@ from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, resume, training_step
-from mopt_fast.trainer._data import isolated_rng, shut_down_workers
+from mopt_fast.trainer._data import batch_hook_owner, batch_transfer, isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._logging import log_hyperparams_at_start
 from mopt_fast.trainer._metrics import MetricStore
@@ -230,6 +230,7 @@ class Trainer:
         self.run_backward = types.MethodType(training_step.backward, self)
         self.run_optimizer_step = types.MethodType(training_step.optimizer_step, self)
         self.hooks = HookRunner(self)  # the hook table of the run, and which hook is running
+        self.batch_transfer: Callable[[Any, int], Any] | None = None  # None: no batch-transfer hook overridden
         self.fit_loop = FitLoop(self)
         self.fit_loop.val_check_time_interval = flags.val_check_time_interval
         self.val_loop = EvaluationLoop(self, TrainerFn.FITTING, RunningStage.VALIDATING, verbose=False,
@@ -422,6 +423,12 @@ class Trainer:
     run_backward: Callable[..., None]
     run_optimizer_step: Callable[..., Any]
 
+    def call_batch_hook(self, name: str, *args: Any) -> Any:
+        """The batch-transfer hook `name` of the data module when it overrides it, else of the
+        module, run as that hook (what the module's ``_on_before_batch_transfer`` /
+        ``_apply_batch_transfer_handler`` call, as Lightning's `_call_batch_hook`)."""
+        return self.hooks.run_as(name, getattr(batch_hook_owner(self, name), name), *args)
+
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
         """The checkpoint of the current state, as a dictionary (what `save_checkpoint` writes)."""
         return resume.checkpoint_dict(self, weights_only)
@@ -449,7 +456,7 @@ class Trainer:
 
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
-        if isinstance(train_dataloaders, LightningDataModule):
+        if is_datamodule(train_dataloaders):
             datamodule, train_dataloaders = train_dataloaders, None
         if (train_dataloaders is not None or val_dataloaders is not None) and datamodule is not None:
             raise MisconfigurationException(
@@ -514,7 +521,7 @@ class Trainer:
     def _predict_impl(self, model: LightningModule | None, dataloaders: Any, datamodule: LightningDataModule | None,
                       return_predictions: bool | None, ckpt_path: Any) -> list[Any] | None:
         self.predict_loop.return_predictions = True if return_predictions is None else bool(return_predictions)
-        if isinstance(dataloaders, LightningDataModule):
+        if is_datamodule(dataloaders):
             datamodule, dataloaders = dataloaders, None
         if dataloaders is not None and datamodule:
             raise MisconfigurationException("You cannot pass both `trainer.predict(dataloaders=..., datamodule=...)`")
@@ -543,7 +550,7 @@ class Trainer:
 
     def _evaluate_impl(self, fn: TrainerFn, stage: RunningStage, model: LightningModule | None, dataloaders: Any,
                        ckpt_path: Any, verbose: bool, datamodule: LightningDataModule | None) -> list[dict[str, float]]:
-        if isinstance(dataloaders, LightningDataModule):
+        if is_datamodule(dataloaders):
             datamodule, dataloaders = dataloaders, None
         if dataloaders is not None and datamodule:
             raise MisconfigurationException(
@@ -569,9 +576,10 @@ class Trainer:
                 val: Any = None, test: Any = None, predict: Any = None) -> None:
         """Where each loop's dataloaders come from this run (Lightning's `attach_data`): the loaders
         given, else the data module, else the model."""
-        if datamodule is not None and not isinstance(datamodule, LightningDataModule):
+        if datamodule is not None and not is_datamodule(datamodule):
             raise TypeError(
-                f"`datamodule` must be a `mopt_fast.LightningDataModule`, got {type(datamodule).__qualname__}"
+                f"`datamodule` must be a `mopt_fast.LightningDataModule` (or Lightning's), got "
+                f"{type(datamodule).__qualname__}"
             )
         fallback = datamodule if datamodule is not None else model
         self.fit_loop.source.instance = train if train is not None else fallback
@@ -656,6 +664,7 @@ class Trainer:
             self.root_device = self.strategy.root_device(self._accelerator)
         self._prepare_data(model)
         self.hooks.build(self.callbacks, model)
+        self.batch_transfer = batch_transfer(self)
         self._ckpt_path = ckpt_path
         model.to(self.root_device)
         self.hooks.call_datamodule("setup", stage=fn)
@@ -783,21 +792,14 @@ class Trainer:
                     f"`{name}.{step}(dataloader_iter)`: the `dataloader_iter` step flavor is not built in "
                     "mopt_fast.Trainer; take `batch, batch_idx`"
                 )
-        for owner, base in ((model, LightningModule), (self.datamodule, LightningDataModule)):
-            for hook in ("transfer_batch_to_device", "on_before_batch_transfer", "on_after_batch_transfer"):
-                if owner is not None and callable(getattr(owner, hook, None)) and not hasattr(base, hook):
-                    raise NotImplementedError(
-                        f"`{type(owner).__name__}.{hook}` is not built in mopt_fast.Trainer: batches move to the "
-                        "device as they are (tensors in lists, tuples, dicts)"
-                    )
 
     def _prepare_data(self, model: LightningModule) -> None:
         """prepare_data of the data module then the module, on local rank 0 of each node (or global
         rank 0 with ``prepare_data_per_node = False``), as Lightning."""
         local_zero = self.local_rank == 0
         global_zero = local_zero and self.node_rank == 0
-        for owner, base in ((self.datamodule, LightningDataModule), (model, LightningModule)):
-            if owner is None or not is_overridden("prepare_data", owner, base):
+        for owner, base in ((self.datamodule, datamodule_base(self.datamodule)), (model, LightningModule)):
+            if owner is None or base is None or not is_overridden("prepare_data", owner, base):
                 continue
             per_node = getattr(owner, "prepare_data_per_node", True)
             if (per_node and local_zero) or (not per_node and global_zero):
