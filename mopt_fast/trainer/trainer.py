@@ -44,7 +44,7 @@ from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, resume, training_step
 from mopt_fast.trainer._data import batch_hook_owner, batch_transfer, isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
-from mopt_fast.trainer._logging import log_hyperparams_at_start
+from mopt_fast.trainer._logging import log_hyperparams_at_start, start_experiments
 from mopt_fast.trainer._metrics import MetricStore
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
@@ -132,7 +132,7 @@ class Trainer:
     num_sanity_val_steps: int | float
     log_every_n_steps: int
     default_root_dir: str
-    loggers: list[Logger]
+    _loggers: list[Logger]
     callbacks: list[Any]
 
     def __init__(
@@ -364,9 +364,31 @@ class Trainer:
     def logger(self) -> Logger | None:
         return self.loggers[0] if self.loggers else None
 
+    @logger.setter
+    def logger(self, logger: Logger | None) -> None:
+        """Lightning's: a falsy value leaves no logger, anything else is the only one."""
+        self.loggers = [logger] if logger else []
+
     @property
-    def log_dir(self) -> str:
-        return self.loggers[0].log_dir if self.loggers else self.default_root_dir
+    def loggers(self) -> list[Logger]:
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: list[Logger] | None) -> None:
+        self._loggers = loggers if loggers else []
+
+    @property
+    def log_dir(self) -> str | None:
+        """The first logger's log_dir when it is a TensorBoard or CSV logger (ours or Lightning's), else
+        its save_dir (W&B, MLflow, ...); the default root folder without a logger (Lightning's)."""
+        if not self.loggers:
+            return self.default_root_dir
+        first = self.loggers[0]
+        if any(cls.__name__ in ("CSVLogger", "TensorBoardLogger")
+               and cls.__module__.startswith(("mopt_fast.", "lightning.", "pytorch_lightning."))
+               for cls in type(first).__mro__):
+            return first.log_dir
+        return first.save_dir
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
@@ -667,6 +689,7 @@ class Trainer:
         self.batch_transfer = batch_transfer(self)
         self._ckpt_path = ckpt_path
         model.to(self.root_device)
+        start_experiments(self)
         self.hooks.call_datamodule("setup", stage=fn)
         self.hooks.call("setup", stage=fn)
         restored_metrics = None
