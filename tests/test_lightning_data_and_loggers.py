@@ -445,6 +445,8 @@ LOGGER_KINDS = {
 def test_loggers_in_our_trainer_match_lightning(kind: str, logger_from: str, tmp_path, monkeypatch) -> None:
     """Lightning's Trainer with Lightning's logger, against ours with Lightning's logger or ours:
     the same metric names, values and steps, hyperparameters and files."""
+    if kind == "tensorboard":
+        importorskip_unless_ci("tensorboard")
     if kind == "mlflow":
         importorskip_unless_ci("mlflow")
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 needs it for a file: store
@@ -492,6 +494,7 @@ def test_wandb_offline_in_our_trainer_matches_lightning(logger_from: str, tmp_pa
 
 
 def test_our_wandb_and_mlflow_loggers_under_lightnings_paths(monkeypatch) -> None:
+    importorskip_unless_ci("wandb")
     from mopt_fast.loggers import mlflow as mlflow_module
     from mopt_fast.loggers import wandb as wandb_module
 

@@ -3,7 +3,9 @@
 `ModelHooks`, mixed into `LightningModule`, and `CallbackHooks`, the base of `Callback`, so the
 Trainer finds every hook and a user's ``super().on_test_epoch_end()`` works; `CALLBACK_HOOKS`, the
 names the Trainer dispatches to callbacks, and `ALWAYS_CALLED`, the module hooks whose default
-does something. Defaults are Lightning's: no-ops, except the model-mode hooks (eval / train),
+does something. `DataHooks`, mixed into both LightningModule and LightningDataModule: the
+batch-transfer hooks (`BATCH_TRANSFER_HOOKS`), called only when one is overridden, and
+`move_data_to_device`, how a batch moves otherwise. Defaults are Lightning's: no-ops, except the model-mode hooks (eval / train),
 `on_validation_model_zero_grad` and `predict_step` (``self(batch)``)."""
 from __future__ import annotations
 
