@@ -459,6 +459,36 @@ def test_loggers_in_our_trainer_match_lightning(kind: str, logger_from: str, tmp
     assert got["mopt_fast"] == got["lightning"]
 
 
+def mlflow_artifacts(fw: str, cls: type, root: str) -> list:
+    """The checkpoint artifacts (files and metadata) an MLflow logger with ``log_model="all"`` logs."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    _, logger = fit_logged(fw, lambda root: cls(tracking_uri="file:" + os.path.join(root, "ml"), log_model="all"),
+                           root)
+    client = MlflowClient(logger._tracking_uri)
+    found = []
+    for artifact in sorted(a.path for a in client.list_artifacts(logger.run_id)):
+        files = sorted(f.path for f in client.list_artifacts(logger.run_id, artifact))
+        folder = os.path.join(root, "ml", logger.experiment_id, logger.run_id, "artifacts", artifact)
+        found.append((files, yaml.safe_load(open(os.path.join(folder, "metadata.yaml"))),
+                      open(os.path.join(folder, "aliases.txt")).read()))
+    return found
+
+
+@pytest.mark.parametrize("logger_from", ["lightning", "mopt_fast"])
+def test_mlflow_log_model_matches_lightning(logger_from: str, tmp_path, monkeypatch) -> None:
+    """log_model="all": each checkpoint ModelCheckpoint saves is logged with Lightning's metadata."""
+    importorskip_unless_ci("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    ours_cls = (pl.loggers if logger_from == "lightning" else mopt_fast.loggers).MLFlowLogger
+    got = {"lightning": mlflow_artifacts("lightning", pl.loggers.MLFlowLogger, str(tmp_path / "l")),
+           "mopt_fast": mlflow_artifacts("mopt_fast", ours_cls, str(tmp_path / "m"))}
+    assert got["mopt_fast"] == got["lightning"]
+    assert [files[1] for files, _, _ in got["mopt_fast"]] == ["epoch=0-step=6/epoch=0-step=6.ckpt",
+                                                             "epoch=1-step=12/epoch=1-step=12.ckpt"]
+
+
 @pytest.mark.parametrize("logger_from", ["lightning", "mopt_fast"])
 def test_wandb_offline_in_our_trainer_matches_lightning(logger_from: str, tmp_path, monkeypatch) -> None:
     wandb = importorskip_unless_ci("wandb")
