@@ -602,12 +602,13 @@ def fast_dev_run_logger(fw: str, root: str) -> tuple:
     quietly(lambda: trainer.fit(UsesExperiment(), DataLoader(random_data(8, 0), batch_size=4)))
     lg = trainer.logger
     return (lg.name, lg.version, lg.experiment.add_image("img", 1), lg.log_metrics({"a": 1.0}, 0),
-            lg.anything_else(), lg[0] is lg, os.listdir(root) if os.path.exists(root) else [])
+            lg.anything_else(), lg[0] is lg, os.listdir(root) if os.path.exists(root) else [], lg.save_dir,
+            trainer.log_dir)
 
 
 def test_fast_dev_run_logger_has_an_experiment(tmp_path) -> None:
     seen = {fw: fast_dev_run_logger(fw, str(tmp_path / fw)) for fw in FRAMEWORKS}
-    assert seen["mopt_fast"] == seen["lightning"] == ("", "", None, None, None, True, [])
+    assert seen["mopt_fast"] == seen["lightning"] == ("", "", None, None, None, True, [], None, None)
 
 
 def setter_states(fw: str, root: str) -> list:

@@ -214,7 +214,7 @@ def loggers(logger: bool | Logger | Iterable[Logger] | None, default_root_dir: s
     nothing in their place (Lightning's DummyLogger)."""
     found = _loggers(logger, default_root_dir)
     if fast_dev_run:
-        return [_DummyLogger(default_root_dir)] if found else []
+        return [_DummyLogger()] if found else []
     return found
 
 
@@ -246,8 +246,8 @@ class _DummyLogger(Logger):
     `experiment` and any method called on it do nothing, so ``self.logger.experiment.add_image(...)``
     in a module runs unchanged."""
 
-    def __init__(self, save_dir: str) -> None:
-        super().__init__(save_dir)
+    def __init__(self) -> None:
+        super().__init__()
         self._experiment = _DummyExperiment()
 
     @property
@@ -269,8 +269,12 @@ class _DummyLogger(Logger):
         return ""
 
     @property
-    def log_dir(self) -> str:
-        return self.save_dir
+    def save_dir(self) -> str | None:  # type: ignore[override]
+        return None  # Lightning's: nothing is written (``trainer.log_dir`` is None under fast_dev_run)
+
+    @property
+    def log_dir(self) -> str | None:  # type: ignore[override]
+        return None
 
     def __getitem__(self, idx: int) -> _DummyLogger:  # ``self.logger[0].experiment``, as Lightning's
         return self
