@@ -459,6 +459,33 @@ def test_loggers_in_our_trainer_match_lightning(kind: str, logger_from: str, tmp
     assert got["mopt_fast"] == got["lightning"]
 
 
+def with_example_input(LM: type) -> type:
+    class WithExample(regressor(LM)):
+        def __init__(self) -> None:
+            super().__init__()
+            self.example_input_array = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
+
+    return WithExample
+
+
+@pytest.mark.parametrize("logger_from", ["lightning", "mopt_fast"])
+def test_tensorboard_log_graph_in_our_trainer(logger_from: str, tmp_path) -> None:
+    """log_graph=True traces the module with its example input, moved by the batch-transfer hooks
+    (Lightning's TensorBoardLogger calls the module's ``_apply_batch_transfer_handler``)."""
+    importorskip_unless_ci("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    graphs = {}
+    for fw, cls in (("lightning", pl.loggers.TensorBoardLogger),
+                    ("mopt_fast", (pl.loggers if logger_from == "lightning" else mopt_fast.loggers).TensorBoardLogger)):
+        _, logger = fit_logged(fw, lambda root, cls=cls: cls(root, log_graph=True), str(tmp_path / fw),
+                               module=with_example_input)
+        events = EventAccumulator(logger.log_dir)
+        events.Reload()
+        graphs[fw] = sorted(node.name for node in events.Graph().node)
+    assert graphs["mopt_fast"] == graphs["lightning"] and graphs["mopt_fast"]
+
+
 def mlflow_artifacts(fw: str, cls: type, root: str) -> list:
     """The checkpoint artifacts (files and metadata) an MLflow logger with ``log_model="all"`` logs."""
     import yaml
