@@ -1140,22 +1140,19 @@ def test_module_hooks_around_evaluation(tmp_path, capsys, keep_dropout_off: bool
     assert any(r[0] == "on_test_model_eval" for r in ref["recorded"])
 
 
-@pytest.mark.parametrize("what", ["dataloader_iter", "transfer_batch_to_device", "combined_train_loaders"])
+@pytest.mark.parametrize("what", ["dataloader_iter", "combined_train_loaders"])
 def test_features_not_built_say_so(tmp_path, what: str) -> None:
     """What mopt_fast.Trainer does not build is a NotImplementedError naming it, not a silent
-    difference (Lightning runs these)."""
+    difference (Lightning runs these). The batch-transfer hooks are built
+    (tests/test_lightning_data_and_loggers.py)."""
     class DataIter(regressor(mopt_fast.LightningModule)):
         def training_step(self, dataloader_iter):
             return self.compute_loss(next(dataloader_iter)[0])
 
-    class Transfer(regressor(mopt_fast.LightningModule)):
-        def transfer_batch_to_device(self, batch, device, dataloader_idx):
-            return batch
-
     train, val = cases.make_data()
-    model = {"dataloader_iter": DataIter, "transfer_batch_to_device": Transfer}.get(what, regressor(mopt_fast.LightningModule))()
+    model = {"dataloader_iter": DataIter}.get(what, regressor(mopt_fast.LightningModule))()
     loaders = {"a": train, "b": train} if what == "combined_train_loaders" else train
-    with pytest.raises(NotImplementedError, match="dataloader_iter|transfer_batch_to_device|several training"):
+    with pytest.raises(NotImplementedError, match="dataloader_iter|several training"):
         quiet(new_trainer("mopt_fast", str(tmp_path)).fit, model, loaders, val)
 
 

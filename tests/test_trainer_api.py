@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import logging
 import os
 import warnings
 
@@ -447,9 +448,17 @@ def test_csv_logger_progress_bar_and_summary(tmp_path, capsys) -> None:
     # The default logger is TensorBoard's when tensorboard is installed (as Lightning): CSV explicitly.
     trainer = Trainer(accelerator="cpu", max_epochs=2, default_root_dir=str(tmp_path), log_every_n_steps=2,
                       enable_checkpointing=False, logger=mopt_fast.CSVLogger(str(tmp_path)))
-    trainer.fit(model, cases.make_data()[0])
+    messages: list[str] = []
+    capture = logging.Handler()
+    capture.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("mopt_fast.trainer").addHandler(capture)
+    try:
+        trainer.fit(model, cases.make_data()[0])
+    finally:
+        logging.getLogger("mopt_fast.trainer").removeHandler(capture)
     out, err = capsys.readouterr()
-    assert "Trainable params" in out and "G" in out and "Sequential" in out
+    summary = "".join(messages)  # the summary goes to the INFO log, as Lightning's
+    assert "Trainable params" in summary and "G" in summary and "Sequential" in summary
     assert "Epoch 1" in out and "g_loss" in out and "d_loss" in out  # the tqdm bar writes to stdout, as Lightning's
     csv_path = os.path.join(str(tmp_path), "lightning_logs", "version_0", "metrics.csv")
     lines = open(csv_path).read().splitlines()

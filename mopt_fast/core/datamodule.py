@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sized
 from typing import IO, TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from mopt_fast.core.hooks import DataHooks
 from mopt_fast.core.hparams import HyperparametersMixin, _init_kwargs, _restricted_classmethod
 from mopt_fast.core.saving import _read_checkpoint
 from mopt_fast.exceptions import MisconfigurationException
@@ -23,10 +25,10 @@ from mopt_fast.exceptions import MisconfigurationException
 if TYPE_CHECKING:
     from mopt_fast.core.protocol import TrainerProtocol
 
-__all__ = ["LightningDataModule"]
+__all__ = ["LightningDataModule", "datamodule_base", "is_datamodule"]
 
 
-class LightningDataModule(HyperparametersMixin):
+class LightningDataModule(DataHooks, HyperparametersMixin):
     """Subclass it and override the hooks you need; see the module docstring."""
 
     name: str | None = None
@@ -98,6 +100,12 @@ class LightningDataModule(HyperparametersMixin):
     def on_exception(self, exception: BaseException) -> None:
         """Called when fit / validate / test / predict fails."""
 
+    def __str__(self) -> str:
+        """Each dataloader hook's dataset sizes, one line each, as Lightning's ``str(datamodule)``:
+        ``{Train dataloader: size=64}``, ``None`` for a hook that fails (or is not defined), and
+        ``1. size=8 ; 2. size=4`` for a list of loaders."""
+        return _describe_loaders(self)
+
     # -- construction from datasets -----------------------------------------------------------------------
     @classmethod
     def from_datasets(
@@ -138,3 +146,68 @@ class LightningDataModule(HyperparametersMixin):
             if datasets is not None:
                 setattr(datamodule, f"{name}_dataloader", lambda d=datasets, s=shuffle: apply(d, s))
         return datamodule
+
+
+class _DatasetInfo:
+    """One loader's line in ``str(datamodule)``: whether the hook gave one, and its dataset's size."""
+
+    def __init__(self, available: bool, length: str) -> None:
+        self.available = available
+        self.length = length
+
+
+def _loader_info(loader: Any) -> Any:
+    """Each DataLoader of `loader` (nested in lists, tuples, dicts) as a `_DatasetInfo`; anything else
+    as it is (Lightning's ``apply_to_collection(loader, DataLoader, ...)``)."""
+    if isinstance(loader, DataLoader):
+        size = str(len(loader.dataset)) if isinstance(loader.dataset, Sized) else "NA"
+        return _DatasetInfo(True, size)
+    if isinstance(loader, Mapping):
+        return type(loader)({k: _loader_info(v) for k, v in loader.items()})  # type: ignore[call-arg]
+    if isinstance(loader, (list, tuple)):
+        return type(loader)(_loader_info(v) for v in loader)
+    return loader
+
+
+def _describe_loaders(datamodule: Any) -> str:
+    """Lightning's `LightningDataModule.__str__`, line for line."""
+    lines = []
+    for label, hook in (("Train dataloader", "train_dataloader"), ("Validation dataloader", "val_dataloader"),
+                        ("Test dataloader", "test_dataloader"), ("Predict dataloader", "predict_dataloader")):
+        try:
+            info = _loader_info(getattr(datamodule, hook)())
+        except Exception:  # Lightning shows any failure of the hook as "None"
+            info = _DatasetInfo(False, "")
+        if isinstance(info, _DatasetInfo):
+            text = "None" if not info.available else f"size={info.length}"
+        else:
+            text = " ; ".join("None" if not item.available else f"{i}. size={item.length}"
+                              for i, item in enumerate(info, start=1))
+        lines.append(f"{{{label}: {text}}}")
+    return os.linesep.join(lines)
+
+
+def _lightning_datamodule_class(obj: Any) -> type | None:
+    """Lightning's `LightningDataModule` class when `obj` is one of its instances. Looked up only in
+    `sys.modules`: a script that brought such an object has imported Lightning already, and
+    mopt_fast must not import it (an optional dependency)."""
+    for package in ("lightning.pytorch", "pytorch_lightning"):
+        module = sys.modules.get(package)
+        cls = getattr(module, "LightningDataModule", None) if module is not None else None
+        if isinstance(cls, type) and isinstance(obj, cls):
+            return cls
+    return None
+
+
+def datamodule_base(obj: Any) -> type | None:
+    """The data-module base class `obj` derives from (ours, or Lightning's for a data module written
+    on ``lightning.pytorch.LightningDataModule``): what `is_overridden` compares its hooks with.
+    None when `obj` is not a data module."""
+    if isinstance(obj, LightningDataModule):
+        return LightningDataModule
+    return _lightning_datamodule_class(obj)
+
+
+def is_datamodule(obj: Any) -> bool:
+    """`obj` is a data module: mopt_fast's or Lightning's (see `datamodule_base`)."""
+    return datamodule_base(obj) is not None

@@ -3,10 +3,13 @@
 `ModelHooks`, mixed into `LightningModule`, and `CallbackHooks`, the base of `Callback`, so the
 Trainer finds every hook and a user's ``super().on_test_epoch_end()`` works; `CALLBACK_HOOKS`, the
 names the Trainer dispatches to callbacks, and `ALWAYS_CALLED`, the module hooks whose default
-does something. Defaults are Lightning's: no-ops, except the model-mode hooks (eval / train),
+does something. `DataHooks`, mixed into both LightningModule and LightningDataModule: the
+batch-transfer hooks (`BATCH_TRANSFER_HOOKS`), called only when one is overridden, and
+`move_data_to_device`, how a batch moves otherwise. Defaults are Lightning's: no-ops, except the model-mode hooks (eval / train),
 `on_validation_model_zero_grad` and `predict_step` (``self(batch)``)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,7 +24,8 @@ if TYPE_CHECKING:
 else:
     _ModuleBase = object
 
-__all__ = ["ALWAYS_CALLED", "CALLBACK_HOOKS", "CallbackHooks", "ModelHooks"]
+__all__ = ["ALWAYS_CALLED", "BATCH_TRANSFER_HOOKS", "CALLBACK_HOOKS", "CallbackHooks", "DataHooks", "ModelHooks",
+           "move_data_to_device"]
 
 # Every hook the Trainer calls on callbacks (with ``trainer, pl_module``), and on the module too
 # where it has a hook of that name.
@@ -41,6 +45,49 @@ ALWAYS_CALLED = (
     "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step", "backward",
     "on_validation_model_eval", "on_validation_model_zero_grad", "on_test_model_eval", "on_predict_model_eval",
 )
+
+
+# The batch-transfer hooks, in the order the loops call them on each batch, on the module or on the
+# data module (Lightning's `_DataHookSelector`). Called only when one of them is overridden.
+BATCH_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def move_data_to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` on `device`: tensors, and objects with a ``to(device)`` method, in lists, tuples,
+    named tuples and dicts (Lightning's `move_data_to_device`); asynchronous only to an
+    accelerator (a copy to the CPU must be complete when it returns)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type not in ("cpu", "mps"))
+    if isinstance(batch, Mapping):  # typeshed's Mapping declares no constructor; dict-like ones take a dict
+        return type(batch)({k: move_data_to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_data_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_data_to_device(v, device) for v in batch)
+    to = getattr(batch, "to", None)
+    if callable(to) and not isinstance(batch, (str, bytes, type)):  # a batch class of the user's
+        moved = to(device)
+        return batch if moved is None else moved
+    return batch
+
+
+class DataHooks:
+    """The batch-transfer hooks of the module and the data module (Lightning's `DataHooks`), in the
+    order the loops call them: `on_before_batch_transfer`, `transfer_batch_to_device`,
+    `on_after_batch_transfer`. When the data module overrides one, its hook is called instead of
+    the module's."""
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move `batch` to `device`; override it for a batch type of your own."""
+        return move_data_to_device(batch, device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Alter `batch` before it moves to the device."""
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Alter `batch` once it is on the device."""
+        return batch
 
 
 class ModelHooks(_ModuleBase):

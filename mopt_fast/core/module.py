@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
-from mopt_fast.core.hooks import ModelHooks
+from mopt_fast.core.hooks import DataHooks, ModelHooks
 from mopt_fast.core.hparams import HyperparametersMixin, _init_kwargs, _restricted_classmethod
 from mopt_fast.core.optimizer import LightningOptimizer, validate_clip_args
 from mopt_fast.core.saving import AttributeDict, _read_checkpoint
@@ -74,7 +74,7 @@ def _load_state(cls: type, checkpoint: dict[str, Any], strict: bool | None = Non
     return obj
 
 
-class LightningModule(HyperparametersMixin, ModelHooks, torch.nn.Module):
+class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, torch.nn.Module):
     """A torch.nn.Module with Lightning's training API. Subclass it, set
     ``self.automatic_optimization = False`` for manual optimization, and fit it with
     `mopt_fast.Trainer`."""
@@ -195,6 +195,24 @@ class LightningModule(HyperparametersMixin, ModelHooks, torch.nn.Module):
         for param in self.parameters():
             param.requires_grad = True
         return self.train()
+
+    # -- the batch-transfer hooks, as Lightning's utilities call them (ModelSummary, log_graph) --------
+    def _call_batch_hook(self, name: str, *args: Any) -> Any:
+        """The hook `name` of the data module or of this module, as the Trainer picks it during a
+        run; this module's own without a Trainer."""
+        if self._trainer is not None:
+            return self._trainer.call_batch_hook(name, *args)
+        return getattr(self, name)(*args)
+
+    def _on_before_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        return self._call_batch_hook("on_before_batch_transfer", batch, dataloader_idx)
+
+    def _apply_batch_transfer_handler(self, batch: Any, device: torch.device | str | None = None,
+                                      dataloader_idx: int = 0) -> Any:
+        """`transfer_batch_to_device` (to `device`, default this module's) then `on_after_batch_transfer`."""
+        device = torch.device(device) if isinstance(device, str) else (device or self.device)
+        batch = self._call_batch_hook("transfer_batch_to_device", batch, device, dataloader_idx)
+        return self._call_batch_hook("on_after_batch_transfer", batch, dataloader_idx)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on global rank 0 only (through the progress bar when it has a `print`)."""

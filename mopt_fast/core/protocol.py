@@ -123,6 +123,9 @@ class ModuleTrainer(MetricsTrainer, Protocol):
     def model(self) -> torch.nn.Module | None:
         """What the test / predict model-mode hooks put in eval (and back in train) mode."""
 
+    def call_batch_hook(self, name: str, *args: Any) -> Any:
+        """A batch-transfer hook, of the data module or the module as Lightning picks it."""
+
     def run_backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         """`manual_backward` (and the automatic closure): the backward hooks around the precision
         plugin's scaled backward."""

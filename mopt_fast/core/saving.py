@@ -45,9 +45,10 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["FORMAT", "LIGHTNING_LAYOUT_VERSION", "LIGHTNING_VERSION_KEY", "AttributeDict", "PickledCheckpointError", "checksum",
-           "checkpoint_source", "load_checkpoint", "load_hparams_from_tags_csv", "load_hparams_from_yaml",
-           "remove_stale_temporaries", "save_atomic", "save_checkpoint_file", "save_hparams_to_yaml", "torch_load"]
+__all__ = ["FORMAT", "LIGHTNING_LAYOUT_VERSION", "LIGHTNING_VERSION_KEY", "AttributeDict", "PickledCheckpointError",
+           "checkpoint_source", "checksum", "filesystem", "load_checkpoint", "load_hparams_from_tags_csv",
+           "load_hparams_from_yaml", "remove_stale_temporaries", "save_atomic", "save_checkpoint_file",
+           "save_hparams_to_yaml", "torch_load"]
 
 
 FORMAT = "mopt_fast.checkpoint/3"
@@ -488,7 +489,8 @@ def _dictconfigs_to_containers(obj: Any, omegaconf: Any) -> Any:
 def save_hparams_to_yaml(config_yaml: str, hparams: dict | Namespace, use_omegaconf: bool = True) -> None:
     """Write `hparams` to the YAML file `config_yaml` as Lightning does: through OmegaConf when it is
     installed, else with ``yaml.dump``, values YAML cannot dump skipped with a warning."""
-    if not os.path.isdir(os.path.dirname(config_yaml)):
+    fs = filesystem(config_yaml)
+    if not fs.isdir(os.path.dirname(config_yaml)):
         raise RuntimeError(f"Missing folder: {os.path.dirname(config_yaml)}.")
     if isinstance(hparams, Namespace):
         hparams = vars(hparams)
@@ -499,7 +501,7 @@ def save_hparams_to_yaml(config_yaml: str, hparams: dict | Namespace, use_omegac
     omegaconf = _omegaconf() if use_omegaconf else None
     if omegaconf is not None:
         hparams = _dictconfigs_to_containers(copy.deepcopy(hparams), omegaconf)
-        with open(config_yaml, "w", encoding="utf-8") as fp:
+        with fs.open(config_yaml, "w", encoding="utf-8") as fp:
             try:
                 omegaconf.OmegaConf.save(hparams, fp)
                 return
@@ -517,8 +519,46 @@ def save_hparams_to_yaml(config_yaml: str, hparams: dict | Namespace, use_omegac
             hparams[k] = type(v).__name__
         else:
             allowed[k] = v
-    with open(config_yaml, "w", newline="") as fp:
+    with fs.open(config_yaml, "w", newline="") as fp:
         yaml.dump(allowed, fp)
+
+
+class _LocalFileSystem:
+    """The few fsspec file-system calls the loggers make, on local paths (no fsspec needed)."""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def isfile(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def ls(self, path: str, detail: bool = False) -> list[str]:
+        return [os.path.join(path, name) for name in os.listdir(path)]
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        os.makedirs(path, exist_ok=exist_ok)
+
+    def open(self, path: str, mode: str = "r", **kwargs: Any) -> IO:
+        return open(path, mode, **kwargs)
+
+    def rm_file(self, path: str) -> None:
+        os.remove(path)
+
+
+def filesystem(path: str | os.PathLike) -> Any:
+    """Where `path` lives: fsspec's file system for a URL (``memory://``, ``s3://``...; fsspec is
+    imported then only, as Lightning's loggers write remote paths through it), else the local one."""
+    path = os.fspath(path)
+    if "://" not in path:
+        return _LocalFileSystem()
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise ModuleNotFoundError(f"The path {path!r} is a URL: writing to it needs fsspec (pip install fsspec)") from exc
+    return fsspec.core.url_to_fs(path)[0]
 
 
 def load_hparams_from_yaml(config_yaml: str, use_omegaconf: bool = True) -> dict[str, Any]:

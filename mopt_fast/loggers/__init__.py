@@ -1,8 +1,9 @@
 """``mopt_fast.loggers``: the loggers, under the import path of ``lightning.pytorch.loggers``.
 
-CSVLogger, TensorBoardLogger and the Logger base class; the other Lightning loggers (Comet, MLflow,
-Neptune, W&B, LitLogger) raise `mopt_fast.exceptions.NotBuiltError` (an ImportError and a
-NotImplementedError) naming them. A logger of your own that subclasses `Logger` and implements
+CSVLogger, TensorBoardLogger, WandbLogger, MLFlowLogger and the Logger base class (wandb and mlflow
+are imported only when their logger is made); the other Lightning loggers (Comet, Neptune,
+LitLogger) raise `mopt_fast.exceptions.NotBuiltError` (an ImportError and a NotImplementedError)
+naming them. A logger of your own that subclasses `Logger` and implements
 `log_metrics` (and `log_hyperparams`) works with mopt_fast.Trainer.
 """
 from __future__ import annotations
@@ -12,14 +13,16 @@ from typing import Any
 from mopt_fast.exceptions import not_built
 from mopt_fast.loggers.csv_logs import CSVLogger
 from mopt_fast.loggers.logger import Logger
+from mopt_fast.loggers.mlflow import MLFlowLogger
 from mopt_fast.loggers.tensorboard import TensorBoardLogger
+from mopt_fast.loggers.wandb import WandbLogger
 
-__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]
 
-_NOT_BUILT = ("CometLogger", "LitLogger", "MLFlowLogger", "NeptuneLogger", "WandbLogger")
+_NOT_BUILT = ("CometLogger", "LitLogger", "NeptuneLogger")
 
 
 def __getattr__(name: str) -> Any:
     if name in _NOT_BUILT:
-        raise not_built(f"lightning.pytorch.loggers.{name}", "use CSVLogger or TensorBoardLogger, or subclass Logger")
+        raise not_built(f"lightning.pytorch.loggers.{name}", "use CSVLogger, TensorBoardLogger, WandbLogger or MLFlowLogger, or subclass Logger")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

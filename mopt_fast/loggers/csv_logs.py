@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mopt_fast.core.saving import save_hparams_to_yaml
+from mopt_fast.core.saving import filesystem, save_hparams_to_yaml
 from mopt_fast.loggers.logger import (
     Logger,
     _add_prefix,
@@ -38,16 +38,17 @@ class _ExperimentWriter:
         self.metrics_keys: list[str] = []
         self.hparams: dict[str, Any] = {}
         self.log_dir = log_dir
+        self._fs = filesystem(log_dir)  # fsspec's for a URL (``memory://...``), as Lightning's
         self.metrics_file_path = os.path.join(self.log_dir, self.NAME_METRICS_FILE)
-        if os.path.exists(self.log_dir) and os.listdir(self.log_dir):
+        if self._fs.exists(self.log_dir) and self._fs.ls(self.log_dir, detail=False):
             warnings.warn(
                 f"Experiment logs directory {self.log_dir} exists and is not empty. Previous log files in this "
                 "directory will be deleted when the new ones are saved!",
                 stacklevel=4,
             )
-            if os.path.isfile(self.metrics_file_path):
-                os.remove(self.metrics_file_path)
-        os.makedirs(self.log_dir, exist_ok=True)
+            if self._fs.isfile(self.metrics_file_path):
+                self._fs.rm_file(self.metrics_file_path)
+        self._fs.makedirs(self.log_dir, exist_ok=True)
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         self.hparams.update(params)
@@ -68,15 +69,16 @@ class _ExperimentWriter:
         new_keys = current - set(self.metrics_keys)
         self.metrics_keys.extend(new_keys)
         self.metrics_keys.sort()
-        file_exists = os.path.isfile(self.metrics_file_path)
+        fs = self._fs
+        file_exists = fs.isfile(self.metrics_file_path)
         if new_keys and file_exists:
-            with open(self.metrics_file_path, newline="") as f:
+            with fs.open(self.metrics_file_path, "r", newline="") as f:
                 rows = list(csv.DictReader(f))
-            with open(self.metrics_file_path, "w", newline="") as f:
+            with fs.open(self.metrics_file_path, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
                 writer.writeheader()
                 writer.writerows(rows)
-        with open(self.metrics_file_path, "a" if file_exists else "w", newline="") as f:
+        with fs.open(self.metrics_file_path, "a" if file_exists else "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
             if not file_exists:
                 writer.writeheader()
@@ -112,7 +114,7 @@ class CSVLogger(Logger):
         if not _is_rank_zero():
             return _DummyExperiment()
         if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
+            filesystem(self.root_dir).makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 __all__ = ["Logger"]
 
 import functools
+import inspect
+import json
 import logging
 import os
 from argparse import Namespace
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from mopt_fast.core.saving import filesystem
 from mopt_fast.seed import _env_rank
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,54 @@ def _sanitize_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if hasattr(v, "ndim") and v.ndim > 1 else v for k, v in params.items()}
 
 
+def _sanitize_callable_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A class as its name; a callable as what it returns when called without arguments (its name
+    when that is callable too or the call fails), as Lightning's loggers store them."""
+
+    def sanitize(val: Any) -> Any:
+        if inspect.isclass(val):
+            return val.__name__
+        if callable(val):
+            try:
+                out = val()
+                return val.__name__ if callable(out) else out
+            except Exception:  # any failure: the name, as Lightning
+                return getattr(val, "__name__", None)
+        return val
+
+    return {key: sanitize(val) for key, val in params.items()}
+
+
+def _convert_json_serializable(params: dict[str, Any]) -> dict[str, Any]:
+    """Values JSON cannot encode as their str()."""
+
+    def serializable(value: Any) -> bool:
+        if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+            return True
+        try:
+            json.dumps(value)
+            return True
+        except (TypeError, OverflowError):
+            return False
+
+    return {k: v if serializable(v) else str(v) for k, v in params.items()}
+
+
+def _scan_checkpoints(checkpoint_callback: Any, logged_model_time: dict[str, float]) -> list[tuple[float, str, Any, str]]:
+    """The checkpoint files of `checkpoint_callback` not logged yet (or rewritten since), oldest
+    first, as ``(mtime, path, score, tag)``: Lightning's `_scan_checkpoints`, for log_model."""
+    checkpoints: dict[str, tuple[Any, str]] = {}
+    if hasattr(checkpoint_callback, "last_model_path") and hasattr(checkpoint_callback, "current_score"):
+        checkpoints[checkpoint_callback.last_model_path] = (checkpoint_callback.current_score, "latest")
+    if hasattr(checkpoint_callback, "best_model_path") and hasattr(checkpoint_callback, "best_model_score"):
+        checkpoints[checkpoint_callback.best_model_path] = (checkpoint_callback.best_model_score, "best")
+    if hasattr(checkpoint_callback, "best_k_models"):
+        for key, value in checkpoint_callback.best_k_models.items():
+            checkpoints[key] = (value, "best_k")
+    found = sorted((os.stat(p).st_mtime, p, s, tag) for p, (s, tag) in checkpoints.items() if os.path.isfile(p))
+    return [c for c in found if c[1] not in logged_model_time or logged_model_time[c[1]] < c[0]]
+
+
 def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mapping[str, Any]:
     if not prefix:
         return metrics
@@ -111,14 +162,15 @@ def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mapp
 
 
 def _next_version(versions_root: str) -> int:
-    """One past the highest ``version_<n>`` folder in `versions_root` (0 if none), as Lightning counts."""
-    try:
-        names = os.listdir(versions_root)
-    except OSError:
+    """One past the highest ``version_<n>`` folder in `versions_root` (0 if none), as Lightning counts;
+    `versions_root` may be an fsspec URL."""
+    fs = filesystem(versions_root)
+    if not fs.isdir(versions_root):
         return 0
     existing = []
-    for name in names:
-        if os.path.isdir(os.path.join(versions_root, name)) and name.startswith("version_"):
+    for path in fs.ls(versions_root, detail=False):
+        name = os.path.basename(path.rstrip("/"))
+        if fs.isdir(path) and name.startswith("version_"):
             dir_ver = name.split("_")[1]
             if dir_ver.isdigit():
                 existing.append(int(dir_ver))

@@ -143,6 +143,10 @@ class TensorBoardLogger(Logger):
                 "representing the positional arguments to the model's `forward()` implementation.",
                 stacklevel=2,
             )
+        elif hasattr(model, "_apply_batch_transfer_handler"):  # a LightningModule: moved as a batch is (Lightning's)
+            input_array = model._on_before_batch_transfer(input_array)  # type: ignore[operator]
+            input_array = model._apply_batch_transfer_handler(input_array)  # type: ignore[operator]
+            self.experiment.add_graph(model, input_array)
         else:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             if isinstance(input_array, torch.Tensor):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +20,7 @@ from mopt_fast.callbacks.progress.tqdm_progress import TQDMProgressBar
 from mopt_fast.callbacks.timer import Timer, parse_duration
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.loggers.csv_logs import CSVLogger
-from mopt_fast.loggers.logger import Logger
+from mopt_fast.loggers.logger import Logger, _DummyExperiment
 from mopt_fast.loggers.tensorboard import TensorBoardLogger
 from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
@@ -214,7 +214,7 @@ def loggers(logger: bool | Logger | Iterable[Logger] | None, default_root_dir: s
     nothing in their place (Lightning's DummyLogger)."""
     found = _loggers(logger, default_root_dir)
     if fast_dev_run:
-        return [_DummyLogger(default_root_dir)] if found else []
+        return [_DummyLogger()] if found else []
     return found
 
 
@@ -242,14 +242,52 @@ def set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) ->
 
 
 class _DummyLogger(Logger):
-    """What fast_dev_run puts in place of the loggers: writes nothing."""
+    """What fast_dev_run puts in place of the loggers (Lightning's DummyLogger): writes nothing; its
+    `experiment` and any method called on it do nothing, so ``self.logger.experiment.add_image(...)``
+    in a module runs unchanged."""
 
-    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self._experiment = _DummyExperiment()
+
+    @property
+    def experiment(self) -> _DummyExperiment:
+        return self._experiment
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     @property
-    def log_dir(self) -> str:
-        return self.save_dir
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str | None:  # type: ignore[override]
+        return None  # Lightning's: nothing is written (``trainer.log_dir`` is None under fast_dev_run)
+
+    @property
+    def log_dir(self) -> str | None:  # type: ignore[override]
+        return None
+
+    def __getitem__(self, idx: int) -> _DummyLogger:  # ``self.logger[0].experiment``, as Lightning's
+        return self
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        """Any other method: does nothing (Lightning's DummyLogger)."""
+        if name.startswith("__"):  # copy / pickle probe these; a no-op function would mislead them
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        return method
 
 
 def _loggers(logger: Any, default_root_dir: str) -> list[Logger]:

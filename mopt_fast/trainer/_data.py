@@ -7,15 +7,18 @@ import contextlib
 import functools
 import os
 import random
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
-from mopt_fast.core.datamodule import LightningDataModule
+from mopt_fast.core.datamodule import datamodule_base
+from mopt_fast.core.hooks import BATCH_TRANSFER_HOOKS
+from mopt_fast.core.hooks import move_data_to_device as move_to_device
 from mopt_fast.core.module import LightningModule
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, not_built
 from mopt_fast.seed import pl_worker_init_function, rng_state, set_rng_state
 from mopt_fast.trainer._hooks import is_overridden
 from mopt_fast.trainer._warn import warn
@@ -23,7 +26,7 @@ from mopt_fast.trainer._warn import warn
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
 
-__all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "check_iterable", "flatten_loaders", "isolated_rng",
+__all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "batch_hook_owner", "batch_transfer", "check_iterable", "flatten_loaders", "isolated_rng",
            "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
            "shut_down_workers", "with_sampler"]
 
@@ -66,23 +69,40 @@ class DataSource:
         self.instance = instance
         self.name = name
 
-    def is_module(self) -> bool:
+    def _base(self) -> type | None:
+        """The module's base class (ours, or Lightning's data module), None for given loaders."""
+        if isinstance(self.instance, LightningModule):
+            return LightningModule
+        return datamodule_base(self.instance)
 
-        return isinstance(self.instance, (LightningModule, LightningDataModule))
+    def is_module(self) -> bool:
+        return self._base() is not None
 
     def is_defined(self) -> bool:
         """A loader was given, or the module's hook is overridden."""
-        if not self.is_module():
+        base = self._base()
+        if base is None:
             return self.instance is not None
-
-        base = LightningModule if isinstance(self.instance, LightningModule) else LightningDataModule
         return is_overridden(self.name, self.instance, base)
 
     def request(self, trainer: Trainer) -> Any:
-        if not self.is_module():
-            return self.instance
+        loaders = self.instance
+        if self.is_module():
+            loaders = trainer.hooks.run_as(self.name, getattr(self.instance, self.name))
+        if _is_combined_loader(loaders):
+            raise not_built("lightning.pytorch.utilities.CombinedLoader", "pass one DataLoader (validate/test/predict also take a list or dict of them)")
+        return loaders
 
-        return trainer.hooks.run_as(self.name, getattr(self.instance, self.name))
+
+def _is_combined_loader(obj: Any) -> bool:
+    """`obj` is Lightning's CombinedLoader (looked up in `sys.modules` only: a script that made one
+    imported Lightning; mopt_fast never imports it). Iterating one as a plain iterable would give
+    its own batch tuples, not Lightning's semantics, so it is refused until built."""
+    for package in ("lightning.pytorch.utilities.combined_loader", "pytorch_lightning.utilities.combined_loader"):
+        cls = getattr(sys.modules.get(package), "CombinedLoader", None)
+        if isinstance(cls, type) and isinstance(obj, cls):
+            return True
+    return False
 
 
 def flatten_loaders(loaders: Any) -> list[Any]:
@@ -156,18 +176,46 @@ def add_worker_init_fn(loader: Any, rank: int) -> None:
     loader.worker_init_fn = functools.partial(pl_worker_init_function, rank=rank)
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """`batch` (tensors in lists, tuples, named tuples, dicts) on `device`; asynchronous only to an
-    accelerator (a copy to the CPU must be complete when it returns)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=device.type != "cpu")
-    if isinstance(batch, Mapping):  # typeshed's Mapping declares no constructor; dict-like ones take a dict
-        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()})  # type: ignore[call-arg]
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
+def batch_hook_owner(trainer: Trainer, name: str) -> Any:
+    """Whose batch-transfer hook `name` runs: the data module's when it overrides it, else the
+    module's, with Lightning's warning when both do or when a data module is attached and only the
+    module does (Lightning's `_DataHookSelector.get_instance`)."""
+    model, datamodule = trainer.lightning_module, trainer.datamodule
+    if datamodule is None:
+        return model
+    base = datamodule_base(datamodule)
+    in_model = is_overridden(name, model, LightningModule)
+    if base is not None and is_overridden(name, datamodule, base):
+        if in_model:
+            warn(f"You have overridden `{name}` in both `LightningModule` and `LightningDataModule`. It will use the "
+                 "implementation from `LightningDataModule` instance.")
+        return datamodule
+    if in_model:
+        warn(f"You have overridden `{name}` in `LightningModule` but have passed in a `LightningDataModule`. It will "
+             "use the implementation from `LightningModule` instance.")
+    return model
+
+
+def batch_transfer(trainer: Trainer) -> Callable[[Any, int], Any] | None:
+    """The loops' ``batch -> batch`` step for a run in which the module or the data module overrides
+    a batch-transfer hook: `on_before_batch_transfer`, `transfer_batch_to_device` (to the root
+    device), `on_after_batch_transfer`, each of the owner `batch_hook_owner` picks, run as that hook
+    (``self.log`` in it is Lightning's error). None when none is overridden: the loops then move
+    the batch themselves (nothing on the CPU), with no call per batch."""
+    model, datamodule = trainer.lightning_module, trainer.datamodule
+    base = datamodule_base(datamodule)
+    if not any(is_overridden(name, model, LightningModule)
+               or (base is not None and is_overridden(name, datamodule, base)) for name in BATCH_TRANSFER_HOOKS):
+        return None
+    before, move, after = (getattr(batch_hook_owner(trainer, name), name) for name in BATCH_TRANSFER_HOOKS)
+    run_as, device = trainer.hooks.run_as, trainer.root_device
+
+    def transfer(batch: Any, dataloader_idx: int) -> Any:
+        batch = run_as("on_before_batch_transfer", before, batch, dataloader_idx)
+        batch = run_as("transfer_batch_to_device", move, batch, device, dataloader_idx)
+        return run_as("on_after_batch_transfer", after, batch, dataloader_idx)
+
+    return transfer
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:

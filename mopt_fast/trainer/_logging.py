@@ -12,7 +12,20 @@ from mopt_fast.trainer._metrics import to_scalars
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
 
-__all__ = ["log_hyperparams_at_start", "log_to_loggers"]
+__all__ = ["log_hyperparams_at_start", "log_to_loggers", "start_experiments"]
+
+
+def start_experiments(trainer: Trainer) -> None:
+    """Creates each logger's experiment before the setup hooks, as Lightning's `_call_setup_hook`:
+    a logger's run id / version is then known to what reads it during setup (ModelCheckpoint's
+    folder ``<save_dir>/<name>/<version>/checkpoints`` for a W&B or MLflow logger). W&B's first (it
+    must start before any TensorBoard writer, to sync them)."""
+    def not_wandb(logger: object) -> bool:
+        return not any(cls.__name__ == "WandbLogger" for cls in type(logger).__mro__)
+
+    for logger in sorted(trainer.loggers, key=not_wandb):
+        if hasattr(logger, "experiment"):
+            _ = logger.experiment
 
 
 def log_hyperparams_at_start(trainer: Trainer) -> None:
@@ -58,14 +71,19 @@ def log_hyperparams_at_start(trainer: Trainer) -> None:
 
 
 def log_to_loggers(trainer: Trainer, logged: Mapping[str, torch.Tensor], step: int | None = None) -> None:
-    """`logged` to every logger on global rank 0, as numbers, at `step` (default: the fit loop's
-    logging step, with the epoch added)."""
+    """`logged` to every logger on global rank 0, as numbers, at `step`; without one, at the value
+    logged as "step" (``self.log("step", x)`` sets the loggers' step, not a metric, as Lightning's
+    logger connector), else at the fit loop's logging step with the epoch added."""
     if not logged or not trainer.loggers or not trainer.is_global_zero:
         return
     scalars = to_scalars(logged)
     if step is None:
-        scalars.setdefault("epoch", trainer.current_epoch)
-        step = trainer.fit_loop.batches_that_stepped
+        step_metric = scalars.pop("step", None)
+        if step_metric is not None:
+            step = int(step_metric)
+        else:
+            scalars.setdefault("epoch", trainer.current_epoch)
+            step = trainer.fit_loop.batches_that_stepped
     for lg in trainer.loggers:
         lg.log_metrics(scalars, step)
         lg.save()

@@ -244,6 +244,7 @@ class EvaluationLoop(_Loop):
         modes = _ModuleModes(model)
         trainer.hooks.call_module(hooks["model_eval"])
         device = trainer.root_device
+        transfer = trainer.batch_transfer
         call = trainer.hooks.call
         run_as = trainer.hooks.run_as
         forward_context = trainer.precision_plugin.forward_context
@@ -265,7 +266,9 @@ class EvaluationLoop(_Loop):
                         if dl_idx != previous:  # the loader changed: the previous one's epoch metrics
                             outputs.append(self._loader_outputs(sanity))
                         previous = dl_idx
-                        if device.type != "cpu":
+                        if transfer is not None:  # a batch-transfer hook is overridden
+                            batch = transfer(batch, dl_idx)
+                        elif device.type != "cpu":
                             batch = move_to_device(batch, device)
                         metrics.on_batch_start(batch, dl_idx if several else None)
                         call(hooks["batch_start"], batch, batch_idx, *idx)
@@ -354,6 +357,7 @@ class PredictionLoop(_Loop):
         modes = _ModuleModes(model)
         trainer.hooks.call_module("on_predict_model_eval")
         device, cpu = trainer.root_device, torch.device("cpu")
+        transfer = trainer.batch_transfer
         forward_context = trainer.precision_plugin.forward_context
         call = trainer.hooks.call
         run_as = trainer.hooks.run_as
@@ -370,7 +374,9 @@ class PredictionLoop(_Loop):
                             batch = next(it)
                         except StopIteration:
                             break
-                        if device.type != "cpu":
+                        if transfer is not None:  # a batch-transfer hook is overridden
+                            batch = transfer(batch, dl_idx)
+                        elif device.type != "cpu":
                             batch = move_to_device(batch, device)
                         call("on_predict_batch_start", batch, batch_idx, *idx)
                         args = (batch, batch_idx, *idx) if pass_idx else (batch, *idx)

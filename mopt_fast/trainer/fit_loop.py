@@ -281,6 +281,7 @@ class FitLoop:
         metrics.active = metrics.train
         device = trainer.root_device
         on_cpu = device.type == "cpu"
+        transfer = trainer.batch_transfer
         step = training_step.run_automatic if automatic else training_step.run_manual
         pass_idx = takes_batch_idx(model.training_step)
         lookahead = isinstance(iterator, Lookahead)
@@ -301,7 +302,9 @@ class FitLoop:
             self.total_batch_idx += 1
             self.point = LoopPoint.IN_BATCH
             self.is_last_batch = iterator.done if lookahead else self.batch_idx + 1 >= self.num_training_batches
-            if not on_cpu:
+            if transfer is not None:  # a batch-transfer hook is overridden
+                batch = transfer(batch, 0)
+            elif not on_cpu:
                 batch = move_to_device(batch, device)
             metrics.on_batch_start(batch)
             outputs: Any = None

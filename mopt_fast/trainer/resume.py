@@ -20,6 +20,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
+from mopt_fast.core.hparams import HyperparametersMixin
 from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, load_checkpoint
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
@@ -72,7 +73,9 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     datamodule = trainer.datamodule
     if datamodule is not None:  # its hyperparameters and state also in a weights-only checkpoint, as Lightning's
         if datamodule.hparams:
-            ckpt.update(datamodule._checkpoint_hparams())  # as the module's, under the data module's keys
+            # as the module's, under the data module's keys (called unbound: Lightning's data module has the
+            # mixin's attributes but not this method)
+            ckpt.update(HyperparametersMixin._checkpoint_hparams(datamodule))
         state = datamodule.state_dict()
         if state:
             ckpt[type(datamodule).__qualname__] = state

@@ -33,7 +33,7 @@ from mopt_fast.callbacks.callback import Callback
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
 from mopt_fast.callbacks.timer import Timer
-from mopt_fast.core.datamodule import LightningDataModule
+from mopt_fast.core.datamodule import LightningDataModule, datamodule_base, is_datamodule
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.saving import save_checkpoint_file
@@ -42,9 +42,9 @@ from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, resume, training_step
-from mopt_fast.trainer._data import isolated_rng, shut_down_workers
+from mopt_fast.trainer._data import batch_hook_owner, batch_transfer, isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
-from mopt_fast.trainer._logging import log_hyperparams_at_start
+from mopt_fast.trainer._logging import log_hyperparams_at_start, start_experiments
 from mopt_fast.trainer._metrics import MetricStore
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
@@ -132,7 +132,7 @@ class Trainer:
     num_sanity_val_steps: int | float
     log_every_n_steps: int
     default_root_dir: str
-    loggers: list[Logger]
+    _loggers: list[Logger]
     callbacks: list[Any]
 
     def __init__(
@@ -230,6 +230,7 @@ class Trainer:
         self.run_backward = types.MethodType(training_step.backward, self)
         self.run_optimizer_step = types.MethodType(training_step.optimizer_step, self)
         self.hooks = HookRunner(self)  # the hook table of the run, and which hook is running
+        self.batch_transfer: Callable[[Any, int], Any] | None = None  # None: no batch-transfer hook overridden
         self.fit_loop = FitLoop(self)
         self.fit_loop.val_check_time_interval = flags.val_check_time_interval
         self.val_loop = EvaluationLoop(self, TrainerFn.FITTING, RunningStage.VALIDATING, verbose=False,
@@ -364,9 +365,31 @@ class Trainer:
     def logger(self) -> Logger | None:
         return self.loggers[0] if self.loggers else None
 
+    @logger.setter
+    def logger(self, logger: Logger | None) -> None:
+        """Lightning's: a falsy value leaves no logger, anything else is the only one."""
+        self.loggers = [logger] if logger else []
+
     @property
-    def log_dir(self) -> str:
-        return self.loggers[0].log_dir if self.loggers else self.default_root_dir
+    def loggers(self) -> list[Logger]:
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: list[Logger] | None) -> None:
+        self._loggers = loggers if loggers else []
+
+    @property
+    def log_dir(self) -> str | None:
+        """The first logger's log_dir when it is a TensorBoard or CSV logger (ours or Lightning's), else
+        its save_dir (W&B, MLflow, ...); the default root folder without a logger (Lightning's)."""
+        if not self.loggers:
+            return self.default_root_dir
+        first = self.loggers[0]
+        if any(cls.__name__ in ("CSVLogger", "TensorBoardLogger")
+               and cls.__module__.startswith(("mopt_fast.", "lightning.", "pytorch_lightning."))
+               for cls in type(first).__mro__):
+            return first.log_dir
+        return first.save_dir
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
@@ -423,6 +446,12 @@ class Trainer:
     run_backward: Callable[..., None]
     run_optimizer_step: Callable[..., Any]
 
+    def call_batch_hook(self, name: str, *args: Any) -> Any:
+        """The batch-transfer hook `name` of the data module when it overrides it, else of the
+        module, run as that hook (what the module's ``_on_before_batch_transfer`` /
+        ``_apply_batch_transfer_handler`` call, as Lightning's `_call_batch_hook`)."""
+        return self.hooks.run_as(name, getattr(batch_hook_owner(self, name), name), *args)
+
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
         """The checkpoint of the current state, as a dictionary (what `save_checkpoint` writes)."""
         return resume.checkpoint_dict(self, weights_only)
@@ -451,7 +480,7 @@ class Trainer:
 
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
-        if isinstance(train_dataloaders, LightningDataModule):
+        if is_datamodule(train_dataloaders):
             datamodule, train_dataloaders = train_dataloaders, None
         if (train_dataloaders is not None or val_dataloaders is not None) and datamodule is not None:
             raise MisconfigurationException(
@@ -519,7 +548,7 @@ class Trainer:
     def _predict_impl(self, model: LightningModule | None, dataloaders: Any, datamodule: LightningDataModule | None,
                       return_predictions: bool | None, ckpt_path: Any) -> list[Any] | None:
         self.predict_loop.return_predictions = True if return_predictions is None else bool(return_predictions)
-        if isinstance(dataloaders, LightningDataModule):
+        if is_datamodule(dataloaders):
             datamodule, dataloaders = dataloaders, None
         if dataloaders is not None and datamodule:
             raise MisconfigurationException("You cannot pass both `trainer.predict(dataloaders=..., datamodule=...)`")
@@ -548,7 +577,7 @@ class Trainer:
 
     def _evaluate_impl(self, fn: TrainerFn, stage: RunningStage, model: LightningModule | None, dataloaders: Any,
                        ckpt_path: Any, verbose: bool, datamodule: LightningDataModule | None) -> list[dict[str, float]]:
-        if isinstance(dataloaders, LightningDataModule):
+        if is_datamodule(dataloaders):
             datamodule, dataloaders = dataloaders, None
         if dataloaders is not None and datamodule:
             raise MisconfigurationException(
@@ -574,9 +603,10 @@ class Trainer:
                 val: Any = None, test: Any = None, predict: Any = None) -> None:
         """Where each loop's dataloaders come from this run (Lightning's `attach_data`): the loaders
         given, else the data module, else the model."""
-        if datamodule is not None and not isinstance(datamodule, LightningDataModule):
+        if datamodule is not None and not is_datamodule(datamodule):
             raise TypeError(
-                f"`datamodule` must be a `mopt_fast.LightningDataModule`, got {type(datamodule).__qualname__}"
+                f"`datamodule` must be a `mopt_fast.LightningDataModule` (or Lightning's), got "
+                f"{type(datamodule).__qualname__}"
             )
         fallback = datamodule if datamodule is not None else model
         self.fit_loop.source.instance = train if train is not None else fallback
@@ -661,8 +691,10 @@ class Trainer:
             self.root_device = self.strategy.root_device(self._accelerator)
         self._prepare_data(model)
         self.hooks.build(self.callbacks, model)
+        self.batch_transfer = batch_transfer(self)
         self._ckpt_path = ckpt_path
         model.to(self.root_device)
+        start_experiments(self)
         self.hooks.call_datamodule("setup", stage=fn)
         self.hooks.call("setup", stage=fn)
         restored_metrics = None
@@ -788,21 +820,14 @@ class Trainer:
                     f"`{name}.{step}(dataloader_iter)`: the `dataloader_iter` step flavor is not built in "
                     "mopt_fast.Trainer; take `batch, batch_idx`"
                 )
-        for owner, base in ((model, LightningModule), (self.datamodule, LightningDataModule)):
-            for hook in ("transfer_batch_to_device", "on_before_batch_transfer", "on_after_batch_transfer"):
-                if owner is not None and callable(getattr(owner, hook, None)) and not hasattr(base, hook):
-                    raise NotImplementedError(
-                        f"`{type(owner).__name__}.{hook}` is not built in mopt_fast.Trainer: batches move to the "
-                        "device as they are (tensors in lists, tuples, dicts)"
-                    )
 
     def _prepare_data(self, model: LightningModule) -> None:
         """prepare_data of the data module then the module, on local rank 0 of each node (or global
         rank 0 with ``prepare_data_per_node = False``), as Lightning."""
         local_zero = self.local_rank == 0
         global_zero = local_zero and self.node_rank == 0
-        for owner, base in ((self.datamodule, LightningDataModule), (model, LightningModule)):
-            if owner is None or not is_overridden("prepare_data", owner, base):
+        for owner, base in ((self.datamodule, datamodule_base(self.datamodule)), (model, LightningModule)):
+            if owner is None or base is None or not is_overridden("prepare_data", owner, base):
                 continue
             per_node = getattr(owner, "prepare_data_per_node", True)
             if (per_node and local_zero) or (not per_node and global_zero):
