@@ -46,6 +46,22 @@ def validate_clip_args(clip_val: Any, algorithm: Any) -> tuple[float | None, str
     return (None if clip_val is None else float(clip_val)), algorithm
 
 
+def _wrapper_class(optimizer_class: type) -> type:
+    """The wrapper class of `optimizer_class` (made once): a LightningOptimizer and an instance of it."""
+    cls = _CLASS_CACHE.get(optimizer_class)
+    if cls is None:
+        cls = _CLASS_CACHE[optimizer_class] = type(
+            "Lightning" + optimizer_class.__name__, (LightningOptimizer, optimizer_class), {})
+    return cls
+
+
+def _new_wrapper(optimizer_class: type) -> LightningOptimizer:
+    """An empty wrapper of `optimizer_class`'s wrapper class, for unpickling (`__reduce__`)."""
+    cls = _wrapper_class(optimizer_class)
+    wrapper: LightningOptimizer = object.__new__(cls)
+    return wrapper
+
+
 def _device_type(optimizer: torch.optim.Optimizer) -> str:
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -85,10 +101,17 @@ class LightningOptimizer:
         self._on_before_step: Callable[[], None] | None = None
         self._on_after_step: Callable[[], None] | None = None
         self._before_update: Callable[[], None] | None = self._standalone_clip if self._clips else None
-        cls = type(optimizer)
-        if cls not in _CLASS_CACHE:
-            _CLASS_CACHE[cls] = type("Lightning" + cls.__name__, (LightningOptimizer, cls), {})
-        self.__class__ = _CLASS_CACHE[cls]
+        self.__class__ = _wrapper_class(type(optimizer))
+
+    # The class is made on the fly, so pickle cannot find it by name: a wrapper pickles as "the
+    # wrapper class of this optimizer's class, with this state" (Trainer and progress-bar pickling,
+    # as with Lightning's).
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _new_wrapper, (type(self._optimizer),), self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Defined here, else the lookup falls through `__getattr__` to the optimizer's own.
+        self.__dict__.update(state)
 
     @property
     def _clips(self) -> bool:

@@ -244,6 +244,23 @@ class Trainer:
         self._ckpt_path_user_managed = False
         self.should_stop = False
 
+    # -- pickling (a Trainer pickles, as Lightning's) -------------------------------------------------
+    # The per-step callables bound in __init__ / _setup_optimizers (bound functions and closures
+    # keyed by the optimizers' ids) do not pickle: they are left out and made again.
+    _UNPICKLED = ("run_backward", "run_optimizer_step", "before_update")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.run_backward = types.MethodType(training_step.backward, self)
+        self.run_optimizer_step = types.MethodType(training_step.optimizer_step, self)
+        self.before_update = (
+            {id(o): training_step.make_before_update(self, o) for o in self.optimizers}
+            if self.lightning_module is not None else {}
+        )
+
     # -- state -------------------------------------------------------------------------------------
     def _set_stage(self, stage: RunningStage, on: bool) -> None:
         if on:
