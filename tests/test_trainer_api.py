@@ -383,7 +383,7 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
         ({"accumulate_grad_batches": 0}, MisconfigurationException, r"`accumulate_grad_batches` should be an int >= 1"),
         ({"gradient_clip_algorithm": "l3"}, MisconfigurationException, r"`gradient_clip_algorithm` 'l3' is invalid"),
         ({"limit_train_batches": 1.5}, MisconfigurationException,
-         r"`limit_train_batches` as a float must be in \[0.0, 1.0\], got 1.5"),
+         r"You have passed invalid value 1.5 for limit_train_batches, it has to be in \[0.0, 1.0\] or an int."),
     ],
     ids=["fsdp_checkpointing", "deepspeed", "devices", "num_nodes", "checkpoint_callback_disabled", "profiler",
          "unknown_argument", "precision", "accelerator", "accumulate_grad_batches", "gradient_clip_algorithm",

@@ -474,6 +474,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, torch.nn.Module):
             )
 
     # -- what the user implements ------------------------------------------------------------
+    def configure_callbacks(self) -> Any:
+        """Callbacks this model brings (one or a sequence): at every fit/validate/test/predict they
+        replace the Trainer's callbacks of their type (or of a parent type), checkpoint callbacks
+        last, as in Lightning."""
+        return []
+
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         raise MisconfigurationException(_MINIMUM.format("training_step"))
 

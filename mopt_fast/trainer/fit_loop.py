@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader
 
+from mopt_fast.callbacks.callback import rank_zero_info
 from mopt_fast.core.states import LoopPoint
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.seed import rng_state, set_rng_state
 from mopt_fast.trainer import training_step
 from mopt_fast.trainer._data import (
@@ -137,12 +138,15 @@ class FitLoop:
         return epochs and steps
 
     def done(self) -> bool:
+        """Whether the fit ends here; a limit reached is said in Lightning's INFO line."""
         trainer = self.trainer
-        return (
-            _max_reached(self.global_step, trainer.max_steps)
-            or _max_reached(self.epochs_completed, trainer.max_epochs)
-            or (trainer.should_stop and self.can_stop_early())
-        )
+        if _max_reached(self.global_step, trainer.max_steps):
+            rank_zero_info(trainer, f"`Trainer.fit` stopped: `max_steps={trainer.max_steps!r}` reached.")
+            return True
+        if _max_reached(self.epochs_completed, trainer.max_epochs):
+            rank_zero_info(trainer, f"`Trainer.fit` stopped: `max_epochs={trainer.max_epochs!r}` reached.")
+            return True
+        return trainer.should_stop and self.can_stop_early()
 
     def ready_batches_reached(self) -> bool:
         return self.batch_idx + 1 == self.num_training_batches or self.is_last_batch
@@ -188,19 +192,30 @@ class FitLoop:
         elif isinstance(interval, int):
             self.val_check_batch = interval
             if (self.val_check_batch > self.num_training_batches and trainer.check_val_every_n_epoch is not None
-                    and trainer.enable_validation):
-                raise ValueError(
-                    f"`val_check_interval` ({interval}) must be less than or equal to the number of "
-                    f"the training batches ({self.num_training_batches})."
+                    and trainer.limit_val_batches > 0):
+                raise ValueError(  # Lightning's message, leading space included
+                    f" `val_check_interval` ({interval}) must be less than or equal"
+                    f" to the number of the training batches ({self.num_training_batches})."
+                    " If you want to disable validation set `limit_val_batches` to 0.0 instead."
+                    " If you want to validate based on the total training batches, set `check_val_every_n_epoch=None`."
                 )
         elif self.num_training_batches == _INF:
             if interval != 1.0:
                 raise MisconfigurationException(
-                    "With a train loader without a length, `val_check_interval` must be 1.0 or an int"
+                    "When using an IterableDataset for `train_dataloader`,"
+                    " `Trainer(val_check_interval)` must be time based, `1.0` or an int. An int k specifies"
+                    " checking validation every k training batches."
                 )
             self.val_check_batch = _INF
         else:
             self.val_check_batch = max(1, int(self.num_training_batches * interval))
+        if trainer.loggers and self.num_training_batches < trainer.log_every_n_steps and not trainer.fast_dev_run:
+            warn(
+                f"The number of training batches ({self.num_training_batches}) is smaller than the logging interval"
+                f" Trainer(log_every_n_steps={trainer.log_every_n_steps}). Set a lower value for log_every_n_steps if"
+                " you want to see logs for the training epoch.",
+                PossibleUserWarning,
+            )
 
     def new_iterator(self, loader: Any) -> Any:
         if not persistent_workers(loader):
@@ -231,6 +246,7 @@ class FitLoop:
         loader = self.loader
         self.setup_batches(loader)
         if self.num_training_batches == 0:
+            rank_zero_info(trainer, "`Trainer.fit` stopped: No training batches.")
             return
         # The first epoch's iterator is made before on_train_start, later ones after
         # on_train_epoch_start: the same points as Lightning, so the RNG draws line up.

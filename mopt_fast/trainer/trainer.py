@@ -18,12 +18,13 @@ core/protocol.py; only this file touches the Trainer's private members.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -38,10 +39,10 @@ from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.saving import save_checkpoint_file
 from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
-from mopt_fast.trainer import _args, resume, training_step
+from mopt_fast.trainer import _args, _model_setup, resume, training_step
 from mopt_fast.trainer._data import isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._logging import log_hyperparams_at_start
@@ -49,7 +50,7 @@ from mopt_fast.trainer._metrics import MetricStore
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
 from mopt_fast.trainer.fit_loop import FitLoop
-from mopt_fast.trainer.strategies import Strategy, make_strategy
+from mopt_fast.trainer.strategies import FSDPStrategy, Strategy, make_strategy
 
 __all__ = ["Trainer"]
 
@@ -197,6 +198,10 @@ class Trainer:
         self.gradient_clip_val = gradient_clip_val  # as given (Lightning compares it with clip_gradients')
         self.inference_mode = bool(inference_mode)
         self.detect_anomaly = bool(detect_anomaly)
+        if detect_anomaly:
+            _args.info("You have turned on `Trainer(detect_anomaly=True)`. This will significantly slow down compute "
+                       "speed and is recommended only for model debugging.")
+        _args.log_device_info(self._accelerator)
         self.sync_batchnorm = bool(sync_batchnorm)
         self.use_distributed_sampler = bool(use_distributed_sampler)
         self.enable_autolog_hparams = bool(enable_autolog_hparams)
@@ -443,6 +448,21 @@ class Trainer:
         """The checkpoint of the current state, as a dictionary (what `save_checkpoint` writes)."""
         return resume.checkpoint_dict(self, weights_only)
 
+    # -- building the model ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
+        """Tensors made inside are made on the Trainer's device right away (Lightning's); with
+        `empty_init`, modules keep uninitialized weights (for a checkpoint to overwrite)."""
+        if isinstance(self.strategy, FSDPStrategy):
+            # Lightning's warning, where the strategy shards in `model_sharded_context`.
+            warn(
+                f"`trainer.init_module` cannot fully support proper instantiation of your model with the"
+                f" `{type(self.strategy).__name__}` strategy. Please instantiate your model inside the"
+                f"`LightningModule.configure_model` hook instead"
+            )
+        with _model_setup.tensor_init_context(self, empty_init=empty_init):
+            yield
+
     # -- the entry points ---------------------------------------------------------------------------
     def fit(
         self,
@@ -663,11 +683,13 @@ class Trainer:
         if fn == TrainerFn.FITTING and self.max_epochs is None:  # Lightning's _parse_loop_limits
             if self.max_steps == -1 and not any(isinstance(cb, Timer) for cb in self.callbacks):
                 warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
-                     "`max_epochs=-1`.")
+                     "`max_epochs=-1`.", PossibleUserWarning)
                 self.max_epochs = 1000
             else:
                 self.max_epochs = -1
+        _model_setup.attach_model_callbacks(self, model, self.hooks.run_as)
         self._verify_configuration(model)
+        _model_setup.verify_configure_model(model)
         self.strategy.setup_environment(self._accelerator)
         if self.strategy.is_distributed:
             self.root_device = self.strategy.root_device(self._accelerator)
@@ -677,6 +699,7 @@ class Trainer:
         model.to(self.root_device)
         self.hooks.call_datamodule("setup", stage=fn)
         self.hooks.call("setup", stage=fn)
+        _model_setup.call_configure_model(self, model, self.hooks.run_as)
         restored_metrics = None
         if fn == TrainerFn.FITTING:
             if self.sync_batchnorm and self.strategy.is_distributed:
