@@ -3,12 +3,17 @@ and its loops keep, loggers and callbacks, as Lightning 2.6's Trainer.__init__ a
 do. Each function takes the arguments it reads by name; Trainer.__init__ says where each goes."""
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
+import functools
+import inspect
 import os
+import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -29,6 +34,8 @@ from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
 
 __all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "loggers", "parse_devices",
            "precision_plugin", "set_torch_flags"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off":
 # accepted at that value, a NotImplementedError naming the feature at any other.
@@ -114,6 +121,42 @@ def log_device_info(accelerator: str) -> None:
     info("TPU available: False, using: 0 TPU cores")
     if (cuda_available or mps_available) and accelerator != "cuda" and (_env_rank() or 0) == 0:
         warn("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.", PossibleUserWarning)
+
+
+def env_defaults(cls: type) -> dict[str, Any]:
+    """Lightning's `_parse_env_variables`: for each argument of `cls` (a Trainer class), the value
+    of ``PL_<CLASS NAME>_<ARGUMENT>`` (``PL_TRAINER_MAX_EPOCHS=3``) when set and not empty, read as
+    a Python literal where it is one ("3" → 3, "True" → True, "[0, 1]" → [0, 1]), else as the string."""
+    found: dict[str, Any] = {}
+    for name in inspect.signature(cls).parameters:
+        value: Any = os.environ.get(f"PL_{cls.__name__.upper()}_{name.upper()}")
+        if value is None or value == "":
+            continue
+        with contextlib.suppress(Exception):
+            value = ast.literal_eval(value)
+        found[name] = value
+    return found
+
+
+def defaults_from_env_vars(init: F) -> F:
+    """Wraps a Trainer's ``__init__`` as Lightning's `_defaults_from_env_vars`: the ``PL_TRAINER_*``
+    environment variables give the arguments not passed (an argument passed wins)."""
+
+    @functools.wraps(init)
+    def insert_env_defaults(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return init(self, *args, **{**env_defaults(type(self)), **kwargs})
+
+    return cast(F, insert_env_defaults)
+
+
+def expand_local_path(path: str) -> str:
+    """`path` with ``~`` expanded and normalized when it is local (no "proto://" or "proto::"
+    prefix other than file, as fsspec's `get_protocol` reads it), else as given (Lightning's
+    `default_root_dir`)."""
+    parts = re.split(r"(\:\:|\://)", path, maxsplit=1)
+    if len(parts) > 1 and parts[0] != "file":
+        return path
+    return os.path.normpath(os.path.expanduser(path))
 
 
 def check_unsupported(**args: Any) -> None:
@@ -347,8 +390,11 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     """The Trainer's callbacks: the ones given, plus Lightning's defaults (progress bar, model
     summary, ModelCheckpoint, a Timer for max_time), checked, checkpoint callbacks last."""
     cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
-    if max_time is not None and not any(isinstance(c, Timer) for c in cbs):
-        cbs.append(Timer(duration=parse_duration(max_time, "Trainer(max_time"), interval="step"))
+    if max_time is not None:
+        if any(isinstance(c, Timer) for c in cbs):
+            info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
+        else:
+            cbs.append(Timer(duration=parse_duration(max_time, "Trainer(max_time"), interval="step"))
     bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks
     if len(bars) > 1:
         raise MisconfigurationException(

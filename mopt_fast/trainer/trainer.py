@@ -132,10 +132,11 @@ class Trainer:
     check_val_every_n_epoch: int | None
     num_sanity_val_steps: int | float
     log_every_n_steps: int
-    default_root_dir: str
+    _default_root_dir: str
     loggers: list[Logger]
     callbacks: list[Any]
 
+    @_args.defaults_from_env_vars
     def __init__(
         self,
         *,
@@ -221,7 +222,7 @@ class Trainer:
             self.max_steps, self.max_epochs = flags.max_steps, flags.max_epochs
             self.check_val_every_n_epoch = flags.check_val_every_n_epoch
         self.log_every_n_steps = _args.check_log_every_n_steps(log_every_n_steps)
-        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir else os.getcwd()
         self.loggers = _args.loggers(logger, self.default_root_dir, self.fast_dev_run)
         self.callbacks = _args.callbacks_list(callbacks, self.strategy, enable_progress_bar, enable_model_summary,
                                               enable_checkpointing, max_time)
@@ -377,6 +378,12 @@ class Trainer:
         self._ckpt_path_user_managed = bool(path)
 
     # -- what users read -------------------------------------------------------------------------
+    @property
+    def default_root_dir(self) -> str:
+        """Where loggers and checkpoints write by default: a local path with ``~`` expanded and
+        normalized (Lightning's), a remote URL ("s3://...") as given."""
+        return _args.expand_local_path(self._default_root_dir)
+
     @property
     def model(self) -> LightningModule | None:
         return self.lightning_module
