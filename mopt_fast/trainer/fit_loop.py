@@ -246,6 +246,11 @@ class FitLoop:
         loader = self.loader
         self.setup_batches(loader)
         if self.num_training_batches == 0:
+            if trainer.is_global_zero:
+                # Lightning's warnings for an empty train loader: the loader's, then the CombinedLoader's
+                # it wraps every train loader in.
+                for name in (type(loader).__name__, "CombinedLoader"):
+                    warn(f"Total length of `{name}` across ranks is zero. Please make sure this was your intention.")
             rank_zero_info(trainer, "`Trainer.fit` stopped: No training batches.")
             return
         # The first epoch's iterator is made before on_train_start, later ones after

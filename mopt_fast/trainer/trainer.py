@@ -199,14 +199,20 @@ class Trainer:
         self.gradient_clip_val = gradient_clip_val  # as given (Lightning compares it with clip_gradients')
         self.inference_mode = bool(inference_mode)
         self.detect_anomaly = bool(detect_anomaly)
-        if detect_anomaly:
-            _args.info("You have turned on `Trainer(detect_anomaly=True)`. This will significantly slow down compute "
-                       "speed and is recommended only for model debugging.")
-        _args.log_device_info(self._accelerator)
         self.sync_batchnorm = bool(sync_batchnorm)
         self.use_distributed_sampler = bool(use_distributed_sampler)
         self.enable_autolog_hparams = bool(enable_autolog_hparams)
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        # In Lightning's order (its callback connector, data connector, then the INFO lines, then the
+        # debugging flags), so that the messages come in the same order.
+        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir else os.getcwd()
+        self.callbacks = _args.callbacks_list(callbacks, self.strategy, enable_progress_bar, enable_model_summary,
+                                              enable_checkpointing, max_time)
+        self.check_val_every_n_epoch = _args.check_val_every_n_epoch_arg(check_val_every_n_epoch, val_check_interval)
+        if detect_anomaly:
+            _args.info("You have turned on `Trainer(detect_anomaly=True)`. This will significantly slow down compute "
+                       "speed and is recommended only for model debugging.")
+        _args.log_device_info(self._accelerator)
         flags = _args.debugging_flags(fast_dev_run, overfit_batches, limit_train_batches, limit_val_batches,
                                       limit_test_batches, limit_predict_batches, val_check_interval,
                                       num_sanity_val_steps)
@@ -216,16 +222,12 @@ class Trainer:
         self.limit_test_batches, self.limit_predict_batches = flags.limit_test_batches, flags.limit_predict_batches
         self.num_sanity_val_steps = flags.num_sanity_val_steps
         self.val_check_interval = flags.val_check_interval
-        self.check_val_every_n_epoch = _args.check_val_every_n_epoch_arg(check_val_every_n_epoch, val_check_interval)
         if flags.fast_dev_run:
             assert flags.max_steps is not None  # fast_dev_run sets the limits
             self.max_steps, self.max_epochs = flags.max_steps, flags.max_epochs
             self.check_val_every_n_epoch = flags.check_val_every_n_epoch
         self.log_every_n_steps = _args.check_log_every_n_steps(log_every_n_steps)
-        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir else os.getcwd()
         self.loggers = _args.loggers(logger, self.default_root_dir, self.fast_dev_run)
-        self.callbacks = _args.callbacks_list(callbacks, self.strategy, enable_progress_bar, enable_model_summary,
-                                              enable_checkpointing, max_time)
         self.state = TrainerState()
         self.metric_store = MetricStore()
         self.lightning_module: LightningModule | None = None
