@@ -341,6 +341,32 @@ def test_log_in_optimizer_step_as_lightning(tmp_path) -> None:
     assert "weight_abs_epoch" in got["lightning"][0][0] and "last_batch" in got["lightning"][0][1]
 
 
+def test_callback_log_as_lightning() -> None:
+    """``Callback.log`` / ``log_dict``: the module's, attached at every run, logging under the
+    running hook."""
+    got = {}
+    for framework in FRAMEWORKS:
+        class Logging(callbacks_ns(framework).Callback):
+            def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+                self.log("cb_loss", outputs["loss"] * 2, prog_bar=True)
+
+            def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+                self.log_dict({"cb_epoch": float(trainer.current_epoch), "cb_w": pl_module.net[0].weight.sum()})
+
+            def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+                self.log("cb_val", trainer.callback_metrics["val_loss"] + 1)
+
+        torch.manual_seed(0)
+        trainer = cases.frameworks(framework)[1](**trainer_kwargs(callbacks=[Logging()]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(cases.automatic()(cases.frameworks(framework)[0])(), *cases.make_data())
+        got[framework] = [{k: float(v) for k, v in m.items()} for m in (
+            trainer.callback_metrics, trainer.logged_metrics, trainer.progress_bar_metrics)]
+    assert got["mopt_fast"] == got["lightning"]
+    assert {"cb_loss", "cb_epoch", "cb_w", "cb_val"} <= set(got["lightning"][0])
+
+
 # -- objects that survive: pickle, torch.jit.script ---------------------------------------------------------
 def hooked(LM: type) -> type:
     class Hooked(cases.automatic()(LM)):

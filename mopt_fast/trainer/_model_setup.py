@@ -20,7 +20,7 @@ from mopt_fast.trainer._warn import warn
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
 
-__all__ = ["EmptyInit", "attach_model_callbacks", "call_configure_model", "reorder_callbacks", "tensor_init_context",
+__all__ = ["EmptyInit", "attach_model_callbacks", "attach_model_logging_functions", "call_configure_model", "reorder_callbacks", "tensor_init_context",
            "verify_configure_model"]
 
 
@@ -32,6 +32,15 @@ def _lightning_class(name: str) -> type | None:
         if isinstance(cls, type):
             return cls
     return None
+
+
+def attach_model_logging_functions(trainer: Trainer, model: LightningModule) -> None:
+    """``callback.log`` / ``callback.log_dict`` are the module's, set on every callback at every run
+    (Lightning's `_attach_model_logging_functions`): a callback logs as the module does, under the
+    hook that is running."""
+    for callback in trainer.callbacks:
+        callback.log = model.log
+        callback.log_dict = model.log_dict
 
 
 def _is_checkpoint(callback: Any) -> bool:

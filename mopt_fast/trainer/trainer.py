@@ -697,6 +697,7 @@ class Trainer:
             else:
                 self.max_epochs = -1
         _model_setup.attach_model_callbacks(self, model, self.hooks.run_as)
+        _model_setup.attach_model_logging_functions(self, model)
         self._verify_configuration(model)
         _model_setup.verify_configure_model(model)
         self.strategy.setup_environment(self._accelerator)
