@@ -482,6 +482,14 @@ ARGUMENT_CASES = {
     "float_interval_without_epochs": {"check_val_every_n_epoch": None, "val_check_interval": 0.5},
     "check_val_every_n_epoch=1.5": {"check_val_every_n_epoch": 1.5},
     "max_time_with_a_timer": {"max_time": {"seconds": 5}, "callbacks": "timer"},
+    "max_time_bad_format": {"max_time": "1:00"},
+    "gradient_clip_val='a'": {"gradient_clip_val": "a"},
+    "gradient_clip_val=True": {"gradient_clip_val": True},
+    "gradient_clip_algorithm='l3'": {"gradient_clip_algorithm": "l3"},
+    "num_nodes=0": {"num_nodes": 0},
+    "devices=0": {"devices": 0},
+    "devices='0'": {"devices": "0"},
+    "reload_dataloaders_every_n_epochs=-1": {"reload_dataloaders_every_n_epochs": -1},
 }
 
 

@@ -35,12 +35,13 @@ _CLASS_CACHE: dict[type, type] = {}
 
 def validate_clip_args(clip_val: Any, algorithm: Any) -> tuple[float | None, str | None]:
     """Checks Trainer-style clipping arguments: a number (or None) and 'norm'/'value' (or None)."""
-    if clip_val is not None and (isinstance(clip_val, bool) or not isinstance(clip_val, (int, float))):
-        raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {clip_val!r}.")
+    # Lightning's checks and messages (a bool is an int to it too; its list names "value" first)
+    if clip_val is not None and not isinstance(clip_val, (int, float)):
+        raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {clip_val}.")
     if algorithm is not None:
         if not isinstance(algorithm, str) or algorithm.lower() not in CLIP_ALGORITHMS:
             raise MisconfigurationException(
-                f"`gradient_clip_algorithm` {algorithm!r} is invalid. Allowed algorithms: {list(CLIP_ALGORITHMS)}."
+                f"`gradient_clip_algorithm` {algorithm} is invalid. Allowed algorithms: ['value', 'norm']."
             )
         algorithm = algorithm.lower()
     return (None if clip_val is None else float(clip_val)), algorithm

@@ -47,6 +47,10 @@ UNSUPPORTED = {
 
 def parse_devices(accelerator: str, devices: Any) -> tuple[str, int, int | None]:
     """(accelerator type, processes per node, the one CUDA index asked for or None)."""
+    if devices in ([], 0, "0"):  # Lightning's accelerator connector, naming the accelerator as given
+        raise MisconfigurationException(
+            f"`Trainer(devices={devices!r})` value is not a valid input using {accelerator} accelerator."
+        )
     acc = (accelerator or "auto").lower()
     if acc == "auto":
         acc = "cuda" if torch.cuda.is_available() else "cpu"
@@ -161,15 +165,20 @@ def expand_local_path(path: str) -> str:
 
 def check_unsupported(**args: Any) -> None:
     """A NotImplementedError naming each Lightning Trainer argument in `UNSUPPORTED` set to anything
-    but its "off" value."""
+    but its "off" value (after Lightning's own check of the value, where it has one)."""
+    reload_every = args["reload_dataloaders_every_n_epochs"]
+    if not isinstance(reload_every, int) or reload_every < 0:
+        raise MisconfigurationException(
+            f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_every}."
+        )
     for name, off in UNSUPPORTED.items():
         if args[name] != off:
             raise NotImplementedError(f"mopt_fast.Trainer does not support `{name}={args[name]!r}` yet")
 
 
 def check_num_nodes(num_nodes: Any) -> int:
-    if not isinstance(num_nodes, int) or num_nodes < 1:
-        raise MisconfigurationException(f"`num_nodes` must be an int >= 1, got {num_nodes!r}")
+    if not isinstance(num_nodes, int) or num_nodes < 1:  # Lightning's ValueError
+        raise ValueError(f"`num_nodes` must be a positive integer, but got {num_nodes}.")
     return num_nodes
 
 
@@ -394,7 +403,7 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
         if any(isinstance(c, Timer) for c in cbs):
             info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
         else:
-            cbs.append(Timer(duration=parse_duration(max_time, "Trainer(max_time"), interval="step"))
+            cbs.append(Timer(duration=parse_duration(max_time, "Timer(duration"), interval="step"))  # Lightning's
     bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks
     if len(bars) > 1:
         raise MisconfigurationException(

@@ -186,8 +186,8 @@ class Trainer:
                                 reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
                                 model_registry=model_registry)
         _args.set_torch_flags(deterministic, benchmark)
-        self._accelerator, self.num_devices, self._device_index = _args.parse_devices(accelerator, devices)
         self.num_nodes = _args.check_num_nodes(num_nodes)
+        self._accelerator, self.num_devices, self._device_index = _args.parse_devices(accelerator, devices)
         self.strategy = make_strategy(strategy, self.num_devices, self.num_nodes)
         self.root_device = _args.initial_device(self._accelerator, self._device_index)
         self.precision_plugin = _args.precision_plugin(precision, self._accelerator)
