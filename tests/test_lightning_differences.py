@@ -582,6 +582,37 @@ def test_fit_messages_as_lightning(name: str, tmp_path) -> None:
     assert got["lightning"][1] or got["lightning"][2] or got["lightning"][0][0].endswith(("Error", "Exception"))
 
 
+def test_dataloader_warnings_as_lightning(monkeypatch) -> None:
+    """Lightning's warnings about each loader as it is set up (few workers on a machine with more
+    CPUs, a shuffling validation loader), for fit, validate, test and predict."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    got = {}
+    for framework in FRAMEWORKS:
+        LM, Trainer = cases.frameworks(framework)
+
+        class Predicting(cases.automatic()(LM)):
+            def test_step(self, batch: Any, batch_idx: int) -> None:
+                self.log("test_loss", self.compute_loss(batch))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net(x)
+
+        torch.manual_seed(0)
+        model = Predicting()
+        trainer = Trainer(**trainer_kwargs(max_epochs=1))
+        train, val = cases.make_data()
+        shuffled_val = DataLoader(val.dataset, batch_size=16, shuffle=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, train, shuffled_val)
+            trainer.validate(model, val, verbose=False)
+            trainer.test(model, val, verbose=False)
+            trainer.predict(model, DataLoader(torch.randn(4, 8), batch_size=2))
+        got[framework] = relevant(caught)
+    assert got["mopt_fast"] == got["lightning"]
+    assert any("does not have many workers" in m for _, m in got["lightning"])
+
+
 def test_seed_everything_info_line_as_lightning() -> None:
     lines = {}
     for framework, seed_everything in (("lightning", pl.seed_everything), ("mopt_fast", mopt_fast.seed_everything)):

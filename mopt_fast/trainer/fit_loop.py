@@ -36,6 +36,7 @@ from mopt_fast.trainer._data import (
     num_batches,
     persistent_workers,
     without_shuffling,
+    worker_check,
 )
 from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
 from mopt_fast.trainer._hooks import takes_batch_idx
@@ -176,6 +177,7 @@ class FitLoop:
             loader = without_shuffling([loader], "train")[0]
         if trainer.use_distributed_sampler:
             loader = trainer.strategy.process_loader(loader, shuffle_default=True)
+        worker_check(loader, "train_dataloader", trainer.num_devices, trainer.reload_dataloaders_every_n_epochs)
         add_worker_init_fn(loader, trainer.global_rank)
         self.loader = loader
 
