@@ -391,10 +391,11 @@ HOOKED = {"lightning": _module_level(hooked(pl.LightningModule), "HookedLightnin
           "mopt_fast": _module_level(hooked(mopt_fast.LightningModule), "HookedMoptFast")}
 
 
-def test_pickle_trainer_and_progress_bar_after_fit() -> None:
+@pytest.mark.parametrize("bar_class", ["TQDMProgressBar", "RichProgressBar"])
+def test_pickle_trainer_and_progress_bar_after_fit(bar_class: str) -> None:
     for framework in FRAMEWORKS:
         LM, Trainer = cases.frameworks(framework)
-        bar = callbacks_ns(framework).TQDMProgressBar()
+        bar = getattr(callbacks_ns(framework), bar_class)()
         torch.manual_seed(0)
         model = HOOKED[framework]()
         trainer = Trainer(**trainer_kwargs(enable_progress_bar=True, callbacks=[bar], gradient_clip_val=1.0))
@@ -668,7 +669,8 @@ def recording_tqdm(framework: str, calls: list) -> type:
 
 def test_progress_bar_refreshes_at_lightnings_points(monkeypatch) -> None:
     """With refresh_interval=0 (Lightning's points; the default reads the metrics and redraws at most
-    every 0.5 s / 0.1 s), the tqdm calls of a fit then a validate are Lightning's, one by one."""
+    every 0.5 s / 0.1 s), the tqdm calls of a fit, a validate, a test and a predict are Lightning's,
+    one by one."""
     got = {}
     for framework in FRAMEWORKS:
         calls: list = []
@@ -678,8 +680,16 @@ def test_progress_bar_refreshes_at_lightnings_points(monkeypatch) -> None:
         bar = (callbacks_ns(framework).TQDMProgressBar() if framework == "lightning"
                else mopt_fast.TQDMProgressBar(refresh_interval=0))
         LM, Trainer = cases.frameworks(framework)
+
+        class Model(cases.automatic()(LM)):
+            def test_step(self, batch: Any, batch_idx: int) -> None:
+                self.log("test_loss", self.compute_loss(batch))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net(x)
+
         torch.manual_seed(0)
-        model = cases.automatic()(LM)()
+        model = Model()
         trainer = Trainer(**trainer_kwargs(enable_progress_bar=True, callbacks=[bar], limit_train_batches=4,
                                            limit_val_batches=2))
         with warnings.catch_warnings():
@@ -687,6 +697,10 @@ def test_progress_bar_refreshes_at_lightnings_points(monkeypatch) -> None:
             trainer.fit(model, *cases.make_data())
             calls.append("validate")
             trainer.validate(model, cases.make_data()[1], verbose=False)
+            calls.append("test")
+            trainer.test(model, cases.make_data()[1], verbose=False)
+            calls.append("predict")
+            trainer.predict(model, DataLoader(torch.randn(6, 8), batch_size=2))
         got[framework] = calls
     assert got["mopt_fast"] == got["lightning"]
     assert sum(c[0] == "refresh" for c in got["lightning"]) > 10
