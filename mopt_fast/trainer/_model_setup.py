@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch.overrides import TorchFunctionMode
 
-from mopt_fast.callbacks.callback import Callback, rank_zero_info
+from mopt_fast.callbacks.callback import Callback
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.core.module import LightningModule
+from mopt_fast.trainer._args import info
 from mopt_fast.trainer._hooks import is_overridden
 from mopt_fast.trainer._warn import warn
 
@@ -78,8 +79,7 @@ def attach_model_callbacks(trainer: Trainer, model: LightningModule, run_as: Cal
                 override_types.add(trainer_type)
                 break
     if override_types:
-        rank_zero_info(
-            trainer,
+        info(  # on rank 0 by the launcher's environment: the strategy does not know the rank yet
             "The following callbacks returned in `LightningModule.configure_callbacks` will override existing "
             f"callbacks passed to Trainer: {', '.join(sorted(t.__name__ for t in override_types))}",
         )

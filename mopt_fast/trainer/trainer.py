@@ -97,7 +97,10 @@ class Trainer:
         enable_progress_bar / enable_model_summary: the tqdm bar and the summary table.
         accumulate_grad_batches: automatic optimization only: step every N batches, loss / N.
         gradient_clip_val / gradient_clip_algorithm: automatic optimization only ("norm"/"value").
-        default_root_dir: where the loggers write (default: the working directory).
+        default_root_dir: where the loggers write (default: the working directory; "~" expanded).
+
+    Every argument not passed is read from a ``PL_TRAINER_<ARGUMENT>`` environment variable when set
+    (``PL_TRAINER_MAX_EPOCHS=3``), as Lightning's Trainer does.
     """
 
     # Set in __init__, from the arguments (_args.py checks them):
