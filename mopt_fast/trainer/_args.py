@@ -32,8 +32,9 @@ from mopt_fast.seed import _env_rank
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
 
-__all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "loggers", "parse_devices",
-           "precision_plugin", "set_torch_flags"]
+__all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "defaults_from_env_vars",
+           "env_defaults", "expand_local_path", "info", "log_device_info", "loggers", "parse_devices",
+           "precision_plugin", "set_torch_flags", "val_check_seconds"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -470,7 +470,8 @@ class Trainer:
             warn(
                 f"`trainer.init_module` cannot fully support proper instantiation of your model with the"
                 f" `{type(self.strategy).__name__}` strategy. Please instantiate your model inside the"
-                f"`LightningModule.configure_model` hook instead"
+                f"`LightningModule.configure_model` hook instead",
+                PossibleUserWarning,
             )
         with _model_setup.tensor_init_context(self, empty_init=empty_init):
             yield
