@@ -13,6 +13,7 @@ use, so a kernels-only user pays for neither it nor torch.distributed.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from mopt_fast import _extension
@@ -46,6 +47,14 @@ if TYPE_CHECKING:
     from mopt_fast.loggers import CSVLogger, TensorBoardLogger
     from mopt_fast.trainer import Trainer
     from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
+
+# Lightning's console set-up for its package loggers: INFO lines ("Seed set to 0", ...) go to stderr
+# unless the application configured logging itself (then they propagate to its handlers).
+_logger = logging.getLogger(__name__)
+_logger.setLevel(logging.INFO)
+if not logging.getLogger().hasHandlers():
+    _logger.addHandler(logging.StreamHandler())
+    _logger.propagate = False
 
 if _extension.COMPILED:
     from mopt_fast import _ops

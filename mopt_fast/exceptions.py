@@ -3,11 +3,16 @@
 not build."""
 from __future__ import annotations
 
-__all__ = ["MisconfigurationException", "NotBuiltError", "SIGTERMException", "not_built"]
+__all__ = ["MisconfigurationException", "NotBuiltError", "PossibleUserWarning", "SIGTERMException", "not_built"]
 
 
 class MisconfigurationException(ValueError):
     """A Trainer/module setting that cannot work (the name Lightning uses; a ValueError here)."""
+
+
+class PossibleUserWarning(UserWarning):
+    """Lightning's category for warnings about settings that may be a mistake (a few batches fewer
+    than the logging interval, ...): ``warnings.filterwarnings("ignore", category=...)`` works alike."""
 
 
 class SIGTERMException(SystemExit):

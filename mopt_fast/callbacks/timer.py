@@ -5,14 +5,13 @@ fit (``trainer.should_stop``) once the training time reaches `duration`, checked
 from __future__ import annotations
 
 import re
-import sys
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 import torch
 
-from mopt_fast.callbacks.callback import Callback
+from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.core.states import RunningStage
 from mopt_fast.exceptions import MisconfigurationException
 
@@ -126,4 +125,4 @@ class Timer(Callback):
         trainer.should_stop = trainer.should_stop or should_stop
         if should_stop and self._verbose and trainer.is_global_zero:
             elapsed = timedelta(seconds=int(self.time_elapsed(RunningStage.TRAINING)))
-            print(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.", file=sys.stderr)
+            rank_zero_info(trainer, f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")

@@ -153,6 +153,14 @@ class ModelHooks(_ModuleBase):
     def prepare_data(self) -> None:
         """Download or write data once per node (local rank 0) before `setup`."""
 
+    def configure_model(self) -> None:
+        """Build layers here to have them made on the Trainer's device: called by fit, validate,
+        test and predict after `setup`, before `configure_optimizers`, at every run (so it must
+        return early when the layers exist), and by `load_from_checkpoint`."""
+
+    def configure_sharded_model(self) -> None:
+        """Deprecated (as in Lightning): override `configure_model` instead."""
+
     def on_test_start(self) -> None: ...
     def on_test_end(self) -> None: ...
     def on_test_epoch_start(self) -> None: ...

@@ -166,6 +166,8 @@ class HyperparametersMixin:
     CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+    # torch.jit.script skips these properties (as Lightning's mixin): they are not TorchScript.
+    __jit_unused_properties__: list[str] = ["hparams", "hparams_initial"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

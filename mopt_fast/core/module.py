@@ -79,6 +79,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, torch.nn.Modu
     ``self.automatic_optimization = False`` for manual optimization, and fit it with
     `mopt_fast.Trainer`."""
 
+    # torch.jit.script(model) skips these properties (Lightning's list, plus the ones of its
+    # device/dtype and hyperparameter mixins): they read the Trainer or Python-only state.
+    __jit_unused_properties__: list[str] = [
+        "example_input_array", "on_gpu", "current_epoch", "global_step", "global_rank", "local_rank", "logger",
+        "loggers", "automatic_optimization", "trainer", "fabric", "strict_loading", "device_mesh", "device", "dtype",
+        *HyperparametersMixin.__jit_unused_properties__,
+    ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -492,6 +499,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, torch.nn.Modu
             )
 
     # -- what the user implements ------------------------------------------------------------
+    def configure_callbacks(self) -> Any:
+        """Callbacks this model brings (one or a sequence): at every fit/validate/test/predict they
+        replace the Trainer's callbacks of their type (or of a parent type), checkpoint callbacks
+        last, as in Lightning."""
+        return []
+
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         raise MisconfigurationException(_MINIMUM.format("training_step"))
 

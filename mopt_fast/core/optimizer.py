@@ -35,15 +35,32 @@ _CLASS_CACHE: dict[type, type] = {}
 
 def validate_clip_args(clip_val: Any, algorithm: Any) -> tuple[float | None, str | None]:
     """Checks Trainer-style clipping arguments: a number (or None) and 'norm'/'value' (or None)."""
-    if clip_val is not None and (isinstance(clip_val, bool) or not isinstance(clip_val, (int, float))):
-        raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {clip_val!r}.")
+    # Lightning's checks and messages (a bool is an int to it too; its list names "value" first)
+    if clip_val is not None and not isinstance(clip_val, (int, float)):
+        raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {clip_val}.")
     if algorithm is not None:
         if not isinstance(algorithm, str) or algorithm.lower() not in CLIP_ALGORITHMS:
             raise MisconfigurationException(
-                f"`gradient_clip_algorithm` {algorithm!r} is invalid. Allowed algorithms: {list(CLIP_ALGORITHMS)}."
+                f"`gradient_clip_algorithm` {algorithm} is invalid. Allowed algorithms: ['value', 'norm']."
             )
         algorithm = algorithm.lower()
     return (None if clip_val is None else float(clip_val)), algorithm
+
+
+def _wrapper_class(optimizer_class: type) -> type:
+    """The wrapper class of `optimizer_class` (made once): a LightningOptimizer and an instance of it."""
+    cls = _CLASS_CACHE.get(optimizer_class)
+    if cls is None:
+        cls = _CLASS_CACHE[optimizer_class] = type(
+            "Lightning" + optimizer_class.__name__, (LightningOptimizer, optimizer_class), {})
+    return cls
+
+
+def _new_wrapper(optimizer_class: type) -> LightningOptimizer:
+    """An empty wrapper of `optimizer_class`'s wrapper class, for unpickling (`__reduce__`)."""
+    cls = _wrapper_class(optimizer_class)
+    wrapper: LightningOptimizer = object.__new__(cls)
+    return wrapper
 
 
 def _device_type(optimizer: torch.optim.Optimizer) -> str:
@@ -85,10 +102,17 @@ class LightningOptimizer:
         self._on_before_step: Callable[[], None] | None = None
         self._on_after_step: Callable[[], None] | None = None
         self._before_update: Callable[[], None] | None = self._standalone_clip if self._clips else None
-        cls = type(optimizer)
-        if cls not in _CLASS_CACHE:
-            _CLASS_CACHE[cls] = type("Lightning" + cls.__name__, (LightningOptimizer, cls), {})
-        self.__class__ = _CLASS_CACHE[cls]
+        self.__class__ = _wrapper_class(type(optimizer))
+
+    # The class is made on the fly, so pickle cannot find it by name: a wrapper pickles as "the
+    # wrapper class of this optimizer's class, with this state" (Trainer and progress-bar pickling,
+    # as with Lightning's).
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _new_wrapper, (type(self._optimizer),), self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Defined here, else the lookup falls through `__getattr__` to the optimizer's own.
+        self.__dict__.update(state)
 
     @property
     def _clips(self) -> bool:

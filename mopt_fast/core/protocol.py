@@ -160,7 +160,6 @@ class CallbackTrainer(Protocol):
     optimizers: list[torch.optim.Optimizer]
     lr_scheduler_configs: list[LRSchedulerConfig]
     should_stop: bool
-    default_root_dir: str
     check_val_every_n_epoch: int | None
     val_check_interval: int | float
     log_every_n_steps: int
@@ -168,6 +167,9 @@ class CallbackTrainer(Protocol):
     max_steps: int
     num_sanity_val_steps: int | float
     fast_dev_run: bool | int
+
+    @property
+    def default_root_dir(self) -> str: ...
 
     @property
     def strategy(self) -> StrategyLike: ...

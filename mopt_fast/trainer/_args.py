@@ -3,30 +3,40 @@ and its loops keep, loggers and callbacks, as Lightning 2.6's Trainer.__init__ a
 do. Each function takes the arguments it reads by name; Trainer.__init__ says where each goes."""
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
+import functools
+import inspect
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
-from mopt_fast.callbacks.callback import validate_callbacks_list
+from mopt_fast.callbacks.callback import rank_zero_info, validate_callbacks_list
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.model_summary import ModelSummary
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
 from mopt_fast.callbacks.progress.tqdm_progress import TQDMProgressBar
 from mopt_fast.callbacks.timer import Timer, parse_duration
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.loggers.csv_logs import CSVLogger
 from mopt_fast.loggers.logger import Logger, _DummyExperiment
 from mopt_fast.loggers.tensorboard import TensorBoardLogger
 from mopt_fast.precision import Precision, make_precision, normalize_precision
+from mopt_fast.seed import _env_rank
+from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
 
-__all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "loggers", "parse_devices",
-           "precision_plugin", "set_torch_flags"]
+__all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "defaults_from_env_vars",
+           "env_defaults", "expand_local_path", "info", "log_device_info", "loggers", "parse_devices",
+           "precision_plugin", "set_torch_flags", "val_check_seconds"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off":
 # accepted at that value, a NotImplementedError naming the feature at any other.
@@ -38,6 +48,10 @@ UNSUPPORTED = {
 
 def parse_devices(accelerator: str, devices: Any) -> tuple[str, int, int | None]:
     """(accelerator type, processes per node, the one CUDA index asked for or None)."""
+    if devices in ([], 0, "0"):  # Lightning's accelerator connector, naming the accelerator as given
+        raise MisconfigurationException(
+            f"`Trainer(devices={devices!r})` value is not a valid input using {accelerator} accelerator."
+        )
     acc = (accelerator or "auto").lower()
     if acc == "auto":
         acc = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,30 +77,109 @@ def parse_devices(accelerator: str, devices: Any) -> tuple[str, int, int | None]
 
 
 def check_limit(name: str, value: Any) -> int | float:
+    """A `limit_*_batches` / `overfit_batches` / `val_check_interval` value as Lightning's
+    `_determine_batch_limits` takes it: None is 1.0; a fraction in [0, 1] or a whole number (2.0 is 2
+    batches), else its MisconfigurationException (a value that is no number fails comparing, with
+    the same TypeError); 1 and 1.0 are said in an INFO line."""
     if value is None:
         return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MisconfigurationException(f"`{name}` must be an int or a float, got {value!r}")
-    if isinstance(value, float) and value > 1.0 and value % 1.0 == 0:  # 2.0 means 2 batches, as Lightning
+    if isinstance(value, int) and value == 1:
+        if name == "limit_train_batches":
+            message = "1 batch per epoch will be used."
+        elif name == "val_check_interval":
+            message = "validation will run after every batch."
+        else:
+            message = "1 batch will be used."
+        info(f"`Trainer({name}=1)` was configured so {message}")
+    elif isinstance(value, float) and value == 1.0:
+        if name == "limit_train_batches":
+            message = "100% of the batches per epoch will be used."
+        elif name == "val_check_interval":
+            message = "validation will run at the end of the training epoch."
+        else:
+            message = "100% of the batches will be used."
+        info(f"`Trainer({name}=1.0)` was configured so {message}.")
+    if 0 <= value <= 1:
+        return value
+    if value > 1 and value % 1.0 == 0:
         return int(value)
-    if isinstance(value, float) and not 0.0 <= value <= 1.0:
-        raise MisconfigurationException(f"`{name}` as a float must be in [0.0, 1.0], got {value}")
-    if value < 0:
-        raise MisconfigurationException(f"`{name}` must be >= 0, got {value}")
-    return value
+    raise MisconfigurationException(
+        f"You have passed invalid value {value} for {name}, it has to be in [0.0, 1.0] or an int."
+    )
+
+
+def info(message: str) -> None:
+    """Lightning's `rank_zero_info` while the Trainer is made: the rank from the launcher's environment."""
+    if (_env_rank() or 0) == 0:
+        rank_zero_info(None, message)
+
+
+def log_device_info(accelerator: str) -> None:
+    """The lines Lightning's Trainer logs when it is made (`_log_device_info`), and its warning for
+    a GPU left unused. mopt_fast runs on no TPU: that line always says so, as Lightning's does on a
+    machine without one."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_available = bool(mps is not None and mps.is_available())
+    cuda_available = torch.cuda.is_available()
+    kind = " (cuda)" if cuda_available else " (mps)" if mps_available else ""
+    info(f"GPU available: {cuda_available or mps_available}{kind}, used: {accelerator == 'cuda'}")
+    info("TPU available: False, using: 0 TPU cores")
+    if (cuda_available or mps_available) and accelerator != "cuda" and (_env_rank() or 0) == 0:
+        warn("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.", PossibleUserWarning)
+
+
+def env_defaults(cls: type) -> dict[str, Any]:
+    """Lightning's `_parse_env_variables`: for each argument of `cls` (a Trainer class), the value
+    of ``PL_<CLASS NAME>_<ARGUMENT>`` (``PL_TRAINER_MAX_EPOCHS=3``) when set and not empty, read as
+    a Python literal where it is one ("3" → 3, "True" → True, "[0, 1]" → [0, 1]), else as the string."""
+    found: dict[str, Any] = {}
+    for name in inspect.signature(cls).parameters:
+        value: Any = os.environ.get(f"PL_{cls.__name__.upper()}_{name.upper()}")
+        if value is None or value == "":
+            continue
+        with contextlib.suppress(Exception):
+            value = ast.literal_eval(value)
+        found[name] = value
+    return found
+
+
+def defaults_from_env_vars(init: F) -> F:
+    """Wraps a Trainer's ``__init__`` as Lightning's `_defaults_from_env_vars`: the ``PL_TRAINER_*``
+    environment variables give the arguments not passed (an argument passed wins)."""
+
+    @functools.wraps(init)
+    def insert_env_defaults(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return init(self, *args, **{**env_defaults(type(self)), **kwargs})
+
+    return cast(F, insert_env_defaults)
+
+
+def expand_local_path(path: str) -> str:
+    """`path` with ``~`` expanded and normalized when it is local (no "proto://" or "proto::"
+    prefix other than file, as fsspec's `get_protocol` reads it), else as given (Lightning's
+    `default_root_dir`)."""
+    parts = re.split(r"(\:\:|\://)", path, maxsplit=1)
+    if len(parts) > 1 and parts[0] != "file":
+        return path
+    return os.path.normpath(os.path.expanduser(path))
 
 
 def check_unsupported(**args: Any) -> None:
     """A NotImplementedError naming each Lightning Trainer argument in `UNSUPPORTED` set to anything
-    but its "off" value."""
+    but its "off" value (after Lightning's own check of the value, where it has one)."""
+    reload_every = args["reload_dataloaders_every_n_epochs"]
+    if not isinstance(reload_every, int) or reload_every < 0:
+        raise MisconfigurationException(
+            f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_every}."
+        )
     for name, off in UNSUPPORTED.items():
         if args[name] != off:
             raise NotImplementedError(f"mopt_fast.Trainer does not support `{name}={args[name]!r}` yet")
 
 
 def check_num_nodes(num_nodes: Any) -> int:
-    if not isinstance(num_nodes, int) or num_nodes < 1:
-        raise MisconfigurationException(f"`num_nodes` must be an int >= 1, got {num_nodes!r}")
+    if not isinstance(num_nodes, int) or num_nodes < 1:  # Lightning's ValueError
+        raise ValueError(f"`num_nodes` must be a positive integer, but got {num_nodes}.")
     return num_nodes
 
 
@@ -108,11 +201,15 @@ def check_accumulate(accumulate: Any) -> int:
 
 def check_max_limits(max_epochs: Any, max_steps: Any) -> tuple[int | None, int]:
     """max_epochs (None: Lightning's _parse_loop_limits sets it, 1000 or -1 with max_steps or a
-    Timer, at fit) and max_steps."""
-    if max_steps is None or not isinstance(max_steps, int) or max_steps < -1:
-        raise MisconfigurationException(f"`max_steps` must be an int >= -1, got {max_steps!r}")
-    if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < -1):
-        raise MisconfigurationException(f"`max_epochs` must be an int >= -1 or None, got {max_epochs!r}")
+    Timer, at fit) and max_steps, with the errors of Lightning's loops for values below -1."""
+    if isinstance(max_epochs, int) and max_epochs < -1:
+        raise MisconfigurationException(
+            f"`max_epochs` must be a non-negative integer or -1. You passed in {max_epochs}."
+        )
+    if max_steps < -1:
+        raise MisconfigurationException(
+            f"`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in {max_steps}."
+        )
     return max_epochs, max_steps
 
 
@@ -126,9 +223,7 @@ def check_min_limits(min_epochs: Any, min_steps: Any) -> tuple[int, int | None]:
 
 
 def check_val_every_n_epoch_arg(check_val_every_n_epoch: Any, val_check_interval: Any) -> int | None:
-    if check_val_every_n_epoch is not None and (
-        not isinstance(check_val_every_n_epoch, int) or isinstance(check_val_every_n_epoch, bool)
-    ):
+    if check_val_every_n_epoch is not None and not isinstance(check_val_every_n_epoch, int):
         raise MisconfigurationException(
             f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}."
         )
@@ -145,6 +240,25 @@ def check_log_every_n_steps(log_every_n_steps: int | None) -> int:
     if every < 0:
         raise MisconfigurationException("`log_every_n_steps` must be >= 0")
     return every
+
+
+def val_check_seconds(value: str | dict[str, Any] | timedelta) -> float:
+    """A time-based `val_check_interval` in seconds, with Lightning's errors
+    (`_parse_time_interval_seconds`): a timedelta, timedelta's keyword arguments, or "DD:HH:MM:SS"."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return timedelta(**value).total_seconds()
+    parts = value.split(":")
+    if len(parts) != 4:
+        raise MisconfigurationException(f"Invalid time format for `val_check_interval`: {value!r}. Expected 'DD:HH:MM:SS'.")
+    try:
+        days, hours, minutes, seconds = (int(p) for p in parts)
+    except ValueError:
+        raise MisconfigurationException(
+            f"Non-integer component in `val_check_interval` string: {value!r}. Use 'DD:HH:MM:SS'."
+        ) from None
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
 
 
 @dataclasses.dataclass
@@ -181,29 +295,28 @@ def debugging_flags(fast_dev_run: int | bool, overfit_batches: Any, limit_train_
             num_sanity_val_steps=0, val_check_interval=1.0, val_check_time_interval=None, max_steps=n, max_epochs=1,
             check_val_every_n_epoch=1,
         )
+        info(f"Running in `fast_dev_run` mode: will run the requested loop using {n} batch(es). "
+             "Logging and checkpointing is suppressed.")
     else:
         sanity = 2 if num_sanity_val_steps is None else num_sanity_val_steps
-        if sanity != -1 and sanity < 0:
-            raise MisconfigurationException("`num_sanity_val_steps` must be >= -1")
         time_interval = None
         if isinstance(val_check_interval, (str, dict, timedelta)):  # validation every so much time
-            time_interval = parse_duration(val_check_interval, "val_check_interval").total_seconds()
+            time_interval = val_check_seconds(val_check_interval)
             interval: int | float = 1.0
         else:
-            interval = 1.0 if val_check_interval is None else val_check_interval
-            if isinstance(interval, float) and not 0.0 < interval <= 1.0:
-                raise MisconfigurationException(
-                    f"`val_check_interval` should be a float in (0.0, 1.0] or an int, got {interval}"
-                )
+            interval = 1.0
+        enabled = overfit_batches > 0  # the value given, as Lightning
         flags = DebuggingFlags(
             fast_dev_run=fast_dev_run, overfit_batches=overfit,
-            limit_train_batches=1.0 if overfit > 0 else check_limit("limit_train_batches", limit_train_batches),
-            limit_val_batches=1.0 if overfit > 0 else check_limit("limit_val_batches", limit_val_batches),
+            limit_train_batches=1.0 if enabled else check_limit("limit_train_batches", limit_train_batches),
+            limit_val_batches=1.0 if enabled else check_limit("limit_val_batches", limit_val_batches),
             limit_test_batches=check_limit("limit_test_batches", limit_test_batches),
             limit_predict_batches=check_limit("limit_predict_batches", limit_predict_batches),
             num_sanity_val_steps=float("inf") if sanity == -1 else sanity, val_check_interval=interval,
             val_check_time_interval=time_interval,
         )
+        if time_interval is None:
+            flags.val_check_interval = check_limit("val_check_interval", val_check_interval)
     if overfit > 0:
         flags.limit_train_batches = flags.limit_val_batches = overfit
     return flags
@@ -325,8 +438,11 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     """The Trainer's callbacks: the ones given, plus Lightning's defaults (progress bar, model
     summary, ModelCheckpoint, a Timer for max_time), checked, checkpoint callbacks last."""
     cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
-    if max_time is not None and not any(isinstance(c, Timer) for c in cbs):
-        cbs.append(Timer(duration=parse_duration(max_time, "Trainer(max_time"), interval="step"))
+    if max_time is not None:
+        if any(isinstance(c, Timer) for c in cbs):
+            info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
+        else:
+            cbs.append(Timer(duration=parse_duration(max_time, "Timer(duration"), interval="step"))  # Lightning's
     bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks
     if len(bars) > 1:
         raise MisconfigurationException(

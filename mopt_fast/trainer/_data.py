@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing as mp
 import os
 import random
 import sys
@@ -18,7 +19,7 @@ from mopt_fast.core.datamodule import datamodule_base
 from mopt_fast.core.hooks import BATCH_TRANSFER_HOOKS
 from mopt_fast.core.hooks import move_data_to_device as move_to_device
 from mopt_fast.core.module import LightningModule
-from mopt_fast.exceptions import MisconfigurationException, not_built
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, not_built
 from mopt_fast.seed import pl_worker_init_function, rng_state, set_rng_state
 from mopt_fast.trainer._hooks import is_overridden
 from mopt_fast.trainer._warn import warn
@@ -163,6 +164,39 @@ def with_sampler(loader: DataLoader, sampler: Any) -> DataLoader:
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
         timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator, **workers,
     )
+
+
+def suggested_max_num_workers(local_world_size: int) -> int:
+    """Lightning's suggestion for `num_workers`: the CPUs this process may use, per local process,
+    less one for the main process (at least 1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // local_world_size - 1)
+
+
+def worker_check(loader: Any, name: str, local_world_size: int, reload_every_n_epochs: int) -> None:
+    """Lightning's `_worker_check` warnings for a DataLoader about to be used as `name`
+    ("train_dataloader", "val_dataloader", ...): workers started by spawn without being kept,
+    fewer workers than the machine suggests, pinned persistent workers with reloading."""
+    if not isinstance(loader, DataLoader):
+        return
+    upper_bound = suggested_max_num_workers(local_world_size)
+    context = loader.multiprocessing_context
+    start_method = context.get_start_method() if context is not None else mp.get_start_method()
+    if loader.num_workers > 0 and start_method == "spawn" and not loader.persistent_workers:
+        warn(f"Consider setting `persistent_workers=True` in '{name}' to speed up the dataloader worker initialization.")
+    elif loader.num_workers < 2 and upper_bound > 1:
+        warn(
+            f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing the value of the"
+            f" `num_workers` argument` to `num_workers={upper_bound}` in the `DataLoader` to improve performance.",
+            PossibleUserWarning,
+        )
+    if loader.persistent_workers and loader.pin_memory and reload_every_n_epochs > 0:
+        warn(
+            "The combination of `DataLoader(`pin_memory=True`, `persistent_workers=True`) and `Trainer("
+            "reload_dataloaders_every_n_epochs > 0)` can lead to instability due to limitations in PyTorch"
+            " (https://github.com/pytorch/pytorch/issues/91252). We recommend setting `pin_memory=False` in this case.",
+            PossibleUserWarning,
+        )
 
 
 def add_worker_init_fn(loader: Any, rank: int) -> None:

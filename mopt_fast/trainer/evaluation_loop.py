@@ -26,6 +26,7 @@ import torch
 
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.states import RunningStage, TrainerFn
+from mopt_fast.exceptions import PossibleUserWarning
 from mopt_fast.trainer._data import (
     DataSource,
     add_worker_init_fn,
@@ -38,6 +39,7 @@ from mopt_fast.trainer._data import (
     set_sampler_epoch,
     shut_down_workers,
     without_shuffling,
+    worker_check,
 )
 from mopt_fast.trainer._hooks import is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._logging import log_to_loggers
@@ -144,9 +146,11 @@ class _Loop:
             if self.stage != RunningStage.TRAINING and _is_shuffled(loader):
                 warn(
                     f"Your `{self.prefix}_dataloader`'s sampler has shuffling enabled, it is strongly recommended that "
-                    "you turn shuffling off for val/test dataloaders.")
+                    "you turn shuffling off for val/test dataloaders.", PossibleUserWarning)
             if trainer.use_distributed_sampler:
                 loader = trainer.strategy.process_loader(loader, shuffle_default=False)
+            worker_check(loader, f"{self.prefix}_dataloader", trainer.num_devices,
+                         trainer.reload_dataloaders_every_n_epochs)
             add_worker_init_fn(loader, trainer.global_rank)
             if self.fn != TrainerFn.FITTING:
                 set_sampler_epoch(loader, trainer.current_epoch)

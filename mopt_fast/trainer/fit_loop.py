@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from mopt_fast.callbacks.callback import rank_zero_info
 from mopt_fast.core.states import LoopPoint
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.seed import rng_state, set_rng_state
 from mopt_fast.trainer import training_step
 from mopt_fast.trainer._data import (
@@ -36,6 +36,7 @@ from mopt_fast.trainer._data import (
     num_batches,
     persistent_workers,
     without_shuffling,
+    worker_check,
 )
 from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
 from mopt_fast.trainer._hooks import takes_batch_idx
@@ -177,6 +178,7 @@ class FitLoop:
             loader = without_shuffling([loader], "train")[0]
         if trainer.use_distributed_sampler:
             loader = trainer.strategy.process_loader(loader, shuffle_default=True)
+        worker_check(loader, "train_dataloader", trainer.num_devices, trainer.reload_dataloaders_every_n_epochs)
         add_worker_init_fn(loader, trainer.global_rank)
         self.loader = loader
 
@@ -193,19 +195,30 @@ class FitLoop:
         elif isinstance(interval, int):
             self.val_check_batch = interval
             if (self.val_check_batch > self.num_training_batches and trainer.check_val_every_n_epoch is not None
-                    and trainer.enable_validation):
-                raise ValueError(
-                    f"`val_check_interval` ({interval}) must be less than or equal to the number of "
-                    f"the training batches ({self.num_training_batches})."
+                    and trainer.limit_val_batches > 0):
+                raise ValueError(  # Lightning's message, leading space included
+                    f" `val_check_interval` ({interval}) must be less than or equal"
+                    f" to the number of the training batches ({self.num_training_batches})."
+                    " If you want to disable validation set `limit_val_batches` to 0.0 instead."
+                    " If you want to validate based on the total training batches, set `check_val_every_n_epoch=None`."
                 )
         elif self.num_training_batches == _INF:
             if interval != 1.0:
                 raise MisconfigurationException(
-                    "With a train loader without a length, `val_check_interval` must be 1.0 or an int"
+                    "When using an IterableDataset for `train_dataloader`,"
+                    " `Trainer(val_check_interval)` must be time based, `1.0` or an int. An int k specifies"
+                    " checking validation every k training batches."
                 )
             self.val_check_batch = _INF
         else:
             self.val_check_batch = max(1, int(self.num_training_batches * interval))
+        if trainer.loggers and self.num_training_batches < trainer.log_every_n_steps and not trainer.fast_dev_run:
+            warn(
+                f"The number of training batches ({self.num_training_batches}) is smaller than the logging interval"
+                f" Trainer(log_every_n_steps={trainer.log_every_n_steps}). Set a lower value for log_every_n_steps if"
+                " you want to see logs for the training epoch.",
+                PossibleUserWarning,
+            )
 
     def new_iterator(self, loader: Any) -> Any:
         if not persistent_workers(loader):
@@ -236,6 +249,12 @@ class FitLoop:
         loader = self.loader
         self.setup_batches(loader)
         if self.num_training_batches == 0:
+            if trainer.is_global_zero:
+                # Lightning's warnings for an empty train loader: the loader's, then the CombinedLoader's
+                # it wraps every train loader in.
+                for name in (type(loader).__name__, "CombinedLoader"):
+                    warn(f"Total length of `{name}` across ranks is zero. Please make sure this was your intention.")
+            rank_zero_info(trainer, "`Trainer.fit` stopped: No training batches.")
             return
         # The first epoch's iterator is made before on_train_start, later ones after
         # on_train_epoch_start: the same points as Lightning, so the RNG draws line up.

@@ -18,12 +18,13 @@ core/protocol.py; only this file touches the Trainer's private members.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -38,10 +39,10 @@ from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.saving import save_checkpoint_file
 from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
-from mopt_fast.trainer import _args, resume, training_step
+from mopt_fast.trainer import _args, _model_setup, resume, training_step
 from mopt_fast.trainer._data import batch_hook_owner, batch_transfer, isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._logging import log_hyperparams_at_start, start_experiments
@@ -49,7 +50,7 @@ from mopt_fast.trainer._metrics import MetricStore
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
 from mopt_fast.trainer.fit_loop import FitLoop
-from mopt_fast.trainer.strategies import Strategy, make_strategy
+from mopt_fast.trainer.strategies import FSDPStrategy, Strategy, make_strategy
 
 __all__ = ["Trainer"]
 
@@ -96,7 +97,10 @@ class Trainer:
         enable_progress_bar / enable_model_summary: the tqdm bar and the summary table.
         accumulate_grad_batches: automatic optimization only: step every N batches, loss / N.
         gradient_clip_val / gradient_clip_algorithm: automatic optimization only ("norm"/"value").
-        default_root_dir: where the loggers write (default: the working directory).
+        default_root_dir: where the loggers write (default: the working directory; "~" expanded).
+
+    Every argument not passed is read from a ``PL_TRAINER_<ARGUMENT>`` environment variable when set
+    (``PL_TRAINER_MAX_EPOCHS=3``), as Lightning's Trainer does.
     """
 
     # Set in __init__, from the arguments (_args.py checks them):
@@ -131,10 +135,11 @@ class Trainer:
     check_val_every_n_epoch: int | None
     num_sanity_val_steps: int | float
     log_every_n_steps: int
-    default_root_dir: str
+    _default_root_dir: str
     _loggers: list[Logger]
     callbacks: list[Any]
 
+    @_args.defaults_from_env_vars
     def __init__(
         self,
         *,
@@ -184,8 +189,8 @@ class Trainer:
                                 reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
                                 model_registry=model_registry)
         _args.set_torch_flags(deterministic, benchmark)
-        self._accelerator, self.num_devices, self._device_index = _args.parse_devices(accelerator, devices)
         self.num_nodes = _args.check_num_nodes(num_nodes)
+        self._accelerator, self.num_devices, self._device_index = _args.parse_devices(accelerator, devices)
         self.strategy = make_strategy(strategy, self.num_devices, self.num_nodes)
         self.root_device = _args.initial_device(self._accelerator, self._device_index)
         self.precision_plugin = _args.precision_plugin(precision, self._accelerator)
@@ -201,6 +206,16 @@ class Trainer:
         self.use_distributed_sampler = bool(use_distributed_sampler)
         self.enable_autolog_hparams = bool(enable_autolog_hparams)
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        # In Lightning's order (its callback connector, data connector, then the INFO lines, then the
+        # debugging flags), so that the messages come in the same order.
+        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir else os.getcwd()
+        self.callbacks = _args.callbacks_list(callbacks, self.strategy, enable_progress_bar, enable_model_summary,
+                                              enable_checkpointing, max_time)
+        self.check_val_every_n_epoch = _args.check_val_every_n_epoch_arg(check_val_every_n_epoch, val_check_interval)
+        if detect_anomaly:
+            _args.info("You have turned on `Trainer(detect_anomaly=True)`. This will significantly slow down compute "
+                       "speed and is recommended only for model debugging.")
+        _args.log_device_info(self._accelerator)
         flags = _args.debugging_flags(fast_dev_run, overfit_batches, limit_train_batches, limit_val_batches,
                                       limit_test_batches, limit_predict_batches, val_check_interval,
                                       num_sanity_val_steps)
@@ -210,16 +225,12 @@ class Trainer:
         self.limit_test_batches, self.limit_predict_batches = flags.limit_test_batches, flags.limit_predict_batches
         self.num_sanity_val_steps = flags.num_sanity_val_steps
         self.val_check_interval = flags.val_check_interval
-        self.check_val_every_n_epoch = _args.check_val_every_n_epoch_arg(check_val_every_n_epoch, val_check_interval)
         if flags.fast_dev_run:
             assert flags.max_steps is not None  # fast_dev_run sets the limits
             self.max_steps, self.max_epochs = flags.max_steps, flags.max_epochs
             self.check_val_every_n_epoch = flags.check_val_every_n_epoch
         self.log_every_n_steps = _args.check_log_every_n_steps(log_every_n_steps)
-        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.loggers = _args.loggers(logger, self.default_root_dir, self.fast_dev_run)
-        self.callbacks = _args.callbacks_list(callbacks, self.strategy, enable_progress_bar, enable_model_summary,
-                                              enable_checkpointing, max_time)
         self.state = TrainerState()
         self.metric_store = MetricStore()
         self.lightning_module: LightningModule | None = None
@@ -245,6 +256,23 @@ class Trainer:
         self._ckpt_path_user_managed = False
         self._ckpt_weights_only: bool | None = None  # the entry point's weights_only, for its ckpt_path
         self.should_stop = False
+
+    # -- pickling (a Trainer pickles, as Lightning's) -------------------------------------------------
+    # The per-step callables bound in __init__ / _setup_optimizers (bound functions and closures
+    # keyed by the optimizers' ids) do not pickle: they are left out and made again.
+    _UNPICKLED = ("run_backward", "run_optimizer_step", "before_update")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.run_backward = types.MethodType(training_step.backward, self)
+        self.run_optimizer_step = types.MethodType(training_step.optimizer_step, self)
+        self.before_update = (
+            {id(o): training_step.make_before_update(self, o) for o in self.optimizers}
+            if self.lightning_module is not None else {}
+        )
 
     # -- state -------------------------------------------------------------------------------------
     def _set_stage(self, stage: RunningStage, on: bool) -> None:
@@ -358,6 +386,12 @@ class Trainer:
 
     # -- what users read -------------------------------------------------------------------------
     @property
+    def default_root_dir(self) -> str:
+        """Where loggers and checkpoints write by default: a local path with ``~`` expanded and
+        normalized (Lightning's), a remote URL ("s3://...") as given."""
+        return _args.expand_local_path(self._default_root_dir)
+
+    @property
     def model(self) -> LightningModule | None:
         return self.lightning_module
 
@@ -455,6 +489,22 @@ class Trainer:
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
         """The checkpoint of the current state, as a dictionary (what `save_checkpoint` writes)."""
         return resume.checkpoint_dict(self, weights_only)
+
+    # -- building the model ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
+        """Tensors made inside are made on the Trainer's device right away (Lightning's); with
+        `empty_init`, modules keep uninitialized weights (for a checkpoint to overwrite)."""
+        if isinstance(self.strategy, FSDPStrategy):
+            # Lightning's warning, where the strategy shards in `model_sharded_context`.
+            warn(
+                f"`trainer.init_module` cannot fully support proper instantiation of your model with the"
+                f" `{type(self.strategy).__name__}` strategy. Please instantiate your model inside the"
+                f"`LightningModule.configure_model` hook instead",
+                PossibleUserWarning,
+            )
+        with _model_setup.tensor_init_context(self, empty_init=empty_init):
+            yield
 
     # -- the entry points ---------------------------------------------------------------------------
     def fit(
@@ -681,11 +731,14 @@ class Trainer:
         if fn == TrainerFn.FITTING and self.max_epochs is None:  # Lightning's _parse_loop_limits
             if self.max_steps == -1 and not any(isinstance(cb, Timer) for cb in self.callbacks):
                 warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
-                     "`max_epochs=-1`.")
+                     "`max_epochs=-1`.", PossibleUserWarning)
                 self.max_epochs = 1000
             else:
                 self.max_epochs = -1
+        _model_setup.attach_model_callbacks(self, model, self.hooks.run_as)
+        _model_setup.attach_model_logging_functions(self, model)
         self._verify_configuration(model)
+        _model_setup.verify_configure_model(model)
         self.strategy.setup_environment(self._accelerator)
         if self.strategy.is_distributed:
             self.root_device = self.strategy.root_device(self._accelerator)
@@ -697,6 +750,7 @@ class Trainer:
         start_experiments(self)
         self.hooks.call_datamodule("setup", stage=fn)
         self.hooks.call("setup", stage=fn)
+        _model_setup.call_configure_model(self, model, self.hooks.run_as)
         restored_metrics = None
         if fn == TrainerFn.FITTING:
             if self.sync_batchnorm and self.strategy.is_distributed:

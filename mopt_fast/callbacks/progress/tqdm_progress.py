@@ -62,13 +62,14 @@ def convert_inf(x: int | float | None) -> int | float | None:
     return x
 
 
-def _update_n(bar: Any, value: int) -> None:
+def _update_n(bar: Any, value: int, every_update: bool = False) -> None:
     """Sets the bar's count; redraws it at most every `mininterval` seconds (tqdm's 0.1 s) and at
-    its end: a redraw formats and writes the whole line, too costly for every fast step."""
+    its end: a redraw formats and writes the whole line, too costly for every fast step.
+    `every_update` (the bar's ``refresh_interval=0``): at every update, as Lightning."""
     if not bar.disable:
         bar.n = value
         now = time.monotonic()
-        if value == bar.total or now - getattr(bar, "_mopt_fast_drawn", -math.inf) >= bar.mininterval:
+        if every_update or value == bar.total or now - getattr(bar, "_mopt_fast_drawn", -math.inf) >= bar.mininterval:
             bar._mopt_fast_drawn = now
             bar.refresh()
 
@@ -97,7 +98,8 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
         refresh_rate: update the bars every this many batches (0 disables them).
         process_position: offset the bars by this many lines (other bars above them).
         leave: keep each epoch's finished bar in the terminal.
-        refresh_interval: mopt_fast's, see `ProgressBar` (0: Lightning's every-update metrics read).
+        refresh_interval: mopt_fast's, see `ProgressBar` (0: Lightning's points: the metrics read and the bar
+            redrawn at every update).
 
     Override `init_train_tqdm`, `init_validation_tqdm`, `init_sanity_tqdm`, `init_test_tqdm`,
     `init_predict_tqdm` to change a bar, `get_metrics` to change what it shows.
@@ -192,7 +194,7 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
                            batch_idx: int) -> None:
         n = batch_idx + 1
         if self._train_progress_bar is not None and self._should_update(n, self.train_progress_bar.total):
-            _update_n(self.train_progress_bar, n)
+            _update_n(self.train_progress_bar, n, self.refresh_interval == 0)
             self._set_postfix(trainer, pl_module, force=False)
 
     def on_train_epoch_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
@@ -223,7 +225,7 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         n = batch_idx + 1
         if self._val_progress_bar is not None and self._should_update(n, self.val_progress_bar.total):
-            _update_n(self.val_progress_bar, n)
+            _update_n(self.val_progress_bar, n, self.refresh_interval == 0)
 
     def on_validation_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.val_progress_bar.close()
@@ -248,7 +250,7 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         n = batch_idx + 1
         if self._test_progress_bar is not None and self._should_update(n, self.test_progress_bar.total):
-            _update_n(self.test_progress_bar, n)
+            _update_n(self.test_progress_bar, n, self.refresh_interval == 0)
 
     def on_test_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.test_progress_bar.close()
@@ -270,7 +272,7 @@ class TQDMProgressBar(SwitchableBar, ProgressBar):
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         n = batch_idx + 1
         if self._predict_progress_bar is not None and self._should_update(n, self.predict_progress_bar.total):
-            _update_n(self.predict_progress_bar, n)
+            _update_n(self.predict_progress_bar, n, self.refresh_interval == 0)
 
     def on_predict_end(self, trainer: CallbackTrainer, pl_module: LightningModule) -> None:
         self.predict_progress_bar.close()
