@@ -376,6 +376,9 @@ def hooked(LM: type) -> type:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x)
 
+        def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:  # the run's transfer closure
+            return batch
+
     return Hooked
 
 

@@ -259,14 +259,16 @@ class Trainer:
 
     # -- pickling (a Trainer pickles, as Lightning's) -------------------------------------------------
     # The per-step callables bound in __init__ / _setup_optimizers (bound functions and closures
-    # keyed by the optimizers' ids) do not pickle: they are left out and made again.
-    _UNPICKLED = ("run_backward", "run_optimizer_step", "before_update")
+    # keyed by the optimizers' ids) and the run's batch-transfer closure do not pickle: they are left
+    # out and made again (the transfer closure by the next entry point's _run).
+    _UNPICKLED = ("run_backward", "run_optimizer_step", "before_update", "batch_transfer")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.batch_transfer = None
         self.run_backward = types.MethodType(training_step.backward, self)
         self.run_optimizer_step = types.MethodType(training_step.optimizer_step, self)
         self.before_update = (
