@@ -23,6 +23,7 @@ from mopt_fast.loggers.csv_logs import CSVLogger
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.loggers.tensorboard import TensorBoardLogger
 from mopt_fast.precision import Precision, make_precision, normalize_precision
+from mopt_fast.trainer._lightning_surface import kind_of
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
 
 __all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "loggers", "parse_devices",
@@ -88,11 +89,6 @@ def check_num_nodes(num_nodes: Any) -> int:
     if not isinstance(num_nodes, int) or num_nodes < 1:
         raise MisconfigurationException(f"`num_nodes` must be an int >= 1, got {num_nodes!r}")
     return num_nodes
-
-
-def initial_device(accelerator: str, device_index: int | None) -> torch.device:
-    """The device until the process knows its rank (at fit, a distributed strategy picks it)."""
-    return torch.device("cpu") if accelerator == "cpu" else torch.device("cuda", device_index or 0)
 
 
 def precision_plugin(precision: str | int | None, accelerator: str) -> Precision:
@@ -287,9 +283,12 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     """The Trainer's callbacks: the ones given, plus Lightning's defaults (progress bar, model
     summary, ModelCheckpoint, a Timer for max_time), checked, checkpoint callbacks last."""
     cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
-    if max_time is not None and not any(isinstance(c, Timer) for c in cbs):
+    # Lightning's own callbacks of these kinds count as well (when the script brought them).
+    timers, bar_kinds = kind_of(Timer, "Timer"), kind_of(ProgressBar, "ProgressBar")
+    summaries, checkpoints = kind_of(ModelSummary, "ModelSummary"), kind_of(ModelCheckpoint, "Checkpoint")
+    if max_time is not None and not any(isinstance(c, timers) for c in cbs):
         cbs.append(Timer(duration=parse_duration(max_time, "Trainer(max_time"), interval="step"))
-    bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks
+    bars = [c for c in cbs if isinstance(c, bar_kinds)]  # Lightning's checks
     if len(bars) > 1:
         raise MisconfigurationException(
             "You added multiple progress bar callbacks to the Trainer, but currently only one progress bar is "
@@ -300,9 +299,9 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
             "callbacks list.")
     if enable_progress_bar is not False and not bars:
         cbs.append(TQDMProgressBar())
-    if enable_model_summary is not False and not any(isinstance(c, ModelSummary) for c in cbs):
+    if enable_model_summary is not False and not any(isinstance(c, summaries) for c in cbs):
         cbs.insert(0, ModelSummary())
-    has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in cbs)
+    has_checkpoint = any(isinstance(c, checkpoints) for c in cbs)
     if isinstance(strategy, FSDPStrategy):
         if has_checkpoint or enable_checkpointing:
             raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
@@ -314,6 +313,6 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     if enable_checkpointing is not False and not has_checkpoint:
         cbs.append(ModelCheckpoint())
     # Checkpoint callbacks go last, as Lightning orders them: they see what the others did.
-    cbs = [c for c in cbs if not isinstance(c, ModelCheckpoint)] + [c for c in cbs if isinstance(c, ModelCheckpoint)]
+    cbs = [c for c in cbs if not isinstance(c, checkpoints)] + [c for c in cbs if isinstance(c, checkpoints)]
     validate_callbacks_list(cbs)
     return cbs
