@@ -188,7 +188,7 @@ def run(framework: str, make_callbacks: Callable[[], list], case: Callable[[type
                                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
                                   log_every_n_steps=2)
     kwargs.update(trainer_kwargs)
-    trainer = Trainer(callbacks=callbacks, **kwargs)
+    trainer = Trainer(callbacks=list(callbacks), **kwargs)  # a copy: Lightning appends its defaults to the list
     error: BaseException | None = None
     out, err = io.StringIO(), io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -212,6 +212,7 @@ def common(r: dict[str, Any]) -> dict[str, Any]:
         states[type(cb).__name__] = json.loads(json.dumps(state, default=str).replace(root, "<root>"))
     error = r["error"]
     return {
+        "callbacks": [type(cb).__name__ for cb in trainer.callbacks],  # Lightning's defaults added or not, the order
         "global_step": trainer.global_step, "epoch": trainer.current_epoch, "should_stop": trainer.should_stop,
         "files": files_under(root), "records": r["records"], "states": states,
         "error": None if error is None else (type(error).__name__, str(error).replace(root, "<root>")),
@@ -246,10 +247,29 @@ def test_gradient_accumulation_scheduler() -> None:
     assert got["lightning"]["trainer"].accumulate_grad_batches == 3
 
 
-def test_early_stopping() -> None:
-    got = compare(lambda: [C.EarlyStopping(monitor="val_loss", min_delta=0.02, patience=1, verbose=True)],
-                  max_epochs=30, extra=lambda r: (r["callbacks"][0].stopping_reason.name,
-                                                  r["callbacks"][0].stopping_reason_message))
+EPOCH_METRIC = [1.0, 0.9, 0.95, 0.85, 0.96, 0.97, 0.98, 0.99, 1.0, 1.0, 1.0, 1.0]
+
+
+def epoch_end_metric(LM: type) -> type:
+    """Logs the monitored value in its own on_train_epoch_end: Lightning runs EarlyStopping's and
+    the checkpoint callbacks' on_train_epoch_end after the module's, so they see this epoch's value."""
+    class EpochEndMetric(cases.automatic()(LM)):
+        def on_train_epoch_end(self) -> None:
+            self.log("epoch_metric", EPOCH_METRIC[self.current_epoch])
+
+    return EpochEndMetric
+
+
+@pytest.mark.parametrize("where", ["validation", "module_on_train_epoch_end"])
+def test_early_stopping(where: str) -> None:
+    if where == "validation":
+        make, case = (lambda: [C.EarlyStopping(monitor="val_loss", min_delta=0.02, patience=1, verbose=True)]), AUTOMATIC
+    else:
+        make, case = (lambda: [C.EarlyStopping(monitor="epoch_metric", patience=1, check_on_train_epoch_end=True),
+                               C.ModelCheckpoint(monitor="epoch_metric", save_on_train_epoch_end=True)]), epoch_end_metric
+    got = compare(make, case=case, max_epochs=30, enable_checkpointing=None,
+                  extra=lambda r: (r["callbacks"][0].stopping_reason.name, r["callbacks"][0].stopping_reason_message,
+                                   r["trainer"].early_stopping_callback is r["callbacks"][0]))
     assert got["lightning"]["trainer"].should_stop and got["lightning"]["trainer"].current_epoch < 29
 
 
