@@ -11,6 +11,8 @@ import json
 import math
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -613,3 +615,23 @@ def test_precision_plugin_stays_ours_and_pickles() -> None:
     assert type(plugin).forward_context is mopt_fast.precision.MixedPrecision.forward_context
     copy = pickle.loads(pickle.dumps(plugin))
     assert type(copy) is mopt_fast.precision.MixedPrecision and copy.name == "bf16-mixed"
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_strategy_surface_under_ddp_matches_lightning(tmp_path: Any) -> None:
+    """Two gloo ranks: broadcast, reduce, all_gather, reduce_boolean_decision, barrier and the rest
+    answer on each rank as Lightning's DDPStrategy does (tests/lightning_strategy_ddp_child.py)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(mopt_fast.__file__))), os.environ.get("PYTHONPATH", "")]))
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    child = os.path.join(os.path.dirname(__file__), "lightning_strategy_ddp_child.py")
+    got = {}
+    for fw in FRAMEWORKS:
+        proc = subprocess.run([sys.executable, child, fw, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                              env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got[fw] = [torch.load(str(tmp_path / f"{fw}-rank{r}.pt"), weights_only=True) for r in (0, 1)]
+    for rank in (0, 1):
+        assert got["mopt_fast"][rank] == got["lightning"][rank]
+    assert got["lightning"][1]["broadcast"] == {"from": 0} and got["lightning"][0]["gather"] == [[0, 0], [1, 10]]
