@@ -6,6 +6,7 @@ with Lightning's."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -305,17 +306,24 @@ def test_on_exception_checkpoint_resumes_the_next_fit() -> None:
     rule), and the callback removes the file at teardown (``strategy.remove_checkpoint``). (Where the
     resumed fit continues inside the failed epoch is the resume's business: Lightning re-runs the
     failed batch, mopt_fast goes on after it; see the README.)"""
+    def make(folder: str, calls: list[str]) -> list:
+        hooks = {name: (lambda *a, name=name, **k: calls.append(name)) for name in (
+            "setup", "teardown", "on_exception", "on_save_checkpoint", "on_load_checkpoint", "on_fit_start")}
+        return [C.LambdaCallback(**hooks), C.OnExceptionCheckpoint(folder, "oec")]
+
     got = {}
     for fw in FRAMEWORKS:
         folder = tempfile.mkdtemp()
         path = os.path.join(folder, "oec.ckpt")
-        first = run(fw, lambda folder=folder: [C.OnExceptionCheckpoint(folder, "oec")], case=failing,
-                    enable_checkpointing=None)
+        calls: list[str] = []
+        first = run(fw, functools.partial(make, folder, calls), case=failing, enable_checkpointing=None)
         assert first["error"] is not None and os.path.exists(path)
-        second = run(fw, lambda folder=folder: [C.OnExceptionCheckpoint(folder, "oec")], enable_checkpointing=None)
+        calls.append("--")
+        second = run(fw, functools.partial(make, folder, calls), enable_checkpointing=None)
         got[fw] = (second["trainer"].ckpt_path == path, second["trainer"].current_epoch, second["error"],
-                   os.path.exists(path))
-    assert got["mopt_fast"] == got["lightning"] == (True, 4, None, False)
+                   os.path.exists(path), calls)
+    assert got["mopt_fast"] == got["lightning"]
+    assert got["lightning"][:4] == (True, 4, None, False) and "on_load_checkpoint" in got["lightning"][4]
 
 
 THROUGHPUT_EXACT = ("batches", "samples")  # the counts; the rates and times differ run to run
@@ -431,12 +439,13 @@ def test_lambda_callback_sees_every_hook_in_lightnings_order() -> None:
             "on_validation_batch_end", "on_train_start", "on_train_end", "on_validation_start", "on_validation_end",
             "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
             "on_predict_start", "on_predict_end", "on_predict_epoch_start", "on_predict_epoch_end",
-            "on_predict_batch_start", "on_predict_batch_end")}
+            "on_predict_batch_start", "on_predict_batch_end", "on_save_checkpoint")}
         cb = C.LambdaCallback(**hooks)
         cb.calls = calls
         return [cb]
 
-    got = compare(make, case=with_predict, predict=True, max_epochs=2, extra=lambda r: r["callbacks"][0].calls)
+    got = compare(make, case=with_predict, predict=True, max_epochs=2, extra=lambda r: r["callbacks"][0].calls,
+                  enable_checkpointing=None)
     assert "on_predict_batch_end" in got["lightning"]["callbacks"][0].calls
 
 
