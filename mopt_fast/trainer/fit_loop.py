@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader
 
+from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.core.states import LoopPoint
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state, set_rng_state
@@ -436,10 +437,9 @@ class FitLoop:
         checkpoint saved anywhere else records an approximate stage (see resume.py)."""
         self.point = point
         if not self.trainer.fast_dev_run:  # fast_dev_run saves no checkpoints, as Lightning
-            for cb in self.trainer.checkpoint_callbacks:
-                on_loop_point = getattr(cb, "_on_loop_point", None)  # mopt_fast's (Lightning's use their hooks)
-                if on_loop_point is not None:
-                    on_loop_point(self.trainer, point)
+            for cb in self.trainer.callbacks:  # mopt_fast's ModelCheckpoints (Lightning's use their hooks)
+                if isinstance(cb, ModelCheckpoint):
+                    cb._on_loop_point(self.trainer, point)
         self.point = LoopPoint.IN_EPOCH_END if point is LoopPoint.EPOCH else LoopPoint.IN_BATCH
 
     # -- resuming --------------------------------------------------------------------------------

@@ -113,20 +113,25 @@ class Strategy:
         self._device_type = "cpu"  # "cpu" or "cuda": set by the Trainer (connect_trainer)
         self._device_index: int | None = None  # the CUDA device of a one-process run
         self._trainer: Trainer | None = None
+        self._root_device: torch.device | None = None  # root_device, once known (read per logged value)
 
     def connect_trainer(self, trainer: Trainer, device_type: str, device_index: int | None) -> None:
         """The Trainer this strategy runs for, and the device type it was given ("cpu", "cuda")."""
         self._trainer = trainer
         self._device_type = device_type
         self._device_index = device_index
+        self._root_device = None
 
     # -- Lightning's public surface ------------------------------------------------------------------
     @property
     def root_device(self) -> torch.device:
         """This process's device: the CPU, or its CUDA device (the local rank's in a distributed run)."""
-        if self._device_type == "cpu":
-            return torch.device("cpu")
-        return torch.device("cuda", self.local_rank if self.is_distributed else (self._device_index or 0))
+        device = self._root_device
+        if device is None:
+            index = self.local_rank if self.is_distributed else (self._device_index or 0)
+            device = torch.device("cpu") if self._device_type == "cpu" else torch.device("cuda", index)
+            self._root_device = device
+        return device
 
     @property
     def is_global_zero(self) -> bool:
@@ -378,6 +383,7 @@ class _ProcessGroupStrategy(Strategy):
             time.sleep(0.02)
 
     def _read_ranks(self) -> None:
+        self._root_device = None  # the local rank decides it
         self.global_rank = int(os.environ.get("RANK", dist.get_rank() if dist.is_initialized() else 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.global_rank % self.num_processes))
         self.node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", 0)))
