@@ -8,7 +8,9 @@ one Lightning's counterpart with less indirection, each owning and serializing i
 - fit_loop.py: epochs, batches, scheduler steps, validation checks, logging, checkpoint points;
 - training_step.py: one batch's training_step and its optimization (automatic or manual);
 - evaluation_loop.py: validation inside fit (and the sanity check), validate, test, predict;
-- resume.py: what a checkpoint holds, and restoring one.
+- resume.py: what a checkpoint holds, and restoring one;
+- _lightning_surface.py: what Lightning's own callbacks read of a Trainer and its loops (progress
+  counters, the logger connector, the accelerator), for the user's Lightning callbacks.
 
 It is leaner per step than Lightning's: hooks nobody overrides are not called, logged values stay
 on the device until a logger or the progress bar reads them, and the optimizer work runs on
