@@ -61,11 +61,18 @@ class Callback(CallbackHooks):
 
 
 # -- what the Trainer calls for every callback ------------------------------------------------------
+def _has_default_state_dict(callback: Any) -> bool:
+    """`callback` keeps the stateless state_dict of mopt_fast's or Lightning's Callback base."""
+    owner = next((c for c in type(callback).__mro__ if "state_dict" in vars(c)), None)
+    return owner is Callback or (owner is not None and owner.__name__ == "Callback"
+                                 and owner.__module__.endswith("callbacks.callback"))
+
+
 def validate_callbacks_list(callbacks: Iterable[Callback]) -> None:
     """Lightning's check at Trainer(...): two callbacks with state may not share a state_key."""
     seen: set[str] = set()
     for cb in callbacks:
-        if type(cb).state_dict is Callback.state_dict:
+        if _has_default_state_dict(cb):
             continue
         if cb.state_key in seen:
             raise RuntimeError(
@@ -82,7 +89,7 @@ def reduce_boolean_decision(trainer: CallbackTrainer, decision: bool, all: bool 
     """Every rank's `decision` combined (all of them, or any): the same answer on every rank."""
     if trainer.world_size <= 1:
         return bool(decision)
-    t = trainer.strategy.reduce(torch.tensor(float(bool(decision)), device=trainer.root_device), "sum")
+    t = trainer.strategy.reduce(torch.tensor(float(bool(decision)), device=trainer.root_device), reduce_op="sum")
     return bool(t.item() == trainer.world_size) if all else bool(t.item() > 0)
 
 

@@ -579,4 +579,4 @@ def _broadcast_bool(trainer: CheckpointTrainer, value: bool) -> bool:
     if trainer.world_size <= 1:
         return value
     t = torch.tensor(float(value) if trainer.is_global_zero else 0.0, device=trainer.root_device)
-    return bool(trainer.strategy.reduce(t, "sum").item() > 0)
+    return bool(trainer.strategy.reduce(t, reduce_op="sum").item() > 0)

@@ -121,7 +121,7 @@ class Timer(Callback):
         should_stop = self.time_elapsed() >= self._duration
         if trainer.world_size > 1:  # rank 0's clock decides for all, as Lightning's broadcast
             flag = torch.tensor(float(should_stop and trainer.is_global_zero), device=trainer.root_device)
-            should_stop = bool(trainer.strategy.reduce(flag, "max").item())
+            should_stop = bool(trainer.strategy.reduce(flag, reduce_op="max").item())
         trainer.should_stop = trainer.should_stop or should_stop
         if should_stop and self._verbose and trainer.is_global_zero:
             elapsed = timedelta(seconds=int(self.time_elapsed(RunningStage.TRAINING)))

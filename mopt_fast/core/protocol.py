@@ -34,9 +34,19 @@ class StrategyLike(Protocol):
     @property
     def world_size(self) -> int: ...
 
-    def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor: ...
+    @property
+    def root_device(self) -> torch.device: ...
 
-    def barrier(self) -> None: ...
+    @property
+    def is_global_zero(self) -> bool: ...
+
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any: ...
+
+    def barrier(self, name: str | None = None) -> None: ...
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool: ...  # noqa: A002 (Lightning's)
 
     def block_grad_sync(self, block: bool) -> contextlib.AbstractContextManager: ...
 
@@ -67,8 +77,11 @@ class MetricsTrainer(Protocol):
     """What the metric store's `log` (``self.log``) reads."""
 
     state: TrainerState  # no logging outside fit / validate / test
-    root_device: torch.device
     loggers: list[Any]
+
+    @property
+    def root_device(self) -> torch.device:
+        """The strategy's (``trainer.strategy.root_device``)."""
 
     # Read-only (properties) where the Trainer holds a concrete class: a protocol's plain
     # attribute would be invariant, and the concrete class is only structurally a `HookState`.
@@ -153,7 +166,6 @@ class CallbackTrainer(Protocol):
     timer, the model summary) read and set: Lightning's public Trainer attributes."""
 
     state: TrainerState
-    root_device: torch.device
     loggers: list[Any]
     callbacks: list[Any]
     lightning_module: LightningModule | None
@@ -170,6 +182,9 @@ class CallbackTrainer(Protocol):
 
     @property
     def default_root_dir(self) -> str: ...
+
+    @property
+    def root_device(self) -> torch.device: ...
 
     @property
     def strategy(self) -> StrategyLike: ...

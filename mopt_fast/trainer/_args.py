@@ -29,6 +29,7 @@ from mopt_fast.loggers.logger import Logger, _DummyExperiment
 from mopt_fast.loggers.tensorboard import TensorBoardLogger
 from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.seed import _env_rank
+from mopt_fast.trainer._lightning_surface import kind_of
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
 
@@ -181,11 +182,6 @@ def check_num_nodes(num_nodes: Any) -> int:
     if not isinstance(num_nodes, int) or num_nodes < 1:  # Lightning's ValueError
         raise ValueError(f"`num_nodes` must be a positive integer, but got {num_nodes}.")
     return num_nodes
-
-
-def initial_device(accelerator: str, device_index: int | None) -> torch.device:
-    """The device until the process knows its rank (at fit, a distributed strategy picks it)."""
-    return torch.device("cpu") if accelerator == "cpu" else torch.device("cuda", device_index or 0)
 
 
 def precision_plugin(precision: str | int | None, accelerator: str) -> Precision:
@@ -438,12 +434,15 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     """The Trainer's callbacks: the ones given, plus Lightning's defaults (progress bar, model
     summary, ModelCheckpoint, a Timer for max_time), checked, checkpoint callbacks last."""
     cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
+    # Lightning's own callbacks of these kinds count as well (when the script brought them).
+    timers, bar_kinds = kind_of(Timer, "Timer"), kind_of(ProgressBar, "ProgressBar")
+    summaries, checkpoints = kind_of(ModelSummary, "ModelSummary"), kind_of(ModelCheckpoint, "Checkpoint")
     if max_time is not None:
-        if any(isinstance(c, Timer) for c in cbs):
+        if any(isinstance(c, timers) for c in cbs):
             info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
         else:
             cbs.append(Timer(duration=parse_duration(max_time, "Timer(duration"), interval="step"))  # Lightning's
-    bars = [c for c in cbs if isinstance(c, ProgressBar)]  # Lightning's checks
+    bars = [c for c in cbs if isinstance(c, bar_kinds)]  # Lightning's checks
     if len(bars) > 1:
         raise MisconfigurationException(
             "You added multiple progress bar callbacks to the Trainer, but currently only one progress bar is "
@@ -454,9 +453,9 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
             "callbacks list.")
     if enable_progress_bar is not False and not bars:
         cbs.append(TQDMProgressBar())
-    if enable_model_summary is not False and not any(isinstance(c, ModelSummary) for c in cbs):
+    if enable_model_summary is not False and not any(isinstance(c, summaries) for c in cbs):
         cbs.insert(0, ModelSummary())
-    has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in cbs)
+    has_checkpoint = any(isinstance(c, checkpoints) for c in cbs)
     if isinstance(strategy, FSDPStrategy):
         if has_checkpoint or enable_checkpointing:
             raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
@@ -468,6 +467,6 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     if enable_checkpointing is not False and not has_checkpoint:
         cbs.append(ModelCheckpoint())
     # Checkpoint callbacks go last, as Lightning orders them: they see what the others did.
-    cbs = [c for c in cbs if not isinstance(c, ModelCheckpoint)] + [c for c in cbs if isinstance(c, ModelCheckpoint)]
+    cbs = [c for c in cbs if not isinstance(c, checkpoints)] + [c for c in cbs if isinstance(c, checkpoints)]
     validate_callbacks_list(cbs)
     return cbs

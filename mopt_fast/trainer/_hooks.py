@@ -9,9 +9,9 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mopt_fast.callbacks.callback import Callback
 from mopt_fast.core.hooks import ALWAYS_CALLED, CALLBACK_HOOKS
 from mopt_fast.core.module import LightningModule
+from mopt_fast.trainer._lightning_surface import callback_base, is_monitoring
 
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
@@ -56,20 +56,17 @@ def is_param_in_hook_signature(fn: Callable, param: str, explicit: bool = False,
     )
 
 
-def _monitoring(callback: Any) -> bool:
-    """Lightning calls EarlyStopping's and the checkpoint callbacks' on_train_epoch_end after the
-    module's (so they see what it logs); those classes set ``_monitoring``."""
-    return getattr(callback, "_monitoring", False)
-
-
 def build_hook_table(callbacks: list[Any], module: LightningModule) -> dict[str, list[tuple[Callable, bool]]]:
     """hook name -> [(callable, is_callback)]: the callbacks' then the module's, each only when it
     overrides the hook (or, for the module, when its default does something)."""
     table: dict[str, list[tuple[Callable, bool]]] = {}
+    bases = [callback_base(cb) for cb in callbacks]  # Lightning's Callback for Lightning's callbacks
+    monitoring = {id(cb) for cb in callbacks if is_monitoring(cb)}
     for name in CALLBACK_HOOKS + ALWAYS_CALLED:
-        cbs = [cb for cb in callbacks if name in CALLBACK_HOOKS and is_overridden(name, cb, Callback)]
+        cbs = [cb for cb, base in zip(callbacks, bases) if name in CALLBACK_HOOKS and is_overridden(name, cb, base)]
         if name == "on_train_epoch_end":  # non-monitoring callbacks, the module, monitoring callbacks
-            cbs = [cb for cb in cbs if not _monitoring(cb)] + [None] + [cb for cb in cbs if _monitoring(cb)]
+            cbs = ([cb for cb in cbs if id(cb) not in monitoring] + [None]
+                   + [cb for cb in cbs if id(cb) in monitoring])
         else:
             cbs.append(None)
         fns: list[tuple[Callable, bool]] = []

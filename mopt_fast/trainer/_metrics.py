@@ -409,7 +409,7 @@ class MetricStore:
         if is_tensor and sync_dist and trainer.world_size > 1:
             # Reduced across ranks when logged (a collective: every rank must log it).
             value = trainer.strategy.reduce(value if value.is_floating_point() else value.float(),
-                                            base_reduction(reduction))
+                                            reduce_op=base_reduction(reduction))
         results.log(fx, name, value, prog_bar, True if logger is None else bool(logger), on_step, on_epoch,
                     reduction, enable_graph, batch_size, metric_attribute=None if is_tensor else metric_attribute,
                     add_dataloader_idx=add_dataloader_idx)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.states import RunningStage, TrainerFn
@@ -42,6 +43,7 @@ from mopt_fast.trainer._data import (
     worker_check,
 )
 from mopt_fast.trainer._hooks import is_overridden, is_param_in_hook_signature
+from mopt_fast.trainer._lightning_surface import BatchProgress, lightning_classes
 from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._metrics import to_scalars
 from mopt_fast.trainer._warn import warn
@@ -132,6 +134,18 @@ class _Loop:
         # whether the original run had them running (see _data.iter_continuing).
         self.workers_started = False
         self.resume_workers_running = False
+        # Batches run: in all runs of this loop (Lightning's batch_progress.total; the sanity
+        # check's are not counted) and in the current run (.current).
+        self.batches_total = 0
+        self.batches_current = 0
+
+    @property
+    def batch_progress(self) -> BatchProgress:
+        """Lightning's ``batch_progress`` (``total.ready``, ``current.ready``...): batches run."""
+        return BatchProgress(self.batches_total, self.batches_current)
+
+    def reset_progress(self) -> None:
+        self.batches_total = self.batches_current = 0
 
     @property
     def limit(self) -> int | float:
@@ -187,6 +201,7 @@ class EvaluationLoop(_Loop):
         self.hooks = {k: f"on_{name}_{k}" for k in ("start", "end", "epoch_start", "epoch_end", "batch_start",
                                                      "batch_end", "model_eval", "model_train")}
         self.batches_logged: list[int] = []  # per loader: the loggers' step for step metrics
+        self._has_run = False
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint of a fit records of its validation loop."""
@@ -228,6 +243,8 @@ class EvaluationLoop(_Loop):
             max_batches = [min(trainer.num_sanity_val_steps, n) for n in max_batches]
         if sum(max_batches) == 0:
             return []
+        self.batches_current = 0
+        self._has_run = False  # Lightning's: a batch of this run (not the sanity check's) has run
         model = trainer.lightning_module
         hooks = self.hooks
         loaders = self.loaders
@@ -275,12 +292,15 @@ class EvaluationLoop(_Loop):
                         elif device.type != "cpu":
                             batch = move_to_device(batch, device)
                         metrics.on_batch_start(batch, dl_idx if several else None)
+                        self.batches_current += 1
+                        self.batches_total += 1
                         call(hooks["batch_start"], batch, batch_idx, *idx)
                         args = (batch, batch_idx, *idx) if pass_idx else (batch, *idx)
                         out = run_as(self.step_name, _forward, forward_context, step_fn, args)
                         call(hooks["batch_end"], out, batch, batch_idx, *idx)
                         metrics.on_batch_end()
                         if not sanity:
+                            self._has_run = True
                             if trainer.loggers:
                                 step_logs = results.metrics(on_step=True)[1]
                                 if step_logs:
@@ -334,8 +354,19 @@ class PredictionLoop(_Loop):
     def __init__(self, trainer: Trainer, inference_mode: bool = True) -> None:
         super().__init__(trainer, TrainerFn.PREDICTING, RunningStage.PREDICTING, inference_mode)
         self.return_predictions = True
-        self.predictions: list[list[Any]] = []
+        self._predictions: list[list[Any]] = []  # per loader, per batch
         self._warned_none = False
+        # For Lightning's BasePredictionWriter (as Lightning's prediction loop keeps them): the
+        # dataset indices of the current batch, and of every batch of the run per loader.
+        self.current_batch_indices: list[int] = []
+        self.epoch_batch_indices: list[list[list[int]]] = []
+
+    @property
+    def predictions(self) -> list[Any]:
+        """The predictions of the run: per batch, or per loader then batch with several (Lightning's)."""
+        if not self._predictions:
+            return self._predictions
+        return self._predictions[0] if len(self._predictions) == 1 else self._predictions
 
     def setup_data(self) -> None:
         if self.limit == 0:
@@ -343,6 +374,23 @@ class PredictionLoop(_Loop):
             return
         self.loaders = self._request()
         self.max_batches = [num_batches(dl, self.limit, self.prefix) for dl in self.loaders]
+
+    def _writer_intervals(self) -> tuple[bool, bool]:
+        """Whether a prediction writer (Lightning's BasePredictionWriter) writes per batch, per epoch."""
+        kinds = lightning_classes("callbacks", "BasePredictionWriter")
+        writers: list[Any] = [cb for cb in self.trainer.callbacks if kinds and isinstance(cb, kinds)]
+        return any(cb.interval.on_batch for cb in writers), any(cb.interval.on_epoch for cb in writers)
+
+    def _store_batch_indices(self, loader: Any, dl_idx: int, batch_idx: int, on_batch: bool, on_epoch: bool) -> None:
+        recorder = getattr(loader, "batch_sampler", None)
+        if not isinstance(recorder, _IndexRecorder):
+            warn(f"Couldn't infer the batch indices fetched from your dataloader: `{type(loader).__name__}`")
+            return
+        indices = recorder.seen_batch_indices[batch_idx]
+        if on_epoch:
+            self.epoch_batch_indices[dl_idx].append(indices)
+        if on_batch:
+            self.current_batch_indices = indices
 
     def run(self) -> list[Any] | None:
         trainer = self.trainer
@@ -355,7 +403,13 @@ class PredictionLoop(_Loop):
         several = len(loaders) > 1
         _verify_dataloader_idx(model, ("predict_step",), several, self.prefix)
         _verify_dataloader_idx(model, ("on_predict_batch_start", "on_predict_batch_end"), several, self.prefix)
-        self.predictions = [[] for _ in loaders]
+        self._predictions = [[] for _ in loaders]
+        self.epoch_batch_indices = [[] for _ in loaders]
+        on_batch, on_epoch = self._writer_intervals()
+        if on_batch or on_epoch:  # the batch indices are recorded as the loaders draw them
+            loaders = self.loaders = [record_batch_indices(dl) for dl in loaders]
+        keep = self.return_predictions or on_epoch
+        self.batches_current = 0
         step_fn = model.predict_step
         pass_idx = is_param_in_hook_signature(step_fn, "batch_idx", min_args=2)
         modes = _ModuleModes(model)
@@ -382,6 +436,10 @@ class PredictionLoop(_Loop):
                             batch = transfer(batch, dl_idx)
                         elif device.type != "cpu":
                             batch = move_to_device(batch, device)
+                        self.batches_current += 1
+                        self.batches_total += 1
+                        if on_batch or on_epoch:
+                            self._store_batch_indices(loader, dl_idx, batch_idx, on_batch, on_epoch)
                         call("on_predict_batch_start", batch, batch_idx, *idx)
                         args = (batch, batch_idx, *idx) if pass_idx else (batch, *idx)
                         out = run_as("predict_step", _forward, forward_context, step_fn, args)
@@ -389,17 +447,53 @@ class PredictionLoop(_Loop):
                             self._warned_none = True
                             warn("predict returned None if it was on purpose, ignore this warning...")
                         call("on_predict_batch_end", out, batch, batch_idx, *idx)
-                        if self.return_predictions:
-                            self.predictions[dl_idx].append(move_to_device(out, cpu))
+                        if keep:
+                            self._predictions[dl_idx].append(move_to_device(out, cpu))
                         batch_idx += 1
                 call("on_predict_epoch_end")
-                result = (self.predictions[0] if not several else self.predictions) if self.return_predictions else None
+                result = self.predictions if self.return_predictions else None
                 if not self.return_predictions:
-                    self.predictions = []
+                    self._predictions = []
+                self.epoch_batch_indices = []
                 call("on_predict_end")
         finally:
             modes.restore(model)
         return result
+
+
+class _IndexRecorder:
+    """A batch sampler that records the indices of each batch it gives (Lightning's
+    `_IndexBatchSamplerWrapper`): ``seen_batch_indices``, reset at each new iteration."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.seen_batch_indices: list[list[int]] = []
+
+    def __iter__(self) -> Any:
+        self.seen_batch_indices = []
+        for indices in self.batch_sampler:
+            self.seen_batch_indices.append(indices)
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def record_batch_indices(loader: Any) -> Any:
+    """`loader` drawing its batches through an `_IndexRecorder` (a copy of a DataLoader with every
+    other setting kept; Lightning re-creates its predict loaders so, too); others as they are."""
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is None or isinstance(
+            loader.batch_sampler, _IndexRecorder):
+        return loader
+    workers = {}
+    if loader.num_workers > 0:
+        workers = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
+                       multiprocessing_context=loader.multiprocessing_context)
+    return DataLoader(
+        loader.dataset, batch_sampler=_IndexRecorder(loader.batch_sampler), num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn, generator=loader.generator, **workers,
+    )
 
 
 def print_results(results: list[dict[str, Any]], stage: str) -> None:

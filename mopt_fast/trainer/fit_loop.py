@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader
 
 from mopt_fast.callbacks.callback import rank_zero_info
+from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.core.states import LoopPoint
 from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.seed import rng_state, set_rng_state
@@ -40,6 +41,7 @@ from mopt_fast.trainer._data import (
 )
 from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
 from mopt_fast.trainer._hooks import takes_batch_idx
+from mopt_fast.trainer._lightning_surface import BatchProgress, EpochLoopView
 from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._warn import warn
 
@@ -58,6 +60,10 @@ def _max_reached(current: int, maximum: int | None) -> bool:
 
 class FitLoop:
     """The training loop's state and its epochs. Owned by the Trainer (``trainer.fit_loop``)."""
+
+    # Automatic optimization skips zero_grad and backward while set (Lightning's, which its
+    # StochasticWeightAveraging sets for the epoch that only updates the batch-norm statistics).
+    _skip_backward = False
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -86,6 +92,9 @@ class FitLoop:
         self.point = LoopPoint.START
         self.epoch_rng: dict[str, Any] | None = None  # the RNG at the start of the epoch (resume rebuilds its order)
         self.num_training_batches: int | float = _INF
+        # The batches the loader gives per epoch (num_training_batches as set up; a callback may
+        # raise num_training_batches above it, as Lightning's SWA does through `max_batches`).
+        self.loader_batches: int | float = _INF
         self.val_check_batch: int | float | None = _INF  # None: validation by time (val_check_time_interval)
         # Persistent DataLoader workers (see _data.iter_continuing): for the current epoch's
         # train iterator, None (no persistent workers), "started" (it started them) or
@@ -159,6 +168,54 @@ class FitLoop:
         final = ready == self.num_training_batches or self.is_last_batch
         return not done and not final
 
+    # -- Lightning's public loop surface (what Lightning's callbacks read; see _lightning_surface.py) --
+    @property
+    def epoch_loop(self) -> EpochLoopView:
+        """Lightning's training-epoch loop: its counters (``_batches_that_stepped``,
+        ``batch_progress``...), read from this loop."""
+        return EpochLoopView(self)
+
+    @property
+    def max_epochs(self) -> int | None:
+        return self.trainer.max_epochs
+
+    @max_epochs.setter
+    def max_epochs(self, value: int | None) -> None:
+        self.trainer.max_epochs = value
+
+    @property
+    def max_steps(self) -> int:
+        return self.trainer.max_steps
+
+    @max_steps.setter
+    def max_steps(self, value: int) -> None:
+        self.trainer.max_steps = value
+
+    @property
+    def min_epochs(self) -> int | None:
+        return self.trainer.min_epochs
+
+    @property
+    def min_steps(self) -> int | None:
+        return self.trainer.min_steps
+
+    @property
+    def max_batches(self) -> int | float:
+        """Training batches per epoch (``trainer.num_training_batches``)."""
+        return self.num_training_batches
+
+    @max_batches.setter
+    def max_batches(self, value: int | float) -> None:
+        self.num_training_batches = value
+
+    @property
+    def epoch_progress(self) -> BatchProgress:
+        """Epochs, as Lightning's ``fit_loop.epoch_progress`` counts them (completed ones)."""
+        return BatchProgress(self.epochs_completed, self.epochs_completed)
+
+    def _should_accumulate(self) -> bool:
+        return self.should_accumulate()
+
     # -- set-up ------------------------------------------------------------------------------------
     def setup_data(self) -> None:
         """The train loader, asked for once per fit (Lightning's `_FitLoop.setup_data`)."""
@@ -186,6 +243,7 @@ class FitLoop:
         """num_training_batches and val_check_batch for `loader`."""
         trainer = self.trainer
         self.num_training_batches = num_batches(loader, trainer.limit_train_batches, "train")
+        self.loader_batches = self.num_training_batches
         if self.num_training_batches == 0:
             return
         interval = trainer.val_check_interval
@@ -279,6 +337,7 @@ class FitLoop:
         while not self.done():
             self.set_sampler_epoch(loader)
             trainer.hooks.call("on_train_epoch_start")
+            trainer.val_loop.batches_total = 0  # Lightning counts the validation batches per training epoch
             if not first:
                 self.epoch_rng = rng_state()
                 iterator = self.new_iterator(loader)
@@ -306,6 +365,7 @@ class FitLoop:
         lookahead = isinstance(iterator, Lookahead)
         precision = trainer.precision_plugin
         call = trainer.hooks.call
+        last_batch = min(self.num_training_batches, self.loader_batches)  # the loader may run out first
         if resume_tail:
             self.batch_tail(automatic, after_validation=resume_tail == "validation")
         while True:
@@ -320,7 +380,7 @@ class FitLoop:
             self.batch_idx += 1
             self.total_batch_idx += 1
             self.point = LoopPoint.IN_BATCH
-            self.is_last_batch = iterator.done if lookahead else self.batch_idx + 1 >= self.num_training_batches
+            self.is_last_batch = iterator.done if lookahead else self.batch_idx + 1 >= last_batch
             if transfer is not None:  # a batch-transfer hook is overridden
                 batch = transfer(batch, 0)
             elif not on_cpu:
@@ -404,8 +464,9 @@ class FitLoop:
         checkpoint saved anywhere else records an approximate stage (see resume.py)."""
         self.point = point
         if not self.trainer.fast_dev_run:  # fast_dev_run saves no checkpoints, as Lightning
-            for cb in self.trainer.checkpoint_callbacks:
-                cb._on_loop_point(self.trainer, point)
+            for cb in self.trainer.callbacks:  # mopt_fast's ModelCheckpoints (Lightning's use their hooks)
+                if isinstance(cb, ModelCheckpoint):
+                    cb._on_loop_point(self.trainer, point)
         self.point = LoopPoint.IN_EPOCH_END if point is LoopPoint.EPOCH else LoopPoint.IN_BATCH
 
     # -- resuming --------------------------------------------------------------------------------

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.core.hparams import HyperparametersMixin
 from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, load_checkpoint
+from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
 from mopt_fast.trainer._lightning_ckpt import fit_loop_state, lightning_loops
+from mopt_fast.trainer._lightning_surface import is_lightning_callback
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.strategies import FSDPStrategy
 
@@ -94,6 +96,15 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
     fn = trainer.state.fn.value
     if ckpt_path is not None:
         ckpt_path = os.fspath(ckpt_path)
+    # Lightning's OnExceptionCheckpoint: a fit without ckpt_path resumes from the newest "last"
+    # checkpoint, its on-exception file included (Lightning's rule).
+    on_exception = [cb for cb in trainer.callbacks if is_lightning_callback(cb, "OnExceptionCheckpoint")]
+    if ckpt_path is None and on_exception and trainer.state.fn == TrainerFn.FITTING:
+        ckpt_path = "last"
+        warn(
+            f"`.{fn}(ckpt_path=None)` was called without a model. The last model of the previous `fit` call will be "
+            f"used. You can pass `{fn}(ckpt_path='best')` to use the best model or `{fn}(ckpt_path='last')` to use "
+            "the last model. If you pass a value, this warning will be silenced.")
     if model_provided and ckpt_path is None:
         return None
     if ckpt_path is None:
@@ -110,7 +121,11 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
                 "callbacks. It will use the best checkpoint path from first checkpoint callback.")
         if not callbacks:
             raise ValueError(f'`.{fn}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured.')
-        best = callbacks[0].best_model_path
+        best = getattr(callbacks[0], "best_model_path", None)
+        if best is None:  # a checkpoint callback without a best model (Lightning's OnExceptionCheckpoint)
+            raise ValueError(
+                f"`.{fn}()` found no path for the best weights: {best!r}. Please specify a path for a checkpoint "
+                f"`.{fn}(ckpt_path=PATH)`")
         if not best:
             if trainer.fast_dev_run:
                 raise ValueError(
@@ -122,9 +137,10 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
             )
         return best
     if ckpt_path == "last":
+        model_checkpoints = [cb for cb in trainer.checkpoint_callbacks if hasattr(cb, "_find_last_checkpoints")]
         candidates = [
             os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
-            for cb in trainer.checkpoint_callbacks if cb.dirpath
+            for cb in model_checkpoints if cb.dirpath
         ]
         for c in candidates:  # not "no last checkpoint": that would train from scratch
             if os.path.exists(c) and not os.path.isfile(c):
@@ -133,7 +149,8 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
                     "pass the checkpoint's path"
                 )
         # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (callbacks/model_checkpoint.py); the newest wins
-        found = [c for cb in trainer.checkpoint_callbacks for c in cb._find_last_checkpoints(trainer) if os.path.isfile(c)]
+        found = [c for cb in model_checkpoints for c in cb._find_last_checkpoints(trainer) if os.path.isfile(c)]
+        found += [cb.ckpt_path for cb in on_exception if os.path.isfile(cb.ckpt_path)]
         if not found:
             warn(
                 f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will be '

@@ -28,19 +28,21 @@ import atexit
 import contextlib
 import datetime
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+from mopt_fast.core.saving import save_checkpoint_file
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.trainer._data import with_sampler
 
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
 
     from mopt_fast.core.module import LightningModule
+    from mopt_fast.precision import Precision
+    from mopt_fast.trainer.trainer import Trainer
+
+_T = TypeVar("_T")
 
 __all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy", "make_strategy"]
 
@@ -75,8 +81,27 @@ class _TrainingStepForward(nn.Module):
         return out
 
 
+def _reduce_op(reduce_op: Any) -> tuple[Any, bool]:
+    """Lightning's reduce_op (a name or a ``ReduceOp``) as torch.distributed's op, and whether the
+    sum is then divided by the world size ("mean"/"avg": gloo has no AVG)."""
+    if not isinstance(reduce_op, str):
+        return (dist.ReduceOp.SUM, False) if reduce_op is None else (reduce_op, False)
+    name = reduce_op.lower()
+    if name in ("mean", "avg"):
+        return dist.ReduceOp.SUM, True
+    return getattr(dist.ReduceOp, name.upper()), False
+
+
 class Strategy:
-    """One process on one device."""
+    """One process on one device.
+
+    Besides the Trainer's own seam (wrap, training_step, block_grad_sync...), a strategy has the
+    public surface of Lightning's `Strategy` that callbacks use, with Lightning's signatures and
+    types: `root_device` (a property), `is_global_zero`, `lightning_module`, `model`, `optimizers`,
+    `precision_plugin`, `reduce`, `all_gather`, `broadcast`, `barrier`, `reduce_boolean_decision`,
+    `save_checkpoint` and `remove_checkpoint`. The Trainer attaches itself (`connect_trainer`);
+    what the trainer holds (module, optimizers, precision) is read from it, never copied.
+    """
 
     is_distributed = False
 
@@ -85,12 +110,89 @@ class Strategy:
         self.global_rank = 0
         self.local_rank = 0
         self.node_rank = 0
+        self._device_type = "cpu"  # "cpu" or "cuda": set by the Trainer (connect_trainer)
+        self._device_index: int | None = None  # the CUDA device of a one-process run
+        self._trainer: Trainer | None = None
+        self._root_device: torch.device | None = None  # root_device, once known (read per logged value)
 
-    def setup_environment(self, accelerator: str) -> None:
+    def connect_trainer(self, trainer: Trainer, device_type: str, device_index: int | None) -> None:
+        """The Trainer this strategy runs for, and the device type it was given ("cpu", "cuda")."""
+        self._trainer = trainer
+        self._device_type = device_type
+        self._device_index = device_index
+        self._root_device = None
+
+    # -- Lightning's public surface ------------------------------------------------------------------
+    @property
+    def root_device(self) -> torch.device:
+        """This process's device: the CPU, or its CUDA device (the local rank's in a distributed run)."""
+        device = self._root_device
+        if device is None:
+            index = self.local_rank if self.is_distributed else (self._device_index or 0)
+            device = torch.device("cpu") if self._device_type == "cpu" else torch.device("cuda", index)
+            self._root_device = device
+        return device
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def lightning_module(self) -> LightningModule | None:
+        return self._trainer.lightning_module if self._trainer is not None else None
+
+    @property
+    def model(self) -> nn.Module | None:
+        """What runs the training step: the DDP wrapper in a DDP fit, else the module (Lightning's)."""
+        return self.lightning_module
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self._trainer.optimizers if self._trainer is not None else []
+
+    @property
+    def precision_plugin(self) -> Precision | None:
+        return self._trainer.precision_plugin if self._trainer is not None else None
+
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any:
+        """One process: `tensor` as it is (Lightning's)."""
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+        return tensor
+
+    def broadcast(self, obj: _T, src: int = 0) -> _T:
+        return obj
+
+    def barrier(self, name: str | None = None) -> None:
         pass
 
-    def root_device(self, accelerator: str) -> torch.device:
-        return torch.device("cpu") if accelerator == "cpu" else torch.device("cuda", self.local_rank)
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002 (Lightning's name)
+        """One process: `decision` itself (Lightning's)."""
+        return decision
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        """Write `checkpoint` to `filepath` on global rank 0 (atomically, with mopt_fast's checksum)."""
+        if storage_options is not None:
+            raise TypeError("`Strategy.save_checkpoint(storage_options=...)` is not supported: mopt_fast writes "
+                            "checkpoints itself (no CheckpointIO plugin)")
+        if self.is_global_zero:
+            save_checkpoint_file(checkpoint, os.fspath(filepath))
+
+    def remove_checkpoint(self, filepath: str | os.PathLike) -> None:
+        """Delete a checkpoint file (or folder) on global rank 0, if it exists (Lightning's)."""
+        if not self.is_global_zero:
+            return
+        path = os.fspath(filepath)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+    # -- the Trainer's seam ------------------------------------------------------------------------
+    def setup_environment(self, accelerator: str) -> None:
+        pass
 
     def wrap(self, module: LightningModule) -> None:
         pass
@@ -107,12 +209,6 @@ class Strategy:
 
     def process_loader(self, loader: Any, shuffle_default: bool) -> Any:
         return loader
-
-    def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
-        return value
-
-    def barrier(self) -> None:
-        pass
 
     def abort(self) -> None:
         """A fit failed: stop any processes this strategy started."""
@@ -287,6 +383,7 @@ class _ProcessGroupStrategy(Strategy):
             time.sleep(0.02)
 
     def _read_ranks(self) -> None:
+        self._root_device = None  # the local rank decides it
         self.global_rank = int(os.environ.get("RANK", dist.get_rank() if dist.is_initialized() else 0))
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.global_rank % self.num_processes))
         self.node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", 0)))
@@ -321,16 +418,47 @@ class _ProcessGroupStrategy(Strategy):
         )
         return with_sampler(loader, sampler)
 
-    def reduce(self, value: torch.Tensor, reduction: str) -> torch.Tensor:
-        op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-              "min": dist.ReduceOp.MIN}[reduction]
-        out = value.clone()
-        dist.all_reduce(out, op=op)
-        return out / self.world_size if reduction == "mean" else out
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any:
+        """`tensor` reduced over the ranks of `group` (default: all), into a new tensor (Lightning's
+        reduces in place); "mean" divides the sum by the group's size. Not a tensor: as it is."""
+        if not isinstance(tensor, torch.Tensor) or not dist.is_initialized():
+            return tensor
+        op, divide = _reduce_op(reduce_op)
+        out = tensor.clone()
+        dist.all_reduce(out, op=op, group=group)
+        if not divide:
+            return out
+        size = dist.get_world_size(group)
+        return out / size if out.is_floating_point() else (out / size).to(out.dtype)  # truncated, as Lightning
 
-    def barrier(self) -> None:
+    def all_gather(self, tensor: torch.Tensor, group: Any | None = None, sync_grads: bool = False) -> torch.Tensor:
+        """`tensor` of every rank, stacked: shape (world_size, *tensor.shape); `sync_grads`: the
+        gather is differentiable (Lightning's)."""
+        if not dist.is_initialized():
+            return tensor
+        from torch.distributed.nn.functional import all_gather
+
+        tensor = tensor.contiguous()
+        with contextlib.nullcontext() if sync_grads else torch.no_grad():
+            gathered = all_gather(tensor, group if group is not None else dist.group.WORLD)
+        return torch.stack(gathered)
+
+    def broadcast(self, obj: _T, src: int = 0) -> _T:
+        """Rank `src`'s `obj` on every rank (pickled through torch.distributed)."""
+        if not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src)
+        return box[0]
+
+    def barrier(self, name: str | None = None) -> None:
         if dist.is_initialized():
             dist.barrier()
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002 (Lightning's name)
+        """True when every rank decided True (`all`), or any did (``all=False``)."""
+        total = self.reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
+        return bool(total == self.world_size) if all else bool(total)
 
     def _wait_for_children(self) -> None:
         failed = [proc.returncode for proc in self._children if proc.wait() != 0]
@@ -367,6 +495,10 @@ class DDPStrategy(_ProcessGroupStrategy):
         super().__init__(timeout, process_group_backend)
         self.find_unused_parameters = find_unused_parameters
         self._ddp: nn.parallel.DistributedDataParallel | None = None
+
+    @property
+    def model(self) -> nn.Module | None:
+        return self._ddp if self._ddp is not None else self.lightning_module
 
     def wrap(self, module: LightningModule) -> None:
         device_ids = [self.local_rank] if next(module.parameters(), torch.empty(0)).is_cuda else None

@@ -8,7 +8,9 @@ one Lightning's counterpart with less indirection, each owning and serializing i
 - fit_loop.py: epochs, batches, scheduler steps, validation checks, logging, checkpoint points;
 - training_step.py: one batch's training_step and its optimization (automatic or manual);
 - evaluation_loop.py: validation inside fit (and the sanity check), validate, test, predict;
-- resume.py: what a checkpoint holds, and restoring one.
+- resume.py: what a checkpoint holds, and restoring one;
+- _lightning_surface.py: what Lightning's own callbacks read of a Trainer and its loops (progress
+  counters, the logger connector, the accelerator), for the user's Lightning callbacks.
 
 It is leaner per step than Lightning's: hooks nobody overrides are not called, logged values stay
 on the device until a logger or the progress bar reads them, and the optimizer work runs on
@@ -19,6 +21,7 @@ core/protocol.py; only this file touches the Trainer's private members.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -30,7 +33,8 @@ from typing import Any
 
 import torch
 
-from mopt_fast.callbacks.callback import Callback
+from mopt_fast.callbacks.callback import Callback, rank_zero_info
+from mopt_fast.callbacks.early_stopping import EarlyStopping
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
 from mopt_fast.callbacks.timer import Timer
@@ -39,12 +43,21 @@ from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.saving import save_checkpoint_file
 from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
-from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, not_built
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, _model_setup, resume, training_step
 from mopt_fast.trainer._data import batch_hook_owner, batch_transfer, isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
+from mopt_fast.trainer._lightning_surface import (
+    Accelerator,
+    LoggerConnector,
+    callback_base,
+    install_is_overridden_fallback,
+    is_lightning_callback,
+    kind_of,
+    lightning_precision_view,
+)
 from mopt_fast.trainer._logging import log_hyperparams_at_start, start_experiments
 from mopt_fast.trainer._metrics import MetricStore
 from mopt_fast.trainer._warn import warn
@@ -109,7 +122,6 @@ class Trainer:
     num_nodes: int
     num_devices: int
     strategy: Strategy
-    root_device: torch.device
     precision: str
     precision_plugin: Precision
     accumulate_grad_batches: int
@@ -192,7 +204,7 @@ class Trainer:
         self.num_nodes = _args.check_num_nodes(num_nodes)
         self._accelerator, self.num_devices, self._device_index = _args.parse_devices(accelerator, devices)
         self.strategy = make_strategy(strategy, self.num_devices, self.num_nodes)
-        self.root_device = _args.initial_device(self._accelerator, self._device_index)
+        self.strategy.connect_trainer(self, self._accelerator, self._device_index)
         self.precision_plugin = _args.precision_plugin(precision, self._accelerator)
         self.precision = self.precision_plugin.name
         self.accumulate_grad_batches = _args.check_accumulate(accumulate_grad_batches)
@@ -464,17 +476,93 @@ class Trainer:
         return self.strategy.global_rank == 0
 
     @property
-    def checkpoint_callbacks(self) -> list[ModelCheckpoint]:
-        return [c for c in self.callbacks if isinstance(c, ModelCheckpoint)]
+    def checkpoint_callbacks(self) -> list[Any]:
+        """mopt_fast's ModelCheckpoints and Lightning's checkpoint callbacks (Lightning's `Checkpoint`)."""
+        kinds = kind_of(ModelCheckpoint, "Checkpoint")
+        return [c for c in self.callbacks if isinstance(c, kinds)]
 
     @property
-    def checkpoint_callback(self) -> ModelCheckpoint | None:
+    def checkpoint_callback(self) -> Any:
         cbs = self.checkpoint_callbacks
         return cbs[0] if cbs else None
 
     @property
-    def progress_bar_callback(self) -> ProgressBar | None:
-        return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
+    def progress_bar_callback(self) -> Any:
+        kinds = kind_of(ProgressBar, "ProgressBar")
+        return next((c for c in self.callbacks if isinstance(c, kinds)), None)
+
+    @property
+    def early_stopping_callbacks(self) -> list[Any]:
+        kinds = kind_of(EarlyStopping, "EarlyStopping")
+        return [c for c in self.callbacks if isinstance(c, kinds)]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        cbs = self.early_stopping_callbacks
+        return cbs[0] if cbs else None
+
+    # -- Lightning's surface for callbacks (Lightning's own and third-party ones read these) -------
+    @property
+    def root_device(self) -> torch.device:
+        """The device of this process (``trainer.strategy.root_device``)."""
+        return self.strategy.root_device
+
+    @property
+    def accelerator(self) -> Accelerator:
+        """What Lightning's callbacks ask of Lightning's accelerator (`get_device_stats`)."""
+        return Accelerator.of(self._accelerator)
+
+    @property
+    def device_ids(self) -> list[int]:
+        """The device indices this Trainer uses on each node (Lightning's)."""
+        if self._accelerator == "cuda" and self.num_devices == 1 and not self.strategy.is_distributed:
+            return [self.strategy.root_device.index or 0]
+        return list(range(self.num_devices))
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """The optimizer steps the fit will take, as Lightning estimates them: training batches per
+        epoch (asking for the train loader if need be) / accumulate_grad_batches, rounded up, times
+        max_epochs, capped by max_steps; infinite (or max_steps) without an epoch limit or a length."""
+        max_epochs = self.max_epochs
+        if max_epochs == -1:
+            return float("inf") if self.max_steps == -1 else self.max_steps
+        loop = self.fit_loop
+        if loop.loader is None:
+            rank_zero_info(self, "Loading `train_dataloader` to estimate number of stepping batches.")
+            loop.setup_data()
+        if loop.num_training_batches == float("inf") and loop.loader is not None:
+            loop.setup_batches(loop.loader)
+        total = loop.num_training_batches
+        if total == float("inf"):
+            return self.max_steps
+        steps = math.ceil(total / self.accumulate_grad_batches) * max(max_epochs or 1, 1)
+        return min(steps, self.max_steps) if self.max_steps != -1 else steps
+
+    @property
+    def _active_loop(self) -> FitLoop | EvaluationLoop | PredictionLoop | None:
+        if self.training:
+            return self.fit_loop
+        if self.sanity_checking or self.evaluating:
+            return self._evaluation_loop
+        if self.predicting:
+            return self.predict_loop
+        return None
+
+    @property
+    def _evaluation_loop(self) -> EvaluationLoop:
+        if self.state.fn == TrainerFn.FITTING:
+            return self.val_loop
+        if self.state.fn == TrainerFn.VALIDATING:
+            return self.validate_loop
+        if self.state.fn == TrainerFn.TESTING:
+            return self.test_loop
+        raise RuntimeError("The `Trainer._evaluation_loop` property isn't defined. Accessed outside of scope")
+
+    @property
+    def _logger_connector(self) -> LoggerConnector:
+        return LoggerConnector(self, lambda: self._active_loop)
+
 
     # -- what the module, the optimizer wrapper and ModelCheckpoint call (see core/protocol.py) --------
     # training_step.backward and .optimizer_step, bound to the Trainer (one call less per step than a
@@ -703,7 +791,7 @@ class Trainer:
         self.strategy.abort()
         model = self.lightning_module
         for cb in self.callbacks:
-            if is_overridden("on_exception", cb, Callback):
+            if is_overridden("on_exception", cb, callback_base(cb)):
                 cb.on_exception(self, model, exc)
         self.hooks.call_datamodule("on_exception", exc)
         if self.is_global_zero:
@@ -731,7 +819,7 @@ class Trainer:
         hooks around the stage, the stage, tear-down."""
         fn = self.state.fn
         if fn == TrainerFn.FITTING and self.max_epochs is None:  # Lightning's _parse_loop_limits
-            if self.max_steps == -1 and not any(isinstance(cb, Timer) for cb in self.callbacks):
+            if self.max_steps == -1 and not any(isinstance(cb, kind_of(Timer, "Timer")) for cb in self.callbacks):
                 warn("`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
                      "`max_epochs=-1`.", PossibleUserWarning)
                 self.max_epochs = 1000
@@ -741,9 +829,8 @@ class Trainer:
         _model_setup.attach_model_logging_functions(self, model)
         self._verify_configuration(model)
         _model_setup.verify_configure_model(model)
+        self._connect_lightning_objects()
         self.strategy.setup_environment(self._accelerator)
-        if self.strategy.is_distributed:
-            self.root_device = self.strategy.root_device(self._accelerator)
         self._prepare_data(model)
         self.hooks.build(self.callbacks, model)
         self.batch_transfer = batch_transfer(self)
@@ -804,6 +891,7 @@ class Trainer:
             with isolated_rng():
                 val_loop.run()
             self.hooks.call("on_sanity_check_end")
+            val_loop.reset_progress()  # the sanity check's batches are not counted (Lightning's)
             self.metric_store = MetricStore()
             self.state.stage = stage
         if restored_metrics is not None:  # after the sanity check, which starts the metrics afresh
@@ -811,6 +899,20 @@ class Trainer:
         self.metric_store.active = self.metric_store.train  # on_train_start / on_train_epoch_start may log
         with torch.autograd.set_detect_anomaly(self.detect_anomaly):
             loop.run(model)
+
+    def _connect_lightning_objects(self) -> None:
+        """When the script brought Lightning's own callbacks (Lightning is imported): what lets them
+        run here (see _lightning_surface.py), and a clear error for the Tuner's callbacks."""
+        if "lightning.pytorch" not in sys.modules and "pytorch_lightning" not in sys.modules:
+            return
+        for name, feature in (("BatchSizeFinder", "Tuner.scale_batch_size"), ("LearningRateFinder", "Tuner.lr_find")):
+            if any(is_lightning_callback(cb, name) for cb in self.callbacks):
+                raise not_built(
+                    f"Lightning's `{name}` callback in mopt_fast.Trainer",
+                    f"it runs Lightning's `{feature}` on Lightning's Trainer internals; the Tuner is the companion "
+                    "issue \"LightningCLI, Tuner and the rest of Not built\"")
+        install_is_overridden_fallback()
+        self.precision_plugin = lightning_precision_view(self.precision_plugin)
 
     def _verify_configuration(self, model: LightningModule) -> None:
         """Lightning's `_verify_loop_configurations`: what a module must define for this entry point."""

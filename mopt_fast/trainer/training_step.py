@@ -106,12 +106,14 @@ class _AutomaticClosure:
         if loss is not None and n > 1:
             loss = loss / n
         batch_idx = self.loop.batch_idx
-        if batch_idx % n == 0:
+        skip_backward = self.loop._skip_backward  # no zero_grad or backward (Lightning's SWA sets it)
+        if batch_idx % n == 0 and not skip_backward:
             raw = self.wrapper._optimizer
             trainer.hooks.call("on_before_zero_grad", raw)
             trainer.hooks.call_module("optimizer_zero_grad", self.loop.epochs_completed, batch_idx, raw)
         if loss is not None:
-            backward(trainer, loss, self.wrapper)
+            if not skip_backward:
+                backward(trainer, loss, self.wrapper)
             detached = loss.detach()
             self.outputs = {"loss": detached, **extra}
             return detached
