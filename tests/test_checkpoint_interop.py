@@ -498,6 +498,32 @@ def test_a_module_hyperparameter_is_pickled_and_read_both_ways() -> None:
     shutil.rmtree(folder)
 
 
+def test_an_unpicklable_hyperparameter_is_dropped_at_the_start_of_a_run_as_lightning() -> None:
+    """A hyperparameter that cannot be pickled (an instance of a class defined in a function, as in
+    a test or a notebook) is dropped from hparams when a run starts, with Lightning's warning, so
+    that the checkpoints of the fit save (Lightning's Trainer cleans the namespace in `_run`)."""
+
+    class LocalEncoder(nn.Linear):  # defined here: pickle cannot find it by name
+        pass
+
+    folder = tempfile.mkdtemp(prefix="mopt_fast_interop_")
+    seen = {}
+    for fw in FRAMEWORKS:
+        torch.manual_seed(0)
+        model = NETS[fw](encoder=LocalEncoder(3, 5))
+        assert "encoder" in model.hparams
+        trainer = make_trainer(fw, folder, 1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, *loaders())
+            trainer.save_checkpoint(os.path.join(folder, f"{fw}.ckpt"))
+        seen[fw] = (sorted(model.hparams), [str(w.message) for w in caught if "cannot be pickled" in str(w.message)])
+    assert seen["mopt_fast"] == seen["lightning"]
+    assert seen["lightning"][1] == ["Attribute 'encoder' removed from hparams because it cannot be pickled. You can "
+                                    "suppress this warning by setting `self.save_hyperparameters(ignore=['encoder'])`."]
+    shutil.rmtree(folder)
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass

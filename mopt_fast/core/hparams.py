@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import pickle
 import types
 import warnings
 from argparse import Namespace
@@ -19,7 +20,7 @@ import torch
 
 from mopt_fast.core.saving import AttributeDict
 
-__all__ = ["HyperparametersMixin"]
+__all__ = ["HyperparametersMixin", "clean_namespace"]
 
 _PRIMITIVE_TYPES = (bool, int, float, str)
 
@@ -101,6 +102,24 @@ def _plain(value: Any) -> tuple[bool, Any]:
 
 
 # -- load_from_checkpoint -----------------------------------------------------------------------
+def _is_picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
+        return False
+
+
+def clean_namespace(hparams: MutableMapping[str, Any]) -> None:
+    """Drop the hyperparameters that cannot be pickled (an instance of a class defined inside a
+    function, a lambda...), each with Lightning's warning, as Lightning's Trainer does at the start
+    of every run: a checkpoint pickles the rest, and would fail to save with them."""
+    for key in [k for k, v in hparams.items() if not _is_picklable(v)]:
+        warnings.warn(f"Attribute '{key}' removed from hparams because it cannot be pickled. You can suppress this "
+                      f"warning by setting `self.save_hyperparameters(ignore=['{key}'])`.", stacklevel=2)
+        del hparams[key]
+
+
 class _restricted_classmethod:
     """A classmethod that refuses to be called on an instance (``model.load_from_checkpoint(...)``
     would build a new model and drop it), as Lightning's."""

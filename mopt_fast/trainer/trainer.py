@@ -39,6 +39,7 @@ from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
 from mopt_fast.callbacks.timer import Timer
 from mopt_fast.core.datamodule import LightningDataModule, datamodule_base, is_datamodule
+from mopt_fast.core.hparams import clean_namespace
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.saving import save_checkpoint_file
@@ -825,6 +826,8 @@ class Trainer:
                 self.max_epochs = 1000
             else:
                 self.max_epochs = -1
+        if model.hparams:  # Lightning's: what cannot be pickled would fail every checkpoint save
+            clean_namespace(model.hparams)
         _model_setup.attach_model_callbacks(self, model, self.hooks.run_as)
         _model_setup.attach_model_logging_functions(self, model)
         self._verify_configuration(model)
