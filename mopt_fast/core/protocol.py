@@ -106,6 +106,7 @@ class ModuleTrainer(MetricsTrainer, Protocol):
     lightning_optimizers: list[LightningOptimizer]  # what `self.optimizers()` returns
     precision_plugin: Precision  # `self.clip_gradients` runs on its fused kernels
     lightning_module: LightningModule | None
+    barebones: bool  # `self.log` warns and drops the value
 
     @property
     def metric_store(self) -> MetricSink:

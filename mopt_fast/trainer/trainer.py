@@ -96,7 +96,8 @@ class Trainer:
         devices: processes per node: "auto" (1), an int, or a list of CUDA device indices.
         num_nodes: nodes (each started by torchrun).
         precision: "32-true" / "32", "16-mixed" (CUDA; on the CPU it falls back to bf16-mixed with
-            a warning, as Lightning), "bf16-mixed".
+            a warning, as Lightning), "bf16-mixed"; "16-true", "bf16-true", "64-true": the module's
+            parameters and the batches' floating-point tensors in that dtype.
         logger: True (under `default_root_dir`: a TensorBoardLogger when tensorboard is installed, else a
             CSVLogger, as Lightning), False, a logger or a list of them.
         callbacks: a Callback or a list of them.
@@ -112,6 +113,9 @@ class Trainer:
         accumulate_grad_batches: automatic optimization only: step every N batches, loss / N.
         gradient_clip_val / gradient_clip_algorithm: automatic optimization only ("norm"/"value").
         default_root_dir: where the loggers write (default: the working directory; "~" expanded).
+        barebones: measure the Trainer's own overhead: checkpointing, logging (``self.log`` too),
+            the progress bar, the model summary and the sanity check off (Lightning's ValueError if
+            one of them, fast_dev_run, detect_anomaly or a profiler is asked for).
 
     Every argument not passed is read from a ``PL_TRAINER_<ARGUMENT>`` environment variable when set
     (``PL_TRAINER_MAX_EPOCHS=3``), as Lightning's Trainer does.
@@ -125,6 +129,7 @@ class Trainer:
     strategy: Strategy
     precision: str
     precision_plugin: Precision
+    barebones: bool
     accumulate_grad_batches: int
     gradient_clip_val: int | float | None
     gradient_clip_algorithm: str | None
@@ -198,7 +203,17 @@ class Trainer:
         enable_autolog_hparams: bool = True,
         model_registry: str | None = None,
     ) -> None:
-        _args.check_unsupported(profiler=profiler, barebones=barebones, plugins=plugins,
+        self.barebones = bool(barebones)
+        if barebones:  # switches the opt-outs off (Lightning's checks, first in its __init__ too)
+            off = _args.barebones_args({
+                "enable_checkpointing": enable_checkpointing, "logger": logger,
+                "enable_progress_bar": enable_progress_bar, "log_every_n_steps": log_every_n_steps,
+                "enable_model_summary": enable_model_summary, "num_sanity_val_steps": num_sanity_val_steps,
+                "fast_dev_run": fast_dev_run, "detect_anomaly": detect_anomaly, "profiler": profiler})
+            enable_checkpointing, logger = off["enable_checkpointing"], off["logger"]
+            enable_progress_bar, log_every_n_steps = off["enable_progress_bar"], off["log_every_n_steps"]
+            enable_model_summary, num_sanity_val_steps = off["enable_model_summary"], off["num_sanity_val_steps"]
+        _args.check_unsupported(profiler=profiler, plugins=plugins,
                                 reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
                                 model_registry=model_registry)
         _args.set_torch_flags(deterministic, benchmark)
@@ -826,6 +841,9 @@ class Trainer:
                 self.max_epochs = 1000
             else:
                 self.max_epochs = -1
+        if self.barebones:  # no progress bar can make it look as if the Trainer hung (Lightning's line)
+            _args.info("`Trainer(barebones=True)` started running. The progress bar is disabled so you might want to"
+                       " manually print the progress in your model.")
         if model.hparams:  # Lightning's: what cannot be pickled would fail every checkpoint save
             clean_namespace(model.hparams)
         _model_setup.attach_model_callbacks(self, model, self.hooks.run_as)
@@ -843,6 +861,7 @@ class Trainer:
         self.hooks.call_datamodule("setup", stage=fn)
         self.hooks.call("setup", stage=fn)
         _model_setup.call_configure_model(self, model, self.hooks.run_as)
+        self.precision_plugin.convert_module(model)  # "*-true": before the optimizers see the parameters
         restored_metrics = None
         if fn == TrainerFn.FITTING:
             if self.sync_batchnorm and self.strategy.is_distributed:
