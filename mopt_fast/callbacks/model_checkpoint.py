@@ -568,7 +568,7 @@ class ModelCheckpoint(Callback):
 
     def _remove_checkpoint(self, trainer: CheckpointTrainer, filepath: str) -> None:
         if trainer.is_global_zero and (os.path.exists(filepath) or os.path.islink(filepath)):
-            os.remove(filepath)
+            trainer.strategy.remove_checkpoint(filepath)  # through the checkpoint IO plugin, as Lightning
 
 
 _warned: set[str] = set()

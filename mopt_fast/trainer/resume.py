@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.core.hparams import HyperparametersMixin
-from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, load_checkpoint
+from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY
 from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
@@ -167,7 +167,7 @@ def load_for_resume(trainer: Trainer, path: str, weights_only: bool | None = Non
     optimizers and schedulers configured and against max_epochs before anything is restored:
     a file that cannot resume changes nothing."""
     rank_zero_info(trainer, f"Restoring states from the checkpoint path at {path}")
-    ckpt = load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+    ckpt = trainer.strategy.load_checkpoint(path, weights_only)
     # Lightning's errors for a weights-only file (its loops are there, the optimizers are not)
     if "optimizer_states" not in ckpt:
         raise KeyError(
@@ -213,7 +213,7 @@ def restore_weights(trainer: Trainer, path: str, weights_only: bool | None = Non
     """validate/test/predict(ckpt_path=...): the module's weights (after its on_load_checkpoint), the
     data module's state and every callback's state, as Lightning's `_restore_modules_and_callbacks`."""
     rank_zero_info(trainer, f"Restoring states from the checkpoint path at {path}")
-    ckpt = load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+    ckpt = trainer.strategy.load_checkpoint(path, weights_only)
     model = trainer.lightning_module
     assert model is not None  # attached before the checkpoint is restored
     trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
