@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.core.hparams import HyperparametersMixin
-from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY
+from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, filesystem
 from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
@@ -143,23 +143,32 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
             for cb in model_checkpoints if cb.dirpath
         ]
         for c in candidates:  # not "no last checkpoint": that would train from scratch
-            if os.path.exists(c) and not os.path.isfile(c):
+            if filesystem(c).exists(c) and not filesystem(c).isfile(c):
                 raise IsADirectoryError(
                     f'.{fn}(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
                     "pass the checkpoint's path"
                 )
         # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (callbacks/model_checkpoint.py); the newest wins
-        found = [c for cb in model_checkpoints for c in cb._find_last_checkpoints(trainer) if os.path.isfile(c)]
-        found += [cb.ckpt_path for cb in on_exception if os.path.isfile(cb.ckpt_path)]
+        paths = [c for cb in model_checkpoints for c in cb._find_last_checkpoints(trainer)]
+        paths += [cb.ckpt_path for cb in on_exception]
+        found = {c: t for c in paths if (t := _modified(c)) is not None}
         if not found:
             warn(
                 f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will be '
                 "loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
             return None
-        return max(found, key=os.path.getmtime)
+        return max(found, key=found.__getitem__)
     if ckpt_path in ("hpc", "registry") or ckpt_path.startswith("registry:"):
         raise NotImplementedError(f"`.{fn}(ckpt_path={ckpt_path!r})` (SLURM / model registry) is not built")
     return ckpt_path
+
+
+def _modified(path: str) -> float | None:
+    """When the checkpoint file at `path` (local or a URL) was last written; None if there is none."""
+    if "://" not in path:
+        return os.path.getmtime(path) if os.path.isfile(path) else None
+    fs = filesystem(path)
+    return fs.modified(path).timestamp() if fs.isfile(path) else None
 
 
 def load_for_resume(trainer: Trainer, path: str, weights_only: bool | None = None) -> dict[str, Any]:
