@@ -305,4 +305,8 @@ def precision_plugin(precision: str | int = "32-true", device: str = "cuda") -> 
     """The plugin for a precision setting, spelled as Lightning's ``precision=`` accepts it
     ("32-true"/"32"/32, "16-mixed"/"16"/16, "bf16-mixed"/"bf16"), autocasting on `device`."""
     name = normalize_precision(precision)
+    if name.endswith("-true") and name != "32-true":
+        # Nothing of Lightning's HalfPrecision/DoublePrecision step to fuse: keep Lightning's own.
+        raise ValueError(f"precision={precision!r} is not supported by this plugin: pass Lightning's own "
+                         "`precision=` for the '*-true' precisions (mopt_fast.Trainer takes them too)")
     return Precision() if name == "32-true" else MixedPrecision(name, device)

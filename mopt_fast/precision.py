@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -28,13 +28,16 @@ from torch.amp.grad_scaler import OptState
 from mopt_fast.amp import GradScaler, _is_fused
 from mopt_fast.functional import clip_grad_norm_, clip_grad_value_
 
-__all__ = ["Precision", "MixedPrecision", "make_precision", "PRECISIONS", "CLIP_ALGORITHMS"]
+__all__ = ["Precision", "MixedPrecision", "HalfPrecision", "DoublePrecision", "make_precision", "PRECISIONS",
+           "CLIP_ALGORITHMS"]
 
 #: Accepted spellings of each precision setting, as Lightning accepts them.
 PRECISIONS = {
     "32-true": "32-true", "32": "32-true", 32: "32-true",
     "16-mixed": "16-mixed", "16": "16-mixed", 16: "16-mixed",
     "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
+    "16-true": "16-true", "bf16-true": "bf16-true",
+    "64-true": "64-true", "64": "64-true", 64: "64-true",
 }
 CLIP_ALGORITHMS = ("norm", "value")
 
@@ -47,14 +50,55 @@ def _noop_closure() -> None:
     return None
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Floating-point tensors made inside (``torch.zeros(3)``, a layer's parameters) get `dtype`."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _floating_to(data: Any, dtype: torch.dtype) -> Any:
+    """`data` (a tensor, or lists, tuples, named tuples, dicts of them, nested) with its
+    floating-point tensors cast to `dtype`; integer tensors and other objects as they are."""
+    if isinstance(data, torch.Tensor):
+        return data.to(dtype) if torch.is_floating_point(data) else data
+    if isinstance(data, Mapping):
+        items = {key: _floating_to(value, dtype) for key, value in data.items()}
+        return items if type(data) is dict else type(data)(items)  # type: ignore[call-arg]
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # a named tuple
+        return type(data)(*(_floating_to(value, dtype) for value in data))
+    if isinstance(data, (list, tuple)):
+        return type(data)(_floating_to(value, dtype) for value in data)
+    return data
+
+
 class Precision:
     """32-true: no autocast, no loss scaling."""
 
     name = "32-true"
     scaler: GradScaler | None = None
+    #: The dtype of the module and of the batches' floating-point tensors ("*-true" other than 32),
+    #: None: both left as they are.
+    module_dtype: torch.dtype | None = None
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module as this precision trains it (before its optimizers are made)."""
+        return module
+
+    def tensor_init_context(self) -> contextlib.AbstractContextManager:
+        """What `Trainer.init_module` and `configure_model` run under."""
+        return contextlib.nullcontext()
+
+    def convert_input(self, data: Any) -> Any:
+        """A batch as this precision feeds it to the step (before the batch-transfer hooks)."""
+        return data
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return loss
@@ -202,12 +246,48 @@ class MixedPrecision(Precision):
             self.scaler.load_state_dict(state["scaler"])
 
 
+class HalfPrecision(Precision):
+    """16-true or bf16-true: the module's parameters and buffers in fp16/bf16, the batches'
+    floating-point tensors cast to it, and tensors made during the forward in it — no autocast, no
+    loss scaling (Lightning's HalfPrecision). 64-true is `DoublePrecision`."""
+
+    def __init__(self, precision: str = "16-true") -> None:
+        dtypes = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "64-true": torch.float64}
+        if precision not in dtypes:
+            raise ValueError(f"{type(self).__name__} takes one of {sorted(dtypes)}, got {precision!r}")
+        self.name = precision
+        self.module_dtype = dtypes[precision]
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        assert self.module_dtype is not None
+        return _default_dtype(self.module_dtype)
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(dtype=self.module_dtype)
+
+    def tensor_init_context(self) -> contextlib.AbstractContextManager:
+        assert self.module_dtype is not None
+        return _default_dtype(self.module_dtype)
+
+    def convert_input(self, data: Any) -> Any:
+        assert self.module_dtype is not None
+        return _floating_to(data, self.module_dtype)
+
+
+class DoublePrecision(HalfPrecision):
+    """64-true: HalfPrecision's rules in float64 (Lightning's DoublePrecision)."""
+
+    def __init__(self, precision: str = "64-true") -> None:
+        super().__init__(precision)
+
+
 def normalize_precision(precision: Any) -> str:
     try:
         return PRECISIONS[precision]
     except (KeyError, TypeError):
         raise ValueError(
-            f"precision={precision!r} is not supported; use one of '32-true', '16-mixed', 'bf16-mixed'"
+            f"precision={precision!r} is not supported; use one of '32-true', '16-mixed', 'bf16-mixed', '16-true',"
+            " 'bf16-true', '64-true'"
         ) from None
 
 
@@ -218,6 +298,10 @@ def make_precision(precision: Any, device_type: str) -> Precision:
     name = normalize_precision(precision)
     if name == "32-true":
         return Precision()
+    if name == "64-true":
+        return DoublePrecision()
+    if name.endswith("-true"):
+        return HalfPrecision(name)
     if name == "16-mixed" and device_type == "cpu":
         warnings.warn(
             "precision='16-mixed' on the CPU: AMP with fp16 is not supported there, using "

@@ -379,7 +379,7 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
          r"`enable_checkpointing=False` but found `ModelCheckpoint` in callbacks"),
         ({"profiler": "simple"}, NotImplementedError, r"does not support `profiler='simple'`"),
         ({"no_such_argument": 1}, TypeError, r"unexpected keyword argument 'no_such_argument'"),
-        ({"precision": "64-true"}, ValueError, r"precision='64-true' is not supported"),
+        ({"precision": "transformer-engine"}, ValueError, r"precision='transformer-engine' is not supported"),
         ({"accelerator": "tpu"}, MisconfigurationException, r"accelerator='tpu' is not supported"),
         ({"accumulate_grad_batches": 0}, MisconfigurationException, r"`accumulate_grad_batches` should be an int >= 1"),
         ({"gradient_clip_algorithm": "l3"}, MisconfigurationException, r"`gradient_clip_algorithm` l3 is invalid"),

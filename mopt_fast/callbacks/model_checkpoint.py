@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info, reduce_boolean_decision, trainer_fn
-from mopt_fast.core.saving import remove_stale_temporaries
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.core.saving import filesystem, remove_stale_temporaries
+from mopt_fast.exceptions import MisconfigurationException, not_built
 
 if TYPE_CHECKING:
     from mopt_fast.core.module import LightningModule
@@ -109,11 +109,8 @@ class ModelCheckpoint(Callback):
         self.kth_value, self.mode = modes[mode]
         if dirpath is not None:
             dirpath = os.fspath(dirpath)
-            if "://" in dirpath:
-                raise NotImplementedError(
-                    f"ModelCheckpoint(dirpath={dirpath!r}): remote (fsspec) checkpoint paths are not supported by "
-                    "mopt_fast; use a local folder")
-            dirpath = os.path.realpath(os.path.expanduser(dirpath))
+            if not _is_remote(dirpath):  # a URL ("s3://bucket/run") is kept as given, as Lightning
+                dirpath = os.path.realpath(os.path.expanduser(dirpath))
         self.dirpath: str | None = dirpath or None
         self.filename = filename
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
@@ -162,18 +159,23 @@ class ModelCheckpoint(Callback):
     # -- set-up ------------------------------------------------------------------------------------
     def setup(self, trainer: CheckpointTrainer, pl_module: LightningModule, stage: str) -> None:
         self.dirpath = self._resolve_ckpt_dir(trainer)
+        fs = filesystem(self.dirpath)  # the local one, or fsspec's for a URL
+        remote = _is_remote(self.dirpath)
         # Refuse now what would make the first save fail, after training has run.
-        if os.path.exists(self.dirpath) and not os.path.isdir(self.dirpath):
+        if fs.exists(self.dirpath) and not fs.isdir(self.dirpath):
             raise NotADirectoryError(f"ModelCheckpoint(dirpath={self.dirpath!r}): that path is a file, not a folder")
+        if remote and self.save_last == "link":
+            raise not_built(f"ModelCheckpoint(dirpath={self.dirpath!r}, save_last='link') (a symbolic link in a "
+                            "remote folder)", "use save_last=True")
         last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-        if self.save_last and os.path.exists(last) and not os.path.isfile(last) and not os.path.islink(last):
+        if self.save_last and fs.exists(last) and not fs.isfile(last) and not os.path.islink(last):
             raise IsADirectoryError(
                 f"ModelCheckpoint(save_last=True) cannot write {last!r}: it is a directory; move it away"
             )
-        if trainer.is_global_zero and os.path.isdir(self.dirpath):
-            remove_stale_temporaries(self.dirpath)
+        if trainer.is_global_zero and not remote and os.path.isdir(self.dirpath):
+            remove_stale_temporaries(self.dirpath)  # remote files are written in one put, without temporaries
         if trainer.is_global_zero and stage == "fit":
-            if self.save_top_k != 0 and os.path.isdir(self.dirpath) and os.listdir(self.dirpath):
+            if self.save_top_k != 0 and fs.isdir(self.dirpath) and fs.ls(self.dirpath):
                 warnings.warn(f"Checkpoint directory {self.dirpath} exists and is not empty.", stacklevel=2)
 
     def _resolve_ckpt_dir(self, trainer: CheckpointTrainer) -> str:
@@ -531,10 +533,14 @@ class ModelCheckpoint(Callback):
         ``fit(ckpt_path="last")`` chooses from, the newest)."""
         folder = self._resolve_ckpt_dir(trainer)
         pattern = rf"^{self.CHECKPOINT_NAME_LAST}(-(\d+))?"
-        if not os.path.isdir(folder):
+        fs = filesystem(folder)
+        if not fs.isdir(folder):
             return set()
+        names = [os.path.basename(str(entry).rstrip("/")) for entry in fs.ls(folder, detail=False)]
+        join = (lambda name: f"{folder.rstrip('/')}/{name}") if _is_remote(folder) else (
+            lambda name: os.path.normpath(os.path.join(folder, name)))
         return {
-            os.path.normpath(os.path.join(folder, f)) for f in os.listdir(folder)
+            join(f) for f in names
             if f.endswith(self.FILE_EXTENSION) and re.match(pattern, f[: -len(self.FILE_EXTENSION)])
         }
 
@@ -548,27 +554,35 @@ class ModelCheckpoint(Callback):
         if filepath is None:
             assert self.dirpath is not None, "ModelCheckpoint.to_yaml: dirpath is set at setup"
             filepath = os.path.join(self.dirpath, "best_k_models.yaml")
-        with open(filepath, "w") as fp:
+        with filesystem(filepath).open(os.fspath(filepath), "w") as fp:
             yaml.dump(best_k, fp)
 
     def file_exists(self, filepath: str | os.PathLike, trainer: CheckpointTrainer) -> bool:
         """Whether `filepath` exists on rank 0 (every rank gets rank 0's answer)."""
-        return reduce_boolean_decision(trainer, trainer.is_global_zero and os.path.exists(filepath), all=False)
+        exists = trainer.is_global_zero and filesystem(filepath).exists(os.fspath(filepath))
+        return reduce_boolean_decision(trainer, exists, all=False)
 
     def _should_remove_checkpoint(self, trainer: CheckpointTrainer, previous: str, current: str) -> bool:
         """Not the file just written, not the file this fit resumed from, and inside dirpath."""
         if previous == current:
             return False
-        previous_path = Path(previous).absolute()
+        assert self.dirpath is not None  # set at setup, before any save
         resume = getattr(trainer, "ckpt_path", None)
+        if _is_remote(self.dirpath):  # URLs: compared as written
+            return previous != resume and previous.startswith(self.dirpath.rstrip("/") + "/")
+        previous_path = Path(previous).absolute()
         if resume is not None and previous_path == Path(resume).absolute():
             return False
-        assert self.dirpath is not None  # set at setup, before any save
         return Path(self.dirpath).absolute() in previous_path.parents
 
     def _remove_checkpoint(self, trainer: CheckpointTrainer, filepath: str) -> None:
-        if trainer.is_global_zero and (os.path.exists(filepath) or os.path.islink(filepath)):
-            os.remove(filepath)
+        if trainer.is_global_zero and (filesystem(filepath).exists(filepath) or os.path.islink(filepath)):
+            trainer.strategy.remove_checkpoint(filepath)  # through the checkpoint IO plugin, as Lightning
+
+
+def _is_remote(path: str) -> bool:
+    """A folder or file given as a URL ("s3://", "memory://"): reached through fsspec."""
+    return "://" in path
 
 
 _warned: set[str] = set()

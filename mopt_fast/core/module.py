@@ -445,6 +445,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, torch.nn.Modu
                 stacklevel=2,
             )
             return
+        if trainer.barebones:
+            warnings.warn(
+                "You are trying to `self.log()` but `Trainer(barebones=True)` is configured."
+                " Logging can impact raw speed so it is disabled under this setting.",
+                stacklevel=2,
+            )
+            return
         if trainer.lightning_module is not self:
             # A LightningModule nested in the fitted one runs no hooks of its own (Lightning: its
             # `_current_fx_name` is never set).

@@ -50,6 +50,8 @@ class StrategyLike(Protocol):
 
     def block_grad_sync(self, block: bool) -> contextlib.AbstractContextManager: ...
 
+    def remove_checkpoint(self, filepath: Any) -> None: ...
+
 
 class HookState(Protocol):
     """Which hook runs now: decides where a logged value goes, and whether it may be logged."""
@@ -106,6 +108,7 @@ class ModuleTrainer(MetricsTrainer, Protocol):
     lightning_optimizers: list[LightningOptimizer]  # what `self.optimizers()` returns
     precision_plugin: Precision  # `self.clip_gradients` runs on its fused kernels
     lightning_module: LightningModule | None
+    barebones: bool  # `self.log` warns and drops the value
 
     @property
     def metric_store(self) -> MetricSink:
@@ -251,7 +254,7 @@ class CheckpointTrainer(CallbackTrainer, Protocol):
     @property
     def enable_validation(self) -> bool: ...
 
-    def save_checkpoint(self, filepath: Any, weights_only: bool = False) -> None: ...
+    def save_checkpoint(self, filepath: Any, weights_only: bool = False, storage_options: Any | None = None) -> None: ...
 
     def dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
         """The checkpoint of the current state (see trainer/resume.py)."""

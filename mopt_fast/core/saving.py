@@ -39,7 +39,7 @@ import struct
 import tempfile
 import warnings
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import IO, Any
 
@@ -47,7 +47,7 @@ import torch
 
 __all__ = ["FORMAT", "LIGHTNING_LAYOUT_VERSION", "LIGHTNING_VERSION_KEY", "AttributeDict", "PickledCheckpointError",
            "checkpoint_source", "checksum", "filesystem", "load_checkpoint", "load_hparams_from_tags_csv",
-           "load_hparams_from_yaml", "remove_stale_temporaries", "save_atomic", "save_checkpoint_file",
+           "load_hparams_from_yaml", "remove_stale_temporaries", "save_atomic", "save_checkpoint_file", "seal",
            "save_hparams_to_yaml", "torch_load"]
 
 
@@ -240,13 +240,19 @@ def checksum(ckpt: Mapping[str, Any]) -> str:
     return f"{_CHECKSUM_ALGORITHM}:{h.hexdigest()}"
 
 
+def seal(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """`ckpt` with the checksum of its contents added (what `load_checkpoint` checks)."""
+    sealed = {k: v for k, v in ckpt.items() if k != _CHECKSUM_KEY}
+    sealed[_CHECKSUM_KEY] = checksum(sealed)
+    return sealed
+
+
 def save_checkpoint_file(ckpt: dict[str, Any], *paths: str) -> None:
     """Writes the checkpoint dictionary `ckpt` (with its format marker) to each of `paths`,
     atomically (a path with a protocol, "s3://", "memory://": through fsspec, in one write), with
     the checksum of its contents added. A value a weights_only load could not
     read back is a TypeError here, before anything is written."""
-    sealed = {k: v for k, v in ckpt.items() if k != _CHECKSUM_KEY}
-    sealed[_CHECKSUM_KEY] = checksum(sealed)
+    sealed = seal(ckpt)
     for path in paths:
         if _is_url(path):  # through fsspec, as Lightning writes there: in one write, not atomically
             with _fsspec().open(path, "wb") as f:
@@ -337,17 +343,24 @@ def _not_a_checkpoint(path: str, ckpt: Any) -> ValueError:
     return ValueError(f"{path!r} is not a checkpoint of mopt_fast or Lightning: expected {expected}; found {found}")
 
 
-def load_checkpoint(path: str, weights_only: bool = True) -> dict[str, Any]:
+def load_checkpoint(path: str, weights_only: bool = True,
+                    read: Callable[[str, bool], Any] | None = None) -> dict[str, Any]:
     """Loads a checkpoint written by `Trainer.save_checkpoint` or `ModelCheckpoint`, of mopt_fast
     or of Lightning, with ``weights_only=True`` unless told otherwise (`torch_load`: a local path
     or one with a protocol). A mopt_fast checkpoint's checksum is checked (Lightning's have none).
     A truncated or corrupt file, or one that is no checkpoint of either, raises ValueError naming
     the file and what was expected; one that holds pickled objects (a hyperparameter that is an
     ``nn.Module``) raises `PickledCheckpointError` under ``weights_only=True``: an UnpicklingError,
-    as Lightning's Trainer raises, and a ValueError. The returned dictionary has no checksum entry."""
-    _check_exists(path)
+    as Lightning's Trainer raises, and a ValueError. The returned dictionary has no checksum entry.
+    `read(path, weights_only)`: how the dictionary is read (a user's CheckpointIO plugin), checked
+    as any other; None: `torch_load` to the CPU."""
+    if read is None:
+        _check_exists(path)
     try:
-        ckpt = torch_load(path, map_location="cpu", weights_only=weights_only)
+        ckpt = torch_load(path, map_location="cpu", weights_only=weights_only) if read is None else read(
+            path, weights_only)
+    except FileNotFoundError:
+        raise
     except pickle.UnpicklingError as e:
         if weights_only and "Weights only load failed" in str(e):
             # A file holding pickled objects: torch's message (what to do), naming the file; the class

@@ -42,7 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off":
 # accepted at that value, a NotImplementedError naming the feature at any other.
 UNSUPPORTED = {
-    "profiler": None, "barebones": False, "plugins": None, "reload_dataloaders_every_n_epochs": 0,
+    "profiler": None, "reload_dataloaders_every_n_epochs": 0,
     "model_registry": None,
 }
 
@@ -176,6 +176,59 @@ def check_unsupported(**args: Any) -> None:
     for name, off in UNSUPPORTED.items():
         if args[name] != off:
             raise NotImplementedError(f"mopt_fast.Trainer does not support `{name}={args[name]!r}` yet")
+
+
+def _set(value: Any) -> bool:
+    return bool(value)
+
+
+def _nonzero(value: Any) -> bool:
+    return value is not None and value != 0
+
+
+# Lightning's barebones checks, in its order: (argument, whether the value given is refused, what
+# it costs). The first six are opt-outs barebones switches off (to `_BAREBONES_OFF`); the last
+# three are opt-ins it only refuses.
+_BAREBONES_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("enable_checkpointing", _set, "Checkpointing can impact raw speed so it is disabled in barebones mode."),
+    ("logger", lambda value: value is not None and value is not False, "Logging can impact raw speed so it is disabled in barebones mode."),
+    ("enable_progress_bar", _set, "The progress bar can impact raw speed so it is disabled in barebones mode."),
+    ("log_every_n_steps", _nonzero, "Logging can impact raw speed so it is disabled in barebones mode."),
+    ("enable_model_summary", _set, "Model summary can impact raw speed so it is disabled in barebones mode."),
+    ("num_sanity_val_steps", _nonzero,
+     "Sanity checking can impact raw speed so it is disabled in barebones mode."),
+    ("fast_dev_run", lambda value: value is not False and value != 0,
+     "Development run is not meant for raw speed evaluation so it is disabled in barebones mode."),
+    ("detect_anomaly", _set, "Anomaly detection can impact raw speed so it is disabled in barebones mode."),
+    ("profiler", lambda value: value is not None, "Profiling can impact raw speed so it is disabled in barebones mode."),
+)
+_BAREBONES_OFF = {"enable_checkpointing": False, "logger": False, "enable_progress_bar": False,
+                  "log_every_n_steps": 0, "enable_model_summary": False, "num_sanity_val_steps": 0}
+_BAREBONES_DEACTIVATED = (
+    " - Checkpointing: `Trainer(enable_checkpointing=True)`",
+    " - Progress bar: `Trainer(enable_progress_bar=True)`",
+    " - Model summary: `Trainer(enable_model_summary=True)`",
+    " - Logging: `Trainer(logger=True)`, `Trainer(log_every_n_steps>0)`,"
+    " `LightningModule.log(...)`, `LightningModule.log_dict(...)`",
+    " - Sanity checking: `Trainer(num_sanity_val_steps>0)`",
+    " - Development run: `Trainer(fast_dev_run=True)`",
+    " - Anomaly detection: `Trainer(detect_anomaly=True)`",
+    " - Profiling: `Trainer(profiler=...)`",
+)
+
+
+def barebones_args(args: dict[str, Any]) -> dict[str, Any]:
+    """`Trainer(barebones=True)`: Lightning's ValueError for an argument in `args` that the mode
+    turns off or refuses, then its INFO line listing what is off; returns the opt-out arguments
+    switched off. Everything the mode turns off is an argument, so the loops need no check of
+    their own (`LightningModule.log` is the one that looks: it warns and drops the value)."""
+    for name, refused, why in _BAREBONES_CHECKS:
+        if refused(args[name]):
+            raise ValueError(f"`Trainer(barebones=True, {name}={args[name]!r})` was passed. {why}")
+    info("You are running in `Trainer(barebones=True)` mode. All features that may impact raw speed have been"
+         " disabled to facilitate analyzing the Trainer overhead. Specifically, the following features are"
+         f" deactivated:{os.linesep}{os.linesep.join(_BAREBONES_DEACTIVATED)}")
+    return dict(_BAREBONES_OFF)
 
 
 def check_num_nodes(num_nodes: Any) -> int:

@@ -234,18 +234,25 @@ def batch_transfer(trainer: Trainer) -> Callable[[Any, int], Any] | None:
     """The loops' ``batch -> batch`` step for a run in which the module or the data module overrides
     a batch-transfer hook: `on_before_batch_transfer`, `transfer_batch_to_device` (to the root
     device), `on_after_batch_transfer`, each of the owner `batch_hook_owner` picks, run as that hook
-    (``self.log`` in it is Lightning's error). None when none is overridden: the loops then move
-    the batch themselves (nothing on the CPU), with no call per batch."""
+    (``self.log`` in it is Lightning's error); under "16-true", "bf16-true" or "64-true" the
+    precision's cast of the batch comes first, as in Lightning's loops. None when there is nothing
+    to do but move the batch: the loops then move it themselves (nothing on the CPU), with no call
+    per batch."""
     model, datamodule = trainer.lightning_module, trainer.datamodule
     base = datamodule_base(datamodule)
+    precision = trainer.precision_plugin
+    device = trainer.root_device
     if not any(is_overridden(name, model, LightningModule)
                or (base is not None and is_overridden(name, datamodule, base)) for name in BATCH_TRANSFER_HOOKS):
-        return None
+        if precision.module_dtype is None:
+            return None
+        return lambda batch, dataloader_idx: move_to_device(precision.convert_input(batch), device)
     before, move, after = (getattr(batch_hook_owner(trainer, name), name) for name in BATCH_TRANSFER_HOOKS)
-    run_as, device = trainer.hooks.run_as, trainer.root_device
+    run_as = trainer.hooks.run_as
+    convert = precision.convert_input
 
     def transfer(batch: Any, dataloader_idx: int) -> Any:
-        batch = run_as("on_before_batch_transfer", before, batch, dataloader_idx)
+        batch = run_as("on_before_batch_transfer", before, convert(batch), dataloader_idx)
         batch = run_as("transfer_batch_to_device", move, batch, device, dataloader_idx)
         return run_as("on_after_batch_transfer", after, batch, dataloader_idx)
 

@@ -35,7 +35,7 @@ import torch
 from mopt_fast.callbacks.callback import Callback
 from mopt_fast.core.datamodule import LightningDataModule
 from mopt_fast.core.module import LightningModule
-from mopt_fast.precision import MixedPrecision, Precision
+from mopt_fast.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from mopt_fast.trainer._metrics import to_scalars
 
 if TYPE_CHECKING:
@@ -149,13 +149,15 @@ def _rebuild_plain(cls: type, state: dict[str, Any]) -> Any:
 
 def lightning_precision_view(plugin: Precision) -> Precision:
     """`plugin`, also an instance of Lightning's matching precision class when Lightning is
-    imported (``Precision`` for 32-true, ``MixedPrecision`` for the mixed modes), with the
+    imported (``Precision`` for 32-true, ``MixedPrecision`` for the mixed modes, ``HalfPrecision`` and
+    ``DoublePrecision`` for the other "*-true"), with the
     ``precision`` and ``device`` attributes Lightning reads. mopt_fast's methods come first: the
     Trainer's behaviour does not change. `plugin` itself is returned otherwise."""
-    if type(plugin) not in (Precision, MixedPrecision):  # a user's subclass, or already a view
+    names = {Precision: "Precision", MixedPrecision: "MixedPrecision", HalfPrecision: "HalfPrecision",
+             DoublePrecision: "DoublePrecision"}
+    if type(plugin) not in names:  # a user's subclass, or already a view
         return plugin
-    theirs = lightning_classes("plugins.precision", "MixedPrecision" if isinstance(plugin, MixedPrecision)
-                               else "Precision")
+    theirs = lightning_classes("plugins.precision", names[type(plugin)])
     if not theirs:
         return plugin
     plugin.__class__ = _view_class(type(plugin), theirs[0])

@@ -106,9 +106,9 @@ class EmptyInit(TorchFunctionMode):
 @contextlib.contextmanager
 def tensor_init_context(trainer: Trainer, empty_init: bool | None = None) -> Generator[None, None, None]:
     """Tensors made inside go straight to the Trainer's device (Lightning's single-device and DDP
-    `tensor_init_context`); uninitialized with `empty_init`. The precisions built here ("32-true"
-    and the mixed ones) keep the default dtype, as Lightning's do."""
-    with EmptyInit(enabled=bool(empty_init)), trainer.root_device:
+    `tensor_init_context`); uninitialized with `empty_init`; in the precision's dtype under
+    "16-true", "bf16-true" and "64-true" (the other precisions keep the default dtype, as Lightning's do)."""
+    with EmptyInit(enabled=bool(empty_init)), trainer.root_device, trainer.precision_plugin.tensor_init_context():
         yield
 
 

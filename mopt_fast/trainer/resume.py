@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.core.hparams import HyperparametersMixin
-from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, load_checkpoint
+from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, filesystem
 from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
@@ -143,23 +143,32 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
             for cb in model_checkpoints if cb.dirpath
         ]
         for c in candidates:  # not "no last checkpoint": that would train from scratch
-            if os.path.exists(c) and not os.path.isfile(c):
+            if filesystem(c).exists(c) and not filesystem(c).isfile(c):
                 raise IsADirectoryError(
                     f'.{fn}(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
                     "pass the checkpoint's path"
                 )
         # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (callbacks/model_checkpoint.py); the newest wins
-        found = [c for cb in model_checkpoints for c in cb._find_last_checkpoints(trainer) if os.path.isfile(c)]
-        found += [cb.ckpt_path for cb in on_exception if os.path.isfile(cb.ckpt_path)]
+        paths = [c for cb in model_checkpoints for c in cb._find_last_checkpoints(trainer)]
+        paths += [cb.ckpt_path for cb in on_exception]
+        found = {c: t for c in paths if (t := _modified(c)) is not None}
         if not found:
             warn(
                 f'.{fn}(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will be '
                 "loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
             return None
-        return max(found, key=os.path.getmtime)
+        return max(found, key=found.__getitem__)
     if ckpt_path in ("hpc", "registry") or ckpt_path.startswith("registry:"):
         raise NotImplementedError(f"`.{fn}(ckpt_path={ckpt_path!r})` (SLURM / model registry) is not built")
     return ckpt_path
+
+
+def _modified(path: str) -> float | None:
+    """When the checkpoint file at `path` (local or a URL) was last written; None if there is none."""
+    if "://" not in path:
+        return os.path.getmtime(path) if os.path.isfile(path) else None
+    fs = filesystem(path)
+    return fs.modified(path).timestamp() if fs.isfile(path) else None
 
 
 def load_for_resume(trainer: Trainer, path: str, weights_only: bool | None = None) -> dict[str, Any]:
@@ -167,7 +176,7 @@ def load_for_resume(trainer: Trainer, path: str, weights_only: bool | None = Non
     optimizers and schedulers configured and against max_epochs before anything is restored:
     a file that cannot resume changes nothing."""
     rank_zero_info(trainer, f"Restoring states from the checkpoint path at {path}")
-    ckpt = load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+    ckpt = trainer.strategy.load_checkpoint(path, weights_only)
     # Lightning's errors for a weights-only file (its loops are there, the optimizers are not)
     if "optimizer_states" not in ckpt:
         raise KeyError(
@@ -213,7 +222,7 @@ def restore_weights(trainer: Trainer, path: str, weights_only: bool | None = Non
     """validate/test/predict(ckpt_path=...): the module's weights (after its on_load_checkpoint), the
     data module's state and every callback's state, as Lightning's `_restore_modules_and_callbacks`."""
     rank_zero_info(trainer, f"Restoring states from the checkpoint path at {path}")
-    ckpt = load_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+    ckpt = trainer.strategy.load_checkpoint(path, weights_only)
     model = trainer.lightning_module
     assert model is not None  # attached before the checkpoint is restored
     trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)

@@ -28,7 +28,6 @@ import atexit
 import contextlib
 import datetime
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -42,8 +41,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from mopt_fast.core.saving import save_checkpoint_file
+from mopt_fast.core.saving import load_checkpoint, seal
 from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.plugins.io import TorchCheckpointIO
 from mopt_fast.trainer._data import with_sampler
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ class Strategy:
         self._device_index: int | None = None  # the CUDA device of a one-process run
         self._trainer: Trainer | None = None
         self._root_device: torch.device | None = None  # root_device, once known (read per logged value)
+        # How checkpoints reach storage (Lightning's CheckpointIO plugin; `Trainer(plugins=...)` sets another).
+        self.checkpoint_io: Any = TorchCheckpointIO()
 
     def connect_trainer(self, trainer: Trainer, device_type: str, device_index: int | None) -> None:
         """The Trainer this strategy runs for, and the device type it was given ("cpu", "cuda")."""
@@ -173,22 +175,28 @@ class Strategy:
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
-        """Write `checkpoint` to `filepath` on global rank 0 (atomically, with mopt_fast's checksum)."""
-        if storage_options is not None:
-            raise TypeError("`Strategy.save_checkpoint(storage_options=...)` is not supported: mopt_fast writes "
-                            "checkpoints itself (no CheckpointIO plugin)")
+        """Write `checkpoint` to `filepath` on global rank 0, through `checkpoint_io` (by default
+        atomically, with mopt_fast's checksum)."""
         if self.is_global_zero:
-            save_checkpoint_file(checkpoint, os.fspath(filepath))
+            io = self.checkpoint_io
+            if type(io) is not TorchCheckpointIO:  # a user's writer: checksummed here, checked on load
+                checkpoint = seal(checkpoint)
+            io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None) -> dict[str, Any]:
+        """The checkpoint at `checkpoint_path`, read through `checkpoint_io` and checked as every
+        checkpoint is (`mopt_fast.core.saving.load_checkpoint`); ``weights_only`` None: True."""
+        io = self.checkpoint_io
+        # A user's reader gets `weights_only` as given (None included), as Lightning hands it over.
+        read = None if type(io) is TorchCheckpointIO else (
+            lambda path, _: io.load_checkpoint(path, weights_only=weights_only))
+        return load_checkpoint(os.fspath(checkpoint_path), weights_only=True if weights_only is None else weights_only,
+                               read=read)
 
     def remove_checkpoint(self, filepath: str | os.PathLike) -> None:
-        """Delete a checkpoint file (or folder) on global rank 0, if it exists (Lightning's)."""
-        if not self.is_global_zero:
-            return
-        path = os.fspath(filepath)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+        """Delete a checkpoint (file or folder) on global rank 0, through `checkpoint_io`, if it exists."""
+        if self.is_global_zero:
+            self.checkpoint_io.remove_checkpoint(filepath)
 
     # -- the Trainer's seam ------------------------------------------------------------------------
     def setup_environment(self, accelerator: str) -> None:

@@ -42,7 +42,6 @@ from mopt_fast.core.datamodule import LightningDataModule, datamodule_base, is_d
 from mopt_fast.core.hparams import clean_namespace
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
-from mopt_fast.core.saving import save_checkpoint_file
 from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, not_built
 from mopt_fast.loggers.logger import Logger
@@ -61,6 +60,7 @@ from mopt_fast.trainer._lightning_surface import (
 )
 from mopt_fast.trainer._logging import log_hyperparams_at_start, start_experiments
 from mopt_fast.trainer._metrics import MetricStore
+from mopt_fast.trainer._plugins import parse_plugins
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
 from mopt_fast.trainer.fit_loop import FitLoop
@@ -96,7 +96,8 @@ class Trainer:
         devices: processes per node: "auto" (1), an int, or a list of CUDA device indices.
         num_nodes: nodes (each started by torchrun).
         precision: "32-true" / "32", "16-mixed" (CUDA; on the CPU it falls back to bf16-mixed with
-            a warning, as Lightning), "bf16-mixed".
+            a warning, as Lightning), "bf16-mixed"; "16-true", "bf16-true", "64-true": the module's
+            parameters and the batches' floating-point tensors in that dtype.
         logger: True (under `default_root_dir`: a TensorBoardLogger when tensorboard is installed, else a
             CSVLogger, as Lightning), False, a logger or a list of them.
         callbacks: a Callback or a list of them.
@@ -112,6 +113,9 @@ class Trainer:
         accumulate_grad_batches: automatic optimization only: step every N batches, loss / N.
         gradient_clip_val / gradient_clip_algorithm: automatic optimization only ("norm"/"value").
         default_root_dir: where the loggers write (default: the working directory; "~" expanded).
+        barebones: measure the Trainer's own overhead: checkpointing, logging (``self.log`` too),
+            the progress bar, the model summary and the sanity check off (Lightning's ValueError if
+            one of them, fast_dev_run, detect_anomaly or a profiler is asked for).
 
     Every argument not passed is read from a ``PL_TRAINER_<ARGUMENT>`` environment variable when set
     (``PL_TRAINER_MAX_EPOCHS=3``), as Lightning's Trainer does.
@@ -125,6 +129,7 @@ class Trainer:
     strategy: Strategy
     precision: str
     precision_plugin: Precision
+    barebones: bool
     accumulate_grad_batches: int
     gradient_clip_val: int | float | None
     gradient_clip_algorithm: str | None
@@ -198,7 +203,17 @@ class Trainer:
         enable_autolog_hparams: bool = True,
         model_registry: str | None = None,
     ) -> None:
-        _args.check_unsupported(profiler=profiler, barebones=barebones, plugins=plugins,
+        self.barebones = bool(barebones)
+        if barebones:  # switches the opt-outs off (Lightning's checks, first in its __init__ too)
+            off = _args.barebones_args({
+                "enable_checkpointing": enable_checkpointing, "logger": logger,
+                "enable_progress_bar": enable_progress_bar, "log_every_n_steps": log_every_n_steps,
+                "enable_model_summary": enable_model_summary, "num_sanity_val_steps": num_sanity_val_steps,
+                "fast_dev_run": fast_dev_run, "detect_anomaly": detect_anomaly, "profiler": profiler})
+            enable_checkpointing, logger = off["enable_checkpointing"], off["logger"]
+            enable_progress_bar, log_every_n_steps = off["enable_progress_bar"], off["log_every_n_steps"]
+            enable_model_summary, num_sanity_val_steps = off["enable_model_summary"], off["num_sanity_val_steps"]
+        _args.check_unsupported(profiler=profiler,
                                 reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
                                 model_registry=model_registry)
         _args.set_torch_flags(deterministic, benchmark)
@@ -206,8 +221,12 @@ class Trainer:
         self._accelerator, self.num_devices, self._device_index = _args.parse_devices(accelerator, devices)
         self.strategy = make_strategy(strategy, self.num_devices, self.num_nodes)
         self.strategy.connect_trainer(self, self._accelerator, self._device_index)
-        self.precision_plugin = _args.precision_plugin(precision, self._accelerator)
+        given = parse_plugins(plugins, precision, sync_batchnorm, self._accelerator)
+        self.precision_plugin = given.precision or _args.precision_plugin(precision, self._accelerator)
         self.precision = self.precision_plugin.name
+        sync_batchnorm = given.sync_batchnorm
+        if given.checkpoint_io is not None:
+            self.strategy.checkpoint_io = given.checkpoint_io
         self.accumulate_grad_batches = _args.check_accumulate(accumulate_grad_batches)
         self.max_epochs, self.max_steps = _args.check_max_limits(max_epochs, max_steps)
         self.min_epochs, self.min_steps = _args.check_min_limits(min_epochs, min_steps)
@@ -807,6 +826,7 @@ class Trainer:
         shut_down_workers(self.fit_loop.loader)
         for loop in (self.val_loop, self.validate_loop, self.test_loop, self.predict_loop):
             loop.teardown()
+        self.strategy.checkpoint_io.teardown()  # Lightning's Strategy.teardown
         metrics = self.metric_store
         for name in ("_callback", "_logged", "_pbar"):
             values = getattr(metrics, name, None)
@@ -826,6 +846,9 @@ class Trainer:
                 self.max_epochs = 1000
             else:
                 self.max_epochs = -1
+        if self.barebones:  # no progress bar can make it look as if the Trainer hung (Lightning's line)
+            _args.info("`Trainer(barebones=True)` started running. The progress bar is disabled so you might want to"
+                       " manually print the progress in your model.")
         if model.hparams:  # Lightning's: what cannot be pickled would fail every checkpoint save
             clean_namespace(model.hparams)
         _model_setup.attach_model_callbacks(self, model, self.hooks.run_as)
@@ -843,6 +866,7 @@ class Trainer:
         self.hooks.call_datamodule("setup", stage=fn)
         self.hooks.call("setup", stage=fn)
         _model_setup.call_configure_model(self, model, self.hooks.run_as)
+        self.precision_plugin.convert_module(model)  # "*-true": before the optimizers see the parameters
         restored_metrics = None
         if fn == TrainerFn.FITTING:
             if self.sync_batchnorm and self.strategy.is_distributed:
@@ -1043,14 +1067,16 @@ class Trainer:
             self._ckpt_path, self._ckpt_path_user_managed = None, False
         return resume.select_ckpt_path(self, ckpt_path, model_provided)
 
-    def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False) -> None:
-        """Write a checkpoint of the current state to `filepath` (atomically). `weights_only`:
-        the model only, no optimizer, scheduler or loop state (such a file cannot resume a fit)."""
+    def save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool = False,
+                        storage_options: Any | None = None) -> None:
+        """Write a checkpoint of the current state to `filepath` (atomically, unless a checkpoint IO
+        plugin writes it otherwise). `weights_only`: the model only, no optimizer, scheduler or loop
+        state (such a file cannot resume a fit); `storage_options`: for a checkpoint IO plugin."""
         if self.lightning_module is None or not self.optimizers and not weights_only:
             raise RuntimeError("save_checkpoint() needs a model that has been fitted (or is being fitted)")
         ckpt = self.dump_checkpoint(weights_only)
-        if self.is_global_zero:  # the DDP ranks hold the same state: one writes, all wait
-            save_checkpoint_file(ckpt, os.fspath(filepath))
+        # The DDP ranks hold the same state: global rank 0 writes (the strategy's rule), all wait.
+        self.strategy.save_checkpoint(ckpt, filepath, storage_options=storage_options)
         self.strategy.barrier()
 
     def _rank_zero_loggers(self) -> list[Logger]:
