@@ -332,9 +332,12 @@ def finetuning_callback(C: Any) -> Any:
     return Finetuning()
 
 
-BACKBONE = {"lr": dict(unfreeze_backbone_at_epoch=1, backbone_initial_lr=0.01, verbose=True),
+# "lr": the backbone's rate triples, then quadruples, then meets the head's (aligned to it);
+# "ratio": half the head's, growing by half each epoch past it (not aligned), logged to 2 digits.
+BACKBONE = {"lr": dict(unfreeze_backbone_at_epoch=1, backbone_initial_lr=0.01, lambda_func=lambda epoch: epoch,
+                       verbose=True),
             "ratio": dict(unfreeze_backbone_at_epoch=1, backbone_initial_ratio_lr=0.5, should_align=False,
-                          lambda_func=lambda epoch: 1.5, verbose=True, rounding=3)}
+                          lambda_func=lambda epoch: 1.5, verbose=True, rounding=2)}
 
 
 class LogLines(logging.Handler):
@@ -372,7 +375,7 @@ def test_finetuning(name: str) -> None:
             lg.addHandler(handler)
             lg.setLevel(logging.INFO)
         try:
-            got[way] = run(way, make, case=with_backbone, max_epochs=3, limit_val_batches=0)
+            got[way] = run(way, make, case=with_backbone, max_epochs=4, limit_train_batches=3, limit_val_batches=0)
         finally:
             for lg, level in zip(loggers, levels):
                 lg.removeHandler(handler)
@@ -386,6 +389,9 @@ def test_finetuning(name: str) -> None:
     assert len(groups) == (3 if name == "BaseFinetuning" else 2) and all(trainable)
     if name == "BaseFinetuning":  # the warning for parameters already in the optimizer
         assert extra(got["lightning"])[2]
+    else:
+        expected = {"lr": "Backbone lr: 0.05", "ratio": "Current lr: 0.05, Backbone lr: 0.06"}[name]
+        assert lines[id(got["lightning"]["trainer"])][-1].endswith(expected)
     assert bool(lines[id(got["lightning"]["trainer"])]) == (name != "BaseFinetuning")
 
 
@@ -412,9 +418,19 @@ def test_finetuning_resumes_with_its_param_groups(name: str) -> None:
     assert got["lightning"]["error"] is None and len(got["lightning"]["trainer"].optimizers[0].param_groups) >= 2
 
 
+def listed_backbone(LM: type) -> type:
+    """A `backbone` that is a list of modules, not a module."""
+    class Listed(AUTOMATIC(LM)):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = [nn.Linear(8, 8)]
+
+    return Listed
+
+
 def test_backbone_finetuning_needs_a_backbone() -> None:
-    got = compare(lambda C: [C.BackboneFinetuning()], max_epochs=1)
-    assert "backbone" in got["lightning"]["error"].args[0]
+    got = compare(lambda C: [C.BackboneFinetuning()], case=listed_backbone, max_epochs=1)
+    assert type(got["lightning"]["error"]).__name__ == "MisconfigurationException"
 
 
 # -- BasePredictionWriter ---------------------------------------------------------------------------------
@@ -529,10 +545,17 @@ def with_example_input(LM: type) -> type:
 
 
 @pytest.mark.parametrize("kwargs", [dict(max_depth=2), dict(max_depth=-1, header_style="bold green")], ids=str)
-def test_rich_model_summary(kwargs: dict[str, Any]) -> None:
+def test_rich_model_summary(kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same table and totals, styles included (a console that writes them to stdout)."""
+    import rich
+    from rich.console import Console
+
+    console = Console(force_terminal=True, color_system="standard", width=120)  # stdout when it prints
+    monkeypatch.setattr(rich, "get_console", lambda: console)
     got = compare(lambda C: [C.RichModelSummary(**kwargs)], case=with_example_input, max_epochs=1,
                   extra=lambda r: r["stdout"])
-    assert "Total FLOPs" in got["lightning"]["stdout"] and "In sizes" in got["lightning"]["stdout"]
+    out = got["lightning"]["stdout"]
+    assert "Total FLOPs" in out and "In sizes" in out and "\x1b[" in out
 
 
 def test_rich_model_summary_needs_rich(monkeypatch: pytest.MonkeyPatch) -> None:
