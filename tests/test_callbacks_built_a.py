@@ -473,6 +473,13 @@ def test_prediction_writer(interval: str) -> None:
 
 def test_prediction_writer_arguments() -> None:
     same_error(lambda C: C.BasePredictionWriter("step"))
+
+    class IterStep(mopt_fast.LightningModule):
+        def predict_step(self, dataloader_iter: Any) -> Any:
+            return None
+
+    # (mopt_fast.Trainer itself refuses a `dataloader_iter` step first: not built, see the README)
+    same_error(lambda C: C.BasePredictionWriter().setup(None, IterStep(), "predict"))
     assert mopt_fast.callbacks.BasePredictionWriter("epoch").interval == "EPOCH"  # a string enum, as Lightning's
 
 
