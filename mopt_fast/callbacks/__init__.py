@@ -10,16 +10,23 @@ from __future__ import annotations
 from typing import Any
 
 from mopt_fast.callbacks.callback import Callback
+from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason  # noqa: F401
+from mopt_fast.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
+from mopt_fast.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
+from mopt_fast.callbacks.lambda_function import LambdaCallback
 from mopt_fast.callbacks.lr_monitor import LearningRateMonitor
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.model_summary import ModelSummary
+from mopt_fast.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+from mopt_fast.callbacks.prediction_writer import BasePredictionWriter
 from mopt_fast.callbacks.progress import (  # noqa: F401
     ProgressBar,
     RichProgressBar,
     RichProgressBarTheme,
     TQDMProgressBar,
 )
+from mopt_fast.callbacks.rich_model_summary import RichModelSummary
 from mopt_fast.callbacks.timer import Timer
 from mopt_fast.exceptions import not_built
 
@@ -27,13 +34,15 @@ from mopt_fast.exceptions import not_built
 __all__ = [
     "Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
     "RichProgressBar", "TQDMProgressBar", "Timer",
+    "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "Checkpoint", "GradientAccumulationScheduler",
+    "LambdaCallback", "OnExceptionCheckpoint", "RichModelSummary",
 ]
 
 # The callbacks lightning.pytorch.callbacks exports that mopt_fast does not build.
 _NOT_BUILT = (
-    "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "BatchSizeFinder", "Checkpoint",
-    "DeviceStatsMonitor", "EMAWeightAveraging", "GradientAccumulationScheduler", "LambdaCallback",
-    "LearningRateFinder", "ModelPruning", "OnExceptionCheckpoint", "RichModelSummary", "SpikeDetection",
+    "BatchSizeFinder",
+    "DeviceStatsMonitor", "EMAWeightAveraging",
+    "LearningRateFinder", "ModelPruning", "SpikeDetection",
     "StochasticWeightAveraging", "ThroughputMonitor", "WeightAveraging",
 )
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mopt_fast.callbacks.callback import Callback, rank_zero_info, reduce_boolean_decision, trainer_fn
+from mopt_fast.callbacks.callback import rank_zero_info, reduce_boolean_decision, trainer_fn
+from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.core.saving import filesystem, remove_stale_temporaries
 from mopt_fast.exceptions import MisconfigurationException, not_built
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from mopt_fast.core.protocol import CheckpointTrainer
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Checkpoint):
     """Saves checkpoints during fit, as Lightning 2.6's ModelCheckpoint (same arguments, file names,
     top-k choices, state and messages).
 
@@ -61,7 +62,6 @@ class ModelCheckpoint(Callback):
     CHECKPOINT_NAME_LAST = "last"
     FILE_EXTENSION = ".ckpt"
     STARTING_VERSION = 1
-    _monitoring = True
     _is_model_checkpoint = True
 
     def __init__(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mopt_fast.precision import Precision
 
 __all__ = ["CallbackTrainer", "CheckpointTrainer", "FitLoopState", "HookState", "MetricSink", "MetricsTrainer",
-           "ModuleTrainer", "OptimizerTrainer", "StrategyLike", "TrainerProtocol"]
+           "ModuleTrainer", "OptimizerTrainer", "PredictLoopState", "StrategyLike", "TrainerProtocol"]
 
 
 class StrategyLike(Protocol):
@@ -65,6 +65,16 @@ class MetricSink(Protocol):
     def log(self, trainer: MetricsTrainer, name: str, value: Any, *, prog_bar: bool, logger: bool | None,
             on_step: bool | None, on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
             sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None: ...
+
+
+class PredictLoopState(Protocol):
+    """What the prediction writers read of the prediction loop."""
+
+    current_batch_indices: list[int]  # the dataset indices of the batch just predicted
+    epoch_batch_indices: list[list[list[int]]]  # per loader, per batch
+
+    @property
+    def predictions(self) -> list[Any]: ...
 
 
 class FitLoopState(Protocol):
@@ -182,6 +192,7 @@ class CallbackTrainer(Protocol):
     max_steps: int
     num_sanity_val_steps: int | float
     fast_dev_run: bool | int
+    accumulate_grad_batches: int  # GradientAccumulationScheduler sets it at each epoch start
 
     @property
     def default_root_dir(self) -> str: ...
@@ -194,6 +205,9 @@ class CallbackTrainer(Protocol):
 
     @property
     def fit_loop(self) -> FitLoopState: ...
+
+    @property
+    def predict_loop(self) -> PredictLoopState: ...
 
     @property
     def world_size(self) -> int: ...

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 import torch
 
 from mopt_fast.callbacks.callback import rank_zero_info, validate_callbacks_list
+from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.model_summary import ModelSummary
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
@@ -489,7 +490,7 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     cbs = [] if callbacks is None else ([callbacks] if not isinstance(callbacks, (list, tuple)) else list(callbacks))
     # Lightning's own callbacks of these kinds count as well (when the script brought them).
     timers, bar_kinds = kind_of(Timer, "Timer"), kind_of(ProgressBar, "ProgressBar")
-    summaries, checkpoints = kind_of(ModelSummary, "ModelSummary"), kind_of(ModelCheckpoint, "Checkpoint")
+    summaries, checkpoints = kind_of(ModelSummary, "ModelSummary"), kind_of(Checkpoint, "Checkpoint")
     if max_time is not None:
         if any(isinstance(c, timers) for c in cbs):
             info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch.overrides import TorchFunctionMode
 
 from mopt_fast.callbacks.callback import Callback
-from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
+from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.core.module import LightningModule
 from mopt_fast.trainer._args import info
 from mopt_fast.trainer._hooks import is_overridden
@@ -47,7 +47,7 @@ def attach_model_logging_functions(trainer: Trainer, model: LightningModule) -> 
 def _is_checkpoint(callback: Any) -> bool:
     """A checkpoint callback: ours, or one of Lightning's `Checkpoint` when the user brought it."""
     lightning_checkpoint = _lightning_class("Checkpoint")
-    return isinstance(callback, ModelCheckpoint) or (
+    return isinstance(callback, Checkpoint) or (
         lightning_checkpoint is not None and isinstance(callback, lightning_checkpoint))
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
+from mopt_fast.callbacks.prediction_writer import BasePredictionWriter
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.states import RunningStage, TrainerFn
 from mopt_fast.exceptions import PossibleUserWarning
@@ -43,7 +44,7 @@ from mopt_fast.trainer._data import (
     worker_check,
 )
 from mopt_fast.trainer._hooks import is_overridden, is_param_in_hook_signature
-from mopt_fast.trainer._lightning_surface import BatchProgress, lightning_classes
+from mopt_fast.trainer._lightning_surface import BatchProgress, kind_of
 from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._metrics import to_scalars
 from mopt_fast.trainer._warn import warn
@@ -356,7 +357,7 @@ class PredictionLoop(_Loop):
         self.return_predictions = True
         self._predictions: list[list[Any]] = []  # per loader, per batch
         self._warned_none = False
-        # For Lightning's BasePredictionWriter (as Lightning's prediction loop keeps them): the
+        # For the prediction writers (as Lightning's prediction loop keeps them): the
         # dataset indices of the current batch, and of every batch of the run per loader.
         self.current_batch_indices: list[int] = []
         self.epoch_batch_indices: list[list[list[int]]] = []
@@ -376,9 +377,10 @@ class PredictionLoop(_Loop):
         self.max_batches = [num_batches(dl, self.limit, self.prefix) for dl in self.loaders]
 
     def _writer_intervals(self) -> tuple[bool, bool]:
-        """Whether a prediction writer (Lightning's BasePredictionWriter) writes per batch, per epoch."""
-        kinds = lightning_classes("callbacks", "BasePredictionWriter")
-        writers: list[Any] = [cb for cb in self.trainer.callbacks if kinds and isinstance(cb, kinds)]
+        """Whether a prediction writer (mopt_fast's or Lightning's BasePredictionWriter) writes per
+        batch, per epoch."""
+        kinds = kind_of(BasePredictionWriter, "BasePredictionWriter")
+        writers: list[Any] = [cb for cb in self.trainer.callbacks if isinstance(cb, kinds)]
         return any(cb.interval.on_batch for cb in writers), any(cb.interval.on_epoch for cb in writers)
 
     def _store_batch_indices(self, loader: Any, dl_idx: int, batch_idx: int, on_batch: bool, on_epoch: bool) -> None:

@@ -20,13 +20,14 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
+from mopt_fast.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from mopt_fast.core.hparams import HyperparametersMixin
 from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, filesystem
 from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
 from mopt_fast.trainer._lightning_ckpt import fit_loop_state, lightning_loops
-from mopt_fast.trainer._lightning_surface import is_lightning_callback
+from mopt_fast.trainer._lightning_surface import kind_of
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.strategies import FSDPStrategy
 
@@ -96,9 +97,10 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
     fn = trainer.state.fn.value
     if ckpt_path is not None:
         ckpt_path = os.fspath(ckpt_path)
-    # Lightning's OnExceptionCheckpoint: a fit without ckpt_path resumes from the newest "last"
-    # checkpoint, its on-exception file included (Lightning's rule).
-    on_exception = [cb for cb in trainer.callbacks if is_lightning_callback(cb, "OnExceptionCheckpoint")]
+    # An OnExceptionCheckpoint (ours or Lightning's): a fit without ckpt_path resumes from the newest
+    # "last" checkpoint, its on-exception file included (Lightning's rule).
+    kinds = kind_of(OnExceptionCheckpoint, "OnExceptionCheckpoint")
+    on_exception: list[Any] = [cb for cb in trainer.callbacks if isinstance(cb, kinds)]
     if ckpt_path is None and on_exception and trainer.state.fn == TrainerFn.FITTING:
         ckpt_path = "last"
         warn(
@@ -109,10 +111,12 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
         return None
     if ckpt_path is None:
         ckpt_path = "best"
+        on_exception_tip = (" There is also an on-exception checkpoint available, however it is used by default only"
+                            " when fitting." if on_exception else "")
         warn(
             f"`.{fn}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call will be "
-            f"used. You can pass `.{fn}(ckpt_path='best')` to use the best model or `.{fn}(ckpt_path='last')` to use "
-            "the last model. If you pass a value, this warning will be silenced.")
+            f"used.{on_exception_tip} You can pass `.{fn}(ckpt_path='best')` to use the best model or "
+            f"`.{fn}(ckpt_path='last')` to use the last model. If you pass a value, this warning will be silenced.")
     if ckpt_path == "best":
         callbacks = trainer.checkpoint_callbacks
         if len(callbacks) > 1:
@@ -240,9 +244,10 @@ def _restore_datamodule(trainer: Trainer, ckpt: dict[str, Any]) -> None:
 
 def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     """Everything but the metrics (loaded after the sanity check: returned; None for a Lightning
-    checkpoint, which has none) and the RNG (set by the fit loop once it has rebuilt the epoch's
+    checkpoint, which has none), the RNG (set by the fit loop once it has rebuilt the epoch's
     data order: `FitLoop.resume_rng`; a Lightning checkpoint has none, and the RNG is left as it
-    is, as Lightning leaves it)."""
+    is, as Lightning leaves it) and the optimizers' and schedulers' states (`restore_optimizers`,
+    after on_fit_start)."""
     model = trainer.lightning_module
     assert model is not None  # attached before the checkpoint is restored
     fit_state, val_state = _loop_states(ckpt)
@@ -260,12 +265,18 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     trainer.fit_loop.resume_rng = ours.get("rng", {})  # {}: no RNG state (Lightning's): left as it is
     if val_state is not None:
         trainer.val_loop.load_state_dict(val_state)
+    return ours.get("metrics")
+
+
+def restore_optimizers(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """The optimizers' and schedulers' states, after on_fit_start as in Lightning: a callback may
+    first give an optimizer back the parameter groups it had added (BaseFinetuning), which
+    configure_optimizers did not build."""
     for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
         opt.load_state_dict(state)
     for config, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
         config.scheduler.load_state_dict(state)
     rank_zero_info(trainer, f"Restored all states from the checkpoint at {trainer.ckpt_path}")
-    return ours.get("metrics")
 
 
 def _loops_of_format_2(flat: dict[str, Any]) -> dict[str, Any]:
@@ -295,8 +306,14 @@ def save_callback_states(trainer: Trainer, checkpoint: dict[str, Any], on_save: 
 
 def _call_callbacks_on_save(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     for cb in trainer.callbacks:
-        if type(cb).on_save_checkpoint is not Callback.on_save_checkpoint:
+        if _has_hook(cb, "on_save_checkpoint"):
             cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
+
+
+def _has_hook(callback: Any, name: str) -> bool:
+    """`callback` has its own hook `name`: its class's (not mopt_fast's no-op), or one set on the
+    instance (a LambdaCallback's)."""
+    return name in getattr(callback, "__dict__", {}) or getattr(type(callback), name) is not getattr(Callback, name)
 
 
 def load_callback_states(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
@@ -320,7 +337,7 @@ def load_callback_states(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
             stacklevel=4,
         )
     for cb in trainer.callbacks:
-        if type(cb).on_load_checkpoint is not Callback.on_load_checkpoint:
+        if _has_hook(cb, "on_load_checkpoint"):
             cb.on_load_checkpoint(trainer, trainer.lightning_module, checkpoint)
     for cb in trainer.callbacks:
         state = states.get(cb.state_key, states.get(legacy.get(id(cb), "")))

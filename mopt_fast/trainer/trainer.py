@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
+from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.callbacks.early_stopping import EarlyStopping
-from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
 from mopt_fast.callbacks.timer import Timer
 from mopt_fast.core.datamodule import LightningDataModule, datamodule_base, is_datamodule
@@ -497,8 +497,8 @@ class Trainer:
 
     @property
     def checkpoint_callbacks(self) -> list[Any]:
-        """mopt_fast's ModelCheckpoints and Lightning's checkpoint callbacks (Lightning's `Checkpoint`)."""
-        kinds = kind_of(ModelCheckpoint, "Checkpoint")
+        """The checkpoint callbacks (subclasses of mopt_fast's or Lightning's `Checkpoint`)."""
+        kinds = kind_of(Checkpoint, "Checkpoint")
         return [c for c in self.callbacks if isinstance(c, kinds)]
 
     @property
@@ -867,19 +867,22 @@ class Trainer:
         self.hooks.call("setup", stage=fn)
         _model_setup.call_configure_model(self, model, self.hooks.run_as)
         self.precision_plugin.convert_module(model)  # "*-true": before the optimizers see the parameters
-        restored_metrics = None
+        restored_metrics = resumed = None
         if fn == TrainerFn.FITTING:
             if self.sync_batchnorm and self.strategy.is_distributed:
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.strategy.wrap(model)
             self._setup_optimizers(model)
             if ckpt_path is not None:
-                restored_metrics = resume.restore(self, resume.load_for_resume(self, ckpt_path, self._ckpt_weights_only))
+                resumed = resume.load_for_resume(self, ckpt_path, self._ckpt_weights_only)
+                restored_metrics = resume.restore(self, resumed)
         elif ckpt_path is not None:
             resume.restore_weights(self, ckpt_path, self._ckpt_weights_only)
         self.metric_store = MetricStore()
         if fn == TrainerFn.FITTING:
             self.hooks.call("on_fit_start")
+            if resumed is not None:  # after on_fit_start, as Lightning (see resume.restore_optimizers)
+                resume.restore_optimizers(self, resumed)
         if self.enable_autolog_hparams:
             log_hyperparams_at_start(self)  # after on_fit_start, as Lightning
 
