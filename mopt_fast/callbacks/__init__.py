@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mopt_fast.callbacks.callback import Callback
+from mopt_fast.callbacks.device_stats_monitor import DeviceStatsMonitor
 from mopt_fast.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason  # noqa: F401
 from mopt_fast.callbacks.lr_monitor import LearningRateMonitor
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
@@ -20,21 +21,27 @@ from mopt_fast.callbacks.progress import (  # noqa: F401
     RichProgressBarTheme,
     TQDMProgressBar,
 )
+from mopt_fast.callbacks.pruning import ModelPruning
+from mopt_fast.callbacks.spike import SpikeDetection
+from mopt_fast.callbacks.stochastic_weight_avg import StochasticWeightAveraging
+from mopt_fast.callbacks.throughput_monitor import ThroughputMonitor
 from mopt_fast.callbacks.timer import Timer
+from mopt_fast.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 from mopt_fast.exceptions import not_built
 
 # Lightning's callback names (EarlyStoppingReason and RichProgressBarTheme import from here too).
 __all__ = [
     "Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
     "RichProgressBar", "TQDMProgressBar", "Timer",
+    "DeviceStatsMonitor", "EMAWeightAveraging", "ModelPruning", "SpikeDetection", "StochasticWeightAveraging",
+    "ThroughputMonitor", "WeightAveraging",
 ]
 
 # The callbacks lightning.pytorch.callbacks exports that mopt_fast does not build.
 _NOT_BUILT = (
     "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "BatchSizeFinder", "Checkpoint",
-    "DeviceStatsMonitor", "EMAWeightAveraging", "GradientAccumulationScheduler", "LambdaCallback",
-    "LearningRateFinder", "ModelPruning", "OnExceptionCheckpoint", "RichModelSummary", "SpikeDetection",
-    "StochasticWeightAveraging", "ThroughputMonitor", "WeightAveraging",
+    "GradientAccumulationScheduler", "LambdaCallback",
+    "LearningRateFinder", "OnExceptionCheckpoint", "RichModelSummary",
 )
 
 
