@@ -287,7 +287,7 @@ class MonitorTrainer(CallbackTrainer, Protocol):
 
     @property
     def evaluation_loop(self) -> Any:
-        """The validation or test loop running (its ``batch_progress``)."""
+        """The validation or test loop of the running fit / validate / test (its ``batch_progress``), else None."""
 
     @property
     def predict_loop(self) -> Any: ...

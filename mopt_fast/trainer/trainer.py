@@ -575,9 +575,10 @@ class Trainer:
         self._logger_connector.log_metrics(metrics, step=step)
 
     @property
-    def evaluation_loop(self) -> EvaluationLoop:
-        """The validation or test loop of the running fit / validate / test."""
-        return self._evaluation_loop
+    def evaluation_loop(self) -> EvaluationLoop | None:
+        """The validation or test loop of the running fit / validate / test (None otherwise)."""
+        fn = self.state.fn
+        return None if fn is None or fn == TrainerFn.PREDICTING else self._evaluation_loop
 
 
     # -- what the module, the optimizer wrapper and ModelCheckpoint call (see core/protocol.py) --------
