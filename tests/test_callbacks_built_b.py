@@ -279,18 +279,29 @@ def test_weight_averaging_resumes() -> None:
     assert "Found current_model_state" not in mine["warnings"]
 
 
-def test_weight_averaging_checkpoint_outside_fit_and_foreign_checkpoint() -> None:
-    """A checkpoint without the averaging entries initializes both models from state_dict, with
-    Lightning's warning."""
+def test_weight_averaging_foreign_checkpoint_and_validate() -> None:
+    """A checkpoint without the averaging entries initializes both models from its state_dict
+    (an average never updated leaves the module at the checkpoint's weights), with Lightning's
+    warning; validate loads a checkpoint without an average (another warning)."""
     def run_both(kind: str) -> Any:
         plain_fit = run(kind, lambda C: [], checkpoints=True, max_epochs=1)
         path = os.path.join(plain_fit["root"], "ckpts", "epoch=0.ckpt")
-        r = run(kind, lambda C: [C.WeightAveraging()], ckpt_path=path, max_epochs=2)
-        return r, [w for w in r["warnings"] if "WeightAveraging" in w]
+        r = run(kind, lambda C: [C.EMAWeightAveraging(update_starting_at_step=10**6)], ckpt_path=path, max_epochs=2)
+        fitted = {k: v.clone() for k, v in r["model"].state_dict().items()}  # validate loads the checkpoint
+        LM, Trainer, C, _ = frameworks(kind)
+        trainer = Trainer(callbacks=[C.WeightAveraging()], accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=r["root"])
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("always")
+            trainer.validate(r["model"], cases.make_data()[1], ckpt_path=path, verbose=False)
+        messages = [w for w in r["warnings"] + [str(w.message) for w in caught] if "WeightAveraging" in w]
+        return fitted, torch.load(path, weights_only=False)["state_dict"], messages
 
-    (lightning, lw), (ours, ow) = run_both("lightning_in_ours"), run_both("ours")
-    same_tensors(lightning["model"].state_dict(), ours["model"].state_dict())
+    (lightning, _, lw), (ours, saved, ow) = run_both("lightning_in_ours"), run_both("ours")
+    same_tensors(lightning, ours)
+    same_tensors(saved, ours)
     assert ow == lw and any("was not created with WeightAveraging" in w for w in lw)
+    assert any("outside the 'fit' stage" in w for w in lw)
 
 
 # -- StochasticWeightAveraging ------------------------------------------------------------------
@@ -359,20 +370,27 @@ def spike_file(r: dict[str, Any]) -> Any:
         return os.path.relpath(path, r["root"]), json.load(f)
 
 
-@pytest.mark.parametrize("value,kwargs", [
-    (100.0, dict(window=4, warmup=2)),
-    (100.0, dict(window=3, warmup=1, atol=50.0, rtol=None, mode="min")),
-    (float("nan"), dict(window=4)),
-    (float("nan"), dict(window=4, finite_only=False)),
-    (0.01, dict(window=4, mode="max", rtol=0.9)),
-], ids=["spike", "atol", "nan_is_a_spike", "nan_skipped", "max_mode"])
-def test_spike_detection(value: float, kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize("value,kwargs,at_step", [
+    (100.0, dict(window=4, warmup=2), 9),
+    (100.0, dict(window=3, warmup=1, atol=50.0, rtol=None, mode="min"), 9),
+    (float("nan"), dict(window=4), 9),
+    (float("nan"), dict(window=4, finite_only=False), 9),
+    (float("nan"), dict(window=4, warmup=3), 6),
+    (0.01, dict(window=4, mode="max", rtol=0.9), 9),
+], ids=["spike", "atol", "nan_is_a_spike", "nan_skipped", "nan_in_warmup", "max_mode"])
+def test_spike_detection(value: float, kwargs: dict[str, Any], at_step: int) -> None:
     """TrainingSpikeException (class name and message), the batches file, the state; a non-finite
-    loss is a spike unless finite_only=False."""
-    got = compare(lambda C: [C.SpikeDetection(**kwargs)], case=spiking(value), extra=spike_file, max_epochs=3)
+    loss is a spike unless finite_only=False (then it stays out of the running mean); in the
+    warmup it goes into the running mean."""
+    got = compare(lambda C: [C.SpikeDetection(**kwargs)], case=spiking(value, at_step), extra=spike_file,
+                  max_epochs=3)
     error = got["lightning"]["error"]
     if kwargs.get("finite_only") is False:
         assert error is None
+    elif at_step == 6:  # the NaN loss at the epoch's first batch, in the warmup; the NaN weights spike at batch 3
+        assert type(error).__name__ == "TrainingSpikeException" and spike_file(got["ours"])[1] == [2, 3]
+        assert got["ours"]["callbacks"][0].state_dict()["last_val"] != got["ours"]["callbacks"][0].state_dict()[
+            "last_val"]  # NaN
     else:
         assert type(error).__name__ == "TrainingSpikeException" and spike_file(got["ours"])[1] == [2, 3]
 
@@ -394,8 +412,10 @@ def test_device_stats_monitor_on_the_cpu() -> None:
     first logging step) when it is missing, the same keys when it is there."""
     compare(lambda C: [C.DeviceStatsMonitor(cpu_stats=False)], max_epochs=1)
     for cpu_stats in (None, True):
-        got = compare(lambda C, cpu_stats=cpu_stats: [C.DeviceStatsMonitor(cpu_stats=cpu_stats)], kinds=("lightning", "ours"),
-                      max_epochs=1, extra=lambda r: sorted({k for _, m in r["records"] for k in m}))
+        # (no sanity check: the first logging step is then after the first optimizer step)
+        got = compare(lambda C, cpu_stats=cpu_stats: [C.DeviceStatsMonitor(cpu_stats=cpu_stats)],
+                      kinds=("lightning", "ours"), max_epochs=1, num_sanity_val_steps=0,
+                      extra=lambda r: (r["trainer"].global_step, sorted({k for _, m in r["records"] for k in m})))
         error = got["ours"]["error"]
         assert isinstance(error, ModuleNotFoundError) or any("cpu_percent" in k for _, m in got["ours"]["records"]
                                                              for k in m)
