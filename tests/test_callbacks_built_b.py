@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -597,3 +598,29 @@ def test_available_flops_on_cuda() -> None:
             warnings.simplefilter("ignore")
             assert ours_throughput.get_available_flops(device, dtype) == fabric_throughput.get_available_flops(
                 device, dtype)
+
+
+class Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_model_pruning_verbose_messages() -> None:
+    """verbose=2: the same sparsity lines (overall and per parameter) on each framework's console logger."""
+    found = {}
+    for kind, name in (("lightning", "lightning.pytorch.callbacks.pruning"), ("ours", "mopt_fast.trainer")):
+        logger, handler = logging.getLogger(name), Messages()
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        try:
+            run(kind, lambda C: [C.ModelPruning("l1_unstructured", amount=0.25, verbose=2)], max_epochs=2)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        found[kind] = [m for m in handler.messages if m.startswith("Applied")]
+    assert found["ours"] == found["lightning"] and len(found["lightning"]) == 2 * 5

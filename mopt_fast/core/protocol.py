@@ -74,7 +74,6 @@ class FitLoopState(Protocol):
     max_epochs: int | None
     max_batches: int | float
     skip_backward: bool
-    total_batch_idx: int  # ThroughputMonitor's count of batches
 
     def should_accumulate(self) -> bool:
         """This batch's optimizer step is deferred (gradient accumulation)."""
