@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import types
 import warnings
@@ -312,15 +313,17 @@ SWA_KEYS = ("state_dict", "epoch", "global_step", "lr_schedulers")
 @pytest.mark.parametrize("case,kwargs", [
     (with_batchnorm, dict(swa_lrs=0.02, swa_epoch_start=2, annealing_epochs=2)),
     (AUTOMATIC, dict(swa_lrs=[0.03], swa_epoch_start=0.5, annealing_strategy="linear", device=None)),
-], ids=["batchnorm_and_scheduler", "fraction_start"])
+    (cases.automatic(scheduler="step_interval"), dict(swa_lrs=0.02, swa_epoch_start=3)),
+], ids=["batchnorm_and_scheduler", "fraction_start", "step_scheduler"])
 def test_stochastic_weight_averaging(case: Callable[[type], type], kwargs: dict[str, Any]) -> None:
     """The learning rates (SWALR in place of the module's scheduler), the batch-norm epoch, the
     averaged weights at the end, the callback's state in each checkpoint."""
     def summary(r: dict[str, Any]) -> Any:
         trainer = r["trainer"]
+        swa_warnings = [re.sub(r" at 0x[0-9a-f]+", "", w) for w in r["warnings"] if "SWA" in w]
         return (trainer.current_epoch, trainer.global_step, trainer.max_epochs, trainer.accumulate_grad_batches,
                 [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs],
-                [g["lr"] for g in trainer.optimizers[0].param_groups])
+                [g["lr"] for g in trainer.optimizers[0].param_groups], swa_warnings)
 
     got = compare(lambda C: [C.StochasticWeightAveraging(**kwargs)], case=case, checkpoints=True, extra=summary)
     entries = {k: checkpoint_entries(r, SWA_KEYS, "StochasticWeightAveraging") for k, r in got.items()}
@@ -328,6 +331,8 @@ def test_stochastic_weight_averaging(case: Callable[[type], type], kwargs: dict[
     same_entries(entries["lightning"], entries["lightning_in_ours"])
     if case is with_batchnorm:
         assert got["lightning"]["trainer"].current_epoch == 5  # one more than max_epochs: the batch-norm epoch
+    if kwargs.get("swa_epoch_start") == 3:  # the step-interval scheduler
+        assert any("only supported every epoch" in w for w in summary(got["ours"])[-1])
 
 
 def test_stochastic_weight_averaging_resumes_inside_the_swa_phase() -> None:
