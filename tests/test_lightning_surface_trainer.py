@@ -31,7 +31,8 @@ def test_trainer_implements_the_protocols_other_parts_use() -> None:
     trainer = mopt_fast.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, enable_checkpointing=False)
     protocols = [_protocol.ModuleTrainer, _protocol.MetricsTrainer, _protocol.OptimizerTrainer,
-                 _protocol.CheckpointTrainer, _protocol.CallbackTrainer, _protocol.TrainerProtocol]
+                 _protocol.CheckpointTrainer, _protocol.CallbackTrainer, _protocol.MonitorTrainer,
+                 _protocol.TrainerProtocol]
     for proto in protocols:
         assert isinstance(trainer, proto), proto.__name__
     torch.manual_seed(0)

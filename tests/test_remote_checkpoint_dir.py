@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mopt_fast
+
 import lightning_cases as cases
 from helpers import importorskip_unless_ci
 

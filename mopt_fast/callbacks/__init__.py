@@ -11,6 +11,7 @@ from typing import Any
 
 from mopt_fast.callbacks.callback import Callback
 from mopt_fast.callbacks.checkpoint import Checkpoint
+from mopt_fast.callbacks.device_stats_monitor import DeviceStatsMonitor
 from mopt_fast.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason  # noqa: F401
 from mopt_fast.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from mopt_fast.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
@@ -26,8 +27,13 @@ from mopt_fast.callbacks.progress import (  # noqa: F401
     RichProgressBarTheme,
     TQDMProgressBar,
 )
+from mopt_fast.callbacks.pruning import ModelPruning
 from mopt_fast.callbacks.rich_model_summary import RichModelSummary
+from mopt_fast.callbacks.spike import SpikeDetection
+from mopt_fast.callbacks.stochastic_weight_avg import StochasticWeightAveraging
+from mopt_fast.callbacks.throughput_monitor import ThroughputMonitor
 from mopt_fast.callbacks.timer import Timer
+from mopt_fast.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 from mopt_fast.exceptions import not_built
 
 # Lightning's callback names (EarlyStoppingReason and RichProgressBarTheme import from here too).
@@ -36,15 +42,12 @@ __all__ = [
     "RichProgressBar", "TQDMProgressBar", "Timer",
     "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "Checkpoint", "GradientAccumulationScheduler",
     "LambdaCallback", "OnExceptionCheckpoint", "RichModelSummary",
+    "DeviceStatsMonitor", "EMAWeightAveraging", "ModelPruning", "SpikeDetection", "StochasticWeightAveraging",
+    "ThroughputMonitor", "WeightAveraging",
 ]
 
 # The callbacks lightning.pytorch.callbacks exports that mopt_fast does not build.
-_NOT_BUILT = (
-    "BatchSizeFinder",
-    "DeviceStatsMonitor", "EMAWeightAveraging",
-    "LearningRateFinder", "ModelPruning", "SpikeDetection",
-    "StochasticWeightAveraging", "ThroughputMonitor", "WeightAveraging",
-)
+_NOT_BUILT = ("BatchSizeFinder", "LearningRateFinder")
 
 
 def __getattr__(name: str) -> Any:

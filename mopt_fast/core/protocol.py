@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from mopt_fast.precision import Precision
 
 __all__ = ["CallbackTrainer", "CheckpointTrainer", "FitLoopState", "HookState", "MetricSink", "MetricsTrainer",
-           "ModuleTrainer", "OptimizerTrainer", "PredictLoopState", "StrategyLike", "TrainerProtocol"]
+           "ModuleTrainer", "MonitorTrainer", "OptimizerTrainer", "PredictLoopState", "StrategyLike",
+           "TrainerProtocol"]
 
 
 class StrategyLike(Protocol):
@@ -82,6 +83,13 @@ class FitLoopState(Protocol):
 
     batches_that_stepped: int  # the loggers' step
     validation_has_run: bool  # a missing monitor is an error only once validation has run
+    # StochasticWeightAveraging's batch-norm epoch: one more epoch, one more batch, no backward.
+    max_epochs: int | None
+    max_batches: int | float
+    skip_backward: bool
+
+    def should_accumulate(self) -> bool:
+        """This batch's optimizer step is deferred (gradient accumulation)."""
 
 
 @runtime_checkable
@@ -275,6 +283,34 @@ class CheckpointTrainer(CallbackTrainer, Protocol):
 
 
 @runtime_checkable
-class TrainerProtocol(ModuleTrainer, OptimizerTrainer, CheckpointTrainer, Protocol):
+class MonitorTrainer(CallbackTrainer, Protocol):
+    """What the monitoring and averaging callbacks (DeviceStatsMonitor, ThroughputMonitor,
+    StochasticWeightAveraging) also use: the loggers' step rule, a direct write to the loggers,
+    the running loops' counters and the accumulation they change."""
+
+    accumulate_grad_batches: int
+    precision_plugin: Precision  # ThroughputMonitor: the compute dtype
+
+    @property
+    def enable_validation(self) -> bool: ...
+
+    @property
+    def should_update_logs(self) -> bool:
+        """Step metrics go to the loggers now (``log_every_n_steps``, Lightning's rule)."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """`metrics` straight to every logger (and ``logged_metrics``), at `step` (None: the
+        loggers' step, with the epoch)."""
+
+    @property
+    def evaluation_loop(self) -> Any:
+        """The validation or test loop of the running fit / validate / test (its ``batch_progress``), else None."""
+
+    @property
+    def predict_loop(self) -> Any: ...
+
+
+@runtime_checkable
+class TrainerProtocol(ModuleTrainer, OptimizerTrainer, CheckpointTrainer, MonitorTrainer, Protocol):
     """All of the above."""
 

@@ -209,6 +209,15 @@ class FitLoop:
         self.num_training_batches = value
 
     @property
+    def skip_backward(self) -> bool:
+        """Automatic optimization skips zero_grad and backward (StochasticWeightAveraging's batch-norm epoch)."""
+        return self._skip_backward
+
+    @skip_backward.setter
+    def skip_backward(self, value: bool) -> None:
+        self._skip_backward = value
+
+    @property
     def epoch_progress(self) -> BatchProgress:
         """Epochs, as Lightning's ``fit_loop.epoch_progress`` counts them (completed ones)."""
         return BatchProgress(self.epochs_completed, self.epochs_completed)

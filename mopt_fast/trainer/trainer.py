@@ -583,6 +583,22 @@ class Trainer:
     def _logger_connector(self) -> LoggerConnector:
         return LoggerConnector(self, lambda: self._active_loop)
 
+    # -- what mopt_fast's monitoring callbacks use (core/protocol.py's MonitorTrainer) ---------------
+    @property
+    def should_update_logs(self) -> bool:
+        """Step metrics go to the loggers now: Lightning's rule for the loop running."""
+        return self._logger_connector.should_update_logs
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """`metrics` straight to every logger (DeviceStatsMonitor, ThroughputMonitor)."""
+        self._logger_connector.log_metrics(metrics, step=step)
+
+    @property
+    def evaluation_loop(self) -> EvaluationLoop | None:
+        """The validation or test loop of the running fit / validate / test (None otherwise)."""
+        fn = self.state.fn
+        return None if fn is None or fn == TrainerFn.PREDICTING else self._evaluation_loop
+
 
     # -- what the module, the optimizer wrapper and ModelCheckpoint call (see core/protocol.py) --------
     # training_step.backward and .optimizer_step, bound to the Trainer (one call less per step than a
