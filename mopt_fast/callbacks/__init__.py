@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mopt_fast.callbacks.batch_size_finder import BatchSizeFinder
 from mopt_fast.callbacks.callback import Callback
 from mopt_fast.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason  # noqa: F401
+from mopt_fast.callbacks.lr_finder import LearningRateFinder
 from mopt_fast.callbacks.lr_monitor import LearningRateMonitor
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.model_summary import ModelSummary
@@ -25,15 +27,15 @@ from mopt_fast.exceptions import not_built
 
 # Lightning's callback names (EarlyStoppingReason and RichProgressBarTheme import from here too).
 __all__ = [
-    "Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
-    "RichProgressBar", "TQDMProgressBar", "Timer",
+    "BatchSizeFinder", "Callback", "EarlyStopping", "LearningRateFinder", "LearningRateMonitor", "ModelCheckpoint",
+    "ModelSummary", "ProgressBar", "RichProgressBar", "TQDMProgressBar", "Timer",
 ]
 
 # The callbacks lightning.pytorch.callbacks exports that mopt_fast does not build.
 _NOT_BUILT = (
-    "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "BatchSizeFinder", "Checkpoint",
+    "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "Checkpoint",
     "DeviceStatsMonitor", "EMAWeightAveraging", "GradientAccumulationScheduler", "LambdaCallback",
-    "LearningRateFinder", "ModelPruning", "OnExceptionCheckpoint", "RichModelSummary", "SpikeDetection",
+    "ModelPruning", "OnExceptionCheckpoint", "RichModelSummary", "SpikeDetection",
     "StochasticWeightAveraging", "ThroughputMonitor", "WeightAveraging",
 )
 
