@@ -25,6 +25,7 @@ from mopt_fast.callbacks._tuning import (
     temporary_checkpoint,
 )
 from mopt_fast.callbacks.callback import Callback
+from mopt_fast.callbacks.progress.tqdm_progress import _load_tqdm
 from mopt_fast.core.optimizer import LRSchedulerConfig
 from mopt_fast.exceptions import MisconfigurationException, _TunerExitException
 from mopt_fast.seed import rng_state, set_rng_state
@@ -179,9 +180,11 @@ class _LRFinder:
 class _LRCallback(Callback):
     """The only callback of the range test's steps: records the rate before each optimizer step and
     the smoothed loss after it (an exponential moving average, `beta`, bias-corrected), and stops
-    the run once that loss passes `early_stop_threshold` times the best one."""
+    the run once that loss passes `early_stop_threshold` times the best one. With
+    `progress_bar_refresh_rate`, a tqdm bar "Finding best initial lr" counts the steps (Lightning's)."""
 
-    def __init__(self, num_training: int, early_stop_threshold: float | None = 4.0, beta: float = 0.98) -> None:
+    def __init__(self, num_training: int, early_stop_threshold: float | None = 4.0, progress_bar_refresh_rate: int = 0,
+                 beta: float = 0.98) -> None:
         self.num_training = num_training
         self.early_stop_threshold = early_stop_threshold
         self.beta = beta
@@ -189,14 +192,19 @@ class _LRCallback(Callback):
         self.lrs: list[float] = []
         self.avg_loss = 0.0
         self.best_loss = 0.0
+        self.progress_bar_refresh_rate = progress_bar_refresh_rate
+        self.progress_bar: Any = None
 
     def _steps(self, trainer: Any) -> bool:
         """This batch ends with an optimizer step (not one of the accumulated ones)."""
         return (trainer.fit_loop.batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self._steps(trainer):
-            self.lrs.append(trainer.lr_scheduler_configs[0].scheduler.lr[0])
+        if not self._steps(trainer):
+            return
+        if self.progress_bar_refresh_rate and self.progress_bar is None:
+            self.progress_bar = _load_tqdm()(desc="Finding best initial lr", total=self.num_training)
+        self.lrs.append(trainer.lr_scheduler_configs[0].scheduler.lr[0])
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._steps(trainer):
@@ -204,12 +212,16 @@ class _LRCallback(Callback):
         if not outputs:  # no loss (training_step returned None): NaN, left out of the suggestion
             self.losses.append(float("nan"))
             return
+        if self.progress_bar:
+            self.progress_bar.update()
         loss = outputs if isinstance(outputs, torch.Tensor) else outputs["loss"]
         step = trainer.global_step
         self.avg_loss = self.beta * self.avg_loss + (1 - self.beta) * loss.item()
         smoothed = self.avg_loss / (1 - self.beta ** (step + 1))
         if self.early_stop_threshold is not None and step > 1 and smoothed > self.early_stop_threshold * self.best_loss:
             trainer.should_stop = True
+            if self.progress_bar:
+                self.progress_bar.close()
         trainer.should_stop = trainer.strategy.broadcast(trainer.should_stop)
         if smoothed < self.best_loss or step == 1:
             self.best_loss = smoothed
@@ -237,7 +249,7 @@ def lr_find(
         attr_name = _lr_attr_name(model, attr_name)
     path = temporary_checkpoint(trainer, "lr_find")
     start_step = trainer.global_step
-    recorder = _LRCallback(num_training, early_stop_threshold)
+    recorder = _LRCallback(num_training, early_stop_threshold, progress_bar_refresh_rate=1)
     finder = _LRFinder(mode, min_lr, max_lr, num_training)
     progress_bar = trainer.progress_bar_callback
     finished = False
