@@ -61,18 +61,26 @@ def make_module(LM: type, lr_at: str = "attr", oom_above: int | None = None, n: 
     class Regressor(LM):
         def __init__(self, lr: float = 0.01, batch_size: int = 8) -> None:
             super().__init__()
-            if lr_at == "hparams":
+            if lr_at in ("hparams", "both"):
                 self.save_hyperparameters()
-            else:
-                setattr(self, "lr" if lr_at == "attr" else "my_lr", lr)
+            if lr_at != "hparams":  # "both": the attributes too (Lightning reads hparams, sets both)
+                setattr(self, "my_lr" if lr_at == "other" else "lr", lr)
                 self.batch_size = batch_size
+            self.hook_calls: list[str] = []  # on_fit_end and teardown: the Tuner's fit ends without the first
             self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Dropout(0.1), nn.Linear(16, 1))
             self.batch_sizes: list[int] = []  # every training batch's size, trials included
             if optimizers == 2:  # several optimizers: manual optimization (the finder refuses them)
                 self.automatic_optimization = False
 
         def current_lr(self) -> float:
-            return {"hparams": lambda: self.hparams.lr, "attr": lambda: self.lr, "other": lambda: self.my_lr}[lr_at]()
+            return {"hparams": lambda: self.hparams.lr, "both": lambda: self.hparams.lr, "attr": lambda: self.lr,
+                    "other": lambda: self.my_lr}[lr_at]()
+
+        def on_fit_end(self) -> None:
+            self.hook_calls.append("on_fit_end")
+
+        def teardown(self, stage: str) -> None:
+            self.hook_calls.append("teardown")
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             xb, yb = batch
@@ -88,7 +96,7 @@ def make_module(LM: type, lr_at: str = "attr", oom_above: int | None = None, n: 
             self.log("val_loss", nn.functional.mse_loss(self.net(xb), yb))
 
         def train_dataloader(self) -> DataLoader:
-            size = self.hparams.batch_size if lr_at == "hparams" else self.batch_size
+            size = self.hparams.batch_size if lr_at == "hparams" else self.batch_size  # "both": the attribute
             return DataLoader(TensorDataset(x, y), batch_size=size, shuffle=True)
 
         def val_dataloader(self) -> DataLoader:
@@ -160,6 +168,7 @@ def run(framework: str, tune: Callable[[Any, Any, Any, Any], Any], case: Callabl
     # The user-facing warnings (not torch's deprecations that Lightning's internals trigger).
     out["warnings"] = sorted({str(w.message) for w in caught
                               if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
+    out["hook_calls"] = list(model.hook_calls)
     out["weights"] = snapshot(model)
     out["lr"] = model.current_lr()
     out["batch_size"] = model.hparams.batch_size if "batch_size" in model.hparams else getattr(model, "batch_size", None)
@@ -223,7 +232,7 @@ def test_lr_find_early_stop_and_no_update() -> None:
         return tuner_cls(trainer).lr_find(model, min_lr=1e-4, max_lr=50.0, num_training=40, early_stop_threshold=1.5,
                                           update_attr=False)
 
-    got = compare(tune=tune, case=lambda LM: make_module(LM), fit_after=False)
+    got = compare(tune=tune, case=lambda LM: make_module(LM), fit_after=False, max_epochs=6)
     assert lr_results(got["mopt_fast"]["result"]) == lr_results(got["lightning"]["result"])
     assert len(got["lightning"]["result"].results["lr"]) < 40
     assert got["mopt_fast"]["lr"] == 0.01
@@ -244,7 +253,7 @@ def test_learning_rate_finder_callback_matches_lightning() -> None:
 
 # -- Tuner.scale_batch_size ---------------------------------------------------------------------------
 @pytest.mark.parametrize(("mode", "oom_above", "n"), [
-    ("power", None, 40), ("power", 12, 64), ("binsearch", None, 40), ("binsearch", 12, 64),
+    ("power", None, 32), ("power", 12, 64), ("binsearch", None, 40), ("binsearch", 12, 64),
 ])
 def test_scale_batch_size_matches_lightning(mode: str, oom_above: int | None, n: int) -> None:
     """The same trials (the batch size of every training step), the same size found and set; on
@@ -260,19 +269,22 @@ def test_scale_batch_size_matches_lightning(mode: str, oom_above: int | None, n:
     assert len(set(theirs["trial_batch_sizes"])) >= 3  # several sizes tried
     assert ours["weights_restored"] and ours["same_callbacks"] and ours["same_loggers"]
     assert all(ours["settings"].values()) and ours["files_after_search"] == []
+    assert ours["hook_calls"] == ["teardown", "on_fit_end", "teardown"]  # the search's fit, then the fit
 
 
 def test_batch_size_finder_callback_matches_lightning() -> None:
-    """In the Trainer's callbacks (binsearch, an out-of-memory size, the size in hparams): the
-    search at the fit's start, then the fit at the size found."""
+    """In the Trainer's callbacks (binsearch, an out-of-memory size, the size both an attribute and
+    in hparams, with Lightning's warning): the search at the fit's start, then the fit at the size
+    found."""
 
     def tune(tuner_cls: Any, trainer: Any, model: Any, finder_cb: Any) -> Any:
         trainer.fit(model)
         return finder_cb.optimal_batch_size
 
-    got = compare(tune=tune, case=lambda LM: make_module(LM, lr_at="hparams", oom_above=12), fit_after=False,
+    got = compare(tune=tune, case=lambda LM: make_module(LM, lr_at="both", oom_above=12), fit_after=False,
                   finder=lambda cbs: cbs.BatchSizeFinder(mode="binsearch", steps_per_trial=2, init_val=4))
     assert got["mopt_fast"]["result"] == got["lightning"]["result"] == got["mopt_fast"]["batch_size"]
+    assert any("mutually exclusive" in w for w in got["mopt_fast"]["warnings"])
 
 
 def test_scale_batch_size_with_loaders_given_to_fit_is_refused_as_lightning() -> None:
