@@ -8,7 +8,8 @@ Most members are Lightning's public Trainer attributes under Lightning's names. 
 mopt_fast's seam, public so that no layer reaches into a private Trainer member: `hooks` (which
 hook is running), `metric_store` (where ``self.log`` writes), `precision_plugin` (Lightning's
 name), `lightning_optimizers`, `run_backward` and `run_optimizer_step` (the step's path through
-the precision plugin), and `dump_checkpoint`.
+the precision plugin), `dump_checkpoint`, and what the learning-rate and batch-size finders ask
+(`TuningTrainer`: trial runs of the fit loop, putting the run back).
 """
 from __future__ import annotations
 

@@ -872,6 +872,7 @@ class Trainer:
         self.hooks.call("teardown", stage=fn)
         for lg in self._rank_zero_loggers():
             lg.finalize("success")
+        self.fit_loop.prepared_iterator = None  # the next fit asks for its loader afresh (Lightning drops it too)
         self._teardown()
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
