@@ -394,3 +394,29 @@ def test_plot_without_matplotlib_names_it(monkeypatch: pytest.MonkeyPatch) -> No
     assert info.value.name == "matplotlib"
 
 
+
+
+def test_a_fit_after_the_search_resumes_exactly(tmp_path: Any) -> None:
+    """A checkpoint taken inside the first epoch of the fit that follows a BatchSizeFinder resumes
+    to the same weights as the uninterrupted fit (mopt_fast's exact resume: the epoch's data order is
+    rebuilt from the RNG its iterator was made with, here by the search)."""
+
+    def fit(callbacks: list[Any], batch_size: int = 8, ckpt_path: str | None = None) -> tuple[Any, Any]:
+        torch.manual_seed(0)
+        model = make_module(mopt_fast.LightningModule)()
+        model.batch_size = batch_size
+        trainer = mopt_fast.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                    callbacks=callbacks, default_root_dir=str(tmp_path))
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            trainer.fit(model, ckpt_path=ckpt_path)
+        return model, trainer
+
+    saving = mopt_fast.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=3, save_top_k=-1)
+    searched, _ = fit([mopt_fast.callbacks.BatchSizeFinder(steps_per_trial=1, max_trials=3), saving])
+    assert searched.batch_size == 8
+    torch.manual_seed(123)  # the resume takes the RNG from the checkpoint
+    resumed, trainer = fit([], batch_size=searched.batch_size, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
+    assert trainer.global_step == 16
+    for name, value in snapshot(searched).items():
+        assert torch.equal(value, snapshot(resumed)[name]), name

@@ -295,21 +295,23 @@ class FitLoop:
     # Lightning's fit loop makes the first epoch's iterator when it sets the train loader up; the
     # finders set it up again between their trials (a new batch size). These make that iterator at
     # the same point, so the RNG draws of the trials and of the fit after them line up with Lightning's.
-    prepared_iterator: tuple[Any, Any] | None = None  # (the loader, its iterator)
+    prepared_iterator: tuple[Any, Any, dict[str, Any]] | None = None  # (loader, iterator, RNG before it)
 
     def prepare_first_iterator(self) -> None:
         """Set the train loader up and make the first epoch's iterator now; the next `run` on that
         loader starts from it."""
         self.setup_data()
         self.num_training_batches = num_batches(self.loader, self.trainer.limit_train_batches, "train")
-        self.prepared_iterator = (self.loader, self.new_iterator(self.loader))
+        rng = rng_state()
+        self.prepared_iterator = (self.loader, self.new_iterator(self.loader), rng)
 
     def take_prepared_iterator(self, loader: Any) -> Any:
-        """The iterator `prepare_first_iterator` made for `loader` (made for it now if none)."""
+        """The iterator `prepare_first_iterator` made for `loader` (made for it now if none); the
+        epoch's RNG is then the one it was made with (what a resume rebuilds the order from)."""
         prepared, self.prepared_iterator = self.prepared_iterator, None
         if prepared is None or prepared[0] is not loader:
             return self.new_iterator(loader)
-        iterator = prepared[1]
+        _, iterator, self.epoch_rng = prepared
         return iterator if self.num_training_batches != _INF or isinstance(iterator, Lookahead) else Lookahead(iterator)
 
     def set_sampler_epoch(self, loader: Any) -> None:
