@@ -21,6 +21,12 @@ class SIGTERMException(SystemExit):
     ``Callback.on_exception``, say) run unchanged."""
 
 
+class _TunerExitException(Exception):
+    """Raised by the learning-rate and batch-size finders run by `mopt_fast.tuner.Tuner` once they
+    are done: the Trainer ends the entry point there, as a finished run without on_fit_end
+    (Lightning's exception of the same name)."""
+
+
 class NotBuiltError(ImportError, NotImplementedError):
     """A Lightning feature mopt_fast does not build. Both an ImportError (so ``try: from ... import
     X / except ImportError`` in a script takes its fallback) and a NotImplementedError."""

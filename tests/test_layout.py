@@ -16,10 +16,11 @@ PACKAGE = pathlib.Path(mopt_fast.__file__).parent
 # Bottom up; a module may import its own layer and those below it.
 LAYERS = [
     ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
-                 "triton_kernels", "functional", "amp", "precision", "seed", "lightning", "cli", "tuner"]),
+                 "triton_kernels", "functional", "amp", "precision", "seed", "lightning", "cli"]),
     ("core", ["core", "plugins"]),
     ("callbacks and loggers", ["callbacks", "loggers"]),
     ("trainer", ["trainer"]),
+    ("tuner", ["tuner"]),  # runs the finders (callbacks/) on the Trainer
 ]
 LAYER_OF = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}
 

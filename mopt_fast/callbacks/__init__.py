@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mopt_fast.callbacks.batch_size_finder import BatchSizeFinder
 from mopt_fast.callbacks.callback import Callback
 from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.callbacks.device_stats_monitor import DeviceStatsMonitor
@@ -16,6 +17,7 @@ from mopt_fast.callbacks.early_stopping import EarlyStopping, EarlyStoppingReaso
 from mopt_fast.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from mopt_fast.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
 from mopt_fast.callbacks.lambda_function import LambdaCallback
+from mopt_fast.callbacks.lr_finder import LearningRateFinder
 from mopt_fast.callbacks.lr_monitor import LearningRateMonitor
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.callbacks.model_summary import ModelSummary
@@ -43,11 +45,11 @@ __all__ = [
     "BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "Checkpoint", "GradientAccumulationScheduler",
     "LambdaCallback", "OnExceptionCheckpoint", "RichModelSummary",
     "DeviceStatsMonitor", "EMAWeightAveraging", "ModelPruning", "SpikeDetection", "StochasticWeightAveraging",
-    "ThroughputMonitor", "WeightAveraging",
+    "ThroughputMonitor", "WeightAveraging", "BatchSizeFinder", "LearningRateFinder",
 ]
 
 # The callbacks lightning.pytorch.callbacks exports that mopt_fast does not build.
-_NOT_BUILT = ("BatchSizeFinder", "LearningRateFinder")
+_NOT_BUILT: tuple[str, ...] = ()
 
 
 def __getattr__(name: str) -> Any:

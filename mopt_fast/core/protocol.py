@@ -8,7 +8,8 @@ Most members are Lightning's public Trainer attributes under Lightning's names. 
 mopt_fast's seam, public so that no layer reaches into a private Trainer member: `hooks` (which
 hook is running), `metric_store` (where ``self.log`` writes), `precision_plugin` (Lightning's
 name), `lightning_optimizers`, `run_backward` and `run_optimizer_step` (the step's path through
-the precision plugin), and `dump_checkpoint`.
+the precision plugin), `dump_checkpoint`, and what the learning-rate and batch-size finders ask
+(`TuningTrainer`: trial runs of the fit loop, putting the run back).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CallbackTrainer", "CheckpointTrainer", "FitLoopState", "HookState", "MetricSink", "MetricsTrainer",
            "ModuleTrainer", "MonitorTrainer", "OptimizerTrainer", "PredictLoopState", "StrategyLike",
-           "TrainerProtocol"]
+           "TrainerProtocol", "TuningTrainer"]
 
 
 class StrategyLike(Protocol):
@@ -310,7 +311,40 @@ class MonitorTrainer(CallbackTrainer, Protocol):
     def predict_loop(self) -> Any: ...
 
 
+class TuningTrainer(CheckpointTrainer, Protocol):
+    """What the learning-rate and batch-size finders (callbacks/lr_finder.py, batch_size_finder.py)
+    ask: trial runs of the fit loop under other settings, and putting the run back afterwards
+    (what Lightning's finders do through its Trainer's internals)."""
+
+    accumulate_grad_batches: int
+    limit_train_batches: int | float
+    limit_val_batches: int | float
+
+    @property
+    def datamodule(self) -> Any: ...
+
+    def tuning_trials(self, callbacks: list[Any], **settings: Any) -> contextlib.AbstractContextManager:
+        """Inside: trials run with only `callbacks`, the user's loggers swapped for a discarding
+        one, and the Trainer `settings` (max_steps, limit_*_batches) set; all put back after."""
+
+    def run_tuning_trial(self) -> None:
+        """The fit loop once more, from where it stood when `tuning_trials` was entered."""
+
+    def restore_tuning_checkpoint(self, path: str) -> None:
+        """The run as saved in `path` (model, optimizers, schedulers, loops, callbacks), its
+        loaders asked for again."""
+
+    def reload_dataloaders(self) -> None:
+        """Ask for the loaders again (the batch size changed)."""
+
+    def train_dataset_length(self) -> int | None:
+        """The length of the train loader's dataset (None: not sized), setting the loader up."""
+
+    def uses_module_data(self) -> bool:
+        """The train data comes from the module or a data module (not loaders given to fit)."""
+
+
 @runtime_checkable
-class TrainerProtocol(ModuleTrainer, OptimizerTrainer, CheckpointTrainer, MonitorTrainer, Protocol):
+class TrainerProtocol(ModuleTrainer, OptimizerTrainer, TuningTrainer, MonitorTrainer, Protocol):
     """All of the above."""
 

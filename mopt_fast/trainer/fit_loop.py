@@ -300,6 +300,29 @@ class FitLoop:
         self.resume_train_workers_running = False  # only the first iterator of a resumed fit
         return it if self.num_training_batches != _INF else Lookahead(it)
 
+    # -- the finders' trials (callbacks/lr_finder.py, batch_size_finder.py) --------------------------
+    # Lightning's fit loop makes the first epoch's iterator when it sets the train loader up; the
+    # finders set it up again between their trials (a new batch size). These make that iterator at
+    # the same point, so the RNG draws of the trials and of the fit after them line up with Lightning's.
+    prepared_iterator: tuple[Any, Any, dict[str, Any]] | None = None  # (loader, iterator, RNG before it)
+
+    def prepare_first_iterator(self) -> None:
+        """Set the train loader up and make the first epoch's iterator now; the next `run` on that
+        loader starts from it."""
+        self.setup_data()
+        self.num_training_batches = num_batches(self.loader, self.trainer.limit_train_batches, "train")
+        rng = rng_state()
+        self.prepared_iterator = (self.loader, self.new_iterator(self.loader), rng)
+
+    def take_prepared_iterator(self, loader: Any) -> Any:
+        """The iterator `prepare_first_iterator` made for `loader` (made for it now if none); the
+        epoch's RNG is then the one it was made with (what a resume rebuilds the order from)."""
+        prepared, self.prepared_iterator = self.prepared_iterator, None
+        if prepared is None or prepared[0] is not loader:
+            return self.new_iterator(loader)
+        _, iterator, self.epoch_rng = prepared
+        return iterator if self.num_training_batches != _INF or isinstance(iterator, Lookahead) else Lookahead(iterator)
+
     def set_sampler_epoch(self, loader: Any) -> None:
         _set_sampler_epoch(loader, self.epochs_completed)
 
@@ -328,7 +351,7 @@ class FitLoop:
         first = resume_rng is None
         if first:
             self.epoch_rng = rng_state()
-            iterator = self.new_iterator(loader)
+            iterator = self.take_prepared_iterator(loader)
             if self.epochs_completed > 0:
                 # A new fit on a trainer past its first epoch (not a resume): Lightning makes the
                 # epoch's iterator again after on_train_epoch_start (training_epoch_loop.on_run_start),

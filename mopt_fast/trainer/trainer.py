@@ -21,6 +21,7 @@ core/protocol.py; only this file touches the Trainer's private members.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import signal
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mopt_fast.callbacks._tuning import DummyLogger
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.callbacks.early_stopping import EarlyStopping
@@ -43,7 +45,7 @@ from mopt_fast.core.hparams import clean_namespace
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
-from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, not_built
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, _TunerExitException, not_built
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
 from mopt_fast.trainer import _args, _model_setup, resume, training_step
@@ -287,6 +289,7 @@ class Trainer:
         self._ckpt_path: str | None = None
         self._ckpt_path_user_managed = False
         self._ckpt_weights_only: bool | None = None  # the entry point's weights_only, for its ckpt_path
+        self._tuning_loop_state: dict[str, Any] = {}  # the fit loop's position when a finder's trials began
         self.should_stop = False
 
     # -- pickling (a Trainer pickles, as Lightning's) -------------------------------------------------
@@ -616,6 +619,79 @@ class Trainer:
         """The checkpoint of the current state, as a dictionary (what `save_checkpoint` writes)."""
         return resume.checkpoint_dict(self, weights_only)
 
+    # -- what the learning-rate and batch-size finders ask (core/protocol.py's TuningTrainer) ----------
+    # Lightning's finders reach into its Trainer (the checkpoint connector, the loops' loaders); these
+    # are the same capabilities, public. Nothing here runs unless a finder runs.
+    _TUNING_SAVED = ("optimizers", "lr_scheduler_configs", "callbacks", "loggers")
+
+    @contextlib.contextmanager
+    def tuning_trials(self, callbacks: list[Any], **settings: Any) -> Generator[None, None, None]:
+        """Inside: the fit loop runs with only `callbacks`, a logger that logs nothing in place of the
+        user's (none without one), and the Trainer `settings` (max_steps, limit_train_batches,
+        limit_val_batches) set; afterwards those, the optimizers and schedulers and the fit loop's
+        position are put back, and the run no longer stops (Lightning's finders' dump, reset and
+        restore of their parameters)."""
+        saved = {name: getattr(self, name) for name in (*self._TUNING_SAVED, *settings)}
+        self._tuning_loop_state = copy.deepcopy(self.fit_loop.state_dict())
+        self.callbacks = list(callbacks)
+        self.logger = DummyLogger() if self.logger is not None else None
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self.hooks.build(self.callbacks, self.lightning_module)  # type: ignore[arg-type]  # attached in a run
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+            self.fit_loop.load_state_dict(copy.deepcopy(self._tuning_loop_state))
+            self.should_stop = False
+            self.hooks.build(self.callbacks, self.lightning_module)  # type: ignore[arg-type]
+
+    def run_tuning_trial(self) -> None:
+        """The fit loop once more, from where it stood when `tuning_trials` was entered (Lightning's
+        `_try_loop_run`): a trial of the finders. Its RNG draws are the caller's to isolate."""
+        loop = self.fit_loop
+        loop.load_state_dict(copy.deepcopy(self._tuning_loop_state))
+        loop.resume_rng = None  # a run from that position, not a resume from a checkpoint
+        assert self.lightning_module is not None  # the finders run inside a fit
+        loop.run(self.lightning_module)
+
+    def restore_tuning_checkpoint(self, path: str) -> None:
+        """The run as `path` holds it (model, optimizers, schedulers, loops, callbacks, data module),
+        as Lightning's checkpoint connector restores a finder's checkpoint; the loaders are asked for
+        again (the trials changed their settings). ``trainer.ckpt_path`` is then `path`, as Lightning's."""
+        rank_zero_info(self, f"Restoring states from the checkpoint path at {path}")
+        self._ckpt_path = path
+        self.val_loop.reset_data()
+        ckpt = self.strategy.load_checkpoint(path, weights_only=True)
+        resume.restore(self, ckpt)
+        resume.restore_optimizers(self, ckpt)  # a finder restores inside the fit, after on_fit_start
+        self.fit_loop.resume_rng = None  # the fit goes on from here with the RNG as it is
+        self.reload_dataloaders()
+
+    def reload_dataloaders(self) -> None:
+        """Ask for the train loader again (a fit's validation loaders too): the batch size changed."""
+        self.fit_loop.loader = None
+        self.fit_loop.prepare_first_iterator()
+        self.val_loop.reset_data()
+        if self.enable_validation:
+            self.val_loop.setup_data()
+
+    def train_dataset_length(self) -> int | None:
+        """The length of the train loader's dataset (None: an iterable-style one); sets the loader up
+        if the fit has not yet (Lightning's `_dataset_length` of the fit loop's loader)."""
+        if self.fit_loop.loader is None:
+            self.fit_loop.prepare_first_iterator()
+        dataset = getattr(self.fit_loop.loader, "dataset", None)
+        try:
+            return len(dataset)  # type: ignore[arg-type]
+        except (TypeError, NotImplementedError):
+            return None
+
+    def uses_module_data(self) -> bool:
+        """The train data comes from the module's or a data module's hook, not from loaders given."""
+        return self.fit_loop.source.is_module()
+
     # -- building the model ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
@@ -816,11 +892,27 @@ class Trainer:
             if main_thread and sigint is not None:
                 signal.signal(signal.SIGINT, sigint)
             sys.exit(1)
+        except _TunerExitException:  # a Tuner's finder is done: the run ends here, as a finished one
+            self._end_tuner_run()
+            return None
         except BaseException as exc:
             self._interrupt(exc)
             self._teardown()
             self.state.stage = None
             raise
+
+    def _end_tuner_run(self) -> None:
+        """After a Tuner's finder (Lightning's handling of its `_TunerExitException`): the teardown
+        hooks, the loggers finalized as a success, no on_fit_end."""
+        fn = self.state.fn
+        self.hooks.call_datamodule("teardown", stage=fn)
+        self.hooks.call("teardown", stage=fn)
+        for lg in self._rank_zero_loggers():
+            lg.finalize("success")
+        self.fit_loop.prepared_iterator = None  # the next fit asks for its loader afresh (Lightning drops it too)
+        self._teardown()
+        self.state.status = TrainerStatus.FINISHED
+        self.state.stage = None
 
     def _interrupt(self, exc: BaseException) -> None:
         self.state.status = TrainerStatus.INTERRUPTED
@@ -948,15 +1040,16 @@ class Trainer:
 
     def _connect_lightning_objects(self) -> None:
         """When the script brought Lightning's own callbacks (Lightning is imported): what lets them
-        run here (see _lightning_surface.py), and a clear error for the Tuner's callbacks."""
+        run here (see _lightning_surface.py), and a clear error for Lightning's finder callbacks, which
+        drive its Trainer's internals: ours (mopt_fast.callbacks) do the same on this Trainer."""
         if "lightning.pytorch" not in sys.modules and "pytorch_lightning" not in sys.modules:
             return
-        for name, feature in (("BatchSizeFinder", "Tuner.scale_batch_size"), ("LearningRateFinder", "Tuner.lr_find")):
+        for name in ("BatchSizeFinder", "LearningRateFinder"):
             if any(is_lightning_callback(cb, name) for cb in self.callbacks):
                 raise not_built(
                     f"Lightning's `{name}` callback in mopt_fast.Trainer",
-                    f"it runs Lightning's `{feature}` on Lightning's Trainer internals; the Tuner is the companion "
-                    "issue \"LightningCLI, Tuner and the rest of Not built\"")
+                    f"it runs on Lightning's Trainer internals (its checkpoint connector and loops); use "
+                    f"`mopt_fast.callbacks.{name}` (same arguments, same result), or `mopt_fast.tuner.Tuner`")
         install_is_overridden_fallback()
         self.precision_plugin = lightning_precision_view(self.precision_plugin)
 
