@@ -360,13 +360,11 @@ def test_exceptions_scripts_catch() -> None:
     assert mopt_fast.MisconfigurationException is exceptions.MisconfigurationException
 
 
-@pytest.mark.parametrize("what", ["LightningCLI", "Tuner", "to_onnx", "to_torchscript", "Fabric"])
+@pytest.mark.parametrize("what", ["Tuner", "to_onnx", "to_torchscript", "Fabric"])
 def test_not_built_features_say_so(what: str) -> None:
-    from mopt_fast.cli import LightningCLI
     from mopt_fast.tuner import Tuner
 
     calls = {
-        "LightningCLI": lambda: LightningCLI(cases.minimal(mopt_fast.LightningModule)),
         "Tuner": lambda: Tuner(mopt_fast.Trainer(logger=False)),
         "to_onnx": lambda: cases.minimal(mopt_fast.LightningModule)().to_onnx("m.onnx", torch.randn(1, 8)),
         "to_torchscript": lambda: cases.minimal(mopt_fast.LightningModule)().to_torchscript(),
