@@ -181,6 +181,8 @@ class LightningArgumentParser(ArgumentParser):
         """Add the arguments of `lightning_class` (a Trainer, LightningModule, LightningDataModule or
         Callback class, or a function returning one) under `nested_key`; `subclass_mode`: any subclass
         may be given with ``class_path``. Returns the names of the arguments added."""
+        if isinstance(lightning_class, tuple) and subclass_mode:  # several base classes (data modules)
+            return self.add_subclass_arguments(lightning_class, nested_key, fail_untyped=False, required=required)
         if callable(lightning_class) and not isinstance(lightning_class, type):
             lightning_class = class_from_function(lightning_class)
         if not _is_subclass(lightning_class, _lightning_bases()):
@@ -398,8 +400,16 @@ class LightningCLI:
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
         # without a data module class the module's own dataloaders may serve: the group is optional then
-        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data,
+        parser.add_lightning_class_args(self._data_bases(), "data", subclass_mode=self.subclass_mode_data,
                                         required=self.datamodule_class is not None)
+
+    def _data_bases(self) -> Any:
+        """The data module class; without one, any data module: ours, or Lightning's when the script
+        imported Lightning (our Trainer takes those too)."""
+        pl = _lightning_pytorch()
+        if self.datamodule_class is None and pl is not None:
+            return (self._datamodule_class, pl.LightningDataModule)
+        return self._datamodule_class
 
     def _add_arguments(self, parser: LightningArgumentParser) -> None:
         self.add_default_arguments_to_parser(parser)
@@ -499,8 +509,10 @@ class LightningCLI:
     def _add_instantiators(self) -> None:
         self.parser.add_instantiator(_InstantiatorFn(cli=self, key="model"), _module_type(self._model_class),
                                      subclasses=self.subclass_mode_model)
-        self.parser.add_instantiator(_InstantiatorFn(cli=self, key="data"), _module_type(self._datamodule_class),
-                                     subclasses=self.subclass_mode_data)
+        data_bases = self._data_bases()
+        for data_base in data_bases if isinstance(data_bases, tuple) else (data_bases,):
+            self.parser.add_instantiator(_InstantiatorFn(cli=self, key="data"), _module_type(data_base),
+                                         subclasses=self.subclass_mode_data)
 
     # -- building the objects ------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:

@@ -403,12 +403,41 @@ def test_auto_configure_optimizers_off_and_configure_optimizers_kept(tmp_path: P
     assert type(cli.model.configure_optimizers()).__name__ == "SGD"
 
 
-def test_without_jsonargparse_import_works_and_cli_says_what_to_install() -> None:
+def test_lightning_data_module_given_or_by_class_path(tmp_path: Path) -> None:
+    cases, lightning_cases = _case_module("mopt_fast"), _case_module("lightning")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli = mf_cli.LightningCLI(cases.Net, lightning_cases.Data, args=[
+            "fit", "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path}", *QUIET, "--data.batch_size=4"])
+        assert type(cli.datamodule) is lightning_cases.Data and cli.trainer.global_step == 2
+        cli = mf_cli.LightningCLI(cases.Net, run=False, args=["--data=cli_cases_lightning.Data", "--data.batch_size=4"])
+    assert type(cli.datamodule) is lightning_cases.Data and cli.datamodule.batch_size == 4
+
+
+def test_optional_packages_jsonargparse_missing_and_lightning_unloaded() -> None:
+    """One interpreter (to keep the test short): without jsonargparse, ``import mopt_fast.cli``
+    works and building a CLI names the extra; with it, a CLI resolves short class names to ours
+    and never loads Lightning."""
     import subprocess
 
-    code = ("import sys; sys.modules['jsonargparse'] = None\n"
+    code = ("import importlib, sys, torch\n"
+            "sys.modules['jsonargparse'] = None\n"
             "import mopt_fast, mopt_fast.cli\n"
-            "try:\n    mopt_fast.cli.LightningCLI()\n"
-            "except ModuleNotFoundError as e:\n    print('ERR', e)\n")
+            "try:\n"
+            "    mopt_fast.cli.LightningCLI()\n"
+            "except ModuleNotFoundError as exc:\n"
+            "    print('error:', exc)\n"
+            "del sys.modules['jsonargparse']\n"
+            "importlib.reload(mopt_fast.cli)\n"
+            "class Net(mopt_fast.LightningModule):\n"
+            "    def __init__(self, hidden: int = 4) -> None:\n"
+            "        super().__init__()\n"
+            "        self.layer = torch.nn.Linear(2, hidden)\n"
+            "cli = mopt_fast.cli.LightningCLI(Net, run=False, args=['--trainer.callbacks+=EarlyStopping',\n"
+            "    '--trainer.callbacks.monitor=x', '--trainer.logger=false', '--optimizer=Adam'])\n"
+            "print(type(cli.trainer.callbacks[1]).__module__, sorted(m for m in sys.modules if 'lightning' in m\n"
+            "     and not m.startswith('mopt_fast')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'mopt_fast[cli]'" in out and out.startswith("ERR")
+    lines = [line for line in out.splitlines() if line.startswith("error:") or line.startswith("mopt_fast.")]
+    assert lines[0].startswith("error: ") and "pip install 'mopt_fast[cli]'" in lines[0]
+    assert lines[1] == "mopt_fast.callbacks.early_stopping []"
