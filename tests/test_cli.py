@@ -148,8 +148,8 @@ def normalized(value: Any) -> Any:
         return value
     if isinstance(value, dict):
         return {k: normalized(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalized(v) for v in value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(normalized(v) for v in value)
     return value
 
 
@@ -304,8 +304,10 @@ def test_link_arguments_and_hooks(tmp_path: Path) -> None:
 
 
 # -- running -------------------------------------------------------------------------------------
-def _config_yaml(root: Path) -> str:
-    return (root / "lightning_logs" / "version_0" / "config.yaml").read_text()
+def _logged_yaml(root: Path) -> tuple[str, str]:
+    """config.yaml (SaveConfigCallback's) and hparams.yaml (the logger's: the module's hyperparameters)."""
+    version = root / "lightning_logs" / "version_0"
+    return (version / "config.yaml").read_text(), (version / "hparams.yaml").read_text()
 
 
 @pytest.mark.parametrize("source", ["argv", "yaml"])
@@ -324,7 +326,7 @@ def test_fit_same_weights_and_same_config_yaml(tmp_path: Path, source: str) -> N
             config.write_text(parsed.parser.dump(parsed.config, skip_none=False))
             argv = ["fit", "--config", str(config)]
         cli = run_cli(fw, model="Net", data="Data", args=argv)
-        return cli, _config_yaml(root)
+        return cli, _logged_yaml(root)
 
     results = both(go)
     ours, theirs = results["mopt_fast"][0], results["lightning"][0]
@@ -332,7 +334,8 @@ def test_fit_same_weights_and_same_config_yaml(tmp_path: Path, source: str) -> N
     for (name, a), (_, b) in zip(ours.model.state_dict().items(), theirs.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert normalized(results["mopt_fast"][1]) == normalized(results["lightning"][1])
-    saved = yaml.safe_load(results["mopt_fast"][1])
+    saved = yaml.safe_load(results["mopt_fast"][1][0])
+    assert yaml.safe_load(results["mopt_fast"][1][1])["_instantiator"] == "mopt_fast.cli.instantiate_module"
     assert saved["optimizer"]["class_path"] == "torch.optim.Adam" and saved["seed_everything"] == 7
     assert type(ours.model.lr_schedulers()).__name__ == "StepLR"
 
