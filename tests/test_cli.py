@@ -208,7 +208,7 @@ def test_callbacks_and_loggers_by_class_path_ours_and_lightnings(tmp_path: Path)
     assert type(cli.trainer.logger) is pl.loggers.CSVLogger
 
 
-def test_config_files_later_wins_and_args_as_dict_or_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_files_later_wins_and_args_as_dict_or_list(tmp_path: Path) -> None:
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("trainer:\n  max_epochs: 5\n  max_steps: 7\nmodel:\n  hidden: 4\nseed_everything: 3\n")
     second.write_text("trainer:\n  max_epochs: 2\nmodel:\n  lr: 0.2\n")
@@ -218,9 +218,9 @@ def test_config_files_later_wins_and_args_as_dict_or_list(tmp_path: Path, monkey
     ours = results["mopt_fast"]
     assert (ours["trainer"]["max_epochs"], ours["trainer"]["max_steps"]) == (2, 7)
     assert (ours["model"], ours["seed_everything"]) == ({"hidden": 6, "lr": 0.2}, 3)
-    monkeypatch.setenv("PL_GLOBAL_SEED", "99")  # the seed a CLI draws without one: not the one the dict gives
     as_dict = {"trainer": {"max_epochs": 2, "max_steps": 7}, "model": {"hidden": 6, "lr": 0.2}, "seed_everything": 3}
-    from_dict = both(lambda fw: config_dict(run_cli(fw, run=False, args=as_dict)))
+    # seed_everything_default=False: the seed in the config must come from the dict
+    from_dict = both(lambda fw: config_dict(run_cli(fw, run=False, args=as_dict, seed_everything_default=False)))
     assert_same(from_dict)
     assert {k: v for k, v in from_dict["mopt_fast"].items() if k != "config"} == {
         k: v for k, v in ours.items() if k != "config"}
