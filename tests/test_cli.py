@@ -112,7 +112,26 @@ def _case_module(fw: str) -> types.ModuleType:
         def test_dataloader(self) -> DataLoader:
             return self.val_dataloader()
 
-    for cls in (Net, DeepNet, Data):
+    cli = pl_cli if fw == "lightning" else mf_cli
+
+    class InjectedNet(Net):
+        """Net whose optimizer and scheduler are configurable arguments (the CLI's type aliases)."""
+
+        def __init__(self, optimizer: Any = torch.optim.Adam, scheduler: Any = None, hidden: int = 16) -> None:
+            super().__init__(hidden)
+            self.optimizer, self.scheduler = optimizer, scheduler
+
+        def configure_optimizers(self) -> Any:
+            optimizer = self.optimizer(self.parameters())
+            if self.scheduler is None:
+                return optimizer
+            return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+
+    # the framework's aliases as objects (string annotations would be evaluated in this file's globals)
+    InjectedNet.__init__.__annotations__.update(optimizer=cli.OptimizerCallable,
+                                                scheduler=cli.LRSchedulerCallable | None)
+
+    for cls in (Net, DeepNet, Data, InjectedNet):
         cls.__module__, cls.__qualname__ = name, cls.__name__
         setattr(module, cls.__name__, cls)
     sys.modules[name] = module
@@ -445,3 +464,42 @@ def test_optional_packages_jsonargparse_missing_and_lightning_unloaded() -> None
     lines = [line for line in out.splitlines() if line.startswith("error:") or line.startswith("mopt_fast.")]
     assert lines[0].startswith("error: ") and "pip install 'mopt_fast[cli]'" in lines[0]
     assert lines[1] == "mopt_fast.callbacks.early_stopping []"
+
+
+def test_optimizer_and_scheduler_callables_as_module_arguments(tmp_path: Path) -> None:
+    def go(fw: str) -> Any:
+        return run_cli(fw, model="InjectedNet", data="Data", args=[
+            "fit", "--seed_everything=3", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path / fw}",
+            *QUIET, '--model.optimizer={"class_path": "SGD", "init_args": {"lr": 0.2, "momentum": 0.5}}',
+            '--model.scheduler={"class_path": "StepLR", "init_args": {"step_size": 2, "gamma": 0.5}}'])
+
+    clis = both(go)
+    assert_same({fw: config_dict(cli) for fw, cli in clis.items()})
+    assert_same({fw: dict(cli.model.hparams) for fw, cli in clis.items()})
+    ours, theirs = clis["mopt_fast"], clis["lightning"]
+    assert type(ours.model.optimizers().optimizer).__name__ == "SGD"
+    assert type(ours.model.lr_schedulers()).__name__ == "StepLR"
+    for a, b in zip(ours.model.parameters(), theirs.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    init = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.3}}
+    params = [nn.Parameter(torch.randn(2))]
+    assert mf_cli.instantiate_class(params, init).defaults == pl_cli.instantiate_class(params, init).defaults
+
+
+def test_subcommand_method_on_the_cli_and_parser_kwargs_per_subcommand(tmp_path: Path) -> None:
+    defaults = tmp_path / "fit_defaults.yaml"
+    defaults.write_text("trainer:\n  max_epochs: 9\nckpt_path: null\n")
+
+    def go(fw: str) -> Any:
+        class CLI(_cli(fw).LightningCLI):  # type: ignore[misc,name-defined]
+            def fit(self, **kwargs: Any) -> None:  # runs instead of Trainer.fit
+                self.fit_kwargs = sorted(kwargs)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cli = CLI(_case_module(fw).Net, args=["fit"], parser_kwargs={"fit": {"default_config_files": [defaults]}})
+        return cli.fit_kwargs, cli.trainer.max_epochs, config_dict(cli)
+
+    results = both(go)
+    assert results["mopt_fast"][:2] == (["ckpt_path", "model", "weights_only"], 9)
+    assert_same(results)
