@@ -360,14 +360,19 @@ def test_fit_same_weights_and_same_config_yaml(tmp_path: Path, source: str) -> N
     assert type(ours.model.lr_schedulers()).__name__ == "StepLR"
 
 
-def test_reduce_lr_on_plateau_and_validate_test(tmp_path: Path) -> None:
+def test_reduce_lr_on_plateau_then_test_from_the_checkpoint(tmp_path: Path) -> None:
+    """fit with ReduceLROnPlateau, then ``test --ckpt_path``: the checkpoint's hyperparameters
+    (hidden=6) come into the config, so the module is built to the checkpoint's shape."""
     def go(fw: str) -> Any:
         root = tmp_path / fw
         cli = run_cli(fw, model="Net", data="Data", args=[
-            "fit", "--seed_everything=1", "--trainer.max_epochs=2", f"--trainer.default_root_dir={root}", *QUIET,
+            "fit", "--seed_everything=1", "--trainer.max_epochs=2", f"--trainer.default_root_dir={root}",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--model.hidden=6",
             "--optimizer=SGD", "--optimizer.lr=0.1", f"--lr_scheduler={_cli(fw).__name__}.ReduceLROnPlateau",
             "--lr_scheduler.monitor=val_loss", "--lr_scheduler.patience=0"])
-        tested = run_cli(fw, model="Net", data="Data", args=["test", f"--trainer.default_root_dir={root}", *QUIET],
+        ckpt = next((root / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"))
+        tested = run_cli(fw, model="Net", data="Data", args=["test", f"--trainer.default_root_dir={root}", *QUIET,
+                                                             f"--ckpt_path={ckpt}"],
                          save_config_kwargs={"overwrite": True})
         return cli, tested
 
@@ -377,7 +382,9 @@ def test_reduce_lr_on_plateau_and_validate_test(tmp_path: Path) -> None:
         assert torch.equal(a, b)
     assert ours.model.optimizers().param_groups[0]["lr"] == theirs.model.optimizers().param_groups[0]["lr"]
     assert isinstance(ours.model.lr_schedulers(), mf_cli.ReduceLROnPlateau)
-    assert ours_test.trainer.callback_metrics.keys() == theirs_test.trainer.callback_metrics.keys()
+    assert ours_test.model.hparams.hidden == 6 and config_dict(ours_test)["test"]["model"]["hidden"] == 6
+    assert_same({fw: config_dict(cli) for fw, (_, cli) in results.items()})
+    assert ours_test.trainer.callback_metrics == theirs_test.trainer.callback_metrics
 
 
 def test_saved_config_exists_error_and_save_config_callback_none(tmp_path: Path) -> None:
