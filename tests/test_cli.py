@@ -444,33 +444,31 @@ def test_lightning_data_module_given_or_by_class_path(tmp_path: Path) -> None:
     assert type(cli.datamodule) is lightning_cases.Data and cli.datamodule.batch_size == 4
 
 
-def test_optional_packages_jsonargparse_missing_and_lightning_unloaded() -> None:
-    """One interpreter (to keep the test short): without jsonargparse, ``import mopt_fast.cli``
-    works and building a CLI names the extra; with it, a CLI resolves short class names to ours
-    and never loads Lightning."""
-    import subprocess
+def test_without_jsonargparse_import_works_and_the_cli_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
 
-    code = ("import importlib, sys, torch\n"
-            "sys.modules['jsonargparse'] = None\n"
-            "import mopt_fast, mopt_fast.cli\n"
-            "try:\n"
-            "    mopt_fast.cli.LightningCLI()\n"
-            "except ModuleNotFoundError as exc:\n"
-            "    print('error:', exc)\n"
-            "del sys.modules['jsonargparse']\n"
-            "importlib.reload(mopt_fast.cli)\n"
-            "class Net(mopt_fast.LightningModule):\n"
-            "    def __init__(self, hidden: int = 4) -> None:\n"
-            "        super().__init__()\n"
-            "        self.layer = torch.nn.Linear(2, hidden)\n"
-            "cli = mopt_fast.cli.LightningCLI(Net, run=False, args=['--trainer.callbacks+=EarlyStopping',\n"
-            "    '--trainer.callbacks.monitor=x', '--trainer.logger=false', '--optimizer=Adam'])\n"
-            "print(type(cli.trainer.callbacks[1]).__module__, sorted(m for m in sys.modules if 'lightning' in m\n"
-            "     and not m.startswith('mopt_fast')))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    lines = [line for line in out.splitlines() if line.startswith("error:") or line.startswith("mopt_fast.")]
-    assert lines[0].startswith("error: ") and "pip install 'mopt_fast[cli]'" in lines[0]
-    assert lines[1] == "mopt_fast.callbacks.early_stopping []"
+    monkeypatch.setitem(sys.modules, "jsonargparse", None)  # as if not installed
+    try:
+        importlib.reload(mf_cli)
+        with pytest.raises(ModuleNotFoundError, match=re.escape("pip install 'mopt_fast[cli]'")):
+            mf_cli.LightningCLI(_case_module("mopt_fast").Net, args=[])
+    finally:
+        monkeypatch.undo()
+        importlib.reload(mf_cli)
+    assert mf_cli.LightningArgumentParser.__mro__[1] is sys.modules["jsonargparse"].ArgumentParser
+
+
+def test_without_lightning_imported_the_cli_takes_ours_and_never_loads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI recognises Lightning only when the script imported it (sys.modules). No ``--optimizer``
+    here: jsonargparse imports the module of every Optimizer subclass alive to resolve a short name,
+    and this process holds Lightning's (a script without Lightning holds none)."""
+    for name in [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]:
+        monkeypatch.delitem(sys.modules, name)
+    cli = run_cli("mopt_fast", run=False, args=["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=x",
+                                                "--trainer.logger=false"])
+    assert type(cli.trainer.callbacks[1]) is mopt_fast.callbacks.EarlyStopping
+    assert not [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]
+
 
 
 def test_optimizer_and_scheduler_callables_as_module_arguments(tmp_path: Path) -> None:
