@@ -210,6 +210,27 @@ def test_trainer_arguments_parse_alike() -> None:
     assert isinstance(cli.model, mopt_fast.LightningModule) and cli.model.hparams.hidden == 8
 
 
+def test_trainer_subclass_passing_kwargs_on() -> None:
+    def trainer_class(fw: str) -> type:
+        class MyTrainer(frameworks_trainer(fw)):  # type: ignore[misc]
+            def __init__(self, extra: int = 1, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.extra = extra
+
+        return MyTrainer
+
+    argv = ["--trainer.extra=3", "--trainer.max_epochs=2", "--trainer.logger=false",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", "--trainer.callbacks.monitor=x"]
+    clis = both(lambda fw: run_cli(fw, run=False, args=argv, trainer_class=trainer_class(fw)))
+    assert_same({fw: config_dict(cli) for fw, cli in clis.items()})
+    ours = clis["mopt_fast"].trainer
+    assert (ours.extra, ours.max_epochs) == (3, 2) and any(type(c) is pl.callbacks.EarlyStopping for c in ours.callbacks)
+
+
+def frameworks_trainer(fw: str) -> type:
+    return pl.Trainer if fw == "lightning" else mopt_fast.Trainer
+
+
 def test_callbacks_and_loggers_by_class_path_ours_and_lightnings(tmp_path: Path) -> None:
     argv = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val_loss",
             "--trainer.callbacks+=LearningRateMonitor", "--trainer.logger=CSVLogger",
