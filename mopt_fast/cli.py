@@ -141,19 +141,37 @@ def _trainer_signature_view(trainer_class: type) -> type:
     if pl is None or not issubclass(trainer_class, Trainer):
         return trainer_class
     extra = {Callback: pl.Callback, Logger: pl.loggers.Logger}
+    parameters = [p.replace(annotation=_widen(p.annotation, extra)) for p in _init_parameters(trainer_class)]
     init = trainer_class.__init__
-    hints = typing.get_type_hints(init)
-    signature = inspect.signature(init)
-    parameters = [p.replace(annotation=_widen(hints.get(p.name, p.annotation), extra))
-                  for p in signature.parameters.values()]
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # never called
         init(self, *args, **kwargs)
 
-    __init__.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    __init__.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     __init__.__doc__ = init.__doc__
     return type(trainer_class.__name__, (trainer_class,),
                 {"__init__": __init__, "__module__": trainer_class.__module__, "__doc__": trainer_class.__doc__})
+
+
+def _init_parameters(trainer_class: type) -> list[inspect.Parameter]:
+    """The keyword arguments `trainer_class` takes, annotations resolved: its ``__init__``'s, and
+    while an ``__init__`` takes ``**kwargs``, those of the parent classes' (a Trainer subclass
+    passing ``**kwargs`` on to Trainer), as jsonargparse follows them."""
+    parameters: dict[str, inspect.Parameter] = {"self": inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)}
+    for cls in trainer_class.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        hints = typing.get_type_hints(init)
+        takes_kwargs = False
+        for p in list(inspect.signature(init).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                takes_kwargs |= p.kind == p.VAR_KEYWORD
+            elif p.name not in parameters:
+                parameters[p.name] = p.replace(kind=p.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+        if not takes_kwargs or cls is Trainer:
+            break
+    return list(parameters.values())
 
 
 def _is_subclass(value: Any, bases: type | tuple[type, ...]) -> bool:
