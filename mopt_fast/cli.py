@@ -35,7 +35,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from mopt_fast._version import __version__
 from mopt_fast.callbacks.callback import Callback
 from mopt_fast.core.datamodule import LightningDataModule
-from mopt_fast.core.hparams import given_hyperparameters_context
+from mopt_fast.core.hparams import given_hyperparameters_context, register_instantiator
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.saving import filesystem
 from mopt_fast.exceptions import MisconfigurationException
@@ -749,3 +749,28 @@ def instantiate_module(class_type: type[ModuleType], config: dict[str, Any]) -> 
     else:
         parser.add_class_arguments(class_type, "module", fail_untyped=False)
     return parser.instantiate_classes(parser.parse_object({"module": config})).module
+
+
+def _instantiate_from_checkpoint(class_type: type[ModuleType], config: dict[str, Any]) -> ModuleType:
+    """`instantiate_module` for ``load_from_checkpoint``, with Lightning's guard: a ``_class_path``
+    from the checkpoint must name an already imported subclass (no code is imported for a checkpoint)."""
+    class_path = config.get("_class_path")
+    if class_path is not None and not _is_imported_subclass(class_path, class_type):
+        raise ValueError(
+            f"The class {class_path!r} requested by the checkpoint does not resolve to an already imported"
+            f" subclass of {class_type.__name__} and was blocked to prevent arbitrary code execution. If you trust"
+            " this checkpoint, import the module that defines the class before loading.")
+    return instantiate_module(class_type, config)
+
+
+def _is_imported_subclass(class_path: Any, cls: type) -> bool:
+    if not isinstance(class_path, str):
+        return False
+    module_name, _, name = class_path.rpartition(".")
+    target = getattr(sys.modules.get(module_name), name, None)
+    return isinstance(target, type) and issubclass(target, cls)
+
+
+if not _JSONARGPARSE_ERROR:  # checkpoints of either CLI rebuild their class_path arguments
+    for _path in ("mopt_fast.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module"):
+        register_instantiator(_path, _instantiate_from_checkpoint)

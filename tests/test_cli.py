@@ -496,7 +496,7 @@ def test_optimizer_and_scheduler_callables_as_module_arguments(tmp_path: Path) -
     def go(fw: str) -> Any:
         return run_cli(fw, model="InjectedNet", data="Data", args=[
             "fit", "--seed_everything=3", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path / fw}",
-            *QUIET, '--model.optimizer={"class_path": "SGD", "init_args": {"lr": 0.2, "momentum": 0.5}}',
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", '--model.optimizer={"class_path": "SGD", "init_args": {"lr": 0.2, "momentum": 0.5}}',
             '--model.scheduler={"class_path": "StepLR", "init_args": {"step_size": 2, "gamma": 0.5}}'])
 
     clis = both(go)
@@ -507,6 +507,14 @@ def test_optimizer_and_scheduler_callables_as_module_arguments(tmp_path: Path) -
     assert type(ours.model.lr_schedulers()).__name__ == "StepLR"
     for a, b in zip(ours.model.parameters(), theirs.model.parameters(), strict=True):
         assert torch.equal(a, b)
+    # load_from_checkpoint rebuilds the callables through the CLI's instantiator, as Lightning's
+    loaded = {}
+    for fw, cli in clis.items():
+        ckpt = next((tmp_path / fw / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"))
+        loaded[fw] = type(cli.model).load_from_checkpoint(ckpt, weights_only=False)
+    optimizers = {fw: model.optimizer(model.parameters()) for fw, model in loaded.items()}
+    assert_same({fw: (type(o).__name__, o.defaults) for fw, o in optimizers.items()})
+    assert optimizers["mopt_fast"].defaults["momentum"] == 0.5
     init = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.3}}
     params = [nn.Parameter(torch.randn(2))]
     assert mf_cli.instantiate_class(params, init).defaults == pl_cli.instantiate_class(params, init).defaults

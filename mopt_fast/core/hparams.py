@@ -22,7 +22,7 @@ import torch
 
 from mopt_fast.core.saving import AttributeDict
 
-__all__ = ["HyperparametersMixin", "clean_namespace", "given_hyperparameters_context"]
+__all__ = ["HyperparametersMixin", "clean_namespace", "given_hyperparameters_context", "register_instantiator"]
 
 _PRIMITIVE_TYPES = (bool, int, float, str)
 
@@ -161,6 +161,27 @@ class _restricted_classmethod:
 
 
 _CHECKPOINT_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
+
+# The functions a checkpoint's ``_instantiator`` may name (LightningCLI's, which rebuild class_path
+# configs among the hyperparameters), by import path. mopt_fast.cli registers its own when imported;
+# nothing is imported from a checkpoint's path (Lightning keeps an allowlist for that reason).
+_INSTANTIATORS: dict[str, Callable[[type, dict[str, Any]], Any]] = {}
+
+
+def register_instantiator(path: str, instantiator: Callable[[type, dict[str, Any]], Any]) -> None:
+    """Let checkpoints whose hyperparameters name `path` as ``_instantiator`` be rebuilt by `instantiator`."""
+    _INSTANTIATORS[path] = instantiator
+
+
+def _build_from_checkpoint(cls: type[HyperparametersMixin], checkpoint: dict[str, Any],
+                           cls_kwargs_new: dict[str, Any]) -> Any:
+    """`cls` built from the checkpoint's hyperparameters (`_init_kwargs`): by the registered
+    instantiator the checkpoint names, else directly."""
+    kwargs = _init_kwargs(cls, checkpoint, cls_kwargs_new)
+    saved = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+    path = cls_kwargs_new.get("_instantiator", saved.get("_instantiator") if isinstance(saved, Mapping) else None)
+    instantiator = _INSTANTIATORS.get(path) if isinstance(path, str) else None
+    return instantiator(cls, kwargs) if instantiator else cls(**kwargs)
 
 
 def _init_kwargs(cls: type[HyperparametersMixin], checkpoint: dict[str, Any],
