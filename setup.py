@@ -124,10 +124,12 @@ setup(
     # mopt_fast.lightning subclasses Lightning's precision plugins and relies on how its loops call
     # them (_after_closure, train_step_context): the minor version the tests run against.
     # torchmetrics: Metric objects in self.log (never imported by mopt_fast itself).
+    # cli: mopt_fast.cli.LightningCLI parses arguments and configs with jsonargparse, as Lightning's.
     extras_require={
         "tensorboard": ["tensorboard>=2.9"],
         "lightning": ["lightning>=2.6,<2.7"],
         "torchmetrics": ["torchmetrics>=1.0"],
+        "cli": ["jsonargparse[signatures]>=4.39"],
     },
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

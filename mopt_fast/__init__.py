@@ -4,7 +4,7 @@ Layers, bottom up: kernels (csrc/, triton_kernels/, mopt_fast/torch_ops) → op 
 (mopt_fast.registry) → functional API (mopt_fast.functional, re-exported here) → precision
 plugins (mopt_fast.precision) → core (mopt_fast.core: LightningModule, LightningDataModule, the
 optimizer wrapper) → callbacks and loggers (mopt_fast.callbacks, mopt_fast.loggers) → the Trainer
-engine (mopt_fast.trainer).
+engine (mopt_fast.trainer) → the command line (mopt_fast.cli: LightningCLI, on the optional jsonargparse).
 
 ``import mopt_fast`` loads the kernels and the functional API only; the Lightning front (the
 names below from core/ up, and ``mopt_fast.callbacks`` / ``loggers`` / ``trainer``) loads on first

@@ -16,11 +16,11 @@ PACKAGE = pathlib.Path(mopt_fast.__file__).parent
 # Bottom up; a module may import its own layer and those below it.
 LAYERS = [
     ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
-                 "triton_kernels", "functional", "amp", "precision", "seed", "lightning", "cli"]),
+                 "triton_kernels", "functional", "amp", "precision", "seed", "lightning"]),
     ("core", ["core", "plugins"]),
     ("callbacks and loggers", ["callbacks", "loggers"]),
     ("trainer", ["trainer"]),
-    ("tuner", ["tuner"]),  # runs the finders (callbacks/) on the Trainer
+    ("tuner and command line", ["tuner", "cli"]),  # the finders (callbacks/) and the CLI run the Trainer
 ]
 LAYER_OF = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}
 
@@ -74,8 +74,11 @@ def test_import_mopt_fast_loads_the_kernels_only() -> None:
     ``import torch`` itself loads; the front loads on first use."""
     torch_only = set(_loaded_after("import torch"))
     kernels = set(_loaded_after("import mopt_fast"))
-    front = sorted(m for m in kernels if _top(m) in ("core", "callbacks", "loggers", "trainer"))
+    front = sorted(m for m in kernels if _top(m) in ("core", "callbacks", "loggers", "trainer", "cli"))
     assert not front, front
+    optional = sorted(m for m in kernels if m.split(".")[0] in ("lightning", "pytorch_lightning", "jsonargparse",
+                                                                  "matplotlib"))
+    assert not optional, optional
     extra_distributed = sorted(m for m in kernels - torch_only if m.startswith("torch.distributed"))
     assert not extra_distributed, extra_distributed
     with_front = set(_loaded_after("import mopt_fast\nmopt_fast.Trainer\nmopt_fast.callbacks.EarlyStopping"))

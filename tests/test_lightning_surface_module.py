@@ -360,12 +360,9 @@ def test_exceptions_scripts_catch() -> None:
     assert mopt_fast.MisconfigurationException is exceptions.MisconfigurationException
 
 
-@pytest.mark.parametrize("what", ["LightningCLI", "to_onnx", "to_torchscript", "Fabric"])
+@pytest.mark.parametrize("what", ["to_onnx", "to_torchscript", "Fabric"])
 def test_not_built_features_say_so(what: str) -> None:
-    from mopt_fast.cli import LightningCLI
-
     calls = {
-        "LightningCLI": lambda: LightningCLI(cases.minimal(mopt_fast.LightningModule)),
         "to_onnx": lambda: cases.minimal(mopt_fast.LightningModule)().to_onnx("m.onnx", torch.randn(1, 8)),
         "to_torchscript": lambda: cases.minimal(mopt_fast.LightningModule)().to_torchscript(),
         "Fabric": lambda: mopt_fast.Fabric,

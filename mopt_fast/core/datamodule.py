@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mopt_fast.core.hooks import DataHooks
-from mopt_fast.core.hparams import HyperparametersMixin, _init_kwargs, _restricted_classmethod
+from mopt_fast.core.hparams import HyperparametersMixin, _build_from_checkpoint, _restricted_classmethod
 from mopt_fast.core.saving import _read_checkpoint
 from mopt_fast.exceptions import MisconfigurationException
 
@@ -60,7 +60,7 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
         checkpoint = _read_checkpoint(checkpoint_path, map_location, weights_only, hparams_file,
                                       key=cls.CHECKPOINT_HYPER_PARAMS_KEY)
         checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {}).update(kwargs)
-        datamodule = cls(**_init_kwargs(cls, checkpoint, kwargs))
+        datamodule = _build_from_checkpoint(cls, checkpoint, kwargs)
         if cls.__qualname__ in checkpoint:
             datamodule.load_state_dict(checkpoint[cls.__qualname__])
         return datamodule

@@ -5,6 +5,8 @@
 `LightningDataModule`; each names its checkpoint keys (``CHECKPOINT_HYPER_PARAMS_*``)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
 import inspect
@@ -12,7 +14,7 @@ import pickle
 import types
 import warnings
 from argparse import Namespace
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -20,9 +22,25 @@ import torch
 
 from mopt_fast.core.saving import AttributeDict
 
-__all__ = ["HyperparametersMixin", "clean_namespace"]
+__all__ = ["HyperparametersMixin", "clean_namespace", "given_hyperparameters_context", "register_instantiator"]
 
 _PRIMITIVE_TYPES = (bool, int, float, str)
+
+# Hyperparameters that `save_hyperparameters` takes instead of the ``__init__`` arguments: the
+# LightningCLI's parsed config of the object it builds (Lightning's `_given_hyperparameters`).
+_given_hyperparameters: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "_given_hyperparameters", default=None)
+
+
+@contextlib.contextmanager
+def given_hyperparameters_context(hparams: dict[str, Any], instantiator: str) -> Iterator[None]:
+    """Objects built inside save `hparams`, plus ``_instantiator``: the import path of the function
+    that rebuilds them from their checkpoint."""
+    token = _given_hyperparameters.set({**hparams, "_instantiator": instantiator})
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
 
 
 # -- save_hyperparameters: the frame walk of lightning.pytorch.utilities.parsing ---------------------
@@ -144,6 +162,27 @@ class _restricted_classmethod:
 
 _CHECKPOINT_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
 
+# The functions a checkpoint's ``_instantiator`` may name (LightningCLI's, which rebuild class_path
+# configs among the hyperparameters), by import path. mopt_fast.cli registers its own when imported;
+# nothing is imported from a checkpoint's path (Lightning keeps an allowlist for that reason).
+_INSTANTIATORS: dict[str, Callable[[type, dict[str, Any]], Any]] = {}
+
+
+def register_instantiator(path: str, instantiator: Callable[[type, dict[str, Any]], Any]) -> None:
+    """Let checkpoints whose hyperparameters name `path` as ``_instantiator`` be rebuilt by `instantiator`."""
+    _INSTANTIATORS[path] = instantiator
+
+
+def _build_from_checkpoint(cls: type[HyperparametersMixin], checkpoint: dict[str, Any],
+                           cls_kwargs_new: dict[str, Any]) -> Any:
+    """`cls` built from the checkpoint's hyperparameters (`_init_kwargs`): by the registered
+    instantiator the checkpoint names, else directly."""
+    kwargs = _init_kwargs(cls, checkpoint, cls_kwargs_new)
+    saved = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+    path = cls_kwargs_new.get("_instantiator", saved.get("_instantiator") if isinstance(saved, Mapping) else None)
+    instantiator = _INSTANTIATORS.get(path) if isinstance(path, str) else None
+    return instantiator(cls, kwargs) if instantiator else cls(**kwargs)
+
 
 def _init_kwargs(cls: type[HyperparametersMixin], checkpoint: dict[str, Any],
                  cls_kwargs_new: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +210,7 @@ def _init_kwargs(cls: type[HyperparametersMixin], checkpoint: dict[str, Any],
 
     kwargs = dict(loaded)
     kwargs.update(cls_kwargs_new)
-    kwargs.pop("_instantiator", None)  # LightningCLI's (not built): the class is built directly
+    kwargs.pop("_instantiator", None)  # LightningCLI's (mopt_fast.cli): the class is built directly
     if not cls_spec.varkw:
         kwargs = {k: v for k, v in kwargs.items() if k in init_names}
     if not cls_spec.varkw:
@@ -229,16 +268,20 @@ class HyperparametersMixin:
         self._log_hyperparams = logger
         if len(args) == 1 and not isinstance(args, str) and not args[0]:
             return  # an empty container
-        if not frame:
+        given = _given_hyperparameters.get()
+        if given is None and not frame:
             current = inspect.currentframe()
             if current:
                 frame = current.f_back
-        if not isinstance(frame, types.FrameType):
+        if given is None and not isinstance(frame, types.FrameType):
             raise AttributeError("There is no `frame` available while being required.")
 
-        if is_dataclass(self):
+        if given is not None:
+            init_args = given
+        elif is_dataclass(self):
             init_args = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         else:
+            assert frame is not None  # checked above
             init_args = {}
             for local_args in _collect_init_args(frame, [], classes=(HyperparametersMixin,)):
                 init_args.update(local_args)

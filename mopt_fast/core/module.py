@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 
 from mopt_fast.core.hooks import DataHooks, ModelHooks
-from mopt_fast.core.hparams import HyperparametersMixin, _init_kwargs, _restricted_classmethod
+from mopt_fast.core.hparams import HyperparametersMixin, _build_from_checkpoint, _restricted_classmethod
 from mopt_fast.core.optimizer import LightningOptimizer, validate_clip_args
 from mopt_fast.core.saving import AttributeDict, _read_checkpoint
 from mopt_fast.exceptions import MisconfigurationException, not_built
@@ -46,8 +46,7 @@ _MINIMUM = (
 def _load_state(cls: type, checkpoint: dict[str, Any], strict: bool | None = None, **cls_kwargs_new: Any) -> Any:
     """An instance of `cls` built from the checkpoint's hyperparameters (`cls_kwargs_new` win),
     given the checkpoint's weights; Lightning's `_load_state`."""
-    kwargs = _init_kwargs(cls, checkpoint, cls_kwargs_new)
-    obj = cls(**kwargs)
+    obj = _build_from_checkpoint(cls, checkpoint, cls_kwargs_new)
 
     if obj._strict_loading is not None and strict is not None and strict != obj.strict_loading:
         raise ValueError(

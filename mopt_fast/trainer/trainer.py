@@ -165,9 +165,9 @@ class Trainer:
         *,
         accelerator: str = "auto",
         strategy: str | Strategy = "auto",
-        devices: int | str | Sequence[int] = "auto",
+        devices: Sequence[int] | str | int = "auto",  # this order: the CLI parses "1" to "1", as Lightning's
         num_nodes: int = 1,
-        precision: str | int | None = None,
+        precision: int | str | None = None,  # int first: the CLI parses "32" to 32, as Lightning's
         logger: bool | Logger | Iterable[Logger] | None = None,
         callbacks: Callback | list[Callback] | None = None,
         fast_dev_run: int | bool = False,
