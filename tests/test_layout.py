@@ -18,7 +18,7 @@ LAYERS = [
     ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
                  "triton_kernels", "functional", "amp", "precision", "seed", "lightning", "cli", "tuner"]),
     ("core", ["core"]),
-    ("callbacks and loggers", ["callbacks", "loggers"]),
+    ("callbacks, loggers and profilers", ["callbacks", "loggers", "profilers"]),
     ("trainer", ["trainer"]),
 ]
 LAYER_OF = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}

@@ -238,7 +238,7 @@ def batch_transfer(trainer: Trainer) -> Callable[[Any, int], Any] | None:
     the batch themselves (nothing on the CPU), with no call per batch."""
     model, datamodule = trainer.lightning_module, trainer.datamodule
     base = datamodule_base(datamodule)
-    if not any(is_overridden(name, model, LightningModule)
+    if trainer.hooks.profiler is None and not any(is_overridden(name, model, LightningModule)
                or (base is not None and is_overridden(name, datamodule, base)) for name in BATCH_TRANSFER_HOOKS):
         return None
     before, move, after = (getattr(batch_hook_owner(trainer, name), name) for name in BATCH_TRANSFER_HOOKS)

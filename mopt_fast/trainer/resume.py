@@ -285,8 +285,12 @@ def save_callback_states(trainer: Trainer, checkpoint: dict[str, Any], on_save: 
 
 
 def _call_callbacks_on_save(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    profiler = trainer.hooks.profiler
     for cb in trainer.callbacks:
-        if type(cb).on_save_checkpoint is not Callback.on_save_checkpoint:
+        if profiler is not None:  # a profiled run calls every callback's, as Lightning does
+            with profiler.profile(f"[Callback]{cb.state_key}.on_save_checkpoint"):
+                cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
+        elif type(cb).on_save_checkpoint is not Callback.on_save_checkpoint:
             cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
 
 
