@@ -204,7 +204,7 @@ def test_bad_profiler_argument_raises_lightnings_error(value) -> None:
     for fw in FRAMEWORKS:
         _, Trainer = cases.frameworks(fw)
         with pytest.raises(Exception) as info:
-            Trainer(accelerator="cpu", logger=False, profiler=value).fit(
+            Trainer(accelerator="cpu", logger=False, max_epochs=1, profiler=value).fit(
                 cases.automatic()(cases.frameworks(fw)[0])(), cases.make_data()[0])
         errors[fw] = (type(info.value).__name__, str(info.value))
     assert errors["mopt_fast"] == errors["lightning"]

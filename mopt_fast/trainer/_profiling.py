@@ -109,7 +109,7 @@ class ProfiledHookRunner(HookRunner):
     def _action(self, fn: Callable, is_callback: bool, name: str) -> str:
         owner = getattr(fn, "__self__", None)
         if is_callback:
-            return f"[Callback]{owner.state_key}.{name}"  # type: ignore[union-attr]
+            return f"[Callback]{getattr(owner, 'state_key', type(owner).__name__)}.{name}"
         trainer = self.trainer
         if owner is not None and owner is trainer.datamodule:
             return f"[LightningDataModule]{type(owner).__name__}.{name}"
