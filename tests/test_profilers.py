@@ -221,6 +221,11 @@ def test_profiler_names_and_defaults() -> None:
         mopt_fast.Trainer(accelerator="cpu", logger=False, profiler="xla")
     with pytest.raises(NotBuiltError, match="XLAProfiler"):
         from mopt_fast.profilers import XLAProfiler  # noqa: F401
+    remote = SimpleProfiler(dirpath="s3://bucket/profiles", filename="perf")
+    with remote.profile("work"):
+        pass
+    with pytest.raises(NotBuiltError, match="remote profiler dirpath"):
+        remote.describe()
     assert set(package("mopt_fast", "profilers").__all__) | {"XLAProfiler"} == set(
         package("lightning", "profilers").__all__)
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mopt_fast.profilers.profiler import Profiler
+from mopt_fast.profilers.profiler import Profiler, local_dir
 
 __all__ = ["AdvancedProfiler"]
 
@@ -41,7 +41,7 @@ class AdvancedProfiler(Profiler):
 
     def _dump_stats(self, action_name: str, profile: cProfile.Profile) -> None:
         assert self.dirpath, "AdvancedProfiler(dump_stats=True) needs a dirpath"
-        os.makedirs(self.dirpath, exist_ok=True)
+        os.makedirs(local_dir(self.dirpath), exist_ok=True)
         profile.dump_stats(os.path.join(self.dirpath, self._prepare_filename(action_name=action_name,
                                                                              extension=".prof")))
 

@@ -13,12 +13,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from mopt_fast.exceptions import not_built
+
 __all__ = ["Profiler"]
 
 log = logging.getLogger(__name__)
 
 # Characters that are not safe in a file name on some platform: each becomes "_".
 _UNSAFE = re.compile(r"[\\/:*?\"<>|\n\r\t]")
+
+
+def local_dir(path: str | Path) -> str:
+    """`path` when it is a local folder; a remote (fsspec) URL, which Lightning's profilers write
+    to, is not built here."""
+    path = os.fspath(path)
+    if "://" in path:
+        raise not_built(f"a remote profiler dirpath ({path!r})", "profile to a local folder")
+    return path
 
 
 class Profiler(ABC):
@@ -71,6 +82,7 @@ class Profiler(ABC):
         if self._write_stream is not None:
             return
         if self.filename and self.dirpath:
+            local_dir(self.dirpath)
             os.makedirs(self.dirpath, exist_ok=True)
             self._output_file = open(os.path.join(self.dirpath, self._prepare_filename()), "a")  # noqa: SIM115
             self._write_stream = self._output_file.write
