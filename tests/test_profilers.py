@@ -210,7 +210,8 @@ def test_bad_profiler_argument_raises_lightnings_error(value) -> None:
     assert errors["mopt_fast"] == errors["lightning"]
 
 
-def test_profiler_names_and_defaults() -> None:
+def test_profiler_names_and_defaults(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a broken remote-path check would write under ./s3:
     import mopt_fast
     from mopt_fast.exceptions import NotBuiltError
     from mopt_fast.profilers import PassThroughProfiler, SimpleProfiler
