@@ -98,8 +98,8 @@ def build_profiled_table(callbacks: list[Any], module: LightningModule) -> dict[
 
 
 class ProfiledHookRunner(HookRunner):
-    """`HookRunner` with every call inside its profiler action (the class a profiled run's
-    ``trainer.hooks`` takes on; `HookRunner.build` picks it)."""
+    """`HookRunner` with every call inside its profiler action: ``trainer.hooks`` of a profiled run
+    (`hook_runner` picks it at the start of each entry point)."""
 
     __slots__ = ()
 
