@@ -254,3 +254,34 @@ def test_profiler_used_without_a_trainer_describes_itself(tmp_path) -> None:
         profiler.describe()
         outputs[fw] = (sorted(os.listdir(tmp_path / fw)), len(profiler.recorded_durations["work"]), str(info.value))
     assert outputs["mopt_fast"] == outputs["lightning"]
+
+
+
+def fit_with_checkpoints(framework: str, root: str, epochs: int, ckpt_path: str | None) -> dict[str, int]:
+    """The SimpleProfiler's call counts of a fit with ModelCheckpoint (last.ckpt too) and EarlyStopping."""
+    LM, Trainer = cases.frameworks(framework)
+    callbacks = package(framework, "callbacks")
+    profiler = package(framework, "profilers").SimpleProfiler()
+    train, val = cases.make_data()
+    trainer = Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=root, profiler=profiler, limit_train_batches=3,
+                      limit_val_batches=2, callbacks=[callbacks.ModelCheckpoint(dirpath=root, save_last=True),
+                                                      callbacks.EarlyStopping("val_loss")])
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(cases.automatic()(LM)(), train, val, ckpt_path=ckpt_path)
+    return {name: len(d) for name, d in profiler.recorded_durations.items()}
+
+
+def test_simple_profiler_records_lightning_actions_when_checkpointing_and_resuming(tmp_path) -> None:
+    """The monitoring callbacks last on on_train_epoch_end, checkpoint saves (`save_checkpoint`,
+    every callback's on_save_checkpoint), then a resumed fit (every callback's on_load_checkpoint)."""
+    counts = {}
+    for fw in FRAMEWORKS:
+        root = str(tmp_path / fw)
+        counts[fw] = (fit_with_checkpoints(fw, root, 1, None),
+                      fit_with_checkpoints(fw, root, 2, os.path.join(root, "last.ckpt")))
+    assert counts["mopt_fast"] == counts["lightning"]
+    assert counts["mopt_fast"][0]["save_checkpoint"] == 2  # the epoch's and last.ckpt
+    assert any(name.endswith("on_load_checkpoint") for name in counts["mopt_fast"][1])

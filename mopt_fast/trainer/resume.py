@@ -314,8 +314,12 @@ def load_callback_states(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
             f" `Trainer` instantiation. Please add the following callbacks: {list(missing)}.",
             stacklevel=4,
         )
+    profiler = trainer.hooks.profiler
     for cb in trainer.callbacks:
-        if type(cb).on_load_checkpoint is not Callback.on_load_checkpoint:
+        if profiler is not None:  # a profiled run calls every callback's, as Lightning does
+            with profiler.profile(f"[Callback]{cb.state_key}.on_load_checkpoint"):
+                cb.on_load_checkpoint(trainer, trainer.lightning_module, checkpoint)
+        elif type(cb).on_load_checkpoint is not Callback.on_load_checkpoint:
             cb.on_load_checkpoint(trainer, trainer.lightning_module, checkpoint)
     for cb in trainer.callbacks:
         state = states.get(cb.state_key, states.get(legacy.get(id(cb), "")))
