@@ -285,3 +285,24 @@ def test_simple_profiler_records_lightning_actions_when_checkpointing_and_resumi
     assert counts["mopt_fast"] == counts["lightning"]
     assert counts["mopt_fast"][0]["save_checkpoint"] == 2  # the epoch's and last.ckpt
     assert any(name.endswith("on_load_checkpoint") for name in counts["mopt_fast"][1])
+
+
+def test_custom_profiler_sequence_when_a_step_fails(tmp_path) -> None:
+    """A failing training step: the actions around it stop, then every callback's on_exception."""
+    def failing(LM: type) -> type:
+        class Failing(cases.automatic()(LM)):  # type: ignore[misc, valid-type]
+            def training_step(self, batch: Any, batch_idx: int) -> Any:
+                if batch_idx == 2:
+                    raise RuntimeError("boom")
+                return super().training_step(batch, batch_idx)
+
+        return Failing
+
+    events = {}
+    for fw in FRAMEWORKS:
+        profiler = recording_profiler(fw)
+        with pytest.raises(RuntimeError, match="boom"):
+            run_all_stages(fw, failing, profiler, str(tmp_path / fw), enable_checkpointing=True)
+        events[fw] = profiler.events
+    assert events["mopt_fast"] == events["lightning"]
+    assert any(e[-1].endswith(".on_exception") for e in events["mopt_fast"])

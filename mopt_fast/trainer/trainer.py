@@ -795,8 +795,12 @@ class Trainer:
         self.state.status = TrainerStatus.INTERRUPTED
         self.strategy.abort()
         model = self.lightning_module
+        profiler = self.hooks.profiler
         for cb in self.callbacks:
-            if is_overridden("on_exception", cb, callback_base(cb)):
+            if profiler is not None:  # a profiled run calls every callback's, as Lightning does
+                with profiler.profile(f"[Callback]{cb.state_key}.on_exception"):
+                    cb.on_exception(self, model, exc)
+            elif is_overridden("on_exception", cb, callback_base(cb)):
                 cb.on_exception(self, model, exc)
         self.hooks.call_datamodule("on_exception", exc)
         if self.is_global_zero:
