@@ -306,3 +306,19 @@ def test_custom_profiler_sequence_when_a_step_fails(tmp_path) -> None:
         events[fw] = profiler.events
     assert events["mopt_fast"] == events["lightning"]
     assert any(e[-1].endswith(".on_exception") for e in events["mopt_fast"])
+
+
+def test_lightnings_own_profilers_run_in_our_trainer() -> None:
+    """A script that keeps ``lightning.pytorch.profilers``: the same actions in our Trainer; its
+    PassThroughProfiler is the plain (unprofiled) run."""
+    from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
+
+    counts = {}
+    for fw in FRAMEWORKS:
+        profiler = SimpleProfiler()
+        cases.run(fw, cases.automatic(), profiler=profiler, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+        counts[fw] = {name: len(d) for name, d in profiler.recorded_durations.items()}
+    assert counts["mopt_fast"] == counts["lightning"]
+    trainer = cases.run("mopt_fast", cases.automatic(), profiler=PassThroughProfiler(), max_epochs=1,
+                        limit_train_batches=2, limit_val_batches=1)["trainer"]
+    assert trainer.hooks.profiler is None

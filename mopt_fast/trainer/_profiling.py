@@ -64,10 +64,17 @@ def make_profiler(profiler: Profiler | str | None) -> Profiler:
     return profiler or PassThroughProfiler()
 
 
+# The classes of a profiler that records nothing: ours and Lightning's (a subclass may record).
+_PASS_THROUGH = {(PassThroughProfiler.__module__, "PassThroughProfiler"),
+                 ("lightning.pytorch.profilers.base", "PassThroughProfiler"),
+                 ("pytorch_lightning.profilers.base", "PassThroughProfiler")}
+
+
 def active_profiler(profiler: Profiler) -> Profiler | None:
-    """`profiler` when it records anything: None for Lightning's default, a PassThroughProfiler
-    (a subclass of it may record)."""
-    return None if type(profiler) is PassThroughProfiler else profiler
+    """`profiler` when it records anything (ours, Lightning's or one's own): None for a
+    PassThroughProfiler, the default."""
+    cls = type(profiler)
+    return None if (cls.__module__, cls.__name__) in _PASS_THROUGH else profiler
 
 
 def strategy_action(trainer: Trainer, hook: str) -> str:
