@@ -11,6 +11,8 @@ one Lightning's counterpart with less indirection, each owning and serializing i
 - resume.py: what a checkpoint holds, and restoring one;
 - _lightning_surface.py: what Lightning's own callbacks read of a Trainer and its loops (progress
   counters, the logger connector, the accelerator), for the user's Lightning callbacks.
+- _profiling.py: ``Trainer(profiler=...)``: the profiled hook runner and loop wrappers a run takes
+  on only when its profiler records (mopt_fast/profilers/ holds the profilers).
 
 It is leaner per step than Lightning's: hooks nobody overrides are not called, logged values stay
 on the device until a logger or the progress bar reads them, and the optimizer work runs on
