@@ -18,7 +18,7 @@ LAYERS = [
     ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
                  "triton_kernels", "functional", "amp", "precision", "seed", "lightning"]),
     ("core", ["core", "plugins"]),
-    ("callbacks and loggers", ["callbacks", "loggers"]),
+    ("callbacks, loggers and profilers", ["callbacks", "loggers", "profilers"]),
     ("trainer", ["trainer"]),
     ("tuner and command line", ["tuner", "cli"]),  # the finders (callbacks/) and the CLI run the Trainer
 ]

@@ -1004,8 +1004,7 @@ def test_every_lightning_argument_is_accepted_at_its_default(tmp_path) -> None:
                     enable_model_summary=False, max_epochs=1, default_root_dir=str(tmp_path))
     torch.manual_seed(0)
     quiet(mopt_fast.Trainer(**defaults).fit, cases.minimal(mopt_fast.LightningModule)(), cases.make_data()[0])
-    for name, value in (("profiler", "simple"),
-                        ("reload_dataloaders_every_n_epochs", 1), ("model_registry", "m")):
+    for name, value in (("reload_dataloaders_every_n_epochs", 1), ("model_registry", "m")):
         with pytest.raises(NotImplementedError, match=f"`{name}="):
             mopt_fast.Trainer(**{name: value})
 

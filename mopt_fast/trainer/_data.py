@@ -242,7 +242,7 @@ def batch_transfer(trainer: Trainer) -> Callable[[Any, int], Any] | None:
     base = datamodule_base(datamodule)
     precision = trainer.precision_plugin
     device = trainer.root_device
-    if not any(is_overridden(name, model, LightningModule)
+    if trainer.hooks.profiler is None and not any(is_overridden(name, model, LightningModule)
                or (base is not None and is_overridden(name, datamodule, base)) for name in BATCH_TRANSFER_HOOKS):
         if precision.module_dtype is None:
             return None

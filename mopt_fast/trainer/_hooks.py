@@ -14,6 +14,7 @@ from mopt_fast.core.module import LightningModule
 from mopt_fast.trainer._lightning_surface import callback_base, is_monitoring
 
 if TYPE_CHECKING:
+    from mopt_fast.profilers import Profiler
     from mopt_fast.trainer.trainer import Trainer
 
 __all__ = ["HookRunner", "takes_batch_idx", "build_hook_table", "is_overridden", "is_param_in_hook_signature"]
@@ -88,14 +89,16 @@ def takes_batch_idx(fn: Callable) -> bool:
 
 class HookRunner:
     """Calls the hooks of one run and knows which one is running (`current_fx`, what ``self.log``
-    checks): the one place that sets it. ``trainer.hooks``; the loops call through it."""
+    checks): the one place that sets it. ``trainer.hooks``; the loops call through it. A profiled
+    run has a `ProfiledHookRunner` instead (_profiling.py), with its `profiler`; None here."""
 
-    __slots__ = ("trainer", "table", "current_fx")
+    __slots__ = ("trainer", "table", "current_fx", "profiler")
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, profiler: Profiler | None = None) -> None:
         self.trainer = trainer
         self.table: dict[str, list[tuple[Callable, bool]]] = {}
         self.current_fx: str | None = None
+        self.profiler = profiler
 
     def build(self, callbacks: list[Any], module: LightningModule) -> None:
         """The callables of each hook for a run (`build_hook_table`)."""

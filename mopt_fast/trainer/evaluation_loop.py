@@ -47,6 +47,7 @@ from mopt_fast.trainer._hooks import is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._lightning_surface import BatchProgress, kind_of
 from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._metrics import to_scalars
+from mopt_fast.trainer._profiling import ProfiledIterator
 from mopt_fast.trainer._warn import warn
 
 if TYPE_CHECKING:
@@ -176,11 +177,15 @@ class _Loop:
 
     def _iterator(self, loader: Any, sanity: bool) -> Any:
         if not persistent_workers(loader):
-            return iter(loader)
-        continuing = not sanity and loader._iterator is None and self.resume_workers_running
-        it = iter_continuing(loader) if continuing else iter(loader)
-        self.workers_started = True
-        return it
+            it = iter(loader)
+        else:
+            continuing = not sanity and loader._iterator is None and self.resume_workers_running
+            it = iter_continuing(loader) if continuing else iter(loader)
+            self.workers_started = True
+        profiler = self.trainer.hooks.profiler
+        if profiler is None:
+            return it
+        return ProfiledIterator(it, profiler, f"[_EvaluationLoop].{self.prefix}_next")  # Lightning's action
 
     def teardown(self) -> None:
 
@@ -421,12 +426,15 @@ class PredictionLoop(_Loop):
         forward_context = trainer.precision_plugin.forward_context
         call = trainer.hooks.call
         run_as = trainer.hooks.run_as
+        profiler = trainer.hooks.profiler
         try:
             with _grad_context(trainer, self.inference_mode):
                 call("on_predict_start")
                 call("on_predict_epoch_start")
                 for dl_idx, loader in enumerate(loaders):
                     it = iter(loader)
+                    if profiler is not None:
+                        it = ProfiledIterator(it, profiler, "[_PredictionLoop].predict_next")
                     idx = (dl_idx,) if several else ()
                     limit, batch_idx = self.max_batches[dl_idx], 0
                     while batch_idx < limit:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader
@@ -43,6 +43,7 @@ from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
 from mopt_fast.trainer._hooks import takes_batch_idx
 from mopt_fast.trainer._lightning_surface import BatchProgress, EpochLoopView
 from mopt_fast.trainer._logging import log_to_loggers
+from mopt_fast.trainer._profiling import ProfiledIterator, profiled_batch_step
 from mopt_fast.trainer._warn import warn
 
 if TYPE_CHECKING:
@@ -298,6 +299,9 @@ class FitLoop:
             self.train_workers = "started" if loader._iterator is None else "continued"
             it = iter(loader)
         self.resume_train_workers_running = False  # only the first iterator of a resumed fit
+        profiler = self.trainer.hooks.profiler
+        if profiler is not None:
+            it = ProfiledIterator(it, profiler, "[_TrainingEpochLoop].train_dataloader_next")
         return it if self.num_training_batches != _INF else Lookahead(it)
 
     # -- the finders' trials (callbacks/lr_finder.py, batch_size_finder.py) --------------------------
@@ -374,7 +378,12 @@ class FitLoop:
                 self.epoch_rng = rng_state()
                 iterator = self.new_iterator(loader)
             first = False
-            self.run_epoch(model, iterator)
+            profiler = trainer.hooks.profiler
+            if profiler is None:
+                self.run_epoch(model, iterator)
+            else:
+                with profiler.profile("run_training_epoch"):
+                    self.run_epoch(model, iterator)
             self.end_epoch()
         self.point = LoopPoint.END
         trainer.hooks.call("on_train_end")
@@ -392,7 +401,10 @@ class FitLoop:
         device = trainer.root_device
         on_cpu = device.type == "cpu"
         transfer = trainer.batch_transfer
-        step = training_step.run_automatic if automatic else training_step.run_manual
+        step: Callable[[Trainer, FitLoop, tuple], dict[str, Any]] = (
+            training_step.run_automatic if automatic else training_step.run_manual)
+        if trainer.hooks.profiler is not None:  # chosen once per epoch: a run without a profiler pays nothing
+            step = profiled_batch_step(step, trainer.hooks.profiler, manual=not automatic)
         pass_idx = takes_batch_idx(model.training_step)
         lookahead = isinstance(iterator, Lookahead)
         precision = trainer.precision_plugin

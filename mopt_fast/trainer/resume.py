@@ -305,8 +305,12 @@ def save_callback_states(trainer: Trainer, checkpoint: dict[str, Any], on_save: 
 
 
 def _call_callbacks_on_save(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    profiler = trainer.hooks.profiler
     for cb in trainer.callbacks:
-        if _has_hook(cb, "on_save_checkpoint"):
+        if profiler is not None:  # a profiled run calls every callback's, as Lightning does
+            with profiler.profile(f"[Callback]{cb.state_key}.on_save_checkpoint"):
+                cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
+        elif _has_hook(cb, "on_save_checkpoint"):
             cb.on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
 
 
@@ -336,8 +340,12 @@ def load_callback_states(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
             f" `Trainer` instantiation. Please add the following callbacks: {list(missing)}.",
             stacklevel=4,
         )
+    profiler = trainer.hooks.profiler
     for cb in trainer.callbacks:
-        if _has_hook(cb, "on_load_checkpoint"):
+        if profiler is not None:  # a profiled run calls every callback's, as Lightning does
+            with profiler.profile(f"[Callback]{cb.state_key}.on_load_checkpoint"):
+                cb.on_load_checkpoint(trainer, trainer.lightning_module, checkpoint)
+        elif _has_hook(cb, "on_load_checkpoint"):
             cb.on_load_checkpoint(trainer, trainer.lightning_module, checkpoint)
     for cb in trainer.callbacks:
         state = states.get(cb.state_key, states.get(legacy.get(id(cb), "")))

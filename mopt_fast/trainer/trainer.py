@@ -11,6 +11,8 @@ one Lightning's counterpart with less indirection, each owning and serializing i
 - resume.py: what a checkpoint holds, and restoring one;
 - _lightning_surface.py: what Lightning's own callbacks read of a Trainer and its loops (progress
   counters, the logger connector, the accelerator), for the user's Lightning callbacks.
+- _profiling.py: ``Trainer(profiler=...)``: the profiled hook runner and loop wrappers a run takes
+  on only when its profiler records (mopt_fast/profilers/ holds the profilers).
 
 It is leaner per step than Lightning's: hooks nobody overrides are not called, logged values stay
 on the device until a logger or the progress bar reads them, and the optimizer work runs on
@@ -28,6 +30,7 @@ import signal
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -48,6 +51,7 @@ from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, Trainer
 from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, _TunerExitException, not_built
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
+from mopt_fast.profilers import Profiler
 from mopt_fast.trainer import _args, _model_setup, resume, training_step
 from mopt_fast.trainer._data import batch_hook_owner, batch_transfer, isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
@@ -63,6 +67,7 @@ from mopt_fast.trainer._lightning_surface import (
 from mopt_fast.trainer._logging import log_hyperparams_at_start, start_experiments
 from mopt_fast.trainer._metrics import MetricStore
 from mopt_fast.trainer._plugins import parse_plugins
+from mopt_fast.trainer._profiling import active_profiler, hook_runner, make_profiler
 from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.evaluation_loop import EvaluationLoop, PredictionLoop, results_to_scalars
 from mopt_fast.trainer.fit_loop import FitLoop
@@ -195,7 +200,7 @@ class Trainer:
         benchmark: bool | None = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
-        profiler: Any = None,
+        profiler: Profiler | str | None = None,
         detect_anomaly: bool = False,
         barebones: bool = False,
         plugins: Any = None,
@@ -215,8 +220,7 @@ class Trainer:
             enable_checkpointing, logger = off["enable_checkpointing"], off["logger"]
             enable_progress_bar, log_every_n_steps = off["enable_progress_bar"], off["log_every_n_steps"]
             enable_model_summary, num_sanity_val_steps = off["enable_model_summary"], off["num_sanity_val_steps"]
-        _args.check_unsupported(profiler=profiler,
-                                reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
+        _args.check_unsupported(reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
                                 model_registry=model_registry)
         _args.set_torch_flags(deterministic, benchmark)
         self.num_nodes = _args.check_num_nodes(num_nodes)
@@ -265,6 +269,7 @@ class Trainer:
             self.check_val_every_n_epoch = flags.check_val_every_n_epoch
         self.log_every_n_steps = _args.check_log_every_n_steps(log_every_n_steps)
         self.loggers = _args.loggers(logger, self.default_root_dir, self.fast_dev_run)
+        self.profiler: Profiler = make_profiler(profiler)  # a PassThroughProfiler when none, as Lightning
         self.state = TrainerState()
         self.metric_store = MetricStore()
         self.lightning_module: LightningModule | None = None
@@ -918,8 +923,12 @@ class Trainer:
         self.state.status = TrainerStatus.INTERRUPTED
         self.strategy.abort()
         model = self.lightning_module
+        profiler = self.hooks.profiler
         for cb in self.callbacks:
-            if is_overridden("on_exception", cb, callback_base(cb)):
+            if profiler is not None:  # a profiled run calls every callback's, as Lightning does
+                with profiler.profile(f"[Callback]{cb.state_key}.on_exception"):
+                    cb.on_exception(self, model, exc)
+            elif is_overridden("on_exception", cb, callback_base(cb)):
                 cb.on_exception(self, model, exc)
         self.hooks.call_datamodule("on_exception", exc)
         if self.is_global_zero:
@@ -959,12 +968,14 @@ class Trainer:
                        " manually print the progress in your model.")
         if model.hparams:  # Lightning's: what cannot be pickled would fail every checkpoint save
             clean_namespace(model.hparams)
+        self.hooks = hook_runner(self, self.profiler)  # profiled only when it records: no cost per step else
         _model_setup.attach_model_callbacks(self, model, self.hooks.run_as)
         _model_setup.attach_model_logging_functions(self, model)
         self._verify_configuration(model)
         _model_setup.verify_configure_model(model)
         self._connect_lightning_objects()
         self.strategy.setup_environment(self._accelerator)
+        self._setup_profiler(model)
         self._prepare_data(model)
         self.hooks.build(self.callbacks, model)
         self.batch_transfer = batch_transfer(self)
@@ -1010,6 +1021,7 @@ class Trainer:
         self.hooks.call("teardown", stage=fn)
         for lg in self._rank_zero_loggers():
             lg.finalize("success")
+        self.profiler.describe()  # the stage's report, after the loggers finalize (Lightning's order)
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
         return results
@@ -1186,10 +1198,27 @@ class Trainer:
         state (such a file cannot resume a fit); `storage_options`: for a checkpoint IO plugin."""
         if self.lightning_module is None or not self.optimizers and not weights_only:
             raise RuntimeError("save_checkpoint() needs a model that has been fitted (or is being fitted)")
+        profiler = active_profiler(self.profiler)
+        if profiler is not None:
+            with profiler.profile("save_checkpoint"):
+                self._save_checkpoint(filepath, weights_only, storage_options)
+        else:
+            self._save_checkpoint(filepath, weights_only, storage_options)
+
+    def _save_checkpoint(self, filepath: str | os.PathLike, weights_only: bool, storage_options: Any | None) -> None:
         ckpt = self.dump_checkpoint(weights_only)
         # The DDP ranks hold the same state: global rank 0 writes (the strategy's rule), all wait.
         self.strategy.save_checkpoint(ckpt, filepath, storage_options=storage_options)
         self.strategy.barrier()
+
+    # -- profiling (Trainer(profiler=...), _profiling.py) ----------------------------------------------
+    def _setup_profiler(self, model: LightningModule) -> None:
+        """The profiler's stage, rank and folder (the log_dir when it has none), at the start of each
+        entry point, as Lightning's `__setup_profiler`."""
+        assert self.state.fn is not None  # set by the entry point
+        self.profiler._lightning_module = weakref.proxy(model)  # type: ignore[attr-defined]
+        local_rank = self.local_rank if self.world_size > 1 else None
+        self.profiler.setup(stage=self.state.fn, local_rank=local_rank, log_dir=self.log_dir)
 
     def _rank_zero_loggers(self) -> list[Logger]:
         return self.loggers if self.is_global_zero else []
