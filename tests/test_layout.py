@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(mopt_fast.__file__).parent
 LAYERS = [
     ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
                  "triton_kernels", "functional", "amp", "precision", "seed", "lightning", "cli", "tuner"]),
-    ("core", ["core"]),
+    ("core", ["core", "utilities"]),
     ("callbacks and loggers", ["callbacks", "loggers"]),
     ("trainer", ["trainer"]),
 ]

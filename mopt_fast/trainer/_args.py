@@ -42,8 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off":
 # accepted at that value, a NotImplementedError naming the feature at any other.
 UNSUPPORTED = {
-    "profiler": None, "barebones": False, "plugins": None, "reload_dataloaders_every_n_epochs": 0,
-    "model_registry": None,
+    "profiler": None, "barebones": False, "plugins": None, "model_registry": None,
 }
 
 

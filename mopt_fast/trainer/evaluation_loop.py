@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.states import RunningStage, TrainerFn
-from mopt_fast.exceptions import PossibleUserWarning
+from mopt_fast.exceptions import PossibleUserWarning, not_built
+from mopt_fast.trainer._combined import combined_mode
 from mopt_fast.trainer._data import (
     DataSource,
     add_worker_init_fn,
@@ -154,6 +155,14 @@ class _Loop:
     def _request(self) -> list[Any]:
         trainer = self.trainer
         loaders = self.source.request(trainer)
+        mode = combined_mode(loaders)
+        if mode is not None:  # a CombinedLoader: its loaders, one after the other
+            if mode != "sequential":
+                if self.fn == TrainerFn.PREDICTING:
+                    raise ValueError('`trainer.predict()` only supports the `CombinedLoader(mode="sequential")` mode.')
+                raise not_built(f'a CombinedLoader(mode="{mode}") as the {self.prefix} dataloaders',
+                                'use mode="sequential" (or pass the loaders as a list or dict)')
+            loaders = list(loaders.flattened)
         processed = []
         for loader in flatten_loaders(loaders):
             check_iterable(loader, self.source, self.fn.value)
@@ -202,6 +211,7 @@ class EvaluationLoop(_Loop):
                                                      "batch_end", "model_eval", "model_train")}
         self.batches_logged: list[int] = []  # per loader: the loggers' step for step metrics
         self._has_run = False
+        self.last_reload_epoch: float = -float("inf")  # reload_dataloaders_every_n_epochs counts from here
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint of a fit records of its validation loop."""
@@ -218,16 +228,28 @@ class EvaluationLoop(_Loop):
         self.loaders = None
         self.max_batches = []
         self.batches_logged = []
+        self.last_reload_epoch = -float("inf")
+
+    def should_reload(self) -> bool:
+        """Lightning's `_should_reload_val_dl`: reload_dataloaders_every_n_epochs epochs since the last request."""
+        n = self.trainer.reload_dataloaders_every_n_epochs
+        return bool(n) and self.trainer.current_epoch - self.last_reload_epoch >= n
 
     def setup_data(self) -> None:
-        """Ask for the loaders (once per fit; every validate/test) and count their batches."""
-        if self.loaders is not None and self.fn == TrainerFn.FITTING:
+        """Ask for the loaders (once per fit, and again every reload_dataloaders_every_n_epochs;
+        every validate/test) and count their batches."""
+        if self.loaders is not None and self.fn == TrainerFn.FITTING and not self.should_reload():
             return
         trainer = self.trainer
         limit = self.limit
         if limit == 0 or not is_overridden(self.step_name, trainer.lightning_module, LightningModule):
             self.loaders, self.max_batches = [], []
             return
+        # Lightning's: the sanity check's request counts only if validation runs in the first epoch.
+        every = trainer.check_val_every_n_epoch
+        if self.fn == TrainerFn.FITTING and (not trainer.sanity_checking or (
+                trainer.enable_validation and (every is None or (trainer.current_epoch + 1) % every == 0))):
+            self.last_reload_epoch = trainer.current_epoch
         self.loaders = self._request()
         self.max_batches = [num_batches(dl, limit, self.prefix) for dl in self.loaders]
         self.batches_logged = [0] * len(self.loaders)

@@ -373,7 +373,7 @@ class Trainer:
 
     @property
     def train_dataloader(self) -> Any:
-        return self.fit_loop.loader
+        return self.fit_loop.dataloaders
 
     @property
     def val_dataloaders(self) -> Any:
@@ -974,13 +974,11 @@ class Trainer:
                     f"the `on_{legacy}` hook instead. To access outputs, save them in-memory as instance attributes. "
                     "You can find migration examples in https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
                 )
-        for step in ("training_step", "validation_step", "test_step", "predict_step"):
+        for step in ("validation_step", "test_step", "predict_step"):  # training_step's is built (fit_loop.py)
             fn = getattr(model, step, None)
             if fn is not None and is_param_in_hook_signature(fn, "dataloader_iter", explicit=True):
-                raise NotImplementedError(
-                    f"`{name}.{step}(dataloader_iter)`: the `dataloader_iter` step flavor is not built in "
-                    "mopt_fast.Trainer; take `batch, batch_idx`"
-                )
+                raise not_built(f"`{step}(dataloader_iter)` (the `dataloader_iter` flavor of the evaluation steps)",
+                                f"take `batch, batch_idx` in `{name}.{step}`")
 
     def _prepare_data(self, model: LightningModule) -> None:
         """prepare_data of the data module then the module, on local rank 0 of each node (or global
