@@ -177,7 +177,12 @@ def recorder(LM: type, train: Callable[[Any], Any], val: Callable[[Any], Any] | 
                 opt.step()
             return loss
 
-    if step_kind == "iter":
+    if step_kind == "iter2":  # two batches per step: the epoch ends at the fetcher's end, not a count
+        class Module(Recorder):
+            def training_step(self, dataloader_iter: Any) -> torch.Tensor:
+                first, second = next(dataloader_iter)[0], next(dataloader_iter)[0]
+                return self.step_on([first, second])
+    elif step_kind == "iter":
         class Module(Recorder):
             def training_step(self, dataloader_iter: Any) -> torch.Tensor:
                 batch, batch_idx, dataloader_idx = next(dataloader_iter)
@@ -244,12 +249,18 @@ def several(kind: str) -> Callable[[str], Callable[[Any], Any]]:
     return for_framework
 
 
-@pytest.mark.parametrize("kind", ["list", "dict", "min_size", "max_size_cycle", "max_size"])
-def test_several_train_loaders_as_lightning(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "kwargs"), [
+    ("list", {"overfit_batches": 2}),
+    ("dict", {"limit_train_batches": 0.5}),
+    ("min_size", {}),
+    ("max_size_cycle", {"limit_train_batches": 4}),
+    ("max_size", {"accumulate_grad_batches": 2}),
+])
+def test_several_train_loaders_as_lightning(kind: str, kwargs: dict) -> None:
     def make(framework: str) -> Callable[[type], type]:
         return lambda LM: recorder(LM, several(kind)(framework), val=lambda m: shuffled(8, 9))
 
-    results = [fit(f, make(f), limit_train_batches=4 if kind == "max_size_cycle" else 1.0) for f in FRAMEWORKS]
+    results = [fit(f, make(f), **kwargs) for f in FRAMEWORKS]
     (w1, calls1, c1), (w2, calls2, c2) = results
     assert calls2 == calls1 and c2 == c1
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -327,21 +338,25 @@ class Stream(IterableDataset):
     ("sized", True, {"limit_train_batches": 3}),
     ("several", False, {"val_check_interval": 2}),
     ("stream", False, {}),
+    ("two_per_step", False, {}),
 ])
 def test_dataloader_iter_step_as_lightning(data: str, manual: bool, kwargs: dict) -> None:
     loaders: dict[str, Callable[[Any], Any]] = {
         "sized": lambda m: shuffled(16, 4),
         "several": lambda m: [shuffled(16, 4), shuffled(8, 5)],
         "stream": lambda m: DataLoader(Stream(14), batch_size=4),
+        "two_per_step": lambda m: shuffled(16, 4),
     }
 
     def make(LM: type) -> type:
-        return recorder(LM, loaders[data], val=lambda m: shuffled(8, 6, batch_size=8), step_kind="iter",
-                        manual=manual)
+        return recorder(LM, loaders[data], val=lambda m: shuffled(8, 6, batch_size=8),
+                        step_kind="iter2" if data == "two_per_step" else "iter", manual=manual)
 
     calls = assert_same(make, **kwargs)
     assert calls.count(("on_train_epoch_start", 1)) == 1
-    assert any(call[0] == "fetched" for call in calls)
+    assert any(call[0] == "training_step" for call in calls)
+    # a stream ends at the StopIteration the step lets out: no end-of-epoch validation then (Lightning's)
+    assert any(call[0] == "validation_step" for call in calls) == (data != "stream")
 
 
 def test_dataloader_iter_in_evaluation_step_is_not_built() -> None:
