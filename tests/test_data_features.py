@@ -239,7 +239,7 @@ def several(kind: str) -> Callable[[str], Callable[[Any], Any]]:
     """train_dataloader returning several loaders, given as `kind`, under either framework."""
     def for_framework(framework: str) -> Callable[[Any], Any]:
         def train(module: Any) -> Any:
-            a, b, c = shuffled(20, 1), shuffled(12, 2, batch_size=3), DataLoader(random_data(8, 3), batch_size=8)
+            a, b, c = shuffled(20, 1), shuffled(12, 2, batch_size=3), DataLoader(random_data(8, 3), batch_size=4)
             if kind == "list":
                 return [a, b]
             if kind == "dict":
