@@ -304,7 +304,7 @@ def fresh_each_call(module: Any) -> DataLoader:
     return shuffled(12, 100 + n)
 
 
-@pytest.mark.parametrize(("every", "check_val", "sanity"), [(1, 1, 2), (2, 1, 0), (2, 3, 2)])
+@pytest.mark.parametrize(("every", "check_val", "sanity"), [(1, 1, 2), (2, 1, 0), (2, 3, 2), (3, 2, 2)])
 def test_reload_dataloaders_as_lightning(every: int, check_val: int, sanity: int) -> None:
     def make(LM: type) -> type:
         return recorder(LM, fresh_each_call, val=lambda m: shuffled(8, 200 + len(m.calls), batch_size=8))
