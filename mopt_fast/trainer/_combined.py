@@ -173,8 +173,6 @@ def run_iter_epoch(loop: FitLoop, model: LightningModule, fetcher: StepIterator)
             trainer.should_stop and loop.can_stop_early()
         ):
             break
-        if fetcher.done:
-            break
         batch, batch_idx = fetcher.batch, fetcher.batch_idx
         loop.batch_idx += 1
         loop.total_batch_idx += 1
