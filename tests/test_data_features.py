@@ -359,13 +359,55 @@ def test_dataloader_iter_step_as_lightning(data: str, manual: bool, kwargs: dict
     assert any(call[0] == "validation_step" for call in calls) == (data != "stream")
 
 
-def test_dataloader_iter_in_evaluation_step_is_not_built() -> None:
-    class Model(mopt_fast.LightningModule):
-        def validation_step(self, dataloader_iter: Any) -> None:
-            next(dataloader_iter)
+def eval_iter_module(LM: type, stage: str) -> type:
+    """validation/test/predict_step(self, dataloader_iter), recording its batch hooks."""
+    base = recorder(LM, lambda m: shuffled(8, 1), val=lambda m: None)
 
-    with pytest.raises(NotBuiltError, match="dataloader_iter"):
-        mopt_fast.Trainer(**QUIET).validate(Model(), DataLoader(random_data(4, 0)))
+    class Module(base):  # type: ignore[valid-type, misc]
+        def iter_step(self, dataloader_iter: Any) -> Any:
+            batch, batch_idx, dataloader_idx = next(dataloader_iter)
+            loss = self.loss(batch)
+            self.calls.append((f"{stage}_step", summary(batch), batch_idx, dataloader_idx))
+            if stage != "predict":
+                self.log(f"{stage}_loss", loss)
+            return loss
+
+        def hook(self, name: str, *args: Any) -> None:
+            self.calls.append((name, *[summary(a) for a in args]))
+
+    setattr(Module, f"{stage}_step" if stage != "validation" else "validation_step", Module.iter_step)
+    for when in ("start", "end"):
+        name = f"on_{stage}_batch_{when}"
+
+        def record(self: Any, *args: Any, _name: str = name) -> None:
+            self.hook(_name, *args)
+
+        setattr(Module, name, record)
+    return Module
+
+
+@pytest.mark.parametrize(("entry", "n_loaders"), [("validate", 1), ("validate", 2), ("test", 2), ("predict", 2),
+                                                  ("fit", 2)])
+def test_dataloader_iter_evaluation_steps_as_lightning(entry: str, n_loaders: int) -> None:
+    stage = {"validate": "validation", "fit": "validation"}.get(entry, entry)
+    out = []
+    for framework in FRAMEWORKS:
+        LM, Trainer = frameworks(framework)
+        torch.manual_seed(0)
+        model = eval_iter_module(LM, stage)()
+        loaders = [DataLoader(random_data(10, 2 + i), batch_size=4) for i in range(n_loaders)]
+        trainer = Trainer(**QUIET, limit_val_batches=2, max_epochs=1, num_sanity_val_steps=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if entry == "fit":
+                trainer.fit(model, shuffled(8, 1), loaders)
+                result: Any = summary(trainer.callback_metrics)
+            else:
+                result = summary(getattr(trainer, entry)(model, loaders, **({} if entry == "predict" else
+                                                                           {"verbose": False})))
+        out.append((result, model.calls))
+    assert out[0] == out[1]
+    assert any(call[0] == f"{stage}_step" for call in out[0][1])
 
 
 # -- evaluation loaders as a CombinedLoader ------------------------------------------------------------

@@ -1139,20 +1139,6 @@ def test_module_hooks_around_evaluation(tmp_path, capsys, keep_dropout_off: bool
     assert any(r[0] == "on_test_model_eval" for r in ref["recorded"])
 
 
-def test_features_not_built_say_so(tmp_path) -> None:
-    """What mopt_fast.Trainer does not build is a NotImplementedError naming it, not a silent
-    difference (Lightning runs these). The batch-transfer hooks, several training loaders and
-    `training_step(dataloader_iter)` are built (tests/test_lightning_data_and_loggers.py,
-    tests/test_data_features.py)."""
-    class DataIter(regressor(mopt_fast.LightningModule)):
-        def validation_step(self, dataloader_iter):
-            return self.compute_loss(next(dataloader_iter)[0])
-
-    train, val = cases.make_data()
-    with pytest.raises(NotImplementedError, match="dataloader_iter"):
-        quiet(new_trainer("mopt_fast", str(tmp_path)).fit, DataIter(), train, val)
-
-
 # -- no per-batch host reads in validate / test / predict ------------------------------------------
 class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts the reads of a tensor's value by the host (`.item()`, `float(t)`, `bool(t)` go

@@ -974,11 +974,6 @@ class Trainer:
                     f"the `on_{legacy}` hook instead. To access outputs, save them in-memory as instance attributes. "
                     "You can find migration examples in https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
                 )
-        for step in ("validation_step", "test_step", "predict_step"):  # training_step's is built (fit_loop.py)
-            fn = getattr(model, step, None)
-            if fn is not None and is_param_in_hook_signature(fn, "dataloader_iter", explicit=True):
-                raise not_built(f"`{step}(dataloader_iter)` (the `dataloader_iter` flavor of the evaluation steps)",
-                                f"take `batch, batch_idx` in `{name}.{step}`")
 
     def _prepare_data(self, model: LightningModule) -> None:
         """prepare_data of the data module then the module, on local rank 0 of each node (or global
