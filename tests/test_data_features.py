@@ -359,6 +359,25 @@ def test_dataloader_iter_step_as_lightning(data: str, manual: bool, kwargs: dict
     assert any(call[0] == "validation_step" for call in calls) == (data != "stream")
 
 
+@pytest.mark.parametrize("step_kind", ["iter", "iter2"])
+def test_dataloader_iter_resume_inside_an_epoch(tmp_path: Any, step_kind: str) -> None:
+    """A fit resumed from a checkpoint taken inside an epoch ends with the weights of the run it
+    resumes, and its steps see the batches that run's did (two per step: the fetched ones skipped)."""
+    LM, Trainer = frameworks("mopt_fast")
+    make = recorder(LM, lambda m: shuffled(24, 4), step_kind=step_kind)
+    checkpoint = mopt_fast.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        full = make()
+        Trainer(**{**QUIET, "enable_checkpointing": True}, max_epochs=2, callbacks=[checkpoint]).fit(full)
+        resumed = make()
+        Trainer(**QUIET, max_epochs=2).fit(resumed, ckpt_path=str(tmp_path / "epoch=0-step=2.ckpt"))
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+    steps = [call for call in full.calls if call[0] == "training_step"]
+    assert [call for call in resumed.calls if call[0] == "training_step"] == steps[2:]
+
+
 def eval_iter_module(LM: type, stage: str) -> type:
     """validation/test/predict_step(self, dataloader_iter), recording its batch hooks."""
     base = recorder(LM, lambda m: shuffled(8, 1), val=lambda m: None)

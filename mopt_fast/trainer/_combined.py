@@ -151,16 +151,18 @@ class StepIterator:
         return batch, batch_idx, dataloader_idx
 
 
-def run_iter_epoch(loop: FitLoop, model: LightningModule, fetcher: StepIterator) -> None:
+def run_iter_epoch(loop: FitLoop, model: LightningModule, fetcher: StepIterator, resume_tail: str | None = None) -> None:
     """One epoch of ``training_step(self, dataloader_iter)``, as Lightning's training epoch loop runs
     it with its `_DataLoaderIterDataFetcher`: the step pulls the batches itself (no batch transfer,
     no move to the device); each advance counts one batch; on_train_batch_start is given the last
     batch fetched before the step (None at an epoch's start) and on_train_batch_end the last one
     fetched by it; the epoch ends when the fetcher is done, or at the StopIteration a step lets
-    out. A separate loop from `FitLoop.run_epoch`, so that loop pays nothing for this flavor."""
+    out. A separate loop from `FitLoop.run_epoch`, so that loop pays nothing for this flavor;
+    `resume_tail` as there (a resumed fit first finishes the batch its checkpoint was taken in)."""
     trainer = loop.trainer
-    loop.batch_idx = -1
-    loop.is_last_batch = False
+    if not resume_tail:
+        loop.batch_idx = -1
+        loop.is_last_batch = False
     automatic = model.automatic_optimization
     metrics = trainer.metric_store
     metrics.active = metrics.train
@@ -168,6 +170,8 @@ def run_iter_epoch(loop: FitLoop, model: LightningModule, fetcher: StepIterator)
     precision = trainer.precision_plugin
     call = trainer.hooks.call
     max_steps = trainer.max_steps
+    if resume_tail:
+        loop.batch_tail(automatic, after_validation=resume_tail == "validation")
     while True:
         if (max_steps not in (None, -1) and loop.global_step >= max_steps) or loop.ready_batches_reached() or (
             trainer.should_stop and loop.can_stop_early()

@@ -89,6 +89,10 @@ class FitLoop:
         self.combined = False
         self.step_takes_iter = False
         self.last_reload_epoch: float = -_INF  # reload_dataloaders_every_n_epochs counts from here
+        # training_step(self, dataloader_iter): the epoch's fetcher (the batches it fetched are what a
+        # resume skips: a step may fetch more than one), and that count in a restored state.
+        self.iter_fetcher: StepIterator | None = None
+        self.resume_iter_fetched: int | None = None
         self.reset_progress()
 
     def reset_progress(self) -> None:
@@ -121,6 +125,7 @@ class FitLoop:
             "auto_steps": self.auto_steps, "batches_that_stepped": self.batches_that_stepped,
             "total_batch_idx": self.total_batch_idx, "batch_idx": self.batch_idx, "is_last_batch": self.is_last_batch,
             "epoch_rng": self.epoch_rng, "train_workers": self.train_workers,
+            "iter_fetched": self.iter_fetcher.fetched if self.iter_fetcher is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -133,6 +138,7 @@ class FitLoop:
         self.batch_idx, self.is_last_batch = state["batch_idx"], state["is_last_batch"]
         self.epoch_rng = state["epoch_rng"]
         self.train_workers = state["train_workers"]
+        self.resume_iter_fetched = state.get("iter_fetched")
         # Were the original run's persistent workers running where this fit goes on? Inside an
         # epoch: if that epoch's iterator continued them; at or after an epoch's end: if any ran.
         if self.point.inside_epoch:
@@ -257,6 +263,7 @@ class FitLoop:
             warn("Found `dataloader_iter` argument in the `training_step`. Note that the support for this signature is "
                  "experimental and the behavior is subject to change.")
         self.combined = self.step_takes_iter or is_collection(loader)
+        self.iter_fetcher = None
         self.last_reload_epoch = trainer.current_epoch
         if self.combined:
             self.loader = setup_train_combined(trainer, loader, self.source)
@@ -322,7 +329,8 @@ class FitLoop:
         if self.combined:
             self.train_workers = None
             if self.step_takes_iter:  # no look-ahead: Lightning's fetcher for this flavor has none
-                return StepIterator(iter(loader), train_length(loader))
+                self.iter_fetcher = StepIterator(iter(loader), train_length(loader))
+                return self.iter_fetcher
             batches = BatchesOnly(iter(loader))
             return batches if self.num_training_batches != _INF else Lookahead(batches)
         if not persistent_workers(loader):
@@ -548,11 +556,16 @@ class FitLoop:
             self.set_sampler_epoch(loader)
             set_rng_state(self.epoch_rng if self.epoch_rng is not None else rng)
             iterator = self.new_iterator(loader)
-            for _ in range(self.batch_idx + 1):
+            fetched = self.resume_iter_fetched if self.step_takes_iter else None
+            for _ in range(self.batch_idx + 1 if fetched is None else fetched):
                 next(iterator)
             set_rng_state(rng)
             metrics.active = metrics.train
-            self.run_epoch(model, iterator, resume_tail="validation" if point == LoopPoint.VALIDATION else "batch")
+            tail = "validation" if point == LoopPoint.VALIDATION else "batch"
+            if self.step_takes_iter:
+                run_iter_epoch(self, model, iterator, resume_tail=tail)
+            else:
+                self.run_epoch(model, iterator, resume_tail=tail)
             self.end_epoch()
         elif point.at_epoch_end:
             set_rng_state(rng)
