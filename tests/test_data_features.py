@@ -217,7 +217,8 @@ def fit(framework: str, make: Callable[[type], type], **kwargs: Any) -> tuple[di
         trainer.fit(model)
     counters = {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
                 "num_training_batches": trainer.num_training_batches,
-                "train_dataloader": type(trainer.train_dataloader).__name__}
+                "train_dataloader": type(trainer.train_dataloader).__name__,
+                "estimated_stepping_batches": trainer.estimated_stepping_batches}
     return {k: v.clone() for k, v in model.state_dict().items()}, model.calls, counters
 
 
@@ -295,6 +296,26 @@ def test_train_dataloader_keeps_the_structure() -> None:
         warnings.simplefilter("ignore")
         trainer.fit(model)
     assert set(trainer.train_dataloader) == {"a", "rest"} and isinstance(trainer.train_dataloader["rest"], tuple)
+
+
+def test_distributed_sampler_per_inner_loader(monkeypatch: Any) -> None:
+    """Each inner loader goes through the strategy's sampler injection (shuffling by default), as
+    Lightning's `_process_dataloader` runs per flattened loader."""
+    LM, Trainer = frameworks("mopt_fast")
+    trainer = Trainer(**QUIET, max_epochs=1)
+    seen: list[tuple[Any, bool]] = []
+
+    def process_loader(loader: Any, shuffle_default: bool) -> Any:
+        seen.append((loader, shuffle_default))
+        return loader
+
+    monkeypatch.setattr(trainer.strategy, "process_loader", process_loader)
+    model = recorder(LM, several("dict")("mopt_fast"))()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model)
+    loaders = trainer.train_dataloader
+    assert seen == [(loaders["a"], True), (loaders["rest"][0], True), (loaders["rest"][1], True)]
 
 
 # -- reload_dataloaders_every_n_epochs -----------------------------------------------------------------
