@@ -357,6 +357,7 @@ class Stream(IterableDataset):
 @pytest.mark.parametrize(("data", "manual", "kwargs"), [
     ("sized", False, {}),
     ("sized", True, {"limit_train_batches": 3}),
+    ("sized", False, {"accumulate_grad_batches": 2}),
     ("several", False, {"val_check_interval": 2}),
     ("stream", False, {}),
     ("two_per_step", False, {}),

@@ -151,6 +151,22 @@ class StepIterator:
         return batch, batch_idx, dataloader_idx
 
 
+class _FetchedIdx:
+    """The fit loop as the automatic-optimization step sees it in this flavor: Lightning gives the
+    optimizer_step / optimizer_zero_grad hooks (and decides zero_grad by) the batch_idx of the last
+    batch fetched before the step, not the loop's count; everything else is the loop's."""
+
+    def __init__(self, loop: FitLoop, batch_idx: int) -> None:
+        object.__setattr__(self, "_loop", loop)
+        object.__setattr__(self, "batch_idx", batch_idx)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._loop, name, value)
+
+
 def run_iter_epoch(loop: FitLoop, model: LightningModule, fetcher: StepIterator, resume_tail: str | None = None) -> None:
     """One epoch of ``training_step(self, dataloader_iter)``, as Lightning's training epoch loop runs
     it with its `_DataLoaderIterDataFetcher`: the step pulls the batches itself (no batch transfer,
@@ -189,7 +205,8 @@ def run_iter_epoch(loop: FitLoop, model: LightningModule, fetcher: StepIterator,
             loop.is_last_batch = True
         else:
             try:
-                outputs = step(trainer, loop, (fetcher,))
+                step_loop: Any = _FetchedIdx(loop, batch_idx) if automatic else loop  # stands in for the loop
+                outputs = step(trainer, step_loop, (fetcher,))
             except StopIteration:  # the step asked for a batch past the last: the epoch is over
                 return
             precision.end_iteration()
