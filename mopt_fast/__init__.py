@@ -80,7 +80,7 @@ _FRONT = {
     "DDPStrategy": "mopt_fast.trainer.strategies",
     "FSDPStrategy": "mopt_fast.trainer.strategies",
 }
-_SUBPACKAGES = ("callbacks", "core", "loggers", "plugins", "trainer")
+_SUBPACKAGES = ("callbacks", "core", "loggers", "plugins", "trainer", "utilities")
 
 # Names of the lightning.pytorch / lightning top level that mopt_fast does not build.
 _NOT_BUILT = {

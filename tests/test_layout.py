@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(mopt_fast.__file__).parent
 LAYERS = [
     ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
                  "triton_kernels", "functional", "amp", "precision", "seed", "lightning"]),
-    ("core", ["core", "plugins"]),
+    ("core", ["core", "plugins", "utilities"]),
     ("callbacks, loggers and profilers", ["callbacks", "loggers", "profilers"]),
     ("trainer", ["trainer"]),
     ("tuner and command line", ["tuner", "cli"]),  # the finders (callbacks/) and the CLI run the Trainer

@@ -204,9 +204,11 @@ def test_datamodule_str_matches_lightning() -> None:
     assert str(mopt_fast.LightningDataModule()) == str(pl.LightningDataModule())
 
 
-# -- CombinedLoader: not built (the companion issue builds it) ---------------------------------------
-@pytest.mark.parametrize("entry", ["fit", "validate", "test", "predict", "hook"])
-def test_combined_loader_is_not_built(entry: str) -> None:
+# -- Lightning's CombinedLoader in our Trainer (fit with it: tests/test_data_features.py) --------------
+@pytest.mark.parametrize("entry", ["validate", "test", "predict", "hook"])
+def test_non_sequential_combined_loader_for_evaluation(entry: str) -> None:
+    """Evaluation runs a CombinedLoader in "sequential" mode; predict refuses the others with
+    Lightning's error, validate/test (where Lightning runs them in their mode) say they are not built."""
     from lightning.pytorch.utilities import CombinedLoader
 
     loaders = [DataLoader(random_data(16, 0), batch_size=4), DataLoader(random_data(8, 1), batch_size=4)]
@@ -214,7 +216,6 @@ def test_combined_loader_is_not_built(entry: str) -> None:
     model = regressor(mopt_fast.LightningModule)()
     trainer = mopt_fast.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **QUIET)
     calls = {
-        "fit": lambda: trainer.fit(model, combined),
         "validate": lambda: trainer.validate(model, combined),
         "test": lambda: trainer.test(model, dataloaders=combined),
         "predict": lambda: trainer.predict(model, combined),
@@ -222,7 +223,11 @@ def test_combined_loader_is_not_built(entry: str) -> None:
     if entry == "hook":
         model.val_dataloader = lambda: combined  # type: ignore[method-assign]
         calls["hook"] = lambda: trainer.validate(model)
-    with pytest.raises(NotBuiltError, match=r"lightning\.pytorch\.utilities\.CombinedLoader is not built"):
+    if entry == "predict":
+        with pytest.raises(ValueError, match=r'only supports the `CombinedLoader\(mode="sequential"\)` mode'):
+            quietly(calls[entry])
+        return
+    with pytest.raises(NotBuiltError, match=r'CombinedLoader\(mode="max_size_cycle"\).* is not built'):
         quietly(calls[entry])
 
 

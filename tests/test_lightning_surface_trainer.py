@@ -1004,7 +1004,7 @@ def test_every_lightning_argument_is_accepted_at_its_default(tmp_path) -> None:
                     enable_model_summary=False, max_epochs=1, default_root_dir=str(tmp_path))
     torch.manual_seed(0)
     quiet(mopt_fast.Trainer(**defaults).fit, cases.minimal(mopt_fast.LightningModule)(), cases.make_data()[0])
-    for name, value in (("reload_dataloaders_every_n_epochs", 1), ("model_registry", "m")):
+    for name, value in (("model_registry", "m"),):
         with pytest.raises(NotImplementedError, match=f"`{name}="):
             mopt_fast.Trainer(**{name: value})
 
@@ -1138,22 +1138,6 @@ def test_module_hooks_around_evaluation(tmp_path, capsys, keep_dropout_off: bool
     got = run_eval_suite("mopt_fast", *args, str(tmp_path / "m"), capsys)
     assert_suite_equal(got, ref)
     assert any(r[0] == "on_test_model_eval" for r in ref["recorded"])
-
-
-@pytest.mark.parametrize("what", ["dataloader_iter", "combined_train_loaders"])
-def test_features_not_built_say_so(tmp_path, what: str) -> None:
-    """What mopt_fast.Trainer does not build is a NotImplementedError naming it, not a silent
-    difference (Lightning runs these). The batch-transfer hooks are built
-    (tests/test_lightning_data_and_loggers.py)."""
-    class DataIter(regressor(mopt_fast.LightningModule)):
-        def training_step(self, dataloader_iter):
-            return self.compute_loss(next(dataloader_iter)[0])
-
-    train, val = cases.make_data()
-    model = {"dataloader_iter": DataIter}.get(what, regressor(mopt_fast.LightningModule))()
-    loaders = {"a": train, "b": train} if what == "combined_train_loaders" else train
-    with pytest.raises(NotImplementedError, match="dataloader_iter|several training"):
-        quiet(new_trainer("mopt_fast", str(tmp_path)).fit, model, loaders, val)
 
 
 # -- no per-batch host reads in validate / test / predict ------------------------------------------

@@ -43,7 +43,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off":
 # accepted at that value, a NotImplementedError naming the feature at any other.
 UNSUPPORTED = {
-    "reload_dataloaders_every_n_epochs": 0,
     "model_registry": None,
 }
 

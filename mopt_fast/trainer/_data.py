@@ -8,8 +8,7 @@ import functools
 import multiprocessing as mp
 import os
 import random
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,10 +18,11 @@ from mopt_fast.core.datamodule import datamodule_base
 from mopt_fast.core.hooks import BATCH_TRANSFER_HOOKS
 from mopt_fast.core.hooks import move_data_to_device as move_to_device
 from mopt_fast.core.module import LightningModule
-from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, not_built
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.seed import pl_worker_init_function, rng_state, set_rng_state
 from mopt_fast.trainer._hooks import is_overridden
 from mopt_fast.trainer._warn import warn
+from mopt_fast.utilities.combined_loader import flatten_iterables
 
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
@@ -90,30 +90,13 @@ class DataSource:
         loaders = self.instance
         if self.is_module():
             loaders = trainer.hooks.run_as(self.name, getattr(self.instance, self.name))
-        if _is_combined_loader(loaders):
-            raise not_built("lightning.pytorch.utilities.CombinedLoader", "pass one DataLoader (validate/test/predict also take a list or dict of them)")
         return loaders
 
 
-def _is_combined_loader(obj: Any) -> bool:
-    """`obj` is Lightning's CombinedLoader (looked up in `sys.modules` only: a script that made one
-    imported Lightning; mopt_fast never imports it). Iterating one as a plain iterable would give
-    its own batch tuples, not Lightning's semantics, so it is refused until built."""
-    for package in ("lightning.pytorch.utilities.combined_loader", "pytorch_lightning.utilities.combined_loader"):
-        cls = getattr(sys.modules.get(package), "CombinedLoader", None)
-        if isinstance(cls, type) and isinstance(obj, cls):
-            return True
-    return False
-
-
 def flatten_loaders(loaders: Any) -> list[Any]:
-    """The dataloaders of a collection (a list, tuple or dict of loaders, nested as CombinedLoader
-    flattens them), in order; a single loader as a list of one."""
-    if isinstance(loaders, Mapping):
-        return [dl for v in loaders.values() for dl in flatten_loaders(v)]
-    if isinstance(loaders, (list, tuple)):
-        return [dl for v in loaders for dl in flatten_loaders(v)]
-    return [loaders]
+    """The dataloaders of a collection (a list, tuple or dict of loaders, nested), in the order
+    CombinedLoader flattens them; a single loader as a list of one."""
+    return flatten_iterables(loaders)[0]
 
 
 def check_iterable(loader: Any, source: DataSource, fn: str) -> None:
@@ -297,6 +280,10 @@ def persistent_workers(loader: Any) -> bool:
 
 
 def shut_down_workers(loader: Any) -> None:
+    if isinstance(getattr(loader, "flattened", None), list):  # a CombinedLoader: each of its loaders
+        for inner in loader.flattened:
+            shut_down_workers(inner)
+        return
     iterator = getattr(loader, "_iterator", None) if isinstance(loader, DataLoader) else None
     if iterator is not None:
         if hasattr(iterator, "_shutdown_workers"):

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 from mopt_fast.callbacks.prediction_writer import BasePredictionWriter
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.states import RunningStage, TrainerFn
-from mopt_fast.exceptions import PossibleUserWarning
+from mopt_fast.exceptions import PossibleUserWarning, not_built
+from mopt_fast.trainer._combined import StepIterator, combined_mode
 from mopt_fast.trainer._data import (
     DataSource,
     add_worker_init_fn,
@@ -49,6 +50,7 @@ from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._metrics import to_scalars
 from mopt_fast.trainer._profiling import ProfiledIterator
 from mopt_fast.trainer._warn import warn
+from mopt_fast.utilities.combined_loader import CombinedLoader
 
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
@@ -91,6 +93,22 @@ def _verify_dataloader_idx(module: Any, hooks: tuple[str, ...], several: bool, p
                 f"You provided multiple `{prefix}_dataloader`, but no `dataloader_idx` argument in "
                 f"`{type(module).__name__}.{hook}()`. Try adding `dataloader_idx=0` to its signature."
             )
+
+
+def _takes_iter(step_name: str, step_fn: Any) -> bool:
+    """The step is the `dataloader_iter` flavor (with Lightning's warning, given at each run as its)."""
+    if not is_param_in_hook_signature(step_fn, "dataloader_iter", explicit=True):
+        return False
+    warn(f"Found `dataloader_iter` argument in the `{step_name}`. Note that the support for this signature is "
+         "experimental and the behavior is subject to change.")
+    return True
+
+
+def _sequential(loaders: list[Any], limits: list[int | float]) -> Any:
+    """The loaders one after the other, each up to its limit, as ``(batch, batch_idx, dataloader_idx)``."""
+    combined = CombinedLoader(loaders, "sequential")
+    combined.limits = list(limits)
+    return iter(combined)
 
 
 def _is_shuffled(loader: Any) -> bool:
@@ -156,6 +174,14 @@ class _Loop:
     def _request(self) -> list[Any]:
         trainer = self.trainer
         loaders = self.source.request(trainer)
+        mode = combined_mode(loaders)
+        if mode is not None:  # a CombinedLoader: its loaders, one after the other
+            if mode != "sequential":
+                if self.fn == TrainerFn.PREDICTING:
+                    raise ValueError('`trainer.predict()` only supports the `CombinedLoader(mode="sequential")` mode.')
+                raise not_built(f'a CombinedLoader(mode="{mode}") as the {self.prefix} dataloaders',
+                                'use mode="sequential" (or pass the loaders as a list or dict)')
+            loaders = list(loaders.flattened)
         processed = []
         for loader in flatten_loaders(loaders):
             check_iterable(loader, self.source, self.fn.value)
@@ -208,6 +234,7 @@ class EvaluationLoop(_Loop):
                                                      "batch_end", "model_eval", "model_train")}
         self.batches_logged: list[int] = []  # per loader: the loggers' step for step metrics
         self._has_run = False
+        self.last_reload_epoch: float = -float("inf")  # reload_dataloaders_every_n_epochs counts from here
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint of a fit records of its validation loop."""
@@ -224,16 +251,28 @@ class EvaluationLoop(_Loop):
         self.loaders = None
         self.max_batches = []
         self.batches_logged = []
+        self.last_reload_epoch = -float("inf")
+
+    def should_reload(self) -> bool:
+        """Lightning's `_should_reload_val_dl`: reload_dataloaders_every_n_epochs epochs since the last request."""
+        n = self.trainer.reload_dataloaders_every_n_epochs
+        return bool(n) and self.trainer.current_epoch - self.last_reload_epoch >= n
 
     def setup_data(self) -> None:
-        """Ask for the loaders (once per fit; every validate/test) and count their batches."""
-        if self.loaders is not None and self.fn == TrainerFn.FITTING:
+        """Ask for the loaders (once per fit, and again every reload_dataloaders_every_n_epochs;
+        every validate/test) and count their batches."""
+        if self.loaders is not None and self.fn == TrainerFn.FITTING and not self.should_reload():
             return
         trainer = self.trainer
         limit = self.limit
         if limit == 0 or not is_overridden(self.step_name, trainer.lightning_module, LightningModule):
             self.loaders, self.max_batches = [], []
             return
+        # Lightning's: the sanity check's request counts only if validation runs in the first epoch.
+        every = trainer.check_val_every_n_epoch
+        if self.fn == TrainerFn.FITTING and (not trainer.sanity_checking or (
+                trainer.enable_validation and (every is None or (trainer.current_epoch + 1) % every == 0))):
+            self.last_reload_epoch = trainer.current_epoch
         self.loaders = self._request()
         self.max_batches = [num_batches(dl, limit, self.prefix) for dl in self.loaders]
         self.batches_logged = [0] * len(self.loaders)
@@ -256,7 +295,8 @@ class EvaluationLoop(_Loop):
         loaders = self.loaders
         assert model is not None and loaders is not None  # attached, and set up above
         several = len(loaders) > 1
-        _verify_dataloader_idx(model, (self.step_name,), several, self.prefix)
+        takes_iter = _takes_iter(self.step_name, getattr(model, self.step_name))
+        _verify_dataloader_idx(model, (self.step_name,), several and not takes_iter, self.prefix)
         _verify_dataloader_idx(model, (hooks["batch_start"], hooks["batch_end"]), several, self.prefix)
         if self.fn == TrainerFn.FITTING:
             for loader in loaders:  # some users shuffle validation by the training progress
@@ -281,7 +321,10 @@ class EvaluationLoop(_Loop):
                 call(hooks["start"])
                 call(hooks["epoch_start"])
                 previous = 0
-                for dl_idx, loader in enumerate(loaders):
+                if takes_iter:  # `validation_step(self, dataloader_iter)`: the loop below has no loader to run
+                    self._run_iter_flavor(StepIterator(_sequential(loaders, max_batches), sum(max_batches)),
+                                          step_fn, several, sanity, outputs)
+                for dl_idx, loader in enumerate(loaders if not takes_iter else ()):
                     it = self._iterator(loader, sanity)
                     idx = (dl_idx,) if several else ()
                     limit, batch_idx = max_batches[dl_idx], 0
@@ -341,6 +384,42 @@ class EvaluationLoop(_Loop):
         trainer.fit_loop.last_val_time = time.monotonic()  # time-based val_check_interval counts from here
         return outputs
 
+    def _run_iter_flavor(self, fetcher: StepIterator, step_fn: Callable, several: bool, sanity: bool,
+                         outputs: list[dict[str, Any]]) -> None:
+        """The batches of a ``*_step(self, dataloader_iter)`` run, as Lightning's evaluation loop runs
+        them with its `_DataLoaderIterDataFetcher`: the step pulls ``(batch, batch_idx,
+        dataloader_idx)`` itself (no batch transfer); on_*_batch_start is given the last batch
+        fetched before the step, on_*_batch_end the last one fetched by it; a StopIteration let out
+        of the step ends the run."""
+        trainer, hooks = self.trainer, self.hooks
+        metrics, results = trainer.metric_store, trainer.metric_store.val
+        call, run_as = trainer.hooks.call, trainer.hooks.run_as
+        forward_context = trainer.precision_plugin.forward_context
+        previous = 0
+        while not fetcher.done:
+            batch, batch_idx, dl_idx = fetcher.batch, fetcher.batch_idx, fetcher.dataloader_idx
+            if dl_idx != previous:  # the loader changed: the previous one's epoch metrics
+                outputs.append(self._loader_outputs(sanity))
+            previous = dl_idx
+            metrics.on_batch_start(batch, dl_idx if several else None)
+            self.batches_current += 1
+            self.batches_total += 1
+            call(hooks["batch_start"], batch, batch_idx, *((dl_idx,) if several else ()))
+            try:
+                out = run_as(self.step_name, _forward, forward_context, step_fn, (fetcher,))
+            except StopIteration:
+                break
+            batch, batch_idx, dl_idx = fetcher.batch, fetcher.batch_idx, fetcher.dataloader_idx
+            call(hooks["batch_end"], out, batch, batch_idx, *((dl_idx,) if several else ()))
+            metrics.on_batch_end()
+            if not sanity:
+                self._has_run = True
+                if trainer.loggers:
+                    step_logs = results.metrics(on_step=True)[1]
+                    if step_logs:
+                        log_to_loggers(trainer, step_logs, step=self.batches_logged[dl_idx])
+                self.batches_logged[dl_idx] += 1
+
     def _loader_outputs(self, sanity: bool) -> dict[str, Any]:
         """The epoch metrics of the loader just finished (or, after the epoch-end hook, of none),
         folded into callback_metrics; the logged ones returned (Lightning's
@@ -399,6 +478,28 @@ class PredictionLoop(_Loop):
         if on_batch:
             self.current_batch_indices = indices
 
+    def _run_iter_flavor(self, fetcher: StepIterator, step_fn: Callable, several: bool, keep: bool) -> None:
+        """`EvaluationLoop._run_iter_flavor` for predict_step (Lightning's prediction loop)."""
+        trainer = self.trainer
+        call, run_as = trainer.hooks.call, trainer.hooks.run_as
+        forward_context = trainer.precision_plugin.forward_context
+        while not fetcher.done:
+            batch, batch_idx, dl_idx = fetcher.batch, fetcher.batch_idx, fetcher.dataloader_idx
+            self.batches_current += 1
+            self.batches_total += 1
+            call("on_predict_batch_start", batch, batch_idx, *((dl_idx,) if several else ()))
+            try:
+                out = run_as("predict_step", _forward, forward_context, step_fn, (fetcher,))
+            except StopIteration:
+                break
+            if out is None and not self._warned_none:
+                self._warned_none = True
+                warn("predict returned None if it was on purpose, ignore this warning...")
+            batch, batch_idx, dl_idx = fetcher.batch, fetcher.batch_idx, fetcher.dataloader_idx
+            call("on_predict_batch_end", out, batch, batch_idx, *((dl_idx,) if several else ()))
+            if keep:
+                self._predictions[dl_idx].append(move_to_device(out, torch.device("cpu")))
+
     def run(self) -> list[Any] | None:
         trainer = self.trainer
         self.setup_data()
@@ -408,7 +509,8 @@ class PredictionLoop(_Loop):
         loaders = self.loaders
         assert model is not None and loaders is not None  # attached, and set up above
         several = len(loaders) > 1
-        _verify_dataloader_idx(model, ("predict_step",), several, self.prefix)
+        takes_iter = _takes_iter("predict_step", model.predict_step)
+        _verify_dataloader_idx(model, ("predict_step",), several and not takes_iter, self.prefix)
         _verify_dataloader_idx(model, ("on_predict_batch_start", "on_predict_batch_end"), several, self.prefix)
         self._predictions = [[] for _ in loaders]
         self.epoch_batch_indices = [[] for _ in loaders]
@@ -431,7 +533,10 @@ class PredictionLoop(_Loop):
             with _grad_context(trainer, self.inference_mode):
                 call("on_predict_start")
                 call("on_predict_epoch_start")
-                for dl_idx, loader in enumerate(loaders):
+                if takes_iter:  # `predict_step(self, dataloader_iter)`: the loop below has no loader to run
+                    self._run_iter_flavor(StepIterator(_sequential(loaders, self.max_batches), sum(self.max_batches)),
+                                          step_fn, several, keep)
+                for dl_idx, loader in enumerate(loaders if not takes_iter else ()):
                     it = iter(loader)
                     if profiler is not None:
                         it = ProfiledIterator(it, profiler, "[_PredictionLoop].predict_next")

@@ -14,12 +14,11 @@ checkpoint was taken in (`continue_epoch`).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-from torch.utils.data import DataLoader
 
 from mopt_fast.callbacks.callback import rank_zero_info
 from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
@@ -27,6 +26,15 @@ from mopt_fast.core.states import LoopPoint
 from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.seed import rng_state, set_rng_state
 from mopt_fast.trainer import training_step
+from mopt_fast.trainer._combined import (
+    BatchesOnly,
+    StepIterator,
+    check_train_mode,
+    is_collection,
+    run_iter_epoch,
+    setup_train_combined,
+    train_length,
+)
 from mopt_fast.trainer._data import (
     DataSource,
     Lookahead,
@@ -40,7 +48,7 @@ from mopt_fast.trainer._data import (
     worker_check,
 )
 from mopt_fast.trainer._data import set_sampler_epoch as _set_sampler_epoch
-from mopt_fast.trainer._hooks import takes_batch_idx
+from mopt_fast.trainer._hooks import is_param_in_hook_signature, takes_batch_idx
 from mopt_fast.trainer._lightning_surface import BatchProgress, EpochLoopView
 from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._profiling import ProfiledIterator, profiled_batch_step
@@ -79,6 +87,15 @@ class FitLoop:
         # A resumed fit: the RNG state the checkpoint was taken with, set by `load_state_dict`'s
         # caller; None for a fit from the start.
         self.resume_rng: dict[str, Any] | None = None
+        # Decided when the train loader is set up, so the per-batch path never asks: it is a
+        # CombinedLoader (several loaders, or training_step takes `dataloader_iter`), and the latter.
+        self.combined = False
+        self.step_takes_iter = False
+        self.last_reload_epoch: float = -_INF  # reload_dataloaders_every_n_epochs counts from here
+        # training_step(self, dataloader_iter): the epoch's fetcher (the batches it fetched are what a
+        # resume skips: a step may fetch more than one), and that count in a restored state.
+        self.iter_fetcher: StepIterator | None = None
+        self.resume_iter_fetched: int | None = None
         self.reset_progress()
 
     def reset_progress(self) -> None:
@@ -111,6 +128,7 @@ class FitLoop:
             "auto_steps": self.auto_steps, "batches_that_stepped": self.batches_that_stepped,
             "total_batch_idx": self.total_batch_idx, "batch_idx": self.batch_idx, "is_last_batch": self.is_last_batch,
             "epoch_rng": self.epoch_rng, "train_workers": self.train_workers,
+            "iter_fetched": self.iter_fetcher.fetched if self.iter_fetcher is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -123,6 +141,7 @@ class FitLoop:
         self.batch_idx, self.is_last_batch = state["batch_idx"], state["is_last_batch"]
         self.epoch_rng = state["epoch_rng"]
         self.train_workers = state["train_workers"]
+        self.resume_iter_fetched = state.get("iter_fetched")
         # Were the original run's persistent workers running where this fit goes on? Inside an
         # epoch: if that epoch's iterator continued them; at or after an epoch's end: if any ran.
         if self.point.inside_epoch:
@@ -227,19 +246,40 @@ class FitLoop:
         return self.should_accumulate()
 
     # -- set-up ------------------------------------------------------------------------------------
+    def should_reload(self) -> bool:
+        """Lightning's `_should_reload_train_dl`: reload_dataloaders_every_n_epochs epochs since the last request."""
+        n = self.trainer.reload_dataloaders_every_n_epochs
+        return bool(n) and self.trainer.current_epoch - self.last_reload_epoch >= n
+
+    def reload_if_due(self) -> None:
+        """At an epoch's start (Lightning's `on_advance_start`): the train loader asked for again when
+        due. Lightning's fetcher makes the new loader's iterator at once and the epoch makes another
+        after on_train_epoch_start, so one is made here too: its draws from the RNG line up."""
+        if self.loader is None or not self.should_reload():
+            return
+        self.setup_data()
+        self.setup_batches(self.loader)
+        self.new_iterator(self.loader)
+
     def setup_data(self) -> None:
-        """The train loader, asked for once per fit (Lightning's `_FitLoop.setup_data`)."""
-        if self.loader is not None:
+        """The train loader, asked for once per fit and again every reload_dataloaders_every_n_epochs
+        (Lightning's `_FitLoop.setup_data`)."""
+        if self.loader is not None and not self.should_reload():
             return
         trainer = self.trainer
         loader = self.source.request(trainer)
-        if isinstance(loader, Mapping) or (
-            isinstance(loader, (list, tuple)) and any(isinstance(x, DataLoader) for x in loader)
-        ):
-            raise NotImplementedError(
-                "several training dataloaders (a list or dict of them, Lightning's CombinedLoader) are not built in "
-                "mopt_fast.Trainer: combine them into one DataLoader"
-            )
+        model = trainer.lightning_module
+        self.step_takes_iter = model is not None and is_param_in_hook_signature(
+            model.training_step, "dataloader_iter", explicit=True)
+        if self.step_takes_iter:
+            warn("Found `dataloader_iter` argument in the `training_step`. Note that the support for this signature is "
+                 "experimental and the behavior is subject to change.")
+        self.combined = self.step_takes_iter or is_collection(loader)
+        self.iter_fetcher = None
+        self.last_reload_epoch = trainer.current_epoch
+        if self.combined:
+            self.loader = setup_train_combined(trainer, loader, self.source)
+            return
         check_iterable(loader, self.source, "fit")
         if trainer.overfit_batches > 0:
             loader = without_shuffling([loader], "train")[0]
@@ -249,10 +289,19 @@ class FitLoop:
         add_worker_init_fn(loader, trainer.global_rank)
         self.loader = loader
 
+    @property
+    def dataloaders(self) -> Any:
+        """The train loader(s) as given (``trainer.train_dataloader``): a collection in its own
+        structure, each loader as processed."""
+        return self.loader.iterables if self.combined and self.loader is not None else self.loader
+
     def setup_batches(self, loader: Any) -> None:
         """num_training_batches and val_check_batch for `loader`."""
         trainer = self.trainer
-        self.num_training_batches = num_batches(loader, trainer.limit_train_batches, "train")
+        if self.combined:
+            self.num_training_batches = train_length(loader)
+        else:
+            self.num_training_batches = num_batches(loader, trainer.limit_train_batches, "train")
         self.loader_batches = self.num_training_batches
         if self.num_training_batches == 0:
             return
@@ -289,6 +338,13 @@ class FitLoop:
             )
 
     def new_iterator(self, loader: Any) -> Any:
+        if self.combined:
+            self.train_workers = None
+            if self.step_takes_iter:  # no look-ahead: Lightning's fetcher for this flavor has none
+                self.iter_fetcher = StepIterator(iter(loader), train_length(loader))
+                return self.iter_fetcher
+            batches = BatchesOnly(iter(loader))
+            return batches if self.num_training_batches != _INF else Lookahead(batches)
         if not persistent_workers(loader):
             self.train_workers = None
             it = iter(loader)
@@ -328,7 +384,8 @@ class FitLoop:
         return iterator if self.num_training_batches != _INF or isinstance(iterator, Lookahead) else Lookahead(iterator)
 
     def set_sampler_epoch(self, loader: Any) -> None:
-        _set_sampler_epoch(loader, self.epochs_completed)
+        for dl in loader.flattened if self.combined else (loader,):
+            _set_sampler_epoch(dl, self.epochs_completed)
 
     # -- the epochs --------------------------------------------------------------------------------
     def run(self, model: LightningModule) -> None:
@@ -346,7 +403,7 @@ class FitLoop:
             if trainer.is_global_zero:
                 # Lightning's warnings for an empty train loader: the loader's, then the CombinedLoader's
                 # it wraps every train loader in.
-                for name in (type(loader).__name__, "CombinedLoader"):
+                for name in ((type(loader).__name__,) if not self.combined else ()) + ("CombinedLoader",):
                     warn(f"Total length of `{name}` across ranks is zero. Please make sure this was your intention.")
             rank_zero_info(trainer, "`Trainer.fit` stopped: No training batches.")
             return
@@ -363,7 +420,7 @@ class FitLoop:
                 first = False
         if self.done():
             return
-        if self.should_check_val_epoch():  # the val loaders, asked for now if the sanity check did not
+        if self.should_check_val_epoch() and trainer.val_loop.loaders is None:  # the sanity check did not ask
             trainer.val_loop.setup_data()
         if resume_rng is not None:
             self.warn_if_worker_streams_restart(loader)
@@ -371,18 +428,22 @@ class FitLoop:
         if resume_rng is not None:
             self.continue_epoch(model, loader, resume_rng)
         while not self.done():
+            self.reload_if_due()
+            loader = self.loader
             self.set_sampler_epoch(loader)
             trainer.hooks.call("on_train_epoch_start")
             trainer.val_loop.batches_total = 0  # Lightning counts the validation batches per training epoch
+            if self.combined:
+                check_train_mode(loader)
             if not first:
                 self.epoch_rng = rng_state()
                 iterator = self.new_iterator(loader)
             first = False
             profiler = trainer.hooks.profiler
-            if profiler is None:
-                self.run_epoch(model, iterator)
-            else:
-                with profiler.profile("run_training_epoch"):
+            with profiler.profile("run_training_epoch") if profiler is not None else contextlib.nullcontext():
+                if self.step_takes_iter:
+                    run_iter_epoch(self, model, iterator)
+                else:
                     self.run_epoch(model, iterator)
             self.end_epoch()
         self.point = LoopPoint.END
@@ -538,11 +599,16 @@ class FitLoop:
             self.set_sampler_epoch(loader)
             set_rng_state(self.epoch_rng if self.epoch_rng is not None else rng)
             iterator = self.new_iterator(loader)
-            for _ in range(self.batch_idx + 1):
+            fetched = self.resume_iter_fetched if self.step_takes_iter else None
+            for _ in range(self.batch_idx + 1 if fetched is None else fetched):
                 next(iterator)
             set_rng_state(rng)
             metrics.active = metrics.train
-            self.run_epoch(model, iterator, resume_tail="validation" if point == LoopPoint.VALIDATION else "batch")
+            tail = "validation" if point == LoopPoint.VALIDATION else "batch"
+            if self.step_takes_iter:
+                run_iter_epoch(self, model, iterator, resume_tail=tail)
+            else:
+                self.run_epoch(model, iterator, resume_tail=tail)
             self.end_epoch()
         elif point.at_epoch_end:
             set_rng_state(rng)
@@ -615,7 +681,7 @@ class FitLoop:
         if not self.should_check_val_epoch():
             return False
         infinite = self.val_check_batch == _INF
-        if self.is_last_batch and infinite:
+        if self.is_last_batch and (infinite or self.step_takes_iter):
             return True
         if trainer.should_stop and self.can_stop_early():
             return True

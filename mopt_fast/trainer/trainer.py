@@ -400,7 +400,7 @@ class Trainer:
 
     @property
     def train_dataloader(self) -> Any:
-        return self.fit_loop.loader
+        return self.fit_loop.dataloaders
 
     @property
     def val_dataloaders(self) -> Any:
@@ -1121,13 +1121,6 @@ class Trainer:
                     f"Support for `{legacy}` has been removed in v2.0.0. `{name}` implements this method. You can use "
                     f"the `on_{legacy}` hook instead. To access outputs, save them in-memory as instance attributes. "
                     "You can find migration examples in https://github.com/Lightning-AI/pytorch-lightning/pull/16520."
-                )
-        for step in ("training_step", "validation_step", "test_step", "predict_step"):
-            fn = getattr(model, step, None)
-            if fn is not None and is_param_in_hook_signature(fn, "dataloader_iter", explicit=True):
-                raise NotImplementedError(
-                    f"`{name}.{step}(dataloader_iter)`: the `dataloader_iter` step flavor is not built in "
-                    "mopt_fast.Trainer; take `batch, batch_idx`"
                 )
 
     def _prepare_data(self, model: LightningModule) -> None:
