@@ -426,9 +426,18 @@ def test_spike_detection_resumes() -> None:
 
 
 # -- DeviceStatsMonitor ---------------------------------------------------------------------------------
-def test_device_stats_monitor_on_the_cpu() -> None:
+def test_device_stats_monitor_on_the_cpu(monkeypatch) -> None:
     """cpu_stats=False logs nothing; None and True need psutil: Lightning's errors (at setup, at the
-    first logging step) when it is missing, the same keys when it is there."""
+    first logging step) when it is missing, the same keys and values when it is there (psutil's
+    readings pinned: the machine's load differs from one run to the next)."""
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        monkeypatch.setattr(psutil, "cpu_percent", lambda *a, **k: 37.5)
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(percent=41.0))
+        monkeypatch.setattr(psutil, "swap_memory", lambda: types.SimpleNamespace(percent=3.0))
     compare(lambda C: [C.DeviceStatsMonitor(cpu_stats=False)], max_epochs=1)
     for cpu_stats in (None, True):
         # (no sanity check: the first logging step is then after the first optimizer step)
