@@ -31,6 +31,7 @@ from mopt_fast.trainer._combined import (
     StepIterator,
     check_train_mode,
     is_collection,
+    prepare_workers,
     run_iter_epoch,
     setup_train_combined,
     train_length,
@@ -339,7 +340,8 @@ class FitLoop:
 
     def new_iterator(self, loader: Any) -> Any:
         if self.combined:
-            self.train_workers = None
+            self.train_workers = prepare_workers(loader, self.resume_train_workers_running)
+            self.resume_train_workers_running = False  # only the first iterator of a resumed fit
             if self.step_takes_iter:  # no look-ahead: Lightning's fetcher for this flavor has none
                 self.iter_fetcher = StepIterator(iter(loader), train_length(loader))
                 return self.iter_fetcher
@@ -621,7 +623,8 @@ class FitLoop:
         """The one part of a resume that is not exact: see `_data.iter_continuing`."""
         trainer = self.trainer
         restarted = []
-        if persistent_workers(train_loader) and self.resume_train_workers_running:
+        train_loaders = train_loader.flattened if self.combined else (train_loader,)
+        if any(persistent_workers(dl) for dl in train_loaders) and self.resume_train_workers_running:
             restarted.append("training")
         val_loop = trainer.val_loop
         if trainer.enable_validation and any(persistent_workers(dl) for dl in val_loop.loaders or ()) and (
