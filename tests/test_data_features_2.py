@@ -9,10 +9,20 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import mopt_fast
 from mopt_fast import ModelCheckpoint
+from mopt_fast.utilities import CombinedLoader
+
+from helpers import importorskip_unless_ci
+from lightning_cases import frameworks
+
+pl = importorskip_unless_ci("lightning.pytorch")
+from lightning.pytorch.utilities import CombinedLoader as LightningCombinedLoader  # noqa: E402
+
+FRAMEWORKS = ("lightning", "mopt_fast")
+QUIET = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
 
 
 def assert_same_tensors(got: Any, ref: Any, where: str) -> None:
@@ -98,3 +108,103 @@ def test_resume_several_loaders_with_persistent_workers(noise: float, tmp_path) 
         if first_epoch or not noise:
             assert_same_tensors(model.state_dict(), ref_model.state_dict(), name)
             assert_same_tensors(trainer.optimizers[0].state_dict(), ref.optimizers[0].state_dict(), name)
+
+
+# -- 2. a CombinedLoader in its own mode as the evaluation dataloaders -----------------------------
+def random_data(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, x @ torch.randn(4, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g))
+
+
+def as_plain(obj: Any) -> Any:
+    """A batch, hook argument or metric as plain data, to compare across the two Trainers."""
+    if isinstance(obj, torch.Tensor):
+        return [round(v, 6) for v in obj.flatten().tolist()]
+    if isinstance(obj, dict):
+        return {k: as_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [as_plain(v) for v in obj]
+    return obj
+
+
+def evaluator(LM: type) -> Any:
+    """A module that fits on one loader and logs, on step and epoch, a loss summed over whatever
+    combined batch evaluation gives it (None entries skipped: "max_size"), recording the hooks."""
+
+    class Evaluator(LM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.calls: list[Any] = []
+
+        def loss(self, batch: Any) -> torch.Tensor:
+            pairs = [p for p in (batch.values() if isinstance(batch, dict) else batch) if p is not None]
+            return sum(torch.nn.functional.mse_loss(self.layer(x), y) for x, y in pairs)  # type: ignore[return-value]
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.layer(x), y)
+
+        def on_validation_batch_start(self, batch: Any, batch_idx: int, *rest: Any) -> None:
+            self.calls.append(("on_validation_batch_start", as_plain(batch), batch_idx, rest))
+
+        def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, *rest: Any) -> None:
+            self.calls.append(("on_validation_batch_end", as_plain(outputs), batch_idx, rest))
+
+        def on_test_batch_start(self, batch: Any, batch_idx: int, *rest: Any) -> None:
+            self.calls.append(("on_test_batch_start", as_plain(batch), batch_idx, rest))
+
+        def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = self.loss(batch)
+            self.log("val_loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+        def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = self.loss(batch)
+            self.log("test_loss", loss, on_step=True, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return Evaluator
+
+
+def combined_eval_loaders(framework: str, mode: str, shape: str) -> Any:
+    loaders = [DataLoader(random_data(16, 1), batch_size=4), DataLoader(random_data(8, 2), batch_size=4)]
+    cls = LightningCombinedLoader if framework == "lightning" else CombinedLoader
+    return cls({"a": loaders[0], "b": loaders[1]} if shape == "dict" else loaders, mode)
+
+
+@pytest.mark.parametrize("mode", ["min_size", "max_size_cycle", "max_size"])
+@pytest.mark.parametrize("ours", [False, True], ids=["lightning_combined", "our_combined"])
+def test_combined_loader_in_its_mode_for_evaluation(mode: str, ours: bool, tmp_path) -> None:
+    """validate and test over a CombinedLoader in a mode other than "sequential", and a fit
+    validating on one (sanity check included, limit_val_batches limiting each loader): the same
+    combined batches, hook arguments (no dataloader_idx), results, callback_metrics, logged names
+    and values, and weights as Lightning's."""
+    got = {}
+    for framework in FRAMEWORKS:
+        LM, Trainer = frameworks(framework)
+        kind = framework if ours else "lightning"  # Lightning's Trainer knows its own CombinedLoader only
+        torch.manual_seed(0)
+        model = evaluator(LM)()
+        logger = pl.loggers.CSVLogger(str(tmp_path / framework), name="", version="") if framework == "lightning" \
+            else mopt_fast.loggers.CSVLogger(str(tmp_path / framework), name="", version="")
+        trainer = Trainer(max_epochs=2, logger=logger, num_sanity_val_steps=1, limit_val_batches=3,
+                          log_every_n_steps=1, **QUIET)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, DataLoader(random_data(24, 3), batch_size=8),
+                        combined_eval_loaders(kind, mode, "list"))
+            fit_metrics = as_plain(dict(trainer.callback_metrics))
+            validated = trainer.validate(model, combined_eval_loaders(kind, mode, "dict"), verbose=False)
+            tested = trainer.test(model, combined_eval_loaders(kind, mode, "list"), verbose=False)
+        with open(tmp_path / framework / "metrics.csv") as f:
+            logged = f.read()
+        got[framework] = dict(calls=model.calls, fit_metrics=fit_metrics, validated=as_plain(validated),
+                              tested=as_plain(tested), logged=logged, weights=as_plain(model.state_dict()))
+    for key in got["lightning"]:
+        assert got["mopt_fast"][key] == got["lightning"][key], key
+    assert any(call[0] == "on_test_batch_start" for call in got["lightning"]["calls"])
