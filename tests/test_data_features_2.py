@@ -208,3 +208,97 @@ def test_combined_loader_in_its_mode_for_evaluation(mode: str, ours: bool, tmp_p
     for key in got["lightning"]:
         assert got["mopt_fast"][key] == got["lightning"][key], key
     assert any(call[0] == "on_test_batch_start" for call in got["lightning"]["calls"])
+
+
+# -- 3. stateful dataloaders in checkpoints ---------------------------------------------------------
+class StatefulBatches:
+    """A loader that records how far its current pass went and, given that state, starts its next
+    pass there (what torchdata's StatefulDataLoader does). Each pass starts its batches at another
+    offset, so a new loader merely skipping batches gives other ones than a restored loader."""
+
+    def __init__(self, data: TensorDataset, batch_size: int) -> None:
+        self.data, self.batch_size = data, batch_size
+        self.position = 0  # batches given in the current pass
+        self.passes = 0  # passes started
+        self.resume: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def __iter__(self) -> Any:
+        if self.resume is not None:
+            (self.position, self.passes), self.resume = (self.resume["position"], self.resume["passes"]), None
+        else:
+            self.position, self.passes = 0, self.passes + 1
+        n = len(self)
+        for i in range(self.position, n):
+            self.position = i + 1
+            j = (i + self.passes) % n
+            yield self.data[j * self.batch_size:(j + 1) * self.batch_size]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position, "passes": self.passes}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume = dict(state)
+
+
+def stateful_recorder(LM: type) -> Any:
+    """A module trained on one stateful loader's batches or a list of them, recording each batch."""
+
+    class Recorder(LM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.seen: list[Any] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.seen.append((batch_idx, as_plain(batch)))
+            pairs = batch if isinstance(batch, list) else [batch]
+            return sum(torch.nn.functional.mse_loss(self.layer(x), y) for x, y in pairs)  # type: ignore[return-value]
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return Recorder
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one_loader", "two_loaders"])
+def test_stateful_loaders_resume_as_lightning(several: bool, tmp_path) -> None:
+    """A fit on stateful loaders checkpointed inside an epoch: the checkpoint holds the loaders'
+    states where Lightning puts them (``loops.fit_loop.state_dict.combined_loader``); resumed by
+    either Trainer from either Trainer's file, the loaders carry on from there (no batch skipped
+    or repeated) to the weights of the uninterrupted fit, batches as Lightning's resume sees them."""
+
+    def fit(framework: str, ckpt_path: str | None = None, save: bool = False) -> tuple[Any, list[Any]]:
+        LM, Trainer = frameworks(framework)
+        make = lambda n, seed: StatefulBatches(random_data(n, seed), batch_size=8)  # noqa: E731
+        loaders: Any = [make(32, 1), make(24, 2)] if several else make(32, 1)
+        torch.manual_seed(0)
+        model = stateful_recorder(LM)()
+        callbacks = []
+        if save:
+            Checkpoint = pl.callbacks.ModelCheckpoint if framework == "lightning" else ModelCheckpoint
+            callbacks.append(Checkpoint(dirpath=str(tmp_path / framework), every_n_train_steps=1, save_top_k=-1))
+        trainer = Trainer(max_epochs=2, logger=False, callbacks=callbacks, limit_val_batches=0,
+                          **{**QUIET, "enable_checkpointing": save})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, loaders, ckpt_path=ckpt_path)
+        return as_plain(model.state_dict()), model.seen
+
+    name = "epoch=1-step=6.ckpt"  # after the 2nd of 4 batches of the second epoch
+    weights, states = {}, {}
+    for framework in FRAMEWORKS:
+        weights[framework], _ = fit(framework, save=True)
+        ckpt = torch.load(tmp_path / framework / name, weights_only=False)
+        states[framework] = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert weights["mopt_fast"] == weights["lightning"]
+    assert states["mopt_fast"] == states["lightning"]
+    assert states["lightning"][0] == {"position": 2, "passes": 2} and len(states["lightning"]) == 1 + several
+    resumed = {(runner, writer): fit(runner, ckpt_path=str(tmp_path / writer / name))
+               for runner in FRAMEWORKS for writer in FRAMEWORKS}
+    for (runner, writer), (got_weights, seen) in resumed.items():
+        assert seen == resumed[("lightning", "lightning")][1], (runner, writer)
+        assert got_weights == weights["lightning"], (runner, writer)
+    assert [idx for idx, _ in resumed[("mopt_fast", "mopt_fast")][1]] == [2, 3]

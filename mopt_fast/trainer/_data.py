@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
 
 __all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "batch_hook_owner", "batch_transfer", "check_iterable", "flatten_loaders", "isolated_rng",
-           "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
+           "is_stateful", "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
            "shut_down_workers", "start_workers_keeping_rng", "with_sampler"]
 
 
@@ -273,6 +273,12 @@ class Lookahead:
         item = self._next
         self._advance()
         return item
+
+
+def is_stateful(loader: Any) -> bool:
+    """A loader that saves and restores its position (torchdata's StatefulDataLoader, or any with
+    ``state_dict`` / ``load_state_dict``: Lightning's `_Stateful` protocol)."""
+    return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
 
 
 def persistent_workers(loader: Any) -> bool:
