@@ -254,7 +254,7 @@ def stateful_recorder(LM: type) -> Any:
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             self.seen.append((batch_idx, as_plain(batch)))
-            pairs = batch if isinstance(batch, list) else [batch]
+            pairs = batch if isinstance(batch[0], (list, tuple)) else [batch]
             return sum(torch.nn.functional.mse_loss(self.layer(x), y) for x, y in pairs)  # type: ignore[return-value]
 
         def configure_optimizers(self) -> Any:
@@ -302,3 +302,48 @@ def test_stateful_loaders_resume_as_lightning(several: bool, tmp_path) -> None:
         assert seen == resumed[("lightning", "lightning")][1], (runner, writer)
         assert got_weights == weights["lightning"], (runner, writer)
     assert [idx for idx, _ in resumed[("mopt_fast", "mopt_fast")][1]] == [2, 3]
+
+
+def test_stateful_loader_states_that_do_not_match(tmp_path) -> None:
+    """A checkpoint holding one stateful loader's state, resumed on a plain DataLoader: Lightning's
+    RuntimeError from either Trainer."""
+    LM, Trainer = frameworks("lightning")
+    torch.manual_seed(0)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1, save_top_k=-1)
+    trainer = Trainer(max_epochs=1, logger=False, limit_val_batches=0, limit_train_batches=3, callbacks=[checkpoint],
+                      **{**QUIET, "enable_checkpointing": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(stateful_recorder(LM)(), StatefulBatches(random_data(32, 1), batch_size=8))
+    path = str(tmp_path / "epoch=0-step=1.ckpt")  # inside the epoch: Lightning restores loader states there
+    errors = []
+    for framework in FRAMEWORKS:
+        LM, Trainer = frameworks(framework)
+        trainer = Trainer(max_epochs=2, logger=False, limit_val_batches=0, **QUIET)
+        with warnings.catch_warnings(), pytest.raises(RuntimeError) as caught:
+            warnings.simplefilter("ignore")
+            trainer.fit(stateful_recorder(LM)(), DataLoader(random_data(32, 1), batch_size=8), ckpt_path=path)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1] and "has 0 stateful loaders, but found 1 states" in errors[0]
+
+
+def test_stateful_loader_states_at_an_epoch_end_are_not_restored(tmp_path) -> None:
+    """A checkpoint from an epoch's end holds the loader's state but, as in Lightning (whose fit loop
+    is not restarting there), a resume leaves the loader as it is: the next epoch is a whole one."""
+    seen = {}
+    for framework in FRAMEWORKS:
+        LM, Trainer = frameworks(framework)
+        Checkpoint = pl.callbacks.ModelCheckpoint if framework == "lightning" else ModelCheckpoint
+        torch.manual_seed(0)
+        trainer = Trainer(max_epochs=1, logger=False, limit_val_batches=0, **{**QUIET, "enable_checkpointing": True},
+                          callbacks=[Checkpoint(dirpath=str(tmp_path / framework))])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(stateful_recorder(LM)(), StatefulBatches(random_data(32, 1), batch_size=8))
+            path = tmp_path / framework / "epoch=0-step=4.ckpt"
+            assert torch.load(path, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+            model = stateful_recorder(LM)()
+            Trainer(max_epochs=2, logger=False, limit_val_batches=0, **QUIET).fit(
+                model, StatefulBatches(random_data(32, 1), batch_size=8), ckpt_path=str(path))
+        seen[framework] = model.seen
+    assert seen["mopt_fast"] == seen["lightning"] and [idx for idx, _ in seen["lightning"]] == [0, 1, 2, 3]

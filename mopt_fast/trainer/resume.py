@@ -270,7 +270,10 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     elif "precision" in ckpt:  # files before Lightning's layout
         plugin.load_state_dict(ckpt["precision"])
     trainer.fit_loop.load_state_dict(fit_state)
-    trainer.fit_loop.loader_states_to_load = _loader_states(ckpt)
+    # Lightning puts the loaders' states back only where its fit loop restarts: inside an epoch, or
+    # in a fit bounded by max_steps (its `restarting`); a checkpoint at an epoch's end starts afresh.
+    if trainer.fit_loop.point.inside_epoch or trainer.max_steps != -1:
+        trainer.fit_loop.loader_states_to_load = _loader_states(ckpt)
     trainer.fit_loop.resume_rng = ours.get("rng", {})  # {}: no RNG state (Lightning's): left as it is
     if val_state is not None:
         trainer.val_loop.load_state_dict(val_state)
