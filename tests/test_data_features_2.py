@@ -210,6 +210,38 @@ def test_combined_loader_in_its_mode_for_evaluation(mode: str, ours: bool, tmp_p
     assert any(call[0] == "on_test_batch_start" for call in got["lightning"]["calls"])
 
 
+def test_combined_loader_in_its_mode_for_a_dataloader_iter_step() -> None:
+    """``validation_step(self, dataloader_iter)`` over a "max_size" CombinedLoader: the same
+    ``(batch, batch_idx, dataloader_idx)`` triples, batch-end hook arguments and results as Lightning's."""
+    got = {}
+    for framework in FRAMEWORKS:
+        LM, Trainer = frameworks(framework)
+
+        class IterStep(LM):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = torch.nn.Linear(4, 1)
+                self.calls: list[Any] = []
+
+            def validation_step(self, dataloader_iter: Any) -> None:
+                batch, batch_idx, dataloader_idx = next(dataloader_iter)
+                self.calls.append((as_plain(batch), batch_idx, dataloader_idx))
+                pairs = [p for p in batch if p is not None]
+                self.log("v", sum(torch.nn.functional.mse_loss(self.layer(x), y) for x, y in pairs))
+
+            def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, *rest: Any) -> None:
+                self.calls.append(("on_validation_batch_end", batch_idx, rest))
+
+        torch.manual_seed(0)
+        model = IterStep()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = Trainer(logger=False, limit_val_batches=3, **QUIET).validate(
+                model, combined_eval_loaders(framework, "max_size", "list"), verbose=False)
+        got[framework] = (model.calls, as_plain(results))
+    assert got["mopt_fast"] == got["lightning"] and len(got["lightning"][0]) == 6
+
+
 # -- 3. stateful dataloaders in checkpoints ---------------------------------------------------------
 class StatefulBatches:
     """A loader that records how far its current pass went and, given that state, starts its next
