@@ -25,6 +25,8 @@ from mopt_fast.trainer._data import (
     add_worker_init_fn,
     check_iterable,
     num_batches,
+    persistent_workers,
+    start_workers_keeping_rng,
     without_shuffling,
     worker_check,
 )
@@ -37,8 +39,8 @@ if TYPE_CHECKING:
     from mopt_fast.trainer.fit_loop import FitLoop
     from mopt_fast.trainer.trainer import Trainer
 
-__all__ = ["BatchesOnly", "StepIterator", "check_train_mode", "combined_mode", "is_collection", "run_iter_epoch",
-           "setup_train_combined", "train_length"]
+__all__ = ["BatchesOnly", "StepIterator", "check_train_mode", "combined_mode", "is_collection", "prepare_workers",
+           "run_iter_epoch", "setup_train_combined", "train_length"]
 
 _TRAIN_MODES = ["min_size", "max_size_cycle", "max_size"]
 
@@ -93,6 +95,23 @@ def train_length(combined: Any) -> int | float:
     mode = combined_mode(combined)
     assert mode is not None
     return combined_length(mode, list(combined.flattened), combined.limits)
+
+
+def prepare_workers(combined: Any, resume_running: bool) -> str | None:
+    """The single loader's persistent-workers handling (`FitLoop.new_iterator`), per inner loader,
+    before the combined ``iter()``: what the epoch's iterator does to the workers (None: no inner
+    loader keeps them; "started"; "continued"), and in a resumed fit whose original run had them
+    running, each inner loader's workers started first without moving the RNG, so the combined
+    ``iter()`` draws the samplers' orders as that run did (`_data.iter_continuing`)."""
+    loaders = [dl for dl in combined.flattened if persistent_workers(dl)]
+    if not loaders:
+        return None
+    stopped = [dl for dl in loaders if dl._iterator is None]
+    if stopped and resume_running:
+        for dl in stopped:
+            start_workers_keeping_rng(dl)
+        return "continued"
+    return "started" if len(stopped) == len(loaders) else "continued"
 
 
 def check_train_mode(combined: Any) -> None:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
 
 __all__ = ["DataSource", "Lookahead", "add_worker_init_fn", "batch_hook_owner", "batch_transfer", "check_iterable", "flatten_loaders", "isolated_rng",
-           "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
-           "shut_down_workers", "with_sampler"]
+           "is_stateful", "iter_continuing", "move_to_device", "num_batches", "persistent_workers", "set_sampler_epoch",
+           "shut_down_workers", "start_workers_keeping_rng", "with_sampler"]
 
 
 def num_batches(loader: Any, limit: int | float, prefix: str = "train") -> int | float:
@@ -275,6 +275,12 @@ class Lookahead:
         return item
 
 
+def is_stateful(loader: Any) -> bool:
+    """A loader that saves and restores its position (torchdata's StatefulDataLoader, or any with
+    ``state_dict`` / ``load_state_dict``: Lightning's `_Stateful` protocol)."""
+    return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))
+
+
 def persistent_workers(loader: Any) -> bool:
     return isinstance(loader, DataLoader) and loader.num_workers > 0 and loader.persistent_workers
 
@@ -302,13 +308,20 @@ def iter_continuing(loader: DataLoader) -> Iterator:
     restart the sampler as the original did. What this cannot restore is the workers' own RNG
     streams (seeded from that base seed when they started, then advanced by every sample they
     loaded): they live in the original run's worker processes. The Trainer warns about that."""
+    start_workers_keeping_rng(loader)
+    return iter(loader)
+
+
+def start_workers_keeping_rng(loader: DataLoader) -> None:
+    """Start `loader`'s persistent workers without moving any RNG: its next ``iter()`` then only
+    restarts the sampler on them, as in a run where they were already running (`iter_continuing`;
+    a CombinedLoader's loaders get this each before the combined ``iter()``)."""
     state = rng_state()
     generator = loader.generator.get_state() if loader.generator is not None else None
     iter(loader)  # starts the workers
     set_rng_state(state)
     if generator is not None:
         loader.generator.set_state(generator)
-    return iter(loader)
 
 
 @contextlib.contextmanager

@@ -71,8 +71,10 @@ def lightning_loops(fit: FitLoop, automatic: bool) -> dict[str, Any]:
         batch_total, batch_current = (t,) * 4, (k,) * 4
     steps = fit.auto_steps if automatic else 0
     manual = fit.manual_steps if not automatic else 0
+    loader_states = fit.loader_states()
     fit_loop = {
-        "state_dict": {},
+        # Lightning's place for the stateful train loaders' states (read back by resume.restore)
+        "state_dict": {"combined_loader": loader_states} if loader_states else {},
         "epoch_loop.state_dict": {"_batches_that_stepped": fit.batches_that_stepped},
         "epoch_loop.batch_progress": _batch_progress(batch_total, batch_current, fit.is_last_batch),
         "epoch_loop.scheduler_progress": _ready_completed(0),

@@ -6,7 +6,9 @@
 validate/test under ``Trainer(inference_mode=True)``, ``no_grad`` inside fit), the batch hooks
 around the step (with ``dataloader_idx`` only when there are several loaders), step metrics
 logged per batch, each loader's epoch metrics ("/dataloader_idx_N" names when several) folded into
-callback_metrics and returned as one dict per loader. No host sync per batch beyond what a logger
+callback_metrics and returned as one dict per loader. A CombinedLoader given in a mode other than
+"sequential" runs as Lightning runs it: its combined batches, as from one loader (no
+``dataloader_idx``, one result), for its length with each loader limited. No host sync per batch beyond what a logger
 needs: nothing is read back unless a logger writes step metrics.
 
 `PredictionLoop` runs `predict_step` and collects the predictions (on the CPU) per loader.
@@ -28,8 +30,8 @@ from torch.utils.data import DataLoader
 from mopt_fast.callbacks.prediction_writer import BasePredictionWriter
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.states import RunningStage, TrainerFn
-from mopt_fast.exceptions import PossibleUserWarning, not_built
-from mopt_fast.trainer._combined import StepIterator, combined_mode
+from mopt_fast.exceptions import PossibleUserWarning
+from mopt_fast.trainer._combined import BatchesOnly, StepIterator, combined_mode
 from mopt_fast.trainer._data import (
     DataSource,
     add_worker_init_fn,
@@ -50,7 +52,7 @@ from mopt_fast.trainer._logging import log_to_loggers
 from mopt_fast.trainer._metrics import to_scalars
 from mopt_fast.trainer._profiling import ProfiledIterator
 from mopt_fast.trainer._warn import warn
-from mopt_fast.utilities.combined_loader import CombinedLoader
+from mopt_fast.utilities.combined_loader import CombinedLoader, combined_length
 
 if TYPE_CHECKING:
     from mopt_fast.trainer.trainer import Trainer
@@ -150,6 +152,9 @@ class _Loop:
         self.source = DataSource(None, f"{self.prefix}_dataloader")
         self.loaders: list[Any] | None = None  # processed, flattened; None until set up
         self.max_batches: list[int | float] = []
+        # A CombinedLoader the user gave in a mode other than "sequential" (its `flattened` being
+        # `loaders`): evaluation draws its combined batches, as Lightning's; None: the loaders in turn.
+        self.combined: Any = None
         # Persistent DataLoader workers: whether these loaders' are running, and in a resumed fit
         # whether the original run had them running (see _data.iter_continuing).
         self.workers_started = False
@@ -175,12 +180,12 @@ class _Loop:
         trainer = self.trainer
         loaders = self.source.request(trainer)
         mode = combined_mode(loaders)
-        if mode is not None:  # a CombinedLoader: its loaders, one after the other
+        self.combined = None
+        if mode is not None:  # a CombinedLoader: its loaders, one after the other, or in its mode
             if mode != "sequential":
                 if self.fn == TrainerFn.PREDICTING:
                     raise ValueError('`trainer.predict()` only supports the `CombinedLoader(mode="sequential")` mode.')
-                raise not_built(f'a CombinedLoader(mode="{mode}") as the {self.prefix} dataloaders',
-                                'use mode="sequential" (or pass the loaders as a list or dict)')
+                self.combined = loaders
             loaders = list(loaders.flattened)
         processed = []
         for loader in flatten_loaders(loaders):
@@ -199,10 +204,24 @@ class _Loop:
             processed.append(loader)
         if self.fn == TrainerFn.FITTING and trainer.overfit_batches > 0:
             processed = without_shuffling(processed, self.prefix)
+        if self.combined is not None:
+            self.combined.flattened = processed
         return processed
 
+    def _runs(self, max_batches: list[int | float]) -> tuple[list[Any], list[int | float]]:
+        """What a run draws from in turn and how many batches from each: the loaders, or a
+        CombinedLoader in its own mode as one (its length with `max_batches` as the limits, as
+        Lightning's fetcher counts it)."""
+        assert self.loaders is not None
+        if self.combined is None:
+            return self.loaders, max_batches
+        self.combined.limits = list(max_batches)
+        return [self.combined], [combined_length(str(combined_mode(self.combined)), self.loaders, max_batches)]
+
     def _iterator(self, loader: Any, sanity: bool) -> Any:
-        if not persistent_workers(loader):
+        if loader is self.combined:  # its batches alone (the loop counts batch_idx itself)
+            it: Any = BatchesOnly(iter(loader))
+        elif not persistent_workers(loader):
             it = iter(loader)
         else:
             continuing = not sanity and loader._iterator is None and self.resume_workers_running
@@ -249,6 +268,7 @@ class EvaluationLoop(_Loop):
     def reset_data(self) -> None:
         """Forget the loaders (a new fit/validate/test asks for them again)."""
         self.loaders = None
+        self.combined = None
         self.max_batches = []
         self.batches_logged = []
         self.last_reload_epoch = -float("inf")
@@ -266,7 +286,7 @@ class EvaluationLoop(_Loop):
         trainer = self.trainer
         limit = self.limit
         if limit == 0 or not is_overridden(self.step_name, trainer.lightning_module, LightningModule):
-            self.loaders, self.max_batches = [], []
+            self.loaders, self.max_batches, self.combined = [], [], None
             return
         # Lightning's: the sanity check's request counts only if validation runs in the first epoch.
         every = trainer.check_val_every_n_epoch
@@ -294,7 +314,7 @@ class EvaluationLoop(_Loop):
         hooks = self.hooks
         loaders = self.loaders
         assert model is not None and loaders is not None  # attached, and set up above
-        several = len(loaders) > 1
+        several = len(loaders) > 1 and self.combined is None  # Lightning's: dataloader_idx only for "sequential"
         takes_iter = _takes_iter(self.step_name, getattr(model, self.step_name))
         _verify_dataloader_idx(model, (self.step_name,), several and not takes_iter, self.prefix)
         _verify_dataloader_idx(model, (hooks["batch_start"], hooks["batch_end"]), several, self.prefix)
@@ -321,13 +341,14 @@ class EvaluationLoop(_Loop):
                 call(hooks["start"])
                 call(hooks["epoch_start"])
                 previous = 0
+                sources, limits = self._runs(max_batches)
                 if takes_iter:  # `validation_step(self, dataloader_iter)`: the loop below has no loader to run
-                    self._run_iter_flavor(StepIterator(_sequential(loaders, max_batches), sum(max_batches)),
-                                          step_fn, several, sanity, outputs)
-                for dl_idx, loader in enumerate(loaders if not takes_iter else ()):
+                    combined = _sequential(loaders, max_batches) if self.combined is None else iter(self.combined)
+                    self._run_iter_flavor(StepIterator(combined, sum(limits)), step_fn, several, sanity, outputs)
+                for dl_idx, loader in enumerate(sources if not takes_iter else ()):
                     it = self._iterator(loader, sanity)
                     idx = (dl_idx,) if several else ()
-                    limit, batch_idx = max_batches[dl_idx], 0
+                    limit, batch_idx = limits[dl_idx], 0
                     while batch_idx < limit:
                         try:
                             batch = next(it)

@@ -31,6 +31,7 @@ from mopt_fast.trainer._combined import (
     StepIterator,
     check_train_mode,
     is_collection,
+    prepare_workers,
     run_iter_epoch,
     setup_train_combined,
     train_length,
@@ -40,6 +41,7 @@ from mopt_fast.trainer._data import (
     Lookahead,
     add_worker_init_fn,
     check_iterable,
+    is_stateful,
     iter_continuing,
     move_to_device,
     num_batches,
@@ -96,6 +98,11 @@ class FitLoop:
         # resume skips: a step may fetch more than one), and that count in a restored state.
         self.iter_fetcher: StepIterator | None = None
         self.resume_iter_fetched: int | None = None
+        # Stateful train loaders (see `loader_states`): the states a checkpoint holds for them, put
+        # back once the loaders are set up; and whether that was done in this resumed fit (the
+        # loaders then carry on from where they were, so the epoch's done batches are not skipped).
+        self.loader_states_to_load: list[dict[str, Any]] = []
+        self.loader_states_restored = False
         self.reset_progress()
 
     def reset_progress(self) -> None:
@@ -289,6 +296,32 @@ class FitLoop:
         add_worker_init_fn(loader, trainer.global_rank)
         self.loader = loader
 
+    # -- stateful train loaders ------------------------------------------------------------------
+    def loader_states(self) -> list[dict[str, Any]]:
+        """The state of each train loader that has one (`_data.is_stateful`), in CombinedLoader
+        order: Lightning's ``combined_loader`` entry of its fit loop's state."""
+        if self.loader is None:
+            return []
+        return [dl.state_dict() for dl in (self.loader.flattened if self.combined else (self.loader,))
+                if is_stateful(dl)]
+
+    def restore_loader_states(self) -> None:
+        """Put the states a checkpoint held back into the stateful train loaders (once, as the
+        resumed fit's loaders are set up; Lightning's `_load_combined_loader_states`)."""
+        states, self.loader_states_to_load = self.loader_states_to_load, []
+        if not states or self.loader is None:
+            return
+        stateful = [dl for dl in (self.loader.flattened if self.combined else (self.loader,)) if is_stateful(dl)]
+        if len(stateful) != len(states):
+            raise RuntimeError(  # Lightning's message
+                f"The CombinedLoader has {len(stateful)} stateful loaders, but found {len(states)} states"
+                " in the checkpoint. Please make sure you define the same dataloaders that were used when saving"
+                " the checkpoint."
+            )
+        for loader, state in zip(stateful, states):
+            loader.load_state_dict(state)
+        self.loader_states_restored = True
+
     @property
     def dataloaders(self) -> Any:
         """The train loader(s) as given (``trainer.train_dataloader``): a collection in its own
@@ -339,7 +372,8 @@ class FitLoop:
 
     def new_iterator(self, loader: Any) -> Any:
         if self.combined:
-            self.train_workers = None
+            self.train_workers = prepare_workers(loader, self.resume_train_workers_running)
+            self.resume_train_workers_running = False  # only the first iterator of a resumed fit
             if self.step_takes_iter:  # no look-ahead: Lightning's fetcher for this flavor has none
                 self.iter_fetcher = StepIterator(iter(loader), train_length(loader))
                 return self.iter_fetcher
@@ -397,6 +431,9 @@ class FitLoop:
         if trainer.limit_train_batches == 0:
             return
         self.setup_data()
+        self.loader_states_restored = False
+        if self.loader_states_to_load:
+            self.restore_loader_states()
         loader = self.loader
         self.setup_batches(loader)
         if self.num_training_batches == 0:
@@ -582,7 +619,7 @@ class FitLoop:
         point = self.point
         if not rng:  # a Lightning checkpoint: no RNG state, the RNG goes on as it is (Lightning's resume)
             rng = rng_state()
-        if point.inside_epoch and self.epoch_rng is None:
+        if point.inside_epoch and self.epoch_rng is None and not self.loader_states_restored:
             warn(
                 "Resuming from a checkpoint taken inside an epoch that holds no RNG state (Lightning's): the rest of "
                 f"the epoch is a fresh iterator over the train dataloader with its first {self.batch_idx + 1} batches "
@@ -600,7 +637,9 @@ class FitLoop:
             set_rng_state(self.epoch_rng if self.epoch_rng is not None else rng)
             iterator = self.new_iterator(loader)
             fetched = self.resume_iter_fetched if self.step_takes_iter else None
-            for _ in range(self.batch_idx + 1 if fetched is None else fetched):
+            # Restored stateful loaders carry on where they were: nothing to skip (Lightning's resume).
+            done = 0 if self.loader_states_restored else self.batch_idx + 1 if fetched is None else fetched
+            for _ in range(done):
                 next(iterator)
             set_rng_state(rng)
             metrics.active = metrics.train
@@ -621,7 +660,8 @@ class FitLoop:
         """The one part of a resume that is not exact: see `_data.iter_continuing`."""
         trainer = self.trainer
         restarted = []
-        if persistent_workers(train_loader) and self.resume_train_workers_running:
+        train_loaders = train_loader.flattened if self.combined else (train_loader,)
+        if any(persistent_workers(dl) for dl in train_loaders) and self.resume_train_workers_running:
             restarted.append("training")
         val_loop = trainer.val_loop
         if trainer.enable_validation and any(persistent_workers(dl) for dl in val_loop.loaders or ()) and (

@@ -242,6 +242,14 @@ def _restore_datamodule(trainer: Trainer, ckpt: dict[str, Any]) -> None:
         datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
 
 
+def _loader_states(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stateful train loaders' states: Lightning's ``combined_loader`` entry of its fit loop's
+    state (ours write it there too); none in files before Lightning's layout."""
+    fit_loop = ckpt.get("loops", {}).get("fit_loop", {})
+    state = fit_loop.get("state_dict") if isinstance(fit_loop, dict) else None
+    return list(state.get("combined_loader", [])) if isinstance(state, dict) else []
+
+
 def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     """Everything but the metrics (loaded after the sanity check: returned; None for a Lightning
     checkpoint, which has none), the RNG (set by the fit loop once it has rebuilt the epoch's
@@ -262,6 +270,10 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     elif "precision" in ckpt:  # files before Lightning's layout
         plugin.load_state_dict(ckpt["precision"])
     trainer.fit_loop.load_state_dict(fit_state)
+    # Lightning puts the loaders' states back only where its fit loop restarts: inside an epoch, or
+    # in a fit bounded by max_steps (its `restarting`); a checkpoint at an epoch's end starts afresh.
+    if trainer.fit_loop.point.inside_epoch or trainer.max_steps != -1:
+        trainer.fit_loop.loader_states_to_load = _loader_states(ckpt)
     trainer.fit_loop.resume_rng = ours.get("rng", {})  # {}: no RNG state (Lightning's): left as it is
     if val_state is not None:
         trainer.val_loop.load_state_dict(val_state)
