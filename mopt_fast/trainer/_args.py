@@ -24,7 +24,7 @@ from mopt_fast.callbacks.model_summary import ModelSummary
 from mopt_fast.callbacks.progress.progress_bar import ProgressBar
 from mopt_fast.callbacks.progress.tqdm_progress import TQDMProgressBar
 from mopt_fast.callbacks.timer import Timer, parse_duration
-from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
+from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, not_built
 from mopt_fast.loggers.csv_logs import CSVLogger
 from mopt_fast.loggers.logger import Logger, _DummyExperiment
 from mopt_fast.loggers.tensorboard import TensorBoardLogger
@@ -41,7 +41,8 @@ __all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "de
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Lightning Trainer arguments this Trainer does not implement, with the value that means "off":
-# accepted at that value, a NotImplementedError naming the feature at any other.
+# accepted at that value, a NotBuiltError naming the feature at any other (only the hosted model
+# registry is left).
 UNSUPPORTED = {
     "model_registry": None,
 }
@@ -175,7 +176,8 @@ def check_unsupported(**args: Any) -> None:
         )
     for name, off in UNSUPPORTED.items():
         if args[name] != off:
-            raise NotImplementedError(f"mopt_fast.Trainer does not support `{name}={args[name]!r}` yet")
+            raise not_built(f"`Trainer({name}={args[name]!r})` (Lightning's hosted model registry)",
+                            "save checkpoints with ModelCheckpoint and upload them yourself")
 
 
 def _set(value: Any) -> bool:
