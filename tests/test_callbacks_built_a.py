@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from callback_helpers import files_under, plain
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -45,23 +45,6 @@ def one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def plain(value: Any) -> Any:
-    """Comparable data: tensors as lists, NaN as a string."""
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-def files_under(root: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
 # -- the modules ---------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from callback_helpers import plain, recorder_class
 from torch import nn
 
 import mopt_fast
@@ -48,44 +48,7 @@ def one_thread() -> Any:
     torch.set_num_threads(threads)
 
 
-def recorder_class(base: type) -> type:
-    class Recorder(base):
-        """Keeps what the Trainer and the callbacks log."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.records: list[tuple[int | None, dict[str, float]]] = []
-
-        @property
-        def name(self) -> str:
-            return "recorder"
-
-        @property
-        def version(self) -> int:
-            return 0
-
-        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-            self.records.append((step, {k: float(v) for k, v in metrics.items()}))
-
-    return Recorder
-
-
 RECORDERS = {"lightning": recorder_class(pl.loggers.Logger), "ours": recorder_class(mopt_fast.loggers.Logger)}
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 def same_tensors(a: dict[str, Any], b: dict[str, Any]) -> None:

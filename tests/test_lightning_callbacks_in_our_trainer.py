@@ -9,7 +9,6 @@ import contextlib
 import functools
 import io
 import json
-import math
 import os
 import pickle
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from callback_helpers import files_under, plain, recorder_class
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -34,45 +34,8 @@ pl = importorskip_unless_ci("lightning.pytorch")
 
 FRAMEWORKS = ("lightning", "mopt_fast")
 C = pl.callbacks
-
-
-class Recorder(pl.loggers.Logger):
-    """A Lightning logger that keeps what it is given (the same class in both Trainers)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recorder"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.records.append((step, {k: float(v) for k, v in metrics.items()}))
-
-
-def plain(value: Any) -> Any:
-    """Comparable data: tensors as lists, NaN as a string, paths relative to `root` by the caller."""
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-def files_under(root: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+# A Lightning logger that keeps what it is given (the same class in both Trainers).
+Recorder = recorder_class(pl.loggers.Logger)
 
 
 def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
