@@ -99,6 +99,12 @@ def make_module(LM: type, oom_above: int | None = None, n: int = 64, in_hparams:
         def on_predict_start(self) -> None:
             self.hook_calls.append(f"on_predict_start:{self.training}")
 
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            self.hook_calls.append("on_save_checkpoint")
+
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            self.hook_calls.append("on_load_checkpoint")
+
         def _loaders(self) -> Any:
             made = [DataLoader(TensorDataset(x, y), batch_size=self.size()) for _ in range(loaders)]
             return made[0] if loaders == 1 else made
@@ -184,6 +190,9 @@ def run(framework: str, method: str, tune: Callable[[Any, Any, Any, Any], Any], 
     out["hook_calls"] = list(model.hook_calls)
     out["weights_kept"] = all(torch.equal(before["weights"][k], v) for k, v in snapshot(model).items())
     out["training"] = model.training
+    loop = {"validate": trainer.validate_loop, "test": trainer.test_loop, "predict": trainer.predict_loop}[method]
+    out["batches_run"] = (loop.batch_progress.total.ready, loop.batch_progress.current.ready)
+    out["ckpt_path_is_the_search's"] = os.path.basename(str(trainer.ckpt_path)).startswith(".scale_batch_size_")
     out["batch_size"] = model.size()
     out["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     out["files"] = [f for f in files_under(root) if not f.endswith("hparams.yaml")]
