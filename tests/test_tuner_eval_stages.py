@@ -247,6 +247,31 @@ def test_scale_batch_size_in_hparams_with_max_val_matches_lightning() -> None:
     assert ours["result"] == 9 and ours["trial_batch_sizes"] == [3, 6] and max(ours["eval_batch_sizes"]) == 9
 
 
+def test_scale_batch_size_with_a_datamodule_matches_lightning() -> None:
+    """The loaders from a data module holding the size too: both are set at each trial (Lightning's
+    attribute lookup), and the data module's loader follows."""
+    x, y = _data(48)
+
+    def tune(tuner_cls: Any, trainer: Any, model: Any, _: Any) -> Any:
+        base = pl.LightningDataModule if isinstance(model, pl.LightningModule) else mopt_fast.LightningDataModule
+
+        class Data(base):  # type: ignore[misc,valid-type]
+            def __init__(self) -> None:
+                super().__init__()
+                self.batch_size = 5
+
+            def val_dataloader(self) -> DataLoader:
+                return DataLoader(TensorDataset(x, y), batch_size=self.batch_size)
+
+        data = Data()
+        found = tuner_cls(trainer).scale_batch_size(model, datamodule=data, method="validate", steps_per_trial=1,
+                                                     max_trials=4)
+        return found, data.batch_size, _plain(trainer.validate(model, datamodule=data))
+
+    got = compare(method="validate", tune=tune, case=lambda LM: make_module(LM), eval_after=False)
+    assert got["mopt_fast"]["result"][:2] == [16, 16] and got["mopt_fast"]["trial_batch_sizes"][:4] == [2, 4, 8, 16]
+
+
 # -- BatchSizeFinder at on_validation_start / on_test_start / on_predict_start ---------------------------
 @pytest.mark.parametrize(("method", "mode"), [("validate", "binsearch"), ("test", "power"), ("predict", "binsearch")])
 def test_batch_size_finder_callback_in_evaluation_matches_lightning(method: str, mode: str) -> None:
