@@ -265,11 +265,13 @@ def test_scale_batch_size_with_a_datamodule_matches_lightning() -> None:
 
         data = Data()
         found = tuner_cls(trainer).scale_batch_size(model, datamodule=data, method="validate", steps_per_trial=1,
-                                                     max_trials=4)
+                                                     max_trials=8)
         return found, data.batch_size, _plain(trainer.validate(model, datamodule=data))
 
     got = compare(method="validate", tune=tune, case=lambda LM: make_module(LM), eval_after=False)
-    assert got["mopt_fast"]["result"][:2] == [16, 16] and got["mopt_fast"]["trial_batch_sizes"][:4] == [2, 4, 8, 16]
+    # Stopped by the data module's data set's length (48), not by max_trials.
+    assert got["mopt_fast"]["result"][:2] == [64, 64]
+    assert got["mopt_fast"]["trial_batch_sizes"][:6] == [2, 4, 8, 16, 32, 48]
 
 
 # -- BatchSizeFinder at on_validation_start / on_test_start / on_predict_start ---------------------------
