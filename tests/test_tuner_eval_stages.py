@@ -288,6 +288,36 @@ def test_batch_size_finder_callback_in_evaluation_matches_lightning(method: str,
     assert got["mopt_fast"]["result"][1] == got["mopt_fast"]["batch_size"]
 
 
+def test_batch_size_finder_before_a_prediction_writer_matches_lightning() -> None:
+    """A prediction writer sees only the prediction at the size found (not the trials'), with its
+    batch indices, as Lightning's."""
+
+    def tune(tuner_cls: Any, trainer: Any, model: Any, finder_cb: Any) -> Any:
+        base = pl.callbacks.BasePredictionWriter if isinstance(model, pl.LightningModule) else \
+            mopt_fast.callbacks.BasePredictionWriter
+
+        class Writer(base):  # type: ignore[misc,valid-type]
+            def __init__(self) -> None:
+                super().__init__("batch_and_epoch")
+                self.written: list[Any] = []
+
+            def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
+                                   batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+                self.written.append(("batch", batch_idx, list(batch_indices), prediction.tolist()))
+
+            def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+                self.written.append(("epoch", len(predictions[0]), batch_indices))
+
+        writer = Writer()
+        trainer.callbacks.append(writer)
+        return _plain(trainer.predict(model)), writer.written
+
+    got = compare(method="predict", tune=tune, case=lambda LM: make_module(LM, oom_above=20, n=48), eval_after=False,
+                  finder=lambda cbs: cbs.BatchSizeFinder(steps_per_trial=1))
+    written = got["mopt_fast"]["result"][1]
+    assert [w[0] for w in written] == ["batch", "batch", "batch", "epoch"]  # 16, 16, 16: the size found
+
+
 def test_batch_size_finder_skips_fit_validation_as_lightning() -> None:
     """Inside fit, the callback searches the train batch size only (not at the validation's start)."""
 
