@@ -167,8 +167,9 @@ def run(framework: str, method: str, tune: Callable[[Any, Any, Any, Any], Any], 
     before = {"weights": snapshot(model), "callbacks": list(trainer.callbacks), "loggers": list(trainer.loggers),
               **{k: getattr(trainer, k) for k in settings}}
     out: dict[str, Any] = {}
+    printed = io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(io.StringIO()), \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(printed):
         warnings.simplefilter("always")
         try:
             out["result"] = _plain(tune(tuner_cls, trainer, model, finder_cb))
@@ -185,6 +186,7 @@ def run(framework: str, method: str, tune: Callable[[Any, Any, Any, Any], Any], 
                 out["eval_batch_sizes"] = list(model.batch_sizes)
         except Exception as exc:  # the exception itself is compared
             out["error"] = (type(exc).__name__, str(exc))
+    out["printed"] = printed.getvalue()  # the results tables: not the trials'
     out["warnings"] = sorted({str(w.message) for w in caught
                               if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
     out["hook_calls"] = list(model.hook_calls)

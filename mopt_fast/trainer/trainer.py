@@ -631,7 +631,7 @@ class Trainer:
     _TUNING_SAVED = ("optimizers", "lr_scheduler_configs", "callbacks", "loggers")
     # What a trial of an evaluation or prediction loop changes, put back after each (Lightning's
     # dump and reload of that loop's state).
-    _TUNING_EVAL_STATE = ("batches_total", "batches_current", "batches_logged", "_has_run", "verbose")
+    _TUNING_EVAL_STATE = ("batches_total", "batches_current", "batches_logged", "_has_run")
 
     def _tuning_eval_loop(self) -> EvaluationLoop | PredictionLoop | None:
         """The validate / test / predict loop running, or None inside a fit."""
@@ -658,8 +658,9 @@ class Trainer:
             self._tuning_loop_state = copy.deepcopy(self.fit_loop.state_dict())
         else:
             self._tuning_loop_state = self._tuning_eval_state(eval_loop)
+            verbose = isinstance(eval_loop, EvaluationLoop) and eval_loop.verbose
             if isinstance(eval_loop, EvaluationLoop):
-                eval_loop.verbose = False
+                eval_loop.verbose = False  # no results printed for the trials
         self.callbacks = list(callbacks)
         self.logger = DummyLogger() if self.logger is not None else None
         for name, value in settings.items():
@@ -675,6 +676,8 @@ class Trainer:
                 self.should_stop = False
             else:
                 self._set_tuning_eval_state(eval_loop, self._tuning_loop_state)
+                if isinstance(eval_loop, EvaluationLoop):
+                    eval_loop.verbose = verbose
             self.hooks.build(self.callbacks, self.lightning_module)  # type: ignore[arg-type]
 
     def run_tuning_trial(self) -> None:
