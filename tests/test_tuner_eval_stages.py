@@ -106,6 +106,7 @@ def make_module(LM: type, oom_above: int | None = None, n: int = 64, in_hparams:
             self.hook_calls.append("on_load_checkpoint")
 
         def _loaders(self) -> Any:
+            self.hook_calls.append(f"dataloader:{self.size()}")  # each request, as Lightning's search makes them
             made = [DataLoader(TensorDataset(x, y), batch_size=self.size()) for _ in range(loaders)]
             return made[0] if loaders == 1 else made
 
@@ -327,8 +328,14 @@ def test_batch_size_finder_skips_fit_validation_as_lightning() -> None:
         trainer.fit(model)
         return finder_cb.optimal_batch_size
 
-    compare(method="validate", tune=tune, case=lambda LM: make_module(LM),
-            finder=lambda cbs: cbs.BatchSizeFinder(steps_per_trial=1, max_trials=3), max_epochs=1, eval_after=False)
+    # The fit's search asks for the validation loader again after on_load_checkpoint, Lightning's before
+    # it (the fit search's order, not this file's subject): the other hooks compared.
+    got = compare(method="validate", tune=tune, case=lambda LM: make_module(LM), ignore=("hook_calls",),
+                  finder=lambda cbs: cbs.BatchSizeFinder(steps_per_trial=1, max_trials=3), max_epochs=1,
+                  eval_after=False)
+    hooks = {fw: [h for h in got[fw]["hook_calls"] if not h.startswith("dataloader")] for fw in FRAMEWORKS}
+    assert hooks["mopt_fast"] == hooks["lightning"]
+    assert hooks["mopt_fast"].count("on_validation_start:False") == 2  # the fit's sanity check and validation
 
 
 # -- errors ---------------------------------------------------------------------------------------------
