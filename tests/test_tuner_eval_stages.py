@@ -339,7 +339,7 @@ def test_batch_size_finder_skips_fit_validation_as_lightning() -> None:
 
 
 # -- errors ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("what", ["several_loaders", "loaders_given", "fit_loaders_given", "no_attr", "method",
+@pytest.mark.parametrize("what", ["several_loaders", "several_val_loaders", "loaders_given", "fit_loaders_given", "no_attr", "method",
                                   "non_oom"])
 def test_errors_match_lightning(what: str) -> None:
     def tune(tuner_cls: Any, trainer: Any, model: Any, _: Any) -> Any:
@@ -351,12 +351,14 @@ def test_errors_match_lightning(what: str) -> None:
             return tuner.scale_batch_size(model, method="test", train_dataloaders=model.train_dataloader())
         if what == "no_attr":
             return tuner.scale_batch_size(model, method="predict", batch_arg_name="bs")
+        if what == "several_val_loaders":
+            return tuner.scale_batch_size(model, method="validate", steps_per_trial=1)
         if what == "method":
             return tuner.scale_batch_size(model, method="tune")
         return tuner.scale_batch_size(model, method="test", steps_per_trial=1)
 
     def case(LM: type) -> type:
-        base = make_module(LM, loaders=2 if what == "several_loaders" else 1)
+        base = make_module(LM, loaders=2 if what.startswith("several") else 1)
         if what != "non_oom":
             return base
 
@@ -368,6 +370,6 @@ def test_errors_match_lightning(what: str) -> None:
 
         return Failing
 
-    method = {"loaders_given": "validate", "no_attr": "predict"}.get(what, "test")
+    method = {"loaders_given": "validate", "several_val_loaders": "validate", "no_attr": "predict"}.get(what, "test")
     got = compare(method=method, tune=tune, case=case, eval_after=what == "loaders_given")
     assert ("error" in got["mopt_fast"]) == (what != "loaders_given")
