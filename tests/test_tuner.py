@@ -348,10 +348,7 @@ def test_fast_dev_run_skips_the_search_as_lightning() -> None:
     assert any("Skipping learning rate finder" in w for w in got["mopt_fast"]["warnings"])
 
 
-def test_scale_batch_size_beyond_fit_is_not_built() -> None:
-    trainer = mopt_fast.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
-    with pytest.raises(mopt_fast.exceptions.NotBuiltError, match='method=.test.'):
-        Tuner(trainer).scale_batch_size(make_module(mopt_fast.LightningModule)(), method="test")
+# The search for validate / test / predict: tests/test_tuner_eval_stages.py.
 
 
 # -- plot -------------------------------------------------------------------------------------------------

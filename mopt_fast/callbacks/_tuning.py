@@ -146,7 +146,7 @@ def temporary_checkpoint(trainer: TuningTrainer, prefix: str) -> str:
     """Save the run now to ``<default_root_dir>/.<prefix>_<uuid>.ckpt`` (the path rank 0 chose)."""
     path = os.path.join(trainer.default_root_dir, f".{prefix}_{uuid.uuid4()}.ckpt")
     path = trainer.strategy.broadcast(path)
-    trainer.save_checkpoint(path)
+    trainer.save_tuning_checkpoint(path)
     return path
 
 

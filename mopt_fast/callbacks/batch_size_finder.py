@@ -1,16 +1,20 @@
 """The batch-size search (Lightning's `BatchSizeFinder` callback and `Tuner.scale_batch_size`).
 
 `scale_batch_size` saves the run to a temporary checkpoint, then tries batch sizes: each trial
-sets the module's (or its hparams', or the data module's) `batch_arg_name`, asks for the train
-loader again and runs `steps_per_trial` training steps. "power" doubles the size until a trial runs
+sets the module's (or its hparams', or the data module's) `batch_arg_name`, asks for the loaders
+again and runs `steps_per_trial` batches: training steps inside a fit (on_fit_start), or
+validation / test steps inside validate / test (at their start hook, with one loader only; the run
+then goes on at the size found, as Lightning's). Inside predict, as Lightning's, each trial
+predicts the whole loader (Lightning's search limits the fit and evaluation loops only). "power" doubles the size until a trial runs
 out of memory (then halves it) or the size reaches the dataset's length, `max_trials` or
 `max_val`; "binsearch" then bisects between the last size that fit and the first that did not,
 and takes `margin` off the result. The run is put back as it was, except that the attribute keeps
 the size found. On the CPU nothing runs out of memory: the search ends at the dataset's length or
 `max_trials`, as Lightning's. Same trials, same result as Lightning's.
 
-Only the fit is searched (``Tuner.scale_batch_size(method="fit")``, the callback's on_fit_start);
-the validate / test / predict searches are not built.
+As Lightning's, the search outside a fit leaves the module in eval mode (the trials' evaluation
+runs captured the modes anew), and searches even with loaders given to validate / test / predict
+(those never change: the attribute alone grows).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from mopt_fast.callbacks._tuning import (
     temporary_checkpoint,
 )
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
-from mopt_fast.exceptions import MisconfigurationException, _TunerExitException, not_built
+from mopt_fast.exceptions import MisconfigurationException, _TunerExitException
 
 if TYPE_CHECKING:
     from mopt_fast.core.protocol import TuningTrainer
@@ -38,8 +42,6 @@ __all__ = ["BatchSizeFinder", "scale_batch_size"]
 log = logging.getLogger("mopt_fast.tuner")
 
 _MODES = ("power", "binsearch")
-_EVAL_NOT_BUILT = "the batch-size search for validate / test / predict (`BatchSizeFinder` on those, `method=` other " \
-                  "than \"fit\")"
 
 
 def _check_margin(margin: float) -> None:
@@ -49,11 +51,11 @@ def _check_margin(margin: float) -> None:
 def _adjust_batch_size(trainer: TuningTrainer, name: str, factor: float = 1.0, value: int | None = None,
                        desc: str | None = None, max_val: int = 8192) -> tuple[int, bool]:
     """Set the batch size to `value` (else the current one times `factor`), at most `max_val`; left
-    as it is once it reaches the train dataset's length. Returns (the size, whether it changed)."""
+    as it is once it reaches the length of the running loop's data set(s). Returns (the size, whether it changed)."""
     model = trainer.lightning_module
     batch_size = lightning_getattr(model, name)
     assert batch_size is not None
-    length = trainer.train_dataset_length()
+    length = trainer.tuning_dataset_length()
     if length is not None and batch_size >= length:
         rank_zero_info(trainer, f"The batch size {batch_size} is greater or equal than the length of your dataset: "
                                 f"{length}.")
@@ -147,22 +149,31 @@ def _run_binsearch_scaling(trainer: TuningTrainer, new_size: int, name: str, max
     return new_size
 
 
+def _trial_settings(trainer: TuningTrainer, steps_per_trial: int) -> dict[str, Any]:
+    """The Trainer settings of a trial: `steps_per_trial` training steps (the validation limited
+    alike) inside a fit, `steps_per_trial` batches of validate / test. A predict trial runs all of
+    its loader: Lightning's search sets limits for the fit and evaluation loops only."""
+    prefix = trainer.tuning_stage_prefix
+    if prefix == "train":
+        return {"max_steps": steps_per_trial, "limit_train_batches": 1.0, "limit_val_batches": steps_per_trial}
+    if prefix == "predict":
+        return {}
+    return {f"limit_{prefix}_batches": steps_per_trial}
+
+
 def scale_batch_size(trainer: TuningTrainer, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2,
                      max_trials: int = 25, batch_arg_name: str = "batch_size", margin: float = 0.05,
                      max_val: int = 8192) -> int | None:
-    """Search the batch size inside the fit `trainer` is running (see the module docstring); the
-    size found, or None under fast_dev_run (with Lightning's warning)."""
+    """Search the batch size inside the fit, validate, test or predict `trainer` is running (see
+    the module docstring); the size found, or None under fast_dev_run (with Lightning's warning)."""
     _check_margin(margin)
     if trainer.fast_dev_run:
         warnings.warn("Skipping batch size scaler since `fast_dev_run` is enabled.", UserWarning, stacklevel=2)
         return None
-    if trainer.state.fn != "fit":
-        raise not_built(_EVAL_NOT_BUILT)
     path = temporary_checkpoint(trainer, "scale_batch_size")
     progress_bar = trainer.progress_bar_callback
     try:
-        with trainer.tuning_trials([], max_steps=steps_per_trial, limit_train_batches=1.0,
-                                   limit_val_batches=steps_per_trial):
+        with trainer.tuning_trials([], **_trial_settings(trainer, steps_per_trial)):
             if progress_bar:
                 progress_bar.disable()
             try:
@@ -183,10 +194,11 @@ def scale_batch_size(trainer: TuningTrainer, mode: str = "power", steps_per_tria
 
 
 class BatchSizeFinder(Callback):
-    """Searches the largest batch size that fits at the start of the fit (Lightning's callback of the
-    same name); `optimal_batch_size` holds it, and the module's (or hparams', or data module's)
-    `batch_arg_name` is set to it for the fit. The data must come from the module or a data module
-    (the loader is asked for again at each size).
+    """Searches the largest batch size that fits at the start of the fit, or of validate / test /
+    predict (Lightning's callback of the same name; not at a fit's validation); `optimal_batch_size`
+    holds it, and the module's (or hparams', or data module's) `batch_arg_name` is set to it for the
+    run. The train data must come from the module or a data module (the loader is asked for again at
+    each size); validate / test / predict must have one loader.
 
     Args:
         mode: "power" (double until out of memory) or "binsearch" (then bisect).
@@ -224,6 +236,10 @@ class BatchSizeFinder(Callback):
                 "The Batch size finder cannot be used with dataloaders passed directly to `.fit()`. Please disable"
                 " the feature or incorporate the dataloader into your LightningModule or LightningDataModule."
             )
+        if stage != "fit" and trainer.tuning_loader_count() > 1:
+            raise MisconfigurationException(
+                f"The Batch size finder cannot be used with multiple {trainer.tuning_stage_prefix} dataloaders."
+            )
         name = self._batch_arg_name
         if not lightning_hasattr(pl_module, name):
             raise MisconfigurationException(
@@ -250,10 +266,10 @@ class BatchSizeFinder(Callback):
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.state.fn != "validate":
             return
-        raise not_built(_EVAL_NOT_BUILT)
+        self.scale_batch_size(trainer, pl_module)
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        raise not_built(_EVAL_NOT_BUILT)
+        self.scale_batch_size(trainer, pl_module)
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-        raise not_built(_EVAL_NOT_BUILT)
+        self.scale_batch_size(trainer, pl_module)

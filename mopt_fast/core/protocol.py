@@ -313,7 +313,7 @@ class MonitorTrainer(CallbackTrainer, Protocol):
 
 class TuningTrainer(CheckpointTrainer, Protocol):
     """What the learning-rate and batch-size finders (callbacks/lr_finder.py, batch_size_finder.py)
-    ask: trial runs of the fit loop under other settings, and putting the run back afterwards
+    ask: trial runs of the fit loop (or the validate / test / predict loop) under other settings, and putting the run back afterwards
     (what Lightning's finders do through its Trainer's internals)."""
 
     accumulate_grad_batches: int
@@ -328,7 +328,11 @@ class TuningTrainer(CheckpointTrainer, Protocol):
         one, and the Trainer `settings` (max_steps, limit_*_batches) set; all put back after."""
 
     def run_tuning_trial(self) -> None:
-        """The fit loop once more, from where it stood when `tuning_trials` was entered."""
+        """The fit loop (or validate / test / predict loop) once more, from where it stood when
+        `tuning_trials` was entered."""
+
+    def save_tuning_checkpoint(self, path: str) -> None:
+        """`save_checkpoint(path)`, also outside a fit (no optimizers then)."""
 
     def restore_tuning_checkpoint(self, path: str) -> None:
         """The run as saved in `path` (model, optimizers, schedulers, loops, callbacks), its
@@ -339,6 +343,17 @@ class TuningTrainer(CheckpointTrainer, Protocol):
 
     def train_dataset_length(self) -> int | None:
         """The length of the train loader's dataset (None: not sized), setting the loader up."""
+
+    def tuning_dataset_length(self) -> int | None:
+        """The length of the running loop's data set(s): the train loader's in a fit, else the
+        validate / test / predict loaders' (asked for again); None: not sized."""
+
+    def tuning_loader_count(self) -> int:
+        """How many loaders the validate / test / predict loop running has (asked for now)."""
+
+    @property
+    def tuning_stage_prefix(self) -> str:
+        """The dataloader prefix of the loop running: "train", "val", "test" or "predict"."""
 
     def uses_module_data(self) -> bool:
         """The train data comes from the module or a data module (not loaders given to fit)."""

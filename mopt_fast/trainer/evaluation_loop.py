@@ -163,6 +163,9 @@ class _Loop:
         # check's are not counted) and in the current run (.current).
         self.batches_total = 0
         self.batches_current = 0
+        # The submodules' modes before the run, put back after it. The loop's, as Lightning's: a
+        # batch-size search's trials (runs inside the run's start hook) capture them anew.
+        self.module_modes = _ModuleModes(torch.nn.Module())
 
     @property
     def batch_progress(self) -> BatchProgress:
@@ -328,7 +331,7 @@ class EvaluationLoop(_Loop):
         results.dataloader_idx = None
         step_fn = getattr(model, self.step_name)
         pass_idx = is_param_in_hook_signature(step_fn, "batch_idx", min_args=2)
-        modes = _ModuleModes(model)
+        self.module_modes = _ModuleModes(model)
         trainer.hooks.call_module(hooks["model_eval"])
         device = trainer.root_device
         transfer = trainer.batch_transfer
@@ -339,6 +342,8 @@ class EvaluationLoop(_Loop):
         try:
             with _grad_context(trainer, self.inference_mode and self.fn != TrainerFn.FITTING):
                 call(hooks["start"])
+                if self.loaders is not loaders and self.loaders:  # a batch-size search at the start asked anew
+                    loaders, max_batches = self.loaders, self.max_batches
                 call(hooks["epoch_start"])
                 previous = 0
                 sources, limits = self._runs(max_batches)
@@ -392,13 +397,13 @@ class EvaluationLoop(_Loop):
                 call(hooks["end"])
                 metrics.reset_results(results)
         except BaseException:
-            modes.restore(model)  # each submodule back to its own mode, also after a failure
+            self.module_modes.restore(model)  # each submodule back to its own mode, also after a failure
             metrics.active, metrics.first_loop_iter = saved_active, saved_first
             raise
         if is_overridden(hooks["model_train"], model, LightningModule):
             trainer.hooks.call_module(hooks["model_train"])
         else:
-            modes.restore(model)
+            self.module_modes.restore(model)
         metrics.active, metrics.first_loop_iter = saved_active, saved_first
         if self.verbose and trainer.is_global_zero and not sanity:
             print_results(outputs, self.stage.value)
@@ -481,6 +486,17 @@ class PredictionLoop(_Loop):
         self.loaders = self._request()
         self.max_batches = [num_batches(dl, self.limit, self.prefix) for dl in self.loaders]
 
+    def _start_run(self, record_indices: bool) -> list[Any]:
+        """Empty predictions and batch indices for the loaders set up; with `record_indices` (a
+        prediction writer), the loaders wrapped to record them. Returns the loaders to run."""
+        loaders = self.loaders
+        assert loaders is not None  # set up by the run
+        self._predictions = [[] for _ in loaders]
+        self.epoch_batch_indices = [[] for _ in loaders]
+        if record_indices:  # the batch indices are recorded as the loaders draw them
+            loaders = self.loaders = [record_batch_indices(dl) for dl in loaders]
+        return loaders
+
     def _writer_intervals(self) -> tuple[bool, bool]:
         """Whether a prediction writer (mopt_fast's or Lightning's BasePredictionWriter) writes per
         batch, per epoch."""
@@ -533,16 +549,13 @@ class PredictionLoop(_Loop):
         takes_iter = _takes_iter("predict_step", model.predict_step)
         _verify_dataloader_idx(model, ("predict_step",), several and not takes_iter, self.prefix)
         _verify_dataloader_idx(model, ("on_predict_batch_start", "on_predict_batch_end"), several, self.prefix)
-        self._predictions = [[] for _ in loaders]
-        self.epoch_batch_indices = [[] for _ in loaders]
         on_batch, on_epoch = self._writer_intervals()
-        if on_batch or on_epoch:  # the batch indices are recorded as the loaders draw them
-            loaders = self.loaders = [record_batch_indices(dl) for dl in loaders]
+        loaders = self._start_run(on_batch or on_epoch)
         keep = self.return_predictions or on_epoch
         self.batches_current = 0
         step_fn = model.predict_step
         pass_idx = is_param_in_hook_signature(step_fn, "batch_idx", min_args=2)
-        modes = _ModuleModes(model)
+        self.module_modes = _ModuleModes(model)
         trainer.hooks.call_module("on_predict_model_eval")
         device, cpu = trainer.root_device, torch.device("cpu")
         transfer = trainer.batch_transfer
@@ -553,6 +566,8 @@ class PredictionLoop(_Loop):
         try:
             with _grad_context(trainer, self.inference_mode):
                 call("on_predict_start")
+                if self.loaders is not loaders:  # a batch-size search at the start asked for them anew
+                    loaders = self._start_run(on_batch or on_epoch)
                 call("on_predict_epoch_start")
                 if takes_iter:  # `predict_step(self, dataloader_iter)`: the loop below has no loader to run
                     self._run_iter_flavor(StepIterator(_sequential(loaders, self.max_batches), sum(self.max_batches)),
@@ -593,7 +608,7 @@ class PredictionLoop(_Loop):
                 self.epoch_batch_indices = []
                 call("on_predict_end")
         finally:
-            modes.restore(model)
+            self.module_modes.restore(model)
         return result
 
 

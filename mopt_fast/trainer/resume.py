@@ -280,6 +280,21 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     return ours.get("metrics")
 
 
+def restore_evaluation(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """Inside validate / test / predict (after a batch-size search): the data module's state, the
+    module's (after its on_load_checkpoint), the callbacks' and the precision plugin's, in
+    Lightning's order; the loops and the RNG are left as they are."""
+    model = trainer.lightning_module
+    assert model is not None  # attached before the checkpoint is restored
+    _restore_datamodule(trainer, ckpt)
+    trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
+    model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
+    load_callback_states(trainer, ckpt)
+    plugin = trainer.precision_plugin
+    if type(plugin).__qualname__ in ckpt:
+        plugin.load_state_dict({"scaler": ckpt[type(plugin).__qualname__]})
+
+
 def restore_optimizers(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     """The optimizers' and schedulers' states, after on_fit_start as in Lightning: a callback may
     first give an optimizer back the parameter groups it had added (BaseFinetuning), which

@@ -626,18 +626,41 @@ class Trainer:
 
     # -- what the learning-rate and batch-size finders ask (core/protocol.py's TuningTrainer) ----------
     # Lightning's finders reach into its Trainer (the checkpoint connector, the loops' loaders); these
-    # are the same capabilities, public. Nothing here runs unless a finder runs.
+    # are the same capabilities, public. Nothing here runs unless a finder runs. Inside a fit they
+    # act on the fit loop; inside validate / test / predict (the batch-size search) on that loop.
     _TUNING_SAVED = ("optimizers", "lr_scheduler_configs", "callbacks", "loggers")
+    # What a trial of an evaluation or prediction loop changes, put back after each (Lightning's
+    # dump and reload of that loop's state).
+    _TUNING_EVAL_STATE = ("batches_total", "batches_current", "batches_logged", "_has_run")
+
+    def _tuning_eval_loop(self) -> EvaluationLoop | PredictionLoop | None:
+        """The validate / test / predict loop running, or None inside a fit."""
+        loop = self._active_loop
+        return None if loop is None or loop is self.fit_loop else loop  # type: ignore[return-value]
+
+    def _tuning_eval_state(self, loop: EvaluationLoop | PredictionLoop) -> dict[str, Any]:
+        return {name: copy.copy(getattr(loop, name)) for name in self._TUNING_EVAL_STATE if hasattr(loop, name)}
+
+    def _set_tuning_eval_state(self, loop: EvaluationLoop | PredictionLoop, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(loop, name, copy.copy(value))
 
     @contextlib.contextmanager
     def tuning_trials(self, callbacks: list[Any], **settings: Any) -> Generator[None, None, None]:
-        """Inside: the fit loop runs with only `callbacks`, a logger that logs nothing in place of the
-        user's (none without one), and the Trainer `settings` (max_steps, limit_train_batches,
-        limit_val_batches) set; afterwards those, the optimizers and schedulers and the fit loop's
-        position are put back, and the run no longer stops (Lightning's finders' dump, reset and
-        restore of their parameters)."""
+        """Inside: the fit loop (or the validate / test / predict loop running) runs with only
+        `callbacks`, a logger that logs nothing in place of the user's (none without one), the
+        Trainer `settings` (max_steps, limit_*_batches) set, and no results printed; afterwards
+        those, the optimizers and schedulers and the loop's position are put back, and the run no
+        longer stops (Lightning's finders' dump, reset and restore of their parameters)."""
         saved = {name: getattr(self, name) for name in (*self._TUNING_SAVED, *settings)}
-        self._tuning_loop_state = copy.deepcopy(self.fit_loop.state_dict())
+        eval_loop = self._tuning_eval_loop()
+        if eval_loop is None:
+            self._tuning_loop_state = copy.deepcopy(self.fit_loop.state_dict())
+        else:
+            self._tuning_loop_state = self._tuning_eval_state(eval_loop)
+            verbose = isinstance(eval_loop, EvaluationLoop) and eval_loop.verbose
+            if isinstance(eval_loop, EvaluationLoop):
+                eval_loop.verbose = False  # no results printed for the trials
         self.callbacks = list(callbacks)
         self.logger = DummyLogger() if self.logger is not None else None
         for name, value in settings.items():
@@ -648,50 +671,110 @@ class Trainer:
         finally:
             for name, value in saved.items():
                 setattr(self, name, value)
-            self.fit_loop.load_state_dict(copy.deepcopy(self._tuning_loop_state))
-            self.should_stop = False
+            if eval_loop is None:
+                self.fit_loop.load_state_dict(copy.deepcopy(self._tuning_loop_state))
+                self.should_stop = False
+            else:
+                self._set_tuning_eval_state(eval_loop, self._tuning_loop_state)
+                if isinstance(eval_loop, EvaluationLoop):
+                    eval_loop.verbose = verbose
             self.hooks.build(self.callbacks, self.lightning_module)  # type: ignore[arg-type]
 
     def run_tuning_trial(self) -> None:
-        """The fit loop once more, from where it stood when `tuning_trials` was entered (Lightning's
-        `_try_loop_run`): a trial of the finders. Its RNG draws are the caller's to isolate."""
+        """The fit loop (or the validate / test / predict loop) once more, from where it stood when
+        `tuning_trials` was entered (Lightning's `_try_loop_run`): a trial of the finders. Its RNG
+        draws are the caller's to isolate."""
+        eval_loop = self._tuning_eval_loop()
+        if eval_loop is not None:
+            self._set_tuning_eval_state(eval_loop, self._tuning_loop_state)
+            eval_loop.run()
+            return
         loop = self.fit_loop
         loop.load_state_dict(copy.deepcopy(self._tuning_loop_state))
         loop.resume_rng = None  # a run from that position, not a resume from a checkpoint
         assert self.lightning_module is not None  # the finders run inside a fit
         loop.run(self.lightning_module)
 
+    def save_tuning_checkpoint(self, path: str) -> None:
+        """`save_checkpoint(path)`, also inside validate / test / predict (no optimizers: none
+        saved), as Lightning's finders save the run they put back."""
+        if self.optimizers:
+            self.save_checkpoint(path)
+        else:
+            self._save_checkpoint(path, False, None)
+
     def restore_tuning_checkpoint(self, path: str) -> None:
         """The run as `path` holds it (model, optimizers, schedulers, loops, callbacks, data module),
         as Lightning's checkpoint connector restores a finder's checkpoint; the loaders are asked for
-        again (the trials changed their settings). ``trainer.ckpt_path`` is then `path`, as Lightning's."""
+        again (the trials changed their settings). ``trainer.ckpt_path`` is then `path`, as Lightning's.
+        Inside validate / test / predict: the loaders first, then the module's, the data module's and
+        the callbacks' states (Lightning's order there; no optimizers)."""
+        eval_loop = self._tuning_eval_loop()
+        if eval_loop is not None:
+            self.reload_dataloaders()
         rank_zero_info(self, f"Restoring states from the checkpoint path at {path}")
         self._ckpt_path = path
-        self.val_loop.reset_data()
         ckpt = self.strategy.load_checkpoint(path, weights_only=True)
+        if eval_loop is not None:
+            resume.restore_evaluation(self, ckpt)
+            return
+        self.val_loop.reset_data()
         resume.restore(self, ckpt)
         resume.restore_optimizers(self, ckpt)  # a finder restores inside the fit, after on_fit_start
         self.fit_loop.resume_rng = None  # the fit goes on from here with the RNG as it is
         self.reload_dataloaders()
 
     def reload_dataloaders(self) -> None:
-        """Ask for the train loader again (a fit's validation loaders too): the batch size changed."""
+        """Ask for the train loader again (a fit's validation loaders too), or for the validate /
+        test / predict loaders: the batch size changed."""
+        eval_loop = self._tuning_eval_loop()
+        if eval_loop is not None:
+            eval_loop.setup_data()  # outside a fit, a request every time
+            return
         self.fit_loop.loader = None
         self.fit_loop.prepare_first_iterator()
         self.val_loop.reset_data()
         if self.enable_validation:
             self.val_loop.setup_data()
 
+    def tuning_dataset_length(self) -> int | None:
+        """The length of the data set(s) of the loop running: the train loader's inside a fit
+        (`train_dataset_length`), else the validate / test / predict loaders', asked for again as
+        Lightning's batch-size search does (None: iterable-style only)."""
+        eval_loop = self._tuning_eval_loop()
+        if eval_loop is None:
+            return self.train_dataset_length()
+        eval_loop.setup_data()
+        lengths = [self._sized_len(getattr(loader, "dataset", None)) for loader in eval_loop.loaders or ()]
+        sized = [n for n in lengths if n is not None]
+        return sum(sized) if sized else None  # Lightning's "sequential" CombinedLoader: the sum
+
+    @staticmethod
+    def _sized_len(dataset: Any) -> int | None:
+        try:
+            return len(dataset)
+        except (TypeError, NotImplementedError):
+            return None
+
+    def tuning_loader_count(self) -> int:
+        """How many loaders the validate / test / predict loop running has (asked for now)."""
+        eval_loop = self._tuning_eval_loop()
+        assert eval_loop is not None  # asked by the batch-size search outside a fit only
+        eval_loop.setup_data()
+        return len(eval_loop.loaders or ())
+
+    @property
+    def tuning_stage_prefix(self) -> str:
+        """The dataloader prefix of the loop running ("train", "val", "test", "predict")."""
+        loop = self._active_loop
+        return "train" if loop is None or loop is self.fit_loop else loop.prefix  # type: ignore[union-attr]
+
     def train_dataset_length(self) -> int | None:
         """The length of the train loader's dataset (None: an iterable-style one); sets the loader up
         if the fit has not yet (Lightning's `_dataset_length` of the fit loop's loader)."""
         if self.fit_loop.loader is None:
             self.fit_loop.prepare_first_iterator()
-        dataset = getattr(self.fit_loop.loader, "dataset", None)
-        try:
-            return len(dataset)  # type: ignore[arg-type]
-        except (TypeError, NotImplementedError):
-            return None
+        return self._sized_len(getattr(self.fit_loop.loader, "dataset", None))
 
     def uses_module_data(self) -> bool:
         """The train data comes from the module's or a data module's hook, not from loaders given."""

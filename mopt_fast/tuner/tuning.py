@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mopt_fast.callbacks.batch_size_finder import BatchSizeFinder
 from mopt_fast.callbacks.lr_finder import LearningRateFinder, _LRFinder
-from mopt_fast.exceptions import MisconfigurationException, not_built
+from mopt_fast.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from mopt_fast.core.datamodule import LightningDataModule
@@ -68,21 +68,23 @@ class Tuner:
     ) -> int | None:
         """The largest batch size that fits, searched as `BatchSizeFinder` does (see there for the
         arguments); the module's (or its hparams', or the data module's) `batch_arg_name` is left at
-        it. Only ``method="fit"`` is built."""
+        it. ``method`` other than "fit" searches inside validate / test / predict (their loaders
+        asked for at each size, `dataloaders` given to them never change) and ends there."""
         _check_tuner_configuration(train_dataloaders, val_dataloaders, dataloaders, method)
         trainer = self._trainer
         if getattr(trainer.strategy, "is_distributed", False):
             raise ValueError("Tuning the batch size is currently not supported with distributed strategies.")
         _check_no_finder(trainer, BatchSizeFinder, "BatchSizeFinder")
         assert 0.0 <= margin < 1.0, f"`margin` should be between 0 and 1. Found {margin=}"
-        if method != "fit":
-            raise not_built(f"Tuner.scale_batch_size(method={method!r})", 'only method="fit" is built')
         finder = BatchSizeFinder(mode=mode, steps_per_trial=steps_per_trial, init_val=init_val, max_trials=max_trials,
                                  batch_arg_name=batch_arg_name, margin=margin, max_val=max_val)
         finder._early_exit = True
         trainer.callbacks = [finder, *trainer.callbacks]
         try:
-            trainer.fit(model, train_dataloaders, val_dataloaders, datamodule)
+            if method == "fit":
+                trainer.fit(model, train_dataloaders, val_dataloaders, datamodule)
+            else:
+                getattr(trainer, method)(model, dataloaders, datamodule=datamodule)
         finally:
             trainer.callbacks = [cb for cb in trainer.callbacks if cb is not finder]
         return finder.optimal_batch_size
