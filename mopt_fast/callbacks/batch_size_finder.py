@@ -82,9 +82,7 @@ def _run_power_scaling(trainer: TuningTrainer, new_size: int, name: str, max_tri
             break
         try:
             trainer.run_tuning_trial()
-            last_fit = new_size
-            if trial + 1 >= max_trials:
-                new_size = last_fit
+            if trial + 1 >= max_trials:  # the size that just fit is the answer
                 break
             # Lightning's power search caps the doubling at the default max_val (8192), not the one given
             new_size, changed = _adjust_batch_size(trainer, name, factor=2.0, desc="succeeded")
@@ -115,10 +113,8 @@ def _run_binsearch_scaling(trainer: TuningTrainer, new_size: int, name: str, max
             break
         try:
             trainer.run_tuning_trial()
-            last_fit = new_size
             count += 1
-            if count >= max_trials:
-                new_size = last_fit
+            if count >= max_trials:  # the size that just fit is the answer
                 break
             low = new_size
             if high:

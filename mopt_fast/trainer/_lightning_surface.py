@@ -36,7 +36,7 @@ from mopt_fast.callbacks.callback import Callback
 from mopt_fast.core.datamodule import LightningDataModule
 from mopt_fast.core.module import LightningModule
 from mopt_fast.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
-from mopt_fast.trainer._metrics import to_scalars
+from mopt_fast.trainer._logging import log_to_loggers
 
 if TYPE_CHECKING:
     from mopt_fast.trainer.evaluation_loop import EvaluationLoop
@@ -295,14 +295,4 @@ class LoggerConnector:
         if not trainer.loggers or not metrics:
             return
         trainer.logged_metrics.update(metrics)
-        scalars = to_scalars(metrics)
-        if step is None:
-            step_metric = scalars.pop("step", None)
-            if step_metric is not None:
-                step = int(step_metric)
-            else:
-                scalars.setdefault("epoch", trainer.current_epoch)
-                step = trainer.fit_loop.batches_that_stepped
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics=scalars, step=step)
-            logger.save()
+        log_to_loggers(trainer, metrics, step)  # the loggers write on global rank 0 only, as Lightning's

@@ -375,12 +375,7 @@ class EvaluationLoop(_Loop):
                         call(hooks["batch_end"], out, batch, batch_idx, *idx)
                         metrics.on_batch_end()
                         if not sanity:
-                            self._has_run = True
-                            if trainer.loggers:
-                                step_logs = results.metrics(on_step=True)[1]
-                                if step_logs:
-                                    log_to_loggers(trainer, step_logs, step=self.batches_logged[dl_idx])
-                            self.batches_logged[dl_idx] += 1
+                            self._log_step(results, dl_idx)
                         batch_idx += 1
                 self.resume_workers_running = False
                 outputs.append(self._loader_outputs(sanity))
@@ -439,12 +434,18 @@ class EvaluationLoop(_Loop):
             call(hooks["batch_end"], out, batch, batch_idx, *((dl_idx,) if several else ()))
             metrics.on_batch_end()
             if not sanity:
-                self._has_run = True
-                if trainer.loggers:
-                    step_logs = results.metrics(on_step=True)[1]
-                    if step_logs:
-                        log_to_loggers(trainer, step_logs, step=self.batches_logged[dl_idx])
-                self.batches_logged[dl_idx] += 1
+                self._log_step(results, dl_idx)
+
+    def _log_step(self, results: Any, dl_idx: int) -> None:
+        """After a batch that is not the sanity check's: the step metrics to the loggers, at this
+        loader's logging step (Lightning's evaluation step counter), which then advances."""
+        self._has_run = True
+        trainer = self.trainer
+        if trainer.loggers:
+            step_logs = results.metrics(on_step=True)[1]
+            if step_logs:
+                log_to_loggers(trainer, step_logs, step=self.batches_logged[dl_idx])
+        self.batches_logged[dl_idx] += 1
 
     def _loader_outputs(self, sanity: bool) -> dict[str, Any]:
         """The epoch metrics of the loader just finished (or, after the epoch-end hook, of none),
