@@ -17,7 +17,7 @@ import torch
 
 from mopt_fast.callbacks.callback import rank_zero_info, reduce_boolean_decision, trainer_fn
 from mopt_fast.callbacks.checkpoint import Checkpoint
-from mopt_fast.core.saving import filesystem, remove_stale_temporaries
+from mopt_fast.core.saving import filesystem, is_url, remove_stale_temporaries
 from mopt_fast.exceptions import MisconfigurationException, not_built
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class ModelCheckpoint(Checkpoint):
         self.kth_value, self.mode = modes[mode]
         if dirpath is not None:
             dirpath = os.fspath(dirpath)
-            if not _is_remote(dirpath):  # a URL ("s3://bucket/run") is kept as given, as Lightning
+            if not is_url(dirpath):  # a URL ("s3://bucket/run") is kept as given, as Lightning
                 dirpath = os.path.realpath(os.path.expanduser(dirpath))
         self.dirpath: str | None = dirpath or None
         self.filename = filename
@@ -160,7 +160,7 @@ class ModelCheckpoint(Checkpoint):
     def setup(self, trainer: CheckpointTrainer, pl_module: LightningModule, stage: str) -> None:
         self.dirpath = self._resolve_ckpt_dir(trainer)
         fs = filesystem(self.dirpath)  # the local one, or fsspec's for a URL
-        remote = _is_remote(self.dirpath)
+        remote = is_url(self.dirpath)
         # Refuse now what would make the first save fail, after training has run.
         if fs.exists(self.dirpath) and not fs.isdir(self.dirpath):
             raise NotADirectoryError(f"ModelCheckpoint(dirpath={self.dirpath!r}): that path is a file, not a folder")
@@ -537,7 +537,7 @@ class ModelCheckpoint(Checkpoint):
         if not fs.isdir(folder):
             return set()
         names = [os.path.basename(str(entry).rstrip("/")) for entry in fs.ls(folder, detail=False)]
-        join = (lambda name: f"{folder.rstrip('/')}/{name}") if _is_remote(folder) else (
+        join = (lambda name: f"{folder.rstrip('/')}/{name}") if is_url(folder) else (
             lambda name: os.path.normpath(os.path.join(folder, name)))
         return {
             join(f) for f in names
@@ -568,7 +568,7 @@ class ModelCheckpoint(Checkpoint):
             return False
         assert self.dirpath is not None  # set at setup, before any save
         resume = getattr(trainer, "ckpt_path", None)
-        if _is_remote(self.dirpath):  # URLs: compared as written
+        if is_url(self.dirpath):  # URLs: compared as written
             return previous != resume and previous.startswith(self.dirpath.rstrip("/") + "/")
         previous_path = Path(previous).absolute()
         if resume is not None and previous_path == Path(resume).absolute():
@@ -578,11 +578,6 @@ class ModelCheckpoint(Checkpoint):
     def _remove_checkpoint(self, trainer: CheckpointTrainer, filepath: str) -> None:
         if trainer.is_global_zero and (filesystem(filepath).exists(filepath) or os.path.islink(filepath)):
             trainer.strategy.remove_checkpoint(filepath)  # through the checkpoint IO plugin, as Lightning
-
-
-def _is_remote(path: str) -> bool:
-    """A folder or file given as a URL ("s3://", "memory://"): reached through fsspec."""
-    return "://" in path
 
 
 _warned: set[str] = set()

@@ -46,7 +46,7 @@ from typing import IO, Any
 import torch
 
 __all__ = ["FORMAT", "LIGHTNING_LAYOUT_VERSION", "LIGHTNING_VERSION_KEY", "AttributeDict", "PickledCheckpointError",
-           "checkpoint_source", "checksum", "filesystem", "load_checkpoint", "load_hparams_from_tags_csv",
+           "checkpoint_source", "checksum", "filesystem", "is_url", "load_checkpoint", "load_hparams_from_tags_csv",
            "load_hparams_from_yaml", "remove_stale_temporaries", "save_atomic", "save_checkpoint_file", "seal",
            "save_hparams_to_yaml", "torch_load"]
 
@@ -254,14 +254,14 @@ def save_checkpoint_file(ckpt: dict[str, Any], *paths: str) -> None:
     read back is a TypeError here, before anything is written."""
     sealed = seal(ckpt)
     for path in paths:
-        if _is_url(path):  # through fsspec, as Lightning writes there: in one write, not atomically
+        if is_url(path):  # through fsspec, as Lightning writes there: in one write, not atomically
             with _fsspec().open(path, "wb") as f:
                 torch.save(sealed, f)
         else:
             save_atomic(sealed, path)
 
 
-def _is_url(path: str) -> bool:
+def is_url(path: str) -> bool:
     """A path with a protocol ("memory://", "s3://", "file://", "http://"): opened through fsspec
     (http(s) through torch.hub), as Lightning opens checkpoint paths."""
     return "://" in path and path.split("://", 1)[0].isidentifier()
@@ -271,7 +271,7 @@ def _fsspec() -> Any:
     try:
         import fsspec
     except ImportError as e:  # not a dependency of mopt_fast: only paths with a protocol need it
-        raise ModuleNotFoundError("a checkpoint path with a protocol (s3://, memory://, ...) needs fsspec: "
+        raise ModuleNotFoundError("a path with a protocol (s3://, memory://, ...) needs fsspec: "
                                   "pip install fsspec") from e
     return fsspec
 
@@ -292,14 +292,14 @@ def torch_load(path: str | os.PathLike | IO, map_location: Any = None, weights_o
             local = os.path.join(folder, "checkpoint.ckpt")
             torch.hub.download_url_to_file(path, local, progress=False)
             return torch.load(local, map_location=map_location, weights_only=weights_only)
-    if _is_url(path):
+    if is_url(path):
         with _fsspec().open(path, "rb") as f:
             return torch.load(f, map_location=map_location, weights_only=weights_only)
     return torch.load(path, map_location=map_location, weights_only=weights_only)
 
 
 def _check_exists(path: str) -> None:
-    if _is_url(path):
+    if is_url(path):
         if path.startswith(("http://", "https://")):
             return  # a missing file is the download's error
         fs, inner = _fsspec().core.url_to_fs(path)
@@ -565,13 +565,9 @@ def filesystem(path: str | os.PathLike) -> Any:
     """Where `path` lives: fsspec's file system for a URL (``memory://``, ``s3://``...; fsspec is
     imported then only, as Lightning's loggers write remote paths through it), else the local one."""
     path = os.fspath(path)
-    if "://" not in path:
+    if not is_url(path):
         return _LocalFileSystem()
-    try:
-        import fsspec
-    except ImportError as exc:
-        raise ModuleNotFoundError(f"The path {path!r} is a URL: writing to it needs fsspec (pip install fsspec)") from exc
-    return fsspec.core.url_to_fs(path)[0]
+    return _fsspec().core.url_to_fs(path)[0]
 
 
 def load_hparams_from_yaml(config_yaml: str, use_omegaconf: bool = True) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import shutil
 from abc import ABC, abstractmethod
 from typing import Any
 
-from mopt_fast.core.saving import filesystem, save_checkpoint_file, torch_load
+from mopt_fast.core.saving import filesystem, is_url, save_checkpoint_file, torch_load
 
 __all__ = ["CheckpointIO", "TorchCheckpointIO"]
 
@@ -62,7 +62,7 @@ class TorchCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         target = os.fspath(path)
-        if "://" in target:
+        if is_url(target):
             fs = filesystem(target)
             if fs.exists(target):
                 fs.rm(target, recursive=True)

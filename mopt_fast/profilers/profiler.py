@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from mopt_fast.core.saving import is_url
 from mopt_fast.exceptions import not_built
 
 __all__ = ["Profiler"]
@@ -27,7 +28,7 @@ def local_dir(path: str | Path) -> str:
     """`path` when it is a local folder; a remote (fsspec) URL, which Lightning's profilers write
     to, is not built here."""
     path = os.fspath(path)
-    if "://" in path:
+    if is_url(path):
         raise not_built(f"a remote profiler dirpath ({path!r})", "profile to a local folder")
     return path
 

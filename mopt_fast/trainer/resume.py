@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from mopt_fast.core.hparams import HyperparametersMixin
-from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, filesystem
+from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, filesystem, is_url
 from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
@@ -169,7 +169,7 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
 
 def _modified(path: str) -> float | None:
     """When the checkpoint file at `path` (local or a URL) was last written; None if there is none."""
-    if "://" not in path:
+    if not is_url(path):
         return os.path.getmtime(path) if os.path.isfile(path) else None
     fs = filesystem(path)
     return fs.modified(path).timestamp() if fs.isfile(path) else None
