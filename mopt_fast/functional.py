@@ -124,7 +124,10 @@ def _per_device(
     by device; then every tensor is checked and every group's kernel looked up (a
     forced backend that cannot run a device raises) before the first group runs.
     """
-    device = tensors[0].device
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor):  # the kernel is picked by the first item's device
+        _validate.check_tensors(tensors, op, writes=writes, one_device=False)  # raises: item 0's TypeError
+    device = first.device
     try:
         return [call(kernel(op, device), device, tensors)]
     except ValueError as error:
@@ -162,6 +165,15 @@ def _amp_call(op: str, grads: list[torch.Tensor], device: torch.device, *args: A
         except ValueError as error:
             if not _validate.one_device_refused(error):
                 raise
+        except (NotImplementedError, RuntimeError):
+            # Refused before any kernel ran, so nothing was written: by the dispatcher, which
+            # has no kernel for the keys the list combines (a sparse gradient among meta ones
+            # makes 'SparseMeta'), or by a forced backend that cannot run the device. A fault
+            # of the list itself (a sparse or non-float gradient) is the clearer error.
+            _validate.check_tensors(grads, op, one_device=False)
+            raise
+    # Whatever is wrong with a gradient is said before the device mix it may also have.
+    _validate.check_tensors(grads, op, one_device=False)
     devices = sorted({str(g.device) for g in grads})
     raise ValueError(
         f"mopt_fast.{op}: gradients on {devices} cannot be grouped with found_inf on {device}: use "

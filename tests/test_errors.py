@@ -169,3 +169,43 @@ def test_expanded_gradient_rejected_and_nothing_written(backend, call):
     with pytest.raises((ValueError, RuntimeError), match="share memory|single memory location"):
         CALLS[call](grads + [expanded], dev)
     assert_unchanged(grads, before)
+
+
+@pytest.mark.parametrize("item", ["x", 1.5, None], ids=["str", "float", "None"])
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_a_non_tensor_among_the_tensors_is_a_type_error_naming_it(backend, item, position):
+    # torch's get_total_norm raises too (a TypeError, or an AttributeError when the item comes
+    # first); ours names the item's position and type on every backend, before anything runs.
+    dev = device_of(backend)
+    grads = fresh_grads(dev)
+    before = [g.clone() for g in grads]
+    tensors = [item, *grads] if position == "first" else [*grads, item]
+    index = 0 if position == "first" else len(grads)
+    with pytest.raises((TypeError, AttributeError, RuntimeError)):
+        torch.nn.utils.get_total_norm(tensors)
+    with pytest.raises(TypeError, match=f"item {index} is {type(item).__name__}, not a Tensor"):
+        mopt_fast.get_total_norm(tensors)
+    assert_unchanged(grads, before)
+
+
+@pytest.mark.parametrize("call", ["unscale_grads_", "unscale_clip_grad_norm_"])
+@pytest.mark.parametrize("sparse_first", [True, False])
+@pytest.mark.parametrize("scalars_on", ["cpu", "meta"])
+def test_a_sparse_gradient_among_meta_ones_gets_the_sparse_error(backend, call, sparse_first, scalars_on):
+    # The dispatcher combines a sparse CPU tensor with meta ones into a key no kernel serves
+    # ('SparseMeta'); the AMP calls must give the sparse-gradient error the other ops give, and
+    # change nothing (found_inf included).
+    dev = device_of(backend)
+    sparse = torch.randn(10, device=dev).to_sparse()
+    metas = [torch.randn(7, device="meta"), torch.randn(3, 4, device="meta")]
+    grads = [sparse, *metas] if sparse_first else [*metas, sparse]
+    dense_before = sparse.to_dense().clone()
+    inv, found = (torch.full((1,), 0.5, device=scalars_on), torch.zeros(1, device=scalars_on))
+    fn = {"unscale_grads_": lambda: mopt_fast.unscale_grads_(holders(grads), inv, found),
+          "unscale_clip_grad_norm_": lambda: mopt_fast.unscale_clip_grad_norm_(holders(grads), 0.1, inv, found)}[call]
+    index = 0 if sparse_first else len(metas)
+    with pytest.raises(ValueError, match=f"tensor {index} has layout torch.sparse_coo; only dense"):
+        fn()
+    assert torch.equal(sparse.to_dense(), dense_before)
+    if scalars_on == "cpu":
+        assert found.item() == 0.0
