@@ -32,6 +32,8 @@ __all__ = [
     "clip_grad_value_",
     "clip_grads_with_norm_",
     "get_total_norm",
+    "grad_norm",
+    "group_grad_norms",
     "scale_grads_",
     "unscale_clip_grad_norm_",
     "unscale_grads_",
@@ -226,6 +228,107 @@ def get_total_norm(
     if error_if_nonfinite and not bool(torch.isfinite(total)):
         _raise_nonfinite(p)
     return total
+
+
+def _norms_with_per_tensor(tensors: list[torch.Tensor], p: float, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The total p-norm and the 1-D tensor of per-tensor norms, in list order, from one read pass
+    per device (the norm kernel's per_tensor output). Several devices: the per-tensor norms go to
+    the first tensor's device, and the total is the norm of the devices' totals."""
+    for t in tensors:  # these entries take parameters: a DTensor shard's norm is not its tensor's
+        if _dtensor_type() is not None and isinstance(t, _dtensor_type()):
+            raise NotImplementedError(f"mopt_fast.{op}: gradients sharded by FSDP2 (DTensors) are not supported yet")
+    results = _per_device("norm", tensors, lambda run, device, group: (device, group, run(group, p, True)),
+                          writes=False)
+    if len(results) == 1:
+        _, _, (total, per) = results[0]
+        return total, per
+    first = tensors[0].device
+    dtype = result_dtype([r[2][0] for r in results])
+    position = {id(t): i for i, t in enumerate(tensors)}
+    per = torch.empty(len(tensors), dtype=dtype, device=first)
+    for _, group, (_, group_per) in results:
+        index = torch.tensor([position[id(t)] for t in group], device=first)
+        per.index_copy_(0, index, group_per.to(first, dtype))
+    totals = torch.stack([r[2][0].to(first, dtype) for r in results])
+    return torch.linalg.vector_norm(totals, p), per
+
+
+@torch.no_grad()  # as Lightning's: logged values, not part of any graph
+def grad_norm(module: torch.nn.Module, norm_type: float | int | str,
+              group_separator: str = "/") -> dict[str, torch.Tensor]:
+    r"""Each parameter's gradient norm and their total, for logging: the dict of Lightning's
+    ``lightning.pytorch.utilities.grad_norm``, from one fused read pass over all gradients instead of
+    one ``.norm()`` per parameter, and with no host sync (the values stay on the device until a
+    logger reads them).
+
+    Args:
+        module: the module whose parameters' gradients are measured (parameters without a
+            gradient are left out).
+        norm_type: p > 0, or ``"inf"`` / ``inf`` for the max norm.
+        group_separator: what separates ``grad_{p}_norm`` from the parameter's name, so that a
+            logger groups the values in their own section.
+
+    Returns:
+        ``{f"grad_{p}_norm{group_separator}{name}": norm, ..., f"grad_{p}_norm_total": total}`` with
+        ``p = float(norm_type)``; empty when no parameter has a gradient. Each parameter's norm
+        has its gradient's dtype, as ``Tensor.norm`` gives (computed in fp32, then rounded). The
+        total is taken over the gradients themselves in fp32 (fp64 when any gradient is fp64),
+        where Lightning's is the norm of the rounded per-parameter norms, on the CPU.
+    """
+    p = float(norm_type)
+    if not p > 0:  # Lightning's check and message
+        raise ValueError(f"`norm_type` must be a positive number or 'inf' (infinity norm). Got {p}")
+    named = [(name, param.grad) for name, param in module.named_parameters() if param.grad is not None]
+    if not named:
+        return {}
+    grads = [g for _, g in named]
+    total, per = _norms_with_per_tensor(grads, p, "grad_norm")
+    dtypes = {g.dtype for g in grads}
+    if len(dtypes) == 1:  # the usual case: one cast, one unbind
+        values = per.to(dtypes.pop()).unbind()
+    else:
+        by_dtype = {dtype: per.to(dtype) for dtype in dtypes}
+        values = tuple(by_dtype[g.dtype][i] for i, g in enumerate(grads))
+    prefix = f"grad_{p}_norm"
+    norms = {f"{prefix}{group_separator}{name}": value for (name, _), value in zip(named, values)}
+    norms[f"{prefix}_total"] = total
+    return norms
+
+
+@torch.no_grad()  # as torch's own: results never require grad
+def group_grad_norms(param_groups: Any, norm_type: float = 2.0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    r"""The gradient norm of each parameter group and of all of them, from one read pass.
+
+    For optimizers whose groups are clipped differently: clip some groups by the total norm
+    (``clip_grads_with_norm_(group_params, max_norm, total)``) and leave others as they are
+    (Muon's, for one), without reading the gradients again.
+
+    Args:
+        param_groups: an optimizer, its ``param_groups`` (dicts with ``"params"``), or a list of
+            parameter lists.
+        norm_type: p > 0, or ``inf``.
+
+    Returns:
+        ``(per_group, total)``: one 0-d tensor per group (``tensor(0.)`` for a group without
+        gradients) and the norm over all groups, on the first gradient's device, fp32 (fp64 when
+        any gradient is fp64).
+    """
+    p = _validate.norm_type(norm_type)
+    if isinstance(param_groups, torch.optim.Optimizer):
+        param_groups = param_groups.param_groups
+    groups = [list(g["params"]) if isinstance(g, dict) else _validate.tensor_list(g) for g in param_groups]
+    grads_per_group = [[q.grad for q in group if q.grad is not None] for group in groups]
+    grads = [g for group in grads_per_group for g in group]
+    if not grads:
+        return [torch.tensor(0.0) for _ in groups], torch.tensor(0.0)
+    total, per = _norms_with_per_tensor(grads, p, "group_grad_norms")
+    per_group, start = [], 0
+    for group in grads_per_group:
+        end = start + len(group)
+        per_group.append(torch.linalg.vector_norm(per[start:end], p) if end > start
+                         else torch.zeros((), dtype=total.dtype, device=total.device))
+        start = end
+    return per_group, total
 
 
 def _clip(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
