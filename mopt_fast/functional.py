@@ -234,9 +234,9 @@ def _norms_with_per_tensor(tensors: list[torch.Tensor], p: float, op: str) -> tu
     """The total p-norm and the 1-D tensor of per-tensor norms, in list order, from one read pass
     per device (the norm kernel's per_tensor output). Several devices: the per-tensor norms go to
     the first tensor's device, and the total is the norm of the devices' totals."""
-    for t in tensors:  # these entries take parameters: a DTensor shard's norm is not its tensor's
-        if _dtensor_type() is not None and isinstance(t, _dtensor_type()):
-            raise NotImplementedError(f"mopt_fast.{op}: gradients sharded by FSDP2 (DTensors) are not supported yet")
+    dtensor = _dtensor_type()
+    if dtensor is not None and any(isinstance(t, dtensor) for t in tensors):  # a shard's norm is not its tensor's
+        raise NotImplementedError(f"mopt_fast.{op}: gradients sharded by FSDP2 (DTensors) are not supported yet")
     results = _per_device("norm", tensors, lambda run, device, group: (device, group, run(group, p, True)),
                           writes=False)
     if len(results) == 1:
