@@ -33,6 +33,7 @@ from mopt_fast.functional import (
 )
 from mopt_fast.registry import available_backends, backend_for, use_backend
 from mopt_fast.seed import seed_everything
+from mopt_fast.step_guard import StepGuard
 
 if TYPE_CHECKING:
     from mopt_fast.callbacks import (
@@ -147,6 +148,7 @@ __all__ = [
     "group_grad_norms",
     "scale_grads_",
     "seed_everything",
+    "StepGuard",
     "unscale_clip_grad_norm_",
     "unscale_grads_",
     "use_backend",

@@ -1,0 +1,141 @@
+"""A step guard for training without a loss scaler (bf16, fp32): skip the optimizer step on the
+device when a gradient is not finite, or, optionally, when the total gradient norm is above a
+threshold, with no host sync.
+
+bf16 training has no GradScaler, so nothing stops one inf/NaN gradient from poisoning every
+weight it reaches. The guard reads the gradients once with the fused read pass that already
+computes the norm (the AMP `unscale_norm` op with a unit scale): it sets a device flag on any
+non-finite value, and the same pass gives the norm for clipping. Then:
+
+- torch's fused optimizers (``fused=True``: Adam, AdamW, SGD, Adagrad) take the flag as their
+  ``found_inf`` and skip the update on the device (their step counters are put back too), the
+  way torch's GradScaler drives them; a clip factor goes in as their ``grad_scale``, so the
+  gradients are not rewritten.
+- any other optimizer steps, then every parameter and every tensor of its state is set back to
+  its value before the step where the flag is set (``torch.where`` on the device). That costs a
+  copy of the parameters and of the state per step; a fused optimizer needs none.
+
+Nothing here reads a tensor's value on the host, so a CUDA stream never waits on the guard.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mopt_fast import _validate
+from mopt_fast.registry import kernel
+
+__all__ = ["StepGuard"]
+
+
+def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and bool(
+        optimizer.defaults.get("fused", False))
+
+
+class StepGuard:
+    """Skips an optimizer step on the device when its gradients are not finite (and, with
+    `max_total_norm`, when their norm is above it); counts the skipped steps.
+
+    Args:
+        max_total_norm: also skip a step whose total gradient norm (of order `norm_type`) is
+            above this; None: only non-finite gradients skip.
+        norm_type: the order of the norm used for `max_total_norm` and for clipping.
+
+    ``skipped_steps`` is a 0-d float32 tensor on the gradients' device (created at the first
+    step) counting the steps skipped so far: log it as it is, no sync until a logger reads it.
+
+    Example::
+
+        guard = mopt_fast.StepGuard()
+        loss.backward()
+        guard.step(optimizer, max_norm=1.0)  # clip by norm, then step, or skip on the device
+        optimizer.zero_grad()
+    """
+
+    def __init__(self, max_total_norm: float | None = None, norm_type: float = 2.0) -> None:
+        self.max_total_norm = None if max_total_norm is None else _validate.non_negative(max_total_norm,
+                                                                                          "max_total_norm")
+        self.norm_type = _validate.norm_type(norm_type)
+        self.skipped_steps: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def check(self, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """One read pass over `optimizer`'s gradients: ``(total_norm, found_inf)``, both 0-d
+        float32 tensors on the gradients' device (found_inf: 1.0 when the step must be skipped).
+        Nothing is written. All gradients must be on one device."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            raise ValueError("mopt_fast.StepGuard: the optimizer has no gradients")
+        _validate.check_tensors(grads, "StepGuard", writes=False)
+        device = grads[0].device
+        found_inf = torch.zeros(1, dtype=torch.float32, device=device)
+        unit = torch.ones(1, dtype=torch.float32, device=device)
+        total, _ = kernel("unscale_norm", device)(grads, unit, found_inf, self.norm_type, False)
+        total = total.float()
+        if self.max_total_norm is not None:  # NaN totals already set found_inf
+            found_inf = torch.maximum(found_inf, (total > self.max_total_norm).float())
+        return total, found_inf.reshape(())
+
+    @torch.no_grad()
+    def step(self, optimizer: torch.optim.Optimizer, max_norm: float | None = None) -> torch.Tensor:
+        """Check the gradients, clip them by norm to `max_norm` when given, then step
+        `optimizer`, or skip the step on the device. Returns the total norm (before clipping).
+
+        A skipped step leaves every parameter and every optimizer state tensor bitwise as it was
+        before the call. State entries the step creates (the first step of most optimizers)
+        are left zero-filled when that step is skipped: for Adam, AdamW and SGD's momentum that
+        is the same as no state. Optimizers that need a closure (LBFGS) are not supported.
+        """
+        if max_norm is not None:
+            max_norm = _validate.non_negative(max_norm, "max_norm")
+        total, found_inf = self.check(optimizer)
+        if _is_fused(optimizer):
+            self._fused_step(optimizer, total, found_inf, max_norm)
+        else:
+            self._restoring_step(optimizer, total, found_inf, max_norm)
+        self.skipped_steps = found_inf.clone() if self.skipped_steps is None else self.skipped_steps + found_inf
+        return total
+
+    @staticmethod
+    def _fused_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, found_inf: torch.Tensor,
+                    max_norm: float | None) -> None:
+        # torch's fused step reads these attributes, as GradScaler sets them (Optimizer declares neither).
+        optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+        if max_norm is not None:  # the optimizer divides every gradient by grad_scale
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            optimizer.grad_scale = coef.reciprocal()  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+            if max_norm is not None:
+                del optimizer.grad_scale  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _restoring_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, found_inf: torch.Tensor,
+                        max_norm: float | None) -> None:
+        if found_inf.device.type != "cpu" and any(g.get("capturable") is False for g in optimizer.param_groups):
+            # Its step counters live on the CPU: putting one back would wait for the device.
+            raise NotImplementedError(
+                f"mopt_fast.StepGuard: {type(optimizer).__name__} keeps its step count on the CPU; skipping its "
+                "step without a host sync needs fused=True (best) or capturable=True")
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if max_norm is not None:  # skipped on the device when found_inf is set: nothing to undo
+            kernel("scale_inplace", found_inf.device)([p.grad for p in params], None, total, max_norm,
+                                                      found_inf.reshape(1))
+        state = optimizer.state
+        before: list[tuple[Any, Any, torch.Tensor]] = [(p, None, p.detach().clone()) for p in params]
+        before += [(p, key, value.clone()) for p in params for key, value in state.get(p, {}).items()
+                   if isinstance(value, torch.Tensor)]
+        known = {(id(p), key) for p, key, _ in before}
+        optimizer.step()
+        skip = found_inf.bool()
+        for p, key, old in before:
+            new = p.data if key is None else state[p][key]
+            new.copy_(torch.where(skip.to(new.device), old, new))
+        for p in params:  # entries the step created: zero where it is skipped
+            for key, value in state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and (id(p), key) not in known:
+                    value.copy_(torch.where(skip.to(value.device), torch.zeros_like(value), value))
