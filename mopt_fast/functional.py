@@ -13,6 +13,7 @@ import math
 import sys
 import types
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +254,47 @@ def _norms_with_per_tensor(tensors: list[torch.Tensor], p: float, op: str) -> tu
     return torch.linalg.vector_norm(totals, p), per
 
 
+class _NormMemo:
+    """The total norm that grad_norm / group_grad_norms last computed, for the clip that follows
+    them in the same step (Lightning calls on_before_optimizer_step, where norms are logged, just
+    before it clips): that clip then reuses the norm instead of reading every gradient again.
+
+    It is used only for the very same gradients, in the same order (the norm kernel's result
+    depends on the order), none written since (their version counters), and the same norm type:
+    so the clip's result is bitwise the one a fresh read pass gives. The gradients are held by
+    weak references, so a memo never keeps a step's gradients alive, and a gradient freed since
+    (zero_grad(set_to_none=True)) never matches a new one. Used once, then dropped.
+    """
+
+    __slots__ = ("norm_type", "refs", "versions", "total")
+
+    def __init__(self, norm_type: float, grads: list[torch.Tensor], total: torch.Tensor) -> None:
+        self.norm_type = norm_type
+        self.refs = [weakref.ref(g) for g in grads]
+        self.versions = [g._version for g in grads]
+        self.total = total
+
+    def matches(self, norm_type: float, grads: list[torch.Tensor]) -> bool:
+        return (norm_type == self.norm_type and len(grads) == len(self.refs)
+                and all(ref() is g for ref, g in zip(self.refs, grads))
+                and [g._version for g in grads] == self.versions)
+
+
+_last_norm: _NormMemo | None = None
+
+
+def _remember_norm(norm_type: float, grads: list[torch.Tensor], total: torch.Tensor) -> None:
+    global _last_norm
+    _last_norm = _NormMemo(norm_type, grads, total)
+
+
+def _recall_norm(norm_type: float, grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """The remembered total norm of exactly these gradients, else None; forgets it either way."""
+    global _last_norm
+    memo, _last_norm = _last_norm, None
+    return memo.total if memo is not None and memo.matches(norm_type, grads) else None
+
+
 @torch.no_grad()  # as Lightning's: logged values, not part of any graph
 def grad_norm(module: torch.nn.Module, norm_type: float | int | str,
               group_separator: str = "/") -> dict[str, torch.Tensor]:
@@ -289,6 +331,7 @@ def grad_norm(module: torch.nn.Module, norm_type: float | int | str,
     else:
         by_dtype = {dtype: per.to(dtype) for dtype in dtypes}
         values = tuple(by_dtype[g.dtype][i] for i, g in enumerate(grads))
+    _remember_norm(p, grads, total)  # for a clip of the same gradients that follows
     prefix = f"grad_{p}_norm"
     norms = {f"{prefix}{group_separator}{name}": value for (name, _), value in zip(named, values)}
     norms[f"{prefix}_total"] = total
@@ -322,6 +365,7 @@ def group_grad_norms(param_groups: Any, norm_type: float = 2.0) -> tuple[list[to
     if not grads:
         return [torch.tensor(0.0) for _ in groups], torch.tensor(0.0)
     total, per = _norms_with_per_tensor(grads, p, "group_grad_norms")
+    _remember_norm(p, grads, total)  # for a clip of the same gradients that follows
     per_group, start = [], 0
     for group in grads_per_group:
         end = start + len(group)
@@ -408,7 +452,9 @@ def clip_grad_norm_(
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    total = _total_norm(grads, p)
+    total = _recall_norm(p, grads) if _last_norm is not None else None  # logged by grad_norm just before
+    if total is None:
+        total = _total_norm(grads, p)
     if group is not None:  # FSDP2: the eps of the clip coefficient is added once, to the global norm
         total = _reduce_norm(total, p, group)
     if error_if_nonfinite and not bool(torch.isfinite(total)):

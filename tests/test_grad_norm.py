@@ -161,3 +161,185 @@ def test_one_fused_pass_and_no_host_read_where_lightning_makes_one_per_parameter
     # Lightning's: one read pass per parameter, plus the total (whose torch.tensor(list) reads each
     # norm back to the host in C++, out of this mode's sight).
     assert theirs.vector_norms == n_params + 1
+
+
+# -- the clip that follows reuses the logged pass ------------------------------------------------
+def _params_with_grads(dev: str, seed: int = 3, n: int = 5) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for i in range(n):
+        p = torch.nn.Parameter(torch.empty(40 + i, 3, device=dev))
+        p.grad = (torch.randn(3, 40 + i, generator=gen) * 10).to(dev).t()  # non-contiguous
+        params.append(p)
+    return params
+
+
+class _NormPasses(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts read passes of the compiled norm kernels (one per call of the op)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace in ("mopt_fast", "mopt_fast_triton") and func.__name__.startswith("norm"):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _clip_after(log, params, p=2.0, between=None):
+    """grad_norm-like `log`, then clip_grad_norm_; the clip's returned norm and the number of read
+    passes the clip made."""
+    log(params)
+    if between is not None:
+        between(params)
+    passes = _NormPasses()
+    with passes:
+        total = mopt_fast.clip_grad_norm_(params, 0.5, p)
+    return total, passes.count
+
+
+def _as_module(params):
+    module = torch.nn.Module()
+    for i, q in enumerate(params):
+        module.register_parameter(f"w{i}", q)
+    return module
+
+
+@pytest.mark.parametrize("p", [2.0, math.inf, 1.5])
+@pytest.mark.parametrize("logger", ["grad_norm", "group_grad_norms"])
+def test_a_clip_after_logging_reuses_the_pass_and_clips_bitwise_the_same(backend, p, logger):
+    dev = device_of(backend)
+    fresh = _params_with_grads(dev)
+    reused = _params_with_grads(dev)
+    ref_total = mopt_fast.clip_grad_norm_(fresh, 0.5, p)  # no logged norm before it
+    log = {"grad_norm": lambda ps: mopt_fast.grad_norm(_as_module(ps), p),
+           "group_grad_norms": lambda ps: mopt_fast.group_grad_norms([ps[:2], ps[2:]], p)}[logger]
+    total, passes = _clip_after(log, reused, p)
+    if backend in ("cpu", "triton"):
+        assert passes == 0  # the logged pass was reused
+    assert torch.equal(total, ref_total)
+    for a, b in zip(reused, fresh):
+        assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("change", ["written", "other_norm_type", "other_order", "new_grads", "subset"])
+def test_the_logged_norm_is_not_reused_for_other_gradients(backend, change):
+    dev = device_of(backend)
+    params = _params_with_grads(dev)
+    p_clip = 1.0 if change == "other_norm_type" else 2.0
+
+    def between(ps):
+        if change == "written":
+            ps[1].grad.mul_(3.0)  # in place: its version counter moves
+        elif change == "new_grads":
+            for q in ps:
+                q.grad = q.grad.clone()
+        elif change == "other_order":
+            ps.reverse()
+        elif change == "subset":
+            del ps[0]
+
+    expected_params = _params_with_grads(dev)
+    between(expected_params)
+    expected = mopt_fast.clip_grad_norm_(expected_params, 0.5, p_clip)
+    total, passes = _clip_after(lambda ps: mopt_fast.grad_norm(_as_module(ps), 2.0), params, p_clip, between)
+    if backend in ("cpu", "triton"):
+        assert passes == 1  # read again
+    assert torch.equal(total, expected)
+    for a, b in zip(params, expected_params):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_the_memo_holds_no_gradient_alive():
+    import gc
+    import weakref
+
+    params = _params_with_grads("cpu")
+    mopt_fast.grad_norm(_as_module(params), 2.0)
+    ref = weakref.ref(params[0].grad)
+    for q in params:
+        q.grad = None  # zero_grad(set_to_none=True)
+    gc.collect()
+    assert ref() is None
+
+
+# -- in a Trainer: log grad norms in on_before_optimizer_step, clip by norm: one read pass ---------
+def _fit_logging_norms(framework: str, log_with: str | None, plugin=None, precision: str = "32-true"):
+    """A short fit with clip-by-norm that logs the gradient norms `log_with` ("mopt_fast",
+    "lightning" or None) in on_before_optimizer_step; the module, the logged values of the last
+    step and the norm kernel's read passes per step."""
+    from lightning_cases import frameworks, make_data
+
+    base, trainer_cls = frameworks(framework)
+    norm_fn = {"mopt_fast": mopt_fast.grad_norm, "lightning": lightning_grad_norm() if log_with == "lightning" else None,
+               None: None}[log_with]
+
+    class Net(base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.body(x), y)
+
+        def on_before_optimizer_step(self, optimizer):
+            if norm_fn is not None:
+                self.log_dict(norm_fn(self, 2))
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+    torch.manual_seed(0)
+    model = Net()
+    kwargs = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, gradient_clip_val=0.05, accelerator="cpu")
+    if precision != "32-true":
+        kwargs["precision"] = precision
+    if plugin is not None:
+        kwargs["plugins"] = [plugin]
+    trainer = trainer_cls(**kwargs)
+    passes = _NormPasses()
+    train, _ = make_data()
+    with passes:
+        trainer.fit(model, train)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return model, logged, passes.count / trainer.global_step
+
+
+def test_logging_grad_norms_in_the_trainer_costs_no_second_pass_and_changes_nothing():
+    ref_model, ref_logged, _ = _fit_logging_norms("lightning", "lightning")
+    model, logged, passes = _fit_logging_norms("mopt_fast", "mopt_fast")
+    quiet_model, _, quiet_passes = _fit_logging_norms("mopt_fast", None)
+    assert passes == 1 and quiet_passes == 1  # logging the norms adds no read pass
+    for a, b in zip(model.parameters(), quiet_model.parameters()):
+        assert torch.equal(a, b)  # and changes no weight
+    assert logged.keys() == ref_logged.keys() and len(logged) == 5
+    for key in logged:
+        assert math.isclose(logged[key], ref_logged[key], rel_tol=1e-5), key
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # Lightning's clip: torch's kernel
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_logging_grad_norms_under_mixed_precision_costs_no_second_pass(precision):
+    # 16-mixed: the hooks see the unscaled gradients (GradScaler.unscale_), the clip reuses
+    # their logged norm.
+    model, logged, passes = _fit_logging_norms("mopt_fast", "mopt_fast", precision=precision)
+    quiet_model, _, quiet_passes = _fit_logging_norms("mopt_fast", None, precision=precision)
+    assert passes == quiet_passes == 1  # (16-mixed's unscale pass is another op, not a norm)
+    for a, b in zip(model.parameters(), quiet_model.parameters()):
+        assert torch.equal(a, b)
+    assert all(math.isfinite(v) for v in logged.values()) and len(logged) == 5
+
+
+def test_logging_grad_norms_under_lightnings_trainer_with_the_plugin_costs_no_second_pass():
+    from mopt_fast.lightning import precision_plugin
+
+    importorskip_unless_ci("lightning")
+    model, _, passes = _fit_logging_norms("lightning", "mopt_fast", plugin=precision_plugin("32-true"))
+    quiet_model, _, quiet_passes = _fit_logging_norms("lightning", None, plugin=precision_plugin("32-true"))
+    assert passes == 1 and quiet_passes == 1
+    for a, b in zip(model.parameters(), quiet_model.parameters()):
+        assert torch.equal(a, b)
