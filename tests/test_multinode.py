@@ -12,14 +12,15 @@ with ``prepare_data_per_node = False``), as in Lightning.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import re
 import shlex
 import signal
 import string
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -34,6 +35,7 @@ from helpers import importorskip_unless_ci
 from lightning_cases import frameworks
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="finds the rendezvous host in /proc (Linux)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = os.path.join(os.path.dirname(__file__), "multinode_child.py")
@@ -46,10 +48,7 @@ MODES = ("automatic", "manual")
 NODES, DEVICES = 2, 2
 WORLD = NODES * DEVICES
 LAUNCH_TIMEOUT = 300  # seconds for one launch (about 35 s alone on 2 cores)
-LAUNCH_TRIES = 3
-# What an agent says when the rendezvous port was taken by another process between the moment the
-# OS gave it to this test and the moment the first agent listened on it.
-PORT_CLASH = re.compile(r"RendezvousConnectionError|address already in use|EADDRINUSE", re.IGNORECASE)
+LAUNCH_TRIES = 3  # a port the OS gave out may be taken before node 0's agent listens on it
 
 
 def command(port: int, job_id: str, out: str) -> list[str]:
@@ -59,39 +58,86 @@ def command(port: int, job_id: str, out: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *argv[1:-1], CHILD, ",".join(STRATEGIES), out]
 
 
-def launch_two_nodes(out: str) -> list[subprocess.CompletedProcess]:
-    """Both agents at once, each in its own session (a timeout ends an agent and its workers)."""
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the sockets listening on TCP `port` (IPv4 or IPv6), from /proc/net."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def wait_until_hosting(agent: subprocess.Popen, port: int) -> bool:
+    """Whether `agent` came to host the rendezvous store on `port`. False when another process
+    listens there (taken since the OS gave the port out: the agent would wait on a stranger), or
+    the agent exited first."""
+    deadline = time.monotonic() + 60
+    while agent.poll() is None and time.monotonic() < deadline:
+        listening = listening_sockets(port)
+        if listening:
+            return bool(listening & socket_inodes(agent.pid))
+        time.sleep(0.05)  # polls a condition with a deadline; synchronizes nothing
+    return False
+
+
+def launch_two_nodes(out: str) -> bool:
+    """Node 0's agent, then (once it hosts the rendezvous on the port) node 1's, each in its own
+    session (a timeout ends an agent and its workers), their output in OUT/node<n>.log; False
+    when the port was taken by another process (then nothing else was started)."""
     from mopt_fast.trainer.strategies import _free_port
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
         env.pop(var, None)
-    argv = command(_free_port(), uuid.uuid4().hex[:8], out)
-    agents = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True) for _ in range(NODES)]
-    done = []
+    port = _free_port()
+    argv = command(port, uuid.uuid4().hex[:8], out)
+    agents: list[subprocess.Popen] = []
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
     try:
+        for node in range(NODES):
+            with open(os.path.join(out, f"node{node}.log"), "w") as log:
+                agents.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                               start_new_session=True))
+            if node == 0 and not wait_until_hosting(agents[0], port):
+                if agents[0].poll() is None:
+                    return False
+                break  # node 0's agent failed: its log says why
         for agent in agents:
-            stdout, stderr = agent.communicate(timeout=LAUNCH_TIMEOUT)
-            done.append(subprocess.CompletedProcess(argv, agent.returncode, stdout, stderr))
+            with contextlib.suppress(subprocess.TimeoutExpired):  # killed below, reported as failed
+                agent.wait(timeout=max(deadline - time.monotonic(), 0.1))
     finally:
         for agent in agents:
             if agent.poll() is None:
                 os.killpg(agent.pid, signal.SIGKILL)
-                agent.communicate()
-    return done
+                agent.wait()
+    failed = [(n, a.returncode) for n, a in enumerate(agents) if a.returncode != 0]
+    logs = "\n".join(open(os.path.join(out, f"node{n}.log")).read()[-3000:] for n, _ in failed)
+    assert not failed, f"agents (node, exit code) {failed}:\n{logs}"
+    return True
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> str:
     for attempt in range(LAUNCH_TRIES):
         out = str(tmp_path_factory.mktemp(f"multinode{attempt}"))
-        agents = launch_two_nodes(out)
-        failed = [a for a in agents if a.returncode != 0]
-        if not failed or not any(PORT_CLASH.search(a.stderr) for a in failed):
-            break
-    assert not failed, "\n".join(a.stderr[-3000:] for a in failed)
-    return out
+        if launch_two_nodes(out):
+            return out
+    raise AssertionError(f"the rendezvous port was taken by another process {LAUNCH_TRIES} times in a row")
 
 
 @functools.cache
@@ -103,6 +149,7 @@ def load(out: str, strategy: str, mode: str) -> list[dict]:
     return [torch.load(os.path.join(out, strategy, mode, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
 
 
+@needs_proc
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_two_nodes_equal_one_process_on_the_full_batch(launched: str, strategy: str, mode: str) -> None:
@@ -119,6 +166,7 @@ def test_two_nodes_equal_one_process_on_the_full_batch(launched: str, strategy: 
     assert moved > 1e-3  # training did happen
 
 
+@needs_proc
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_ranks_come_from_torchrun(launched: str, strategy: str, mode: str) -> None:
@@ -137,6 +185,7 @@ def test_ranks_come_from_torchrun(launched: str, strategy: str, mode: str) -> No
     assert seen == {(n, d) for n in range(NODES) for d in range(DEVICES)}
 
 
+@needs_proc
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_global_rank_zero_writes_and_each_node_prepares_data(launched: str, strategy: str, mode: str) -> None:
