@@ -429,7 +429,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, torch.nn.Modu
         module) under `name`; see Lightning's `LightningModule.log`. `reduce_fx`: "mean" (weighted
         by batch size), "sum", "max", "min", or torch's / Python's functions of those names. A
         Metric's step value is its last forward's result, its epoch value `compute()`; it is reset
-        at the end of the epoch."""
+        at the end of the epoch. `sync_dist`: a tensor is reduced over the ranks of `sync_dist_group`
+        (a torch.distributed group; None: all ranks), "mean" dividing by the group's size."""
         if isinstance(value, Mapping):
             raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
         if not isinstance(value, (torch.Tensor, numbers.Number)) and not is_metric(value):
@@ -463,15 +464,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, torch.nn.Modu
                 " but it should not contain information about `dataloader_idx` when `add_dataloader_idx=True`"
             )
         distributed = trainer.world_size > 1
-        if sync_dist and sync_dist_group is not None and distributed and not rank_zero_only:
-            raise not_built("self.log(sync_dist_group=...)", "sync over the whole world with sync_dist=True")
         if is_metric(value) and metric_attribute is None:
             metric_attribute = self._find_metric_attribute(value, name)
         trainer.metric_store.log(
             trainer, name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
             reduce_fx=reduce_fx, enable_graph=enable_graph, batch_size=batch_size,
             sync_dist=sync_dist and distributed and not rank_zero_only, metric_attribute=metric_attribute,
-            add_dataloader_idx=add_dataloader_idx,
+            add_dataloader_idx=add_dataloader_idx, sync_dist_group=sync_dist_group,
         )
 
     def log_dict(

@@ -66,7 +66,8 @@ class MetricSink(Protocol):
 
     def log(self, trainer: MetricsTrainer, name: str, value: Any, *, prog_bar: bool, logger: bool | None,
             on_step: bool | None, on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
-            sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None: ...
+            sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True,
+            sync_dist_group: Any = None) -> None: ...
 
 
 class PredictLoopState(Protocol):

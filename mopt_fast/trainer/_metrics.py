@@ -345,8 +345,10 @@ class MetricStore:
     # -- self.log ---------------------------------------------------------------------------
     def log(self, trainer: MetricsTrainer, name: str, value: Any, *, prog_bar: bool, logger: bool | None,
             on_step: bool | None, on_epoch: bool | None, reduce_fx: Any, enable_graph: bool, batch_size: int | None,
-            sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True) -> None:
-        """`value`: a number, a tensor, or a torchmetrics.Metric (then `metric_attribute` names it)."""
+            sync_dist: bool = False, metric_attribute: str | None = None, add_dataloader_idx: bool = True,
+            sync_dist_group: Any = None) -> None:
+        """`value`: a number, a tensor, or a torchmetrics.Metric (then `metric_attribute` names it).
+        `sync_dist`: reduced over the ranks of `sync_dist_group` (None: all of them)."""
         fx = trainer.hooks.current_fx
         results = self.active
         # Lightning's checks in its order: a running fit / sanity check / validate / test (predict
@@ -407,9 +409,10 @@ class MetricStore:
             raise MisconfigurationException("`self.log(on_step=False, on_epoch=False)` is not useful.")
         reduction = _reduction(reduce_fx)
         if is_tensor and sync_dist and trainer.world_size > 1:
-            # Reduced across ranks when logged (a collective: every rank must log it).
+            # Reduced across the group's ranks when logged (a collective: each of them must log it);
+            # "mean" divides by the group's size, as Lightning. The epoch value accumulates these.
             value = trainer.strategy.reduce(value if value.is_floating_point() else value.float(),
-                                            reduce_op=base_reduction(reduction))
+                                            group=sync_dist_group, reduce_op=base_reduction(reduction))
         results.log(fx, name, value, prog_bar, True if logger is None else bool(logger), on_step, on_epoch,
                     reduction, enable_graph, batch_size, metric_attribute=None if is_tensor else metric_attribute,
                     add_dataloader_idx=add_dataloader_idx)

@@ -5,7 +5,9 @@ on CPU, nccl on CUDA.
 DDP processes come from `torchrun` (its RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR /
 MASTER_PORT environment is read as it is), or, run as a plain script, from the Trainer itself: the
 first process becomes rank 0 and starts the others by running the same command again with their
-rank in the environment (as Lightning does). Multi-node runs need torchrun on every node.
+rank in the environment (as Lightning does). Several nodes: torchrun on every node (its rendezvous
+numbers the nodes: GROUP_RANK is the node rank, as Lightning's TorchElasticEnvironment reads it);
+num_nodes > 1 started otherwise is not built.
 
 Rank 0 of a self-launched run hosts the rendezvous store and watches the ranks it started until
 they have all joined the process group: one that exits before that (a crash at import, a script
@@ -42,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from mopt_fast.core.saving import load_checkpoint, seal
-from mopt_fast.exceptions import MisconfigurationException
+from mopt_fast.exceptions import MisconfigurationException, not_built
 from mopt_fast.plugins.io import TorchCheckpointIO
 from mopt_fast.trainer._data import with_sampler
 
@@ -321,15 +323,10 @@ class _ProcessGroupStrategy(Strategy):
             return
         launched = False
         if all(v in os.environ for v in _TORCHRUN_VARS):
-            if int(os.environ["WORLD_SIZE"]) != self.world_size:
-                raise MisconfigurationException(
-                    f"WORLD_SIZE={os.environ['WORLD_SIZE']} from the launcher, but the Trainer was given "
-                    f"devices={self.num_processes} x num_nodes={self.num_nodes} = {self.world_size} processes"
-                )
+            self._check_launcher_world_size()
         elif self.num_nodes > 1:
-            raise MisconfigurationException(
-                "num_nodes > 1: start the processes with torchrun on every node (see the README)"
-            )
+            raise not_built("num_nodes > 1 without torchrun (Lightning's NODE_RANK / MASTER_ADDR environment)",
+                            "start the processes with torchrun on every node (README: Several nodes)")
         else:
             launched = True
         # Registered before the launcher's wait for its ranks, so it runs after it (atexit runs
@@ -361,6 +358,16 @@ class _ProcessGroupStrategy(Strategy):
         finally:
             if watcher is not None:
                 watcher.stop()
+
+    def _check_launcher_world_size(self) -> None:
+        """The launcher's WORLD_SIZE must be devices x num_nodes: Lightning's ValueError (its
+        TorchElasticEnvironment.validate_settings) before any process group is made."""
+        world_size = int(os.environ["WORLD_SIZE"])
+        if world_size != self.world_size:
+            raise ValueError(
+                f"You set `devices={self.num_processes}` and `num_nodes={self.num_nodes}` in Lightning, but the product"
+                f" ({self.num_processes} * {self.num_nodes}) does not match the world size ({world_size})."
+            )
 
     def _destroy_at_exit(self) -> None:
         """The process group this strategy created, then the store rank 0 hosts for it, then a
