@@ -134,26 +134,51 @@ def test_the_parser_reads_markers_and_refuses_a_skip_without_reason() -> None:
                         "page.md:10: docs-test: skip without a reason; write <!-- docs-test: skip (why) -->"]
 
 
-@pytest.mark.parametrize("page", sorted(RUN))
-def test_page_examples_run(page: str, tmp_path: pathlib.Path) -> None:
-    """The page's python blocks, in order, in one namespace, as a reader would run them."""
+def _start(page: str, folder: pathlib.Path) -> subprocess.Popen:
     blocks = RUN[page]
-    (tmp_path / "blocks.json").write_text(json.dumps([str(ROOT / page), [[b.line, b.code] for b in blocks]]))
-    (tmp_path / "runner.py").write_text(RUNNER)
+    (folder / "blocks.json").write_text(json.dumps([str(ROOT / page), [[b.line, b.code] for b in blocks]]))
+    (folder / "runner.py").write_text(RUNNER)
     env = dict(os.environ)
     # The mopt_fast these tests import (an install or the tree), and no display for matplotlib.
     package_parent = str(pathlib.Path(mopt_fast.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     env["MPLBACKEND"] = "Agg"
-    run = tmp_path / "run"
-    run.mkdir()
-    out = subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "blocks.json")],
-                         cwd=run, env=env, capture_output=True, text=True, timeout=PAGE_TIMEOUT_S)
-    ran = out.stdout.count("docs-test: ")
-    assert out.returncode == 0, (
-        f"{page}: the block at line {blocks[ran].line} failed ({ran} of {len(blocks)} ran before it):\n"
-        + out.stderr[-6000:])
-    assert ran == len(blocks), out.stdout
+    (folder / "run").mkdir()
+    with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
+        return subprocess.Popen([sys.executable, str(folder / "runner.py"), str(folder / "blocks.json")],
+                                cwd=folder / "run", env=env, stdout=out, stderr=err, text=True)
+
+
+@pytest.fixture(scope="module")
+def page_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Every selected page starts at once (each mostly imports torch and waits on its own), so the
+    pages take about as long as the slowest, not their sum."""
+    selected = [item.callspec.params["page"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_page_examples_run"]
+    runs = {page: (_start(page, folder := tmp_path_factory.mktemp("docs-page")), folder) for page in selected}
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("page", sorted(RUN))
+def test_page_examples_run(page: str, page_runs: dict) -> None:
+    """The page's python blocks, in order, in one namespace, as a reader would run them."""
+    proc, folder = page_runs[page]
+    try:
+        proc.wait(timeout=PAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    blocks = RUN[page]
+    stdout, stderr = (folder / "stdout").read_text(), (folder / "stderr").read_text()
+    ran = stdout.count("docs-test: ")
+    assert proc.returncode == 0, (
+        f"{page}: the block at line {blocks[min(ran, len(blocks) - 1)].line} failed or timed out after"
+        f" {PAGE_TIMEOUT_S} s (exit {proc.returncode}; {ran} of {len(blocks)} ran before it):\n" + stderr[-6000:])
+    assert ran == len(blocks), stdout
 
 
 if SKIPPED:
