@@ -5,6 +5,8 @@
 #                 per-step time against a hand-written loop and Lightning
 #   make test     same set-up, then the whole test suite
 #   make bench    the benchmark comparison table (torch vs every mopt_fast backend)
+#   make docs     the documentation (docs/, Sphinx + MyST) into build/docs/html, strict: a dead link
+#                 or a page in no toctree fails it; its own venv .venv-docs (requirements-docs.txt)
 #   make cmake-check   build the C++ op library and the CUDA kernels (sm_80, sm_90) with CMake,
 #                      and syntax-check the CUDA binding against torch's headers (what CI checks)
 #   make lint     ruff (pyflakes, isort, bugbear, pyupgrade), mypy and clang-format, as CI runs them
@@ -19,7 +21,7 @@ TORCH_SPEC ?= torch==2.13.0
 CXX_SOURCES := $(shell find csrc mopt_fast -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 SOURCES := setup.py $(shell find csrc mopt_fast triton_kernels -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py')
 
-.PHONY: demo test bench install cmake-check lint format clean
+.PHONY: demo test bench docs install cmake-check lint format clean
 
 $(VENV)/.stamp-deps: requirements-dev.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +47,20 @@ bench: install
 
 demo: install
 	$(VPY) examples/gan_2d.py --out out/demo
+
+# The docs need no torch: their own small venv, every version pinned in requirements-docs.txt.
+DOCS_VENV := .venv-docs
+$(DOCS_VENV)/.stamp-docs: requirements-docs.txt
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install -q -r requirements-docs.txt
+	touch $@
+
+# -W --keep-going: every warning (a dead link or heading anchor, a page in no toctree) is listed
+# and fails the build. check_strict.sh then proves that such breakage does fail it.
+docs: $(DOCS_VENV)/.stamp-docs
+	rm -rf build/docs
+	$(DOCS_VENV)/bin/sphinx-build -W --keep-going -q -b html docs build/docs/html
+	bash docs/check_strict.sh $(DOCS_VENV)/bin/sphinx-build
 
 lint: $(VENV)/.stamp-deps
 	$(VENV)/bin/ruff check .

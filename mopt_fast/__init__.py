@@ -83,7 +83,7 @@ _FRONT = {
     "DDPStrategy": "mopt_fast.trainer.strategies",
     "FSDPStrategy": "mopt_fast.trainer.strategies",
 }
-_SUBPACKAGES = ("callbacks", "core", "loggers", "plugins", "trainer", "utilities")
+_SUBPACKAGES = ("amp", "callbacks", "core", "loggers", "plugins", "trainer", "utilities")
 
 # Names of the lightning.pytorch / lightning top level that mopt_fast does not build.
 _NOT_BUILT = {

@@ -485,7 +485,7 @@ def test_on_exception_checkpoint() -> None:
 def test_on_exception_checkpoint_resume() -> None:
     """The next fit resumes from the file (ckpt_path "last", with Lightning's warning) and removes
     it at teardown. Lightning's Trainer re-runs the failed batch, mopt_fast's goes on after it
-    (README), so the weights are compared between mopt_fast's two ways only."""
+    (docs/differences.md), so the weights are compared between mopt_fast's two ways only."""
     def make(folder: str) -> Callable[[Any], list]:
         return lambda C: [C.OnExceptionCheckpoint(folder)]
 

@@ -224,7 +224,7 @@ def test_weight_averaging(name: str) -> None:
     assert "val_loss" in {k for _, m in got["lightning"]["records"] for k in m}
 
 
-# A resumed fit goes on in mopt_fast's order (the RNG as of the epoch's start, see the README), not
+# A resumed fit goes on in mopt_fast's order (the RNG as of the epoch's start, see docs/checkpoints.md), not
 # Lightning's: the resume cases compare mopt_fast's callback with Lightning's, both in mopt_fast.Trainer.
 RESUMED = ("lightning_in_ours", "ours")
 

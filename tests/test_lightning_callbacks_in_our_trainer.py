@@ -269,7 +269,7 @@ def test_on_exception_checkpoint_resumes_the_next_fit() -> None:
     """The next fit with an OnExceptionCheckpoint resumes from its file (ckpt_path "last", Lightning's
     rule), and the callback removes the file at teardown (``strategy.remove_checkpoint``). (Where the
     resumed fit continues inside the failed epoch is the resume's business: Lightning re-runs the
-    failed batch, mopt_fast goes on after it; see the README.)"""
+    failed batch, mopt_fast goes on after it; see docs/differences.md.)"""
     def make(folder: str, calls: list[str]) -> list:
         hooks = {name: (lambda *a, name=name, **k: calls.append(name)) for name in (
             "setup", "teardown", "on_exception", "on_save_checkpoint", "on_load_checkpoint", "on_fit_start")}

@@ -207,14 +207,14 @@ def test_global_rank_zero_writes_and_each_node_prepares_data(launched: str, stra
         assert open(os.path.join(launched, f"rank{r}.exit")).read() == "destroyed=True\n"
 
 
-def test_readme_shows_the_command_these_tests_run() -> None:
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    section = readme.split("### Several nodes", 1)
-    assert len(section) == 2, "README.md has no section '### Several nodes'"
+def test_docs_show_the_command_these_tests_run() -> None:
+    with open(os.path.join(ROOT, "docs", "distributed.md")) as f:
+        page = f.read()
+    section = page.split("\n## Several nodes", 1)
+    assert len(section) == 2, "docs/distributed.md has no section '## Several nodes'"
     # a shell line continuation (a backslash, then a newline) and runs of spaces read as one space
-    shown = " ".join(section[1].split("\n### ", 1)[0].replace("\\\n", " ").split())
-    assert RECIPE in shown, f"README's 'Several nodes' section does not show the command tests run: {RECIPE}"
+    shown = " ".join(section[1].split("\n## ", 1)[0].replace("\\\n", " ").split())
+    assert RECIPE in shown, f"docs/distributed.md's 'Several nodes' section does not show the command tests run: {RECIPE}"
 
 
 def linear_module(base: type) -> Any:
