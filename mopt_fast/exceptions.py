@@ -34,5 +34,5 @@ class NotBuiltError(ImportError, NotImplementedError):
 
 def not_built(feature: str, what_to_do: str = "") -> NotBuiltError:
     """The error for the Lightning feature `feature` (e.g. ``"lightning.pytorch.cli.LightningCLI"``)."""
-    message = f"{feature} is not built in mopt_fast (see README: Not built)"
+    message = f"{feature} is not built in mopt_fast (see docs/not-built.md)"
     return NotBuiltError(message + (f"; {what_to_do}" if what_to_do else ""))

@@ -326,7 +326,7 @@ class _ProcessGroupStrategy(Strategy):
             self._check_launcher_world_size()
         elif self.num_nodes > 1:
             raise not_built("num_nodes > 1 without torchrun (Lightning's NODE_RANK / MASTER_ADDR environment)",
-                            "start the processes with torchrun on every node (README: Several nodes)")
+                            "start the processes with torchrun on every node (docs/distributed.md: Several nodes)")
         else:
             launched = True
         # Registered before the launcher's wait for its ranks, so it runs after it (atexit runs
