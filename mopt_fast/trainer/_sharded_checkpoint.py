@@ -192,9 +192,11 @@ class ShardedCheckpointer:
     def teardown(self, failed: bool) -> None:
         """The end of a run: the save under way completed; its error raised, or, after a run that
         failed anyway, a warning (the run's own error is the one to see)."""
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
         try:
             self.wait(synchronize=not failed)  # after a failure a rank may be gone: no barrier
-        except Exception as e:
+        except (Exception, CheckpointException) as e:
             if not failed:
                 raise
             warnings.warn(f"the last asynchronous sharded checkpoint save failed: {e}", stacklevel=2)
