@@ -43,11 +43,13 @@ class Net(mopt_fast.LightningModule):
         self.save_hyperparameters()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.batches_run = 0  # by this fit: a resumed one runs only the rest
 
     def setup(self, stage: str) -> None:
         torch.manual_seed(1000 + self.trainer.global_rank)  # a resumed fit then restores the RNG
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.batches_run += 1
         x, y = batch
         x = x + 0.1 * torch.randn_like(x)
         loss = nn.functional.mse_loss(self.net(x), y)
@@ -75,7 +77,7 @@ def full_state(trainer: mopt_fast.Trainer, model: Net) -> dict[str, Any]:
     options = StateDictOptions(full_state_dict=True)
     return {"model": get_model_state_dict(model, options=options),
             "optim": get_optimizer_state_dict(model, trainer.optimizers[0], options=options),
-            "global_step": trainer.global_step, "world_size": trainer.world_size}
+            "global_step": trainer.global_step, "world_size": trainer.world_size, "batches_run": model.batches_run}
 
 
 def checkpoints(folder: str) -> mopt_fast.ModelCheckpoint:

@@ -68,6 +68,7 @@ def test_two_rank_resume_from_last_is_bitwise_the_uninterrupted_fit(runs: str) -
         ref = torch.load(os.path.join(runs, f"ref{rank}.pt"), weights_only=True)
         resumed = torch.load(os.path.join(runs, f"resumed{rank}.pt"), weights_only=True)
         assert ref["global_step"] == resumed["global_step"] == child.STEPS
+        assert resumed["batches_run"] == child.STEPS - child.STOP  # it did resume
         assert_same_state(resumed["model"], resumed["optim"], ref["model"], ref["optim"])
     assert ref["optim"]["param_groups"][0]["lr"] == 0.02 * 0.5 ** (child.STEPS // 3)  # the scheduler was resumed
     moved = (ref["model"]["net.0.weight"] - child.Net().net[0].weight).abs().max()
@@ -91,7 +92,7 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(runs: str) -> None:
     assert whole["global_step"] == 3
     for rank in (0, 1):
         got = torch.load(os.path.join(runs, f"from_one{rank}.pt"), weights_only=True)
-        assert got["world_size"] == 2 and got["global_step"] == 3
+        assert got["world_size"] == 2 and got["global_step"] == 3 and got["batches_run"] == 0
         assert_same_state(got["model"], got["optim"], whole["state_dict"], whole["optimizer_states"][0])
 
 
