@@ -602,6 +602,9 @@ class FSDPStrategy(_ProcessGroupStrategy):
                 " `FSDPStrategy` does not use the `CheckpointIO`."
             )
         self._checkpointer.save(checkpoint, filepath, self.global_rank, self.world_size)
+        trainer = self._trainer
+        if trainer is None or trainer.state.status.value != "running":
+            self._checkpointer.wait()  # outside a run no teardown would wait for it: complete now
 
     def load_checkpoint(self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None) -> dict[str, Any]:
         """A sharded folder: this rank's shards (resharded from any world size), in copies that
