@@ -1,13 +1,15 @@
 """Sharded FSDP2 checkpoints for tests/test_fsdp_checkpoint.py (the Trainer starts the ranks).
 
-    python tests/fsdp_ckpt_child.py one OUT    # 1 rank: OUT/one.ckpt, a sharded checkpoint at step 3
+    python tests/fsdp_ckpt_child.py one OUT    # 1 rank: OUT/one.ckpt (sharded), OUT/plain.ckpt (1 process)
     python tests/fsdp_ckpt_child.py main OUT   # 2 ranks: exact resume, async save, rotation, 1 -> 2 ranks
     python tests/fsdp_ckpt_child.py fail OUT   # 2 ranks: a save that fails on rank 1 midway
 
 `main` writes, per rank r: OUT/ref<r>.pt (an uninterrupted fit to step 10: full weights and
 optimizer state), OUT/resumed<r>.pt (a fit stopped at step 4 with async sharded checkpoints, then
 resumed from ``ckpt_path="last"`` to step 10) and OUT/from_one<r>.pt (OUT/one.ckpt loaded on two
-ranks); the resumed fit's checkpoints are in OUT/ckpts. `fail` saves ``last.ckpt`` at every step,
+ranks), OUT/from_plain<r>.pt and OUT/from_one.consolidated<r>.pt (single files loaded on two
+ranks: OUT/plain.ckpt, and OUT/one.ckpt consolidated by the test); the resumed fit's checkpoints
+are in OUT/ckpts. `fail` saves ``last.ckpt`` at every step,
 and rank 1's shard writer raises in the second save: rank 0 writes OUT/fail0.txt with the error.
 """
 from __future__ import annotations
@@ -90,6 +92,11 @@ def one(out: str) -> None:
     t = trainer(1, 3)
     t.fit(model, data(8))
     t.save_checkpoint(os.path.join(out, "one.ckpt"))
+    # a single-file checkpoint of a one-process Trainer (optimizer states keyed by index)
+    plain = mopt_fast.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                              enable_progress_bar=False, enable_model_summary=False)
+    plain.fit(Net(), data(8))
+    plain.save_checkpoint(os.path.join(out, "plain.ckpt"))
 
 
 def main(out: str) -> None:
@@ -112,6 +119,12 @@ def main(out: str) -> None:
     t = trainer(2, 3)
     t.fit(model, data(8), ckpt_path=os.path.join(out, "one.ckpt"))
     torch.save(full_state(t, model), os.path.join(out, f"from_one{rank}.pt"))
+
+    for name in ("plain", "one.consolidated"):  # single files: each rank keeps its shard of the full tensors
+        model = Net()
+        t = trainer(2, 3)
+        t.fit(model, data(8), ckpt_path=os.path.join(out, f"{name}.ckpt"))
+        torch.save(full_state(t, model), os.path.join(out, f"from_{name}{rank}.pt"))
 
 
 def fail(out: str) -> None:

@@ -57,9 +57,12 @@ def by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("fsdp_ckpt"))
-    for mode in ("one", "main"):  # "main" resumes what "one" wrote
-        proc = run(CHILD, mode, out)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run(CHILD, "one", out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    consolidate_checkpoint(os.path.join(out, "one.ckpt"))  # -> one.ckpt.consolidated
+    os.rename(os.path.join(out, "one.ckpt.consolidated"), os.path.join(out, "one.consolidated.ckpt"))
+    proc = run(CHILD, "main", out)  # resumes what "one" wrote
+    assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
 
@@ -94,6 +97,25 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(runs: str) -> None:
         got = torch.load(os.path.join(runs, f"from_one{rank}.pt"), weights_only=True)
         assert got["world_size"] == 2 and got["global_step"] == 3 and got["batches_run"] == 0
         assert_same_state(got["model"], got["optim"], whole["state_dict"], whole["optimizer_states"][0])
+
+
+def test_single_file_checkpoints_resume_on_two_ranks(runs: str) -> None:
+    """A one-process Trainer's file (optimizer states keyed by index) and a consolidated folder
+    (keyed by name) resume under FSDP on two ranks: each rank keeps its shard of the full tensors."""
+    plain_model = child.Net()
+    plain = load_checkpoint(os.path.join(runs, "plain.ckpt"))
+    plain_model.load_state_dict(plain["state_dict"])
+    optimizer = plain_model.configure_optimizers()["optimizer"]
+    optimizer.load_state_dict(plain["optimizer_states"][0])
+    consolidated = load_checkpoint(os.path.join(runs, "one.consolidated.ckpt"))
+    for name, want_model, want_optim in [
+        ("plain", plain["state_dict"], by_name(plain_model, optimizer)),
+        ("one.consolidated", consolidated["state_dict"], consolidated["optimizer_states"][0]),
+    ]:
+        for rank in (0, 1):
+            got = torch.load(os.path.join(runs, f"from_{name}{rank}.pt"), weights_only=True)
+            assert got["world_size"] == 2 and got["global_step"] == 3 and got["batches_run"] == 0
+            assert_same_state(got["model"], got["optim"], want_model, want_optim)
 
 
 def test_two_rank_checkpoint_resumes_in_one_process(runs: str) -> None:

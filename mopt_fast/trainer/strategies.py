@@ -646,6 +646,10 @@ class FSDPStrategy(_ProcessGroupStrategy):
                      "param_groups": [{**g, "params": [ids[i] for i in g["params"]]} for g in groups]}
         full = not any(isinstance(v, DTensor) for s in state["state"].values() for v in s.values())
         set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=full))
+        for group in optimizer.param_groups:  # the full-state path hands tuples (Adam's betas) back as lists
+            for key, value in group.items():
+                if isinstance(value, list) and isinstance(optimizer.defaults.get(key), tuple):
+                    group[key] = tuple(value)
 
     def remove_checkpoint(self, filepath: str | os.PathLike) -> None:
         """As every strategy's, but after the async save under way (the checkpoint it replaces must
