@@ -165,6 +165,17 @@ def test_consolidated_checkpoint_loads_in_both_frameworks(runs: str, tmp_path) -
     theirs = LightningNet.load_from_checkpoint(out)
     for k, v in whole["state_dict"].items():
         assert torch.equal(theirs.state_dict()[k], v), k
+    # Lightning's own tool on our folder: a file that both frameworks read
+    lightning_out = str(tmp_path / "by_lightning.ckpt")
+    proc = run("-m", "lightning.pytorch.utilities.consolidate_checkpoint", folder, "--output_file", lightning_out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = LightningNet.load_from_checkpoint(lightning_out)
+    ours = load_checkpoint(lightning_out)  # meta.pt's checksum checked over what meta.pt held
+    assert ours["global_step"] == 8
+    assert_same_state(ours["state_dict"], ours["optimizer_states"][0], whole["state_dict"],
+                      whole["optimizer_states"][0])
+    for k, v in whole["state_dict"].items():
+        assert torch.equal(theirs.state_dict()[k], v), k
 
 
 def test_sharded_folder_refusals(runs: str, tmp_path) -> None:

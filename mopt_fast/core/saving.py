@@ -398,12 +398,22 @@ def load_checkpoint(path: str, weights_only: bool = True,
         actual = checksum(ckpt)
     except Exception as e:  # a damaged file may hold what no checkpoint holds
         raise ValueError(f"{path!r} is corrupt: its contents cannot be checked ({e})") from e
-    if not isinstance(stored, str) or stored != actual:
+    if (not isinstance(stored, str) or stored != actual) and not _consolidated_elsewhere(ckpt, stored):
         raise ValueError(
             f"{path!r} is corrupt: its contents do not match the checksum stored in it "
             f"(stored {stored!r}, computed {actual!r}); the file was damaged after it was written"
         )
     return ckpt
+
+
+def _consolidated_elsewhere(ckpt: dict[str, Any], stored: Any) -> bool:
+    """A sharded checkpoint's folder made one file by another tool (Lightning's
+    consolidate_checkpoint): meta.pt's entries plus the tensors DCP wrote, renamed to
+    ``state_dict`` / ``optimizer_states``. Its checksum is meta.pt's, over the rest; the
+    tensors are as unchecked as DCP's shards were."""
+    if not isinstance(ckpt.get("sharded"), dict) or not isinstance(stored, str):
+        return False
+    return stored == checksum({k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")})
 
 
 class PickledCheckpointError(ValueError, pickle.UnpicklingError):
