@@ -370,8 +370,6 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
 @pytest.mark.parametrize(
     "kw,error,match",
     [
-        ({"strategy": "fsdp", "enable_checkpointing": True}, NotImplementedError,
-         r"checkpoints under strategy='fsdp' are not built yet"),
         ({"strategy": "deepspeed"}, MisconfigurationException, r"strategy='deepspeed' is not supported"),
         ({"devices": "two"}, MisconfigurationException, r"devices='two' is not understood"),
         ({"num_nodes": 0}, ValueError, r"`num_nodes` must be a positive integer, but got 0."),
@@ -387,7 +385,7 @@ def test_multiple_optimizers_need_manual_optimization() -> None:
         ({"limit_train_batches": 1.5}, MisconfigurationException,
          r"You have passed invalid value 1.5 for limit_train_batches, it has to be in \[0.0, 1.0\] or an int."),
     ],
-    ids=["fsdp_checkpointing", "deepspeed", "devices", "num_nodes", "checkpoint_callback_disabled", "profiler",
+    ids=["deepspeed", "devices", "num_nodes", "checkpoint_callback_disabled", "profiler",
          "unknown_argument", "precision", "accelerator", "accumulate_grad_batches", "gradient_clip_algorithm",
          "limit_train_batches"],
 )

@@ -18,6 +18,7 @@ import torch
 from mopt_fast.callbacks.callback import rank_zero_info, reduce_boolean_decision, trainer_fn
 from mopt_fast.callbacks.checkpoint import Checkpoint
 from mopt_fast.core.saving import filesystem, is_url, remove_stale_temporaries
+from mopt_fast.core.sharded_checkpoint import is_sharded_checkpoint
 from mopt_fast.exceptions import MisconfigurationException, not_built
 
 if TYPE_CHECKING:
@@ -168,7 +169,8 @@ class ModelCheckpoint(Checkpoint):
             raise not_built(f"ModelCheckpoint(dirpath={self.dirpath!r}, save_last='link') (a symbolic link in a "
                             "remote folder)", "use save_last=True")
         last = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-        if self.save_last and fs.exists(last) and not fs.isfile(last) and not os.path.islink(last):
+        if (self.save_last and fs.exists(last) and not fs.isfile(last) and not os.path.islink(last)
+                and not is_sharded_checkpoint(last)):  # a sharded checkpoint (strategy="fsdp") is a folder
             raise IsADirectoryError(
                 f"ModelCheckpoint(save_last=True) cannot write {last!r}: it is a directory; move it away"
             )

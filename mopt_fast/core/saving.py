@@ -353,7 +353,13 @@ def load_checkpoint(path: str, weights_only: bool = True,
     ``nn.Module``) raises `PickledCheckpointError` under ``weights_only=True``: an UnpicklingError,
     as Lightning's Trainer raises, and a ValueError. The returned dictionary has no checksum entry.
     `read(path, weights_only)`: how the dictionary is read (a user's CheckpointIO plugin), checked
-    as any other; None: `torch_load` to the CPU."""
+    as any other; None: `torch_load` to the CPU. A sharded checkpoint's folder (written under
+    ``strategy="fsdp"``) is read whole into this process (`sharded_checkpoint.load_sharded_checkpoint`)."""
+    if read is None and not is_url(path):
+        from mopt_fast.core.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint
+
+        if is_sharded_checkpoint(path):
+            return load_sharded_checkpoint(path, weights_only)
     if read is None:
         _check_exists(path)
     try:
@@ -392,12 +398,22 @@ def load_checkpoint(path: str, weights_only: bool = True,
         actual = checksum(ckpt)
     except Exception as e:  # a damaged file may hold what no checkpoint holds
         raise ValueError(f"{path!r} is corrupt: its contents cannot be checked ({e})") from e
-    if not isinstance(stored, str) or stored != actual:
+    if (not isinstance(stored, str) or stored != actual) and not _consolidated_elsewhere(ckpt, stored):
         raise ValueError(
             f"{path!r} is corrupt: its contents do not match the checksum stored in it "
             f"(stored {stored!r}, computed {actual!r}); the file was damaged after it was written"
         )
     return ckpt
+
+
+def _consolidated_elsewhere(ckpt: dict[str, Any], stored: Any) -> bool:
+    """A sharded checkpoint's folder made one file by another tool (Lightning's
+    consolidate_checkpoint): meta.pt's entries plus the tensors DCP wrote, renamed to
+    ``state_dict`` / ``optimizer_states``. Its checksum is meta.pt's, over the rest; the
+    tensors are as unchecked as DCP's shards were."""
+    if not isinstance(ckpt.get("sharded"), dict) or not isinstance(stored, str):
+        return False
+    return stored == checksum({k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")})
 
 
 class PickledCheckpointError(ValueError, pickle.UnpicklingError):
@@ -453,11 +469,18 @@ def _default_map_location(storage: Any, location: str) -> Any:
 def _read_checkpoint(checkpoint_path: str | os.PathLike | IO, map_location: Any, weights_only: bool | None,
                      hparams_file: str | os.PathLike | None = None, key: str = "hyper_parameters") -> dict:
     """A checkpoint written by mopt_fast.Trainer (or by Lightning's Trainer: the same keys), loaded
-    with ``weights_only=True`` unless told otherwise."""
+    with ``weights_only=True`` unless told otherwise. A sharded checkpoint's folder (``strategy="fsdp"``)
+    is consolidated in memory, its tensors on the CPU."""
+    load_weights_only = True if weights_only is None else weights_only
     if isinstance(checkpoint_path, (str, os.PathLike)):
         checkpoint_path = os.fspath(checkpoint_path)
-    ckpt = torch_load(checkpoint_path, map_location=map_location or _default_map_location,
-                      weights_only=True if weights_only is None else weights_only)
+    from mopt_fast.core.sharded_checkpoint import is_sharded_checkpoint
+
+    if isinstance(checkpoint_path, str) and not is_url(checkpoint_path) and is_sharded_checkpoint(checkpoint_path):
+        ckpt: Any = load_checkpoint(checkpoint_path, load_weights_only)
+    else:
+        ckpt = torch_load(checkpoint_path, map_location=map_location or _default_map_location,
+                          weights_only=load_weights_only)
     if not isinstance(ckpt, dict) or ("state_dict" not in ckpt and key == "hyper_parameters"):
         raise ValueError(f"{checkpoint_path!r} is not a checkpoint of a LightningModule: it has no 'state_dict'")
     if hparams_file is not None:  # hyperparameters from a file, instead of the checkpoint's

@@ -32,7 +32,7 @@ from mopt_fast.precision import Precision, make_precision, normalize_precision
 from mopt_fast.seed import _env_rank
 from mopt_fast.trainer._lightning_surface import kind_of
 from mopt_fast.trainer._warn import warn
-from mopt_fast.trainer.strategies import FSDPStrategy, Strategy
+from mopt_fast.trainer.strategies import Strategy
 
 __all__ = ["UNSUPPORTED", "DebuggingFlags", "callbacks_list", "check_limit", "debugging_flags", "defaults_from_env_vars",
            "env_defaults", "expand_local_path", "info", "log_device_info", "loggers", "parse_devices",
@@ -511,10 +511,6 @@ def callbacks_list(callbacks: Any, strategy: Strategy, enable_progress_bar: bool
     if enable_model_summary is not False and not any(isinstance(c, summaries) for c in cbs):
         cbs.insert(0, ModelSummary())
     has_checkpoint = any(isinstance(c, checkpoints) for c in cbs)
-    if isinstance(strategy, FSDPStrategy):
-        if has_checkpoint or enable_checkpointing:
-            raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
-        enable_checkpointing = False
     if enable_checkpointing is False and has_checkpoint:
         raise MisconfigurationException(
             "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in callbacks list."

@@ -23,6 +23,7 @@ from mopt_fast.callbacks.callback import Callback, rank_zero_info
 from mopt_fast.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from mopt_fast.core.hparams import HyperparametersMixin
 from mopt_fast.core.saving import FORMAT, LIGHTNING_LAYOUT_VERSION, LIGHTNING_VERSION_KEY, filesystem, is_url
+from mopt_fast.core.sharded_checkpoint import META_FILE, is_sharded_checkpoint
 from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
@@ -43,8 +44,6 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     hyperparameters, and unless `weights_only` the callbacks, optimizers, schedulers, loss
     scaler and, under ``"mopt_fast"``, our loops' own state, the metrics and the RNG; then the
     module's on_save_checkpoint."""
-    if isinstance(trainer.strategy, FSDPStrategy):
-        raise NotImplementedError("checkpoints under strategy='fsdp' are not built yet (sharded state)")
     model = trainer.lightning_module
     assert model is not None  # a checkpoint is of a run, which has its module attached
     loop = trainer.fit_loop
@@ -59,7 +58,7 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     if not weights_only:
         save_callback_states(trainer, ckpt, on_save=False)  # by state_key; their on_save_checkpoint comes last
         ckpt.update(
-            optimizer_states=[o.state_dict() for o in trainer.optimizers],
+            optimizer_states=_optimizer_states(trainer),
             lr_schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
         )
         plugin = trainer.precision_plugin
@@ -86,6 +85,27 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         _call_callbacks_on_save(trainer, ckpt)
     trainer.hooks.run_as("on_save_checkpoint", model.on_save_checkpoint, ckpt)
     return ckpt
+
+
+def _optimizer_states(trainer: Trainer) -> list[dict[str, Any]]:
+    """Each optimizer's state_dict; under FSDP, DTensor shards keyed by parameter name (what a
+    sharded checkpoint resharded on load needs)."""
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        return [strategy.optimizer_state(o) for o in trainer.optimizers]
+    return [o.state_dict() for o in trainer.optimizers]
+
+
+def _load_module_state(trainer: Trainer, state: dict[str, Any]) -> None:
+    """The module's weights from a checkpoint's ``state_dict`` (under FSDP: into its shards)."""
+    model = trainer.lightning_module
+    assert model is not None  # attached before the checkpoint is restored
+    strict = getattr(model, "strict_loading", True)
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy):
+        strategy.load_model_state(state, strict)
+    else:
+        model.load_state_dict(state, strict=strict)
 
 
 def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> str | None:
@@ -147,7 +167,7 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
             for cb in model_checkpoints if cb.dirpath
         ]
         for c in candidates:  # not "no last checkpoint": that would train from scratch
-            if filesystem(c).exists(c) and not filesystem(c).isfile(c):
+            if filesystem(c).exists(c) and not filesystem(c).isfile(c) and not is_sharded_checkpoint(c):
                 raise IsADirectoryError(
                     f'.{fn}(ckpt_path="last"): {c!r} is a directory, not a checkpoint file; move it away or '
                     "pass the checkpoint's path"
@@ -168,8 +188,11 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
 
 
 def _modified(path: str) -> float | None:
-    """When the checkpoint file at `path` (local or a URL) was last written; None if there is none."""
+    """When the checkpoint at `path` (a local file or sharded folder, or a URL) was last written;
+    None if there is none."""
     if not is_url(path):
+        if is_sharded_checkpoint(path):  # its meta.pt is written last, just before the folder is renamed in
+            return os.path.getmtime(os.path.join(path, META_FILE))
         return os.path.getmtime(path) if os.path.isfile(path) else None
     fs = filesystem(path)
     return fs.modified(path).timestamp() if fs.isfile(path) else None
@@ -230,7 +253,7 @@ def restore_weights(trainer: Trainer, path: str, weights_only: bool | None = Non
     model = trainer.lightning_module
     assert model is not None  # attached before the checkpoint is restored
     trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
-    model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
+    _load_module_state(trainer, ckpt["state_dict"])
     _restore_datamodule(trainer, ckpt)
     load_callback_states(trainer, ckpt)
     rank_zero_info(trainer, f"Loaded model weights from the checkpoint at {path}")
@@ -262,7 +285,7 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     ours = ckpt.get("mopt_fast", ckpt if "format" in ckpt else {})
     _restore_datamodule(trainer, ckpt)
     trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
-    model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
+    _load_module_state(trainer, ckpt["state_dict"])
     load_callback_states(trainer, ckpt)  # on_load_checkpoint, then load_state_dict by state_key
     plugin = trainer.precision_plugin
     if type(plugin).__qualname__ in ckpt:  # Lightning's entry: the scaler's state
@@ -288,7 +311,7 @@ def restore_evaluation(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     assert model is not None  # attached before the checkpoint is restored
     _restore_datamodule(trainer, ckpt)
     trainer.hooks.run_as("on_load_checkpoint", model.on_load_checkpoint, ckpt)
-    model.load_state_dict(ckpt["state_dict"], strict=getattr(model, "strict_loading", True))
+    _load_module_state(trainer, ckpt["state_dict"])
     load_callback_states(trainer, ckpt)
     plugin = trainer.precision_plugin
     if type(plugin).__qualname__ in ckpt:
@@ -299,8 +322,12 @@ def restore_optimizers(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     """The optimizers' and schedulers' states, after on_fit_start as in Lightning: a callback may
     first give an optimizer back the parameter groups it had added (BaseFinetuning), which
     configure_optimizers did not build."""
+    strategy = trainer.strategy
     for opt, state in zip(trainer.optimizers, ckpt["optimizer_states"]):
-        opt.load_state_dict(state)
+        if isinstance(strategy, FSDPStrategy):
+            strategy.load_optimizer_state(opt, state)
+        else:
+            opt.load_state_dict(state)
     for config, state in zip(trainer.lr_scheduler_configs, ckpt["lr_schedulers"]):
         config.scheduler.load_state_dict(state)
     rank_zero_info(trainer, f"Restored all states from the checkpoint at {trainer.ckpt_path}")

@@ -223,6 +223,10 @@ class Strategy:
     def abort(self) -> None:
         """A fit failed: stop any processes this strategy started."""
 
+    def teardown(self) -> None:
+        """The end of every entry point (Lightning's Strategy.teardown): the checkpoint IO's."""
+        self.checkpoint_io.teardown()
+
 
 SingleDeviceStrategy = Strategy
 
@@ -560,13 +564,112 @@ class FSDPStrategy(_ProcessGroupStrategy):
     Each direct child module that holds parameters is sharded, then the root, on a 1-D device
     mesh of all ranks; training_step calls the module directly (the children's forward hooks
     gather and free their parameters). Gradients are DTensor shards, which mopt_fast's clipping
-    handles with one all-reduce of the partial norms. Checkpoints are not built for FSDP.
+    handles with one all-reduce of the partial norms.
+
+    Checkpoints are sharded FOLDERS written by every rank with torch.distributed.checkpoint, as
+    Lightning's ``FSDPStrategy(state_dict_type="sharded")`` writes them (see
+    trainer/_sharded_checkpoint.py); ``fit(ckpt_path=folder)`` resumes one on any number of
+    ranks, and one process reads one whole (``LightningModule.load_from_checkpoint(folder)``,
+    ``mopt_fast.utilities.consolidate_checkpoint``).
+
+    Args:
+        async_save: write checkpoints in the background (``torch.distributed.checkpoint.async_save``):
+            the training stalls only while the shards are copied; the next save, a checkpoint's
+            removal and the end of the run wait for the write under way.
     """
 
     def __init__(self, timeout: datetime.timedelta = datetime.timedelta(minutes=30),
-                 process_group_backend: str | None = None) -> None:
+                 process_group_backend: str | None = None, async_save: bool = False) -> None:
         super().__init__(timeout, process_group_backend)
         self._sharded: list[FSDPModule] = []
+        from mopt_fast.trainer._sharded_checkpoint import ShardedCheckpointer
+
+        self._checkpointer = ShardedCheckpointer(async_save)
+
+    @property
+    def async_save(self) -> bool:
+        return self._checkpointer.async_save
+
+    # -- sharded checkpoints (trainer/_sharded_checkpoint.py) --------------------------------------
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """`optimizer`'s state as DTensor shards keyed by parameter name (Lightning's method name)."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        module = self.lightning_module
+        assert module is not None  # a checkpoint is of a run
+        return get_optimizer_state_dict(module, optimizer)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        """Every rank writes its shards of `checkpoint` into the folder `filepath` (Lightning's error
+        for `storage_options`: the sharded save does not go through `checkpoint_io`)."""
+        if storage_options is not None:
+            raise TypeError(
+                "`FSDPStrategy.save_checkpoint(..., storage_options=...)` is not supported because"
+                " `FSDPStrategy` does not use the `CheckpointIO`."
+            )
+        self._checkpointer.save(checkpoint, filepath, self.global_rank, self.world_size)
+        trainer = self._trainer
+        if trainer is None or trainer.state.status.value != "running":
+            self._checkpointer.wait()  # outside a run no teardown would wait for it: complete now
+
+    def load_checkpoint(self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None) -> dict[str, Any]:
+        """A sharded folder: this rank's shards (resharded from any world size), in copies that
+        the Trainer's restore puts in place; a single file: read whole, as one process reads it."""
+        from mopt_fast.core.sharded_checkpoint import is_sharded_checkpoint
+
+        path = os.fspath(checkpoint_path)
+        module = self.lightning_module
+        if module is None or not is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only)
+        return self._checkpointer.load(path, module, self.optimizers, self.global_rank, self.world_size,
+                                       True if weights_only is None else weights_only)
+
+    def load_model_state(self, state: dict[str, Any], strict: bool) -> None:
+        """The module's state: DTensor shards from a sharded folder, or full tensors from a single
+        file (each rank keeps its own shard of them)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.tensor import DTensor
+
+        module = self.lightning_module
+        assert module is not None
+        full = not any(isinstance(v, DTensor) for v in state.values())
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=full, strict=strict))
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """`optimizer`'s state, keyed by parameter name (a sharded folder's, a consolidated file's) or
+        by index (a single-process file's: mapped onto the names in the optimizer's order)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.tensor import DTensor
+
+        module = self.lightning_module
+        assert module is not None
+        groups = state["param_groups"]
+        if any(isinstance(i, int) for g in groups for i in g["params"]):
+            names = {p: n for n, p in module.named_parameters()}
+            ids = dict(zip((i for g in groups for i in g["params"]),
+                           (names[p] for g in optimizer.param_groups for p in g["params"])))
+            state = {"state": {ids[k]: v for k, v in state["state"].items()},
+                     "param_groups": [{**g, "params": [ids[i] for i in g["params"]]} for g in groups]}
+        full = not any(isinstance(v, DTensor) for s in state["state"].values() for v in s.values())
+        set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=full))
+        for group in optimizer.param_groups:  # the full-state path hands tuples (Adam's betas) back as lists
+            for key, value in group.items():
+                if isinstance(value, list) and isinstance(optimizer.defaults.get(key), tuple):
+                    group[key] = tuple(value)
+
+    def remove_checkpoint(self, filepath: str | os.PathLike) -> None:
+        """As every strategy's, but after the async save under way (the checkpoint it replaces must
+        outlive it)."""
+        if self.is_global_zero:
+            self._checkpointer.remove(filepath, self.checkpoint_io.remove_checkpoint)
+
+    def teardown(self) -> None:
+        """The end of a run: the async save under way, completed and in place."""
+        trainer = self._trainer
+        failed = trainer is not None and trainer.state.status.value == "interrupted"
+        self._checkpointer.teardown(failed)
+        super().teardown()
 
     def wrap(self, module: LightningModule) -> None:
         from torch.distributed.device_mesh import init_device_mesh

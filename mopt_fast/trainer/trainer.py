@@ -1026,7 +1026,7 @@ class Trainer:
         shut_down_workers(self.fit_loop.loader)
         for loop in (self.val_loop, self.validate_loop, self.test_loop, self.predict_loop):
             loop.teardown()
-        self.strategy.checkpoint_io.teardown()  # Lightning's Strategy.teardown
+        self.strategy.teardown()  # Lightning's: the checkpoint IO's teardown; FSDP: an async save completed
         metrics = self.metric_store
         for name in ("_callback", "_logged", "_pbar"):
             values = getattr(metrics, name, None)
