@@ -1,7 +1,7 @@
 """Two-rank FSDP2 runs for tests/test_packed_collective.py: one all-reduce per step.
 
     torchrun --nproc-per-node 2 tests/packed_child.py functional OUT   # unscale_clip_grad_norm_ on shards
-    python tests/packed_child.py trainer OUT [--precision P] [--nan-step N] [--break-loss]
+    python tests/packed_child.py trainer OUT [--precision P] [--faults]
 
 Every collective function of torch.distributed is wrapped (`CollectiveCounter`) and counted by
 name, so FSDP2's own all-gathers and reduce-scatters are told apart from all-reduces; host reads
@@ -129,7 +129,7 @@ def functional(out: str) -> None:
                                                           norm_type, loss=loss)
             collectives = counter.stop()
             row: dict[str, Any] = {"collectives": collectives, "host_reads": reads.count,
-                                   "found_inf": found_inf.item()}
+                                   "found_inf": found_inf.item(), "total_is_nan": bool(total.isnan())}
             if case in ("finite", "noclip"):
                 for p in ref.parameters():
                     p.grad.mul_(1 / scale)
@@ -151,36 +151,45 @@ def functional(out: str) -> None:
 
 
 FULL_BATCH = 16
+BATCHES = 6
+NAN_STEP, LOSS_STEP = 1, 3
 
 
 def data() -> DataLoader:
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(FULL_BATCH * 4, 8, generator=g)
+    x = torch.randn(FULL_BATCH * BATCHES, 8, generator=g)
     y = x @ torch.randn(8, 2, generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=FULL_BATCH // 2, shuffle=False)
 
 
 class Regressor(mopt_fast.LightningModule):
-    """Logs nothing across ranks (a sync_dist log would be an all-reduce of its own)."""
+    """Logs nothing across ranks (a sync_dist log would be an all-reduce of its own). Under FSDP
+    (`faults`), at global step NAN_STEP rank 1 alone puts a NaN into its gradient shard, and at
+    LOSS_STEP rank 0 alone returns an inf loss whose gradients are finite; in one process
+    (`faults` False) the same happens on the single rank."""
 
-    def __init__(self, nan_step: int, break_loss: bool) -> None:
+    def __init__(self, faults: bool, sharded: bool = True) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 2))  # every shard non-empty
-        self.nan_step = nan_step
-        self.break_loss = break_loss
+        self.faults = faults
+        self.sharded = sharded
+
+    def _on(self, step: int, rank: int) -> bool:
+        return self.faults and self.global_step == step and self.trainer.global_rank == (rank if self.sharded else 0)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
-        if self.break_loss and batch_idx == self.nan_step and self.trainer.global_rank == 0:
-            loss = loss + math.inf  # inf loss, finite gradients, on rank 0 only
+        if self._on(LOSS_STEP, 0):
+            loss = loss + math.inf  # inf loss, finite gradients
         return loss
 
     def on_after_backward(self) -> None:
-        if not self.break_loss and self.global_step == self.nan_step and self.trainer.global_rank == 1:
+        if self._on(NAN_STEP, 1):
             with torch.no_grad():
-                self.net[2].bias.grad.to_local().fill_(math.nan)  # rank 1's shard only
+                grad = self.net[2].bias.grad
+                (grad.to_local() if self.sharded else grad)[0] = math.nan  # this rank's shard only
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
@@ -215,14 +224,14 @@ def _plugins(precision: str) -> list[Any]:
     return [MixedPrecision("16-mixed", "cpu", GradScaler("cpu", init_scale=256.0), skip_nonfinite_loss=True)]
 
 
-def trainer(out: str, precision: str, nan_step: int, break_loss: bool) -> None:
+def trainer(out: str, precision: str, faults: bool) -> None:
     from mopt_fast.trainer.strategies import FSDPStrategy
 
     torch.set_num_threads(1)
     counter = CollectiveCounter()
     plugins = _plugins(precision)
     record = Record(counter)
-    model = Regressor(nan_step, break_loss)
+    model = Regressor(faults)
     trainer = mopt_fast.Trainer(
         accelerator="cpu", strategy=FSDPStrategy(timeout=datetime.timedelta(seconds=60)), devices=2,
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -235,13 +244,13 @@ def trainer(out: str, precision: str, nan_step: int, break_loss: bool) -> None:
         json.dump(record.steps, f)
 
 
-def reference(precision: str) -> dict[str, torch.Tensor]:
+def reference(precision: str, faults: bool) -> dict[str, torch.Tensor]:
     """One process on the full batches (same module, same clipping): what both ranks must end with."""
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(FULL_BATCH * 4, 8, generator=g)
+    x = torch.randn(FULL_BATCH * BATCHES, 8, generator=g)
     y = x @ torch.randn(8, 2, generator=g)
     plugins = _plugins(precision)
-    model = Regressor(-1, False)
+    model = Regressor(faults, sharded=False)
     trainer = mopt_fast.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=0.05,
                                 plugins=plugins)
@@ -255,11 +264,10 @@ if __name__ == "__main__":
     parser.add_argument("mode", choices=["functional", "trainer"])
     parser.add_argument("out")
     parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--nan-step", type=int, default=-1)
-    parser.add_argument("--break-loss", action="store_true")
+    parser.add_argument("--faults", action="store_true")
     args = parser.parse_args()
     if args.mode == "functional":
         functional(args.out)
     else:
-        trainer(args.out, args.precision, args.nan_step, args.break_loss)
+        trainer(args.out, args.precision, args.faults)
     sys.exit(0)
