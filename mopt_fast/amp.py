@@ -55,6 +55,18 @@ def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
+def _replica_group(loss_flag: torch.Tensor | None) -> Any:
+    """The group over which a loss flag of replicated gradients (DDP) is reduced: the default
+    process group when there is a loss flag and more than one rank, else None. Replicated
+    gradients are the same on every rank after DDP's all-reduce, and so is their found_inf: only
+    the loss, computed per rank, needs this collective."""
+    import torch.distributed as dist
+
+    if loss_flag is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return dist.group.WORLD
+
+
 def _reduce_flags(group: Any, flags: list[torch.Tensor]) -> None:
     """Set each 0/1 flag where any rank of `group` set it: one all-reduce for all of them."""
     with torch.no_grad():
@@ -92,15 +104,16 @@ class GradScaler(torch.amp.GradScaler):
         if loss_flag is not None:  # a non-finite loss skips the step as an inf gradient does
             for flag in found.values():
                 flag.copy_(torch.maximum(flag, loss_flag.reshape(flag.shape).to(flag.device)))
-        if found and sharded is not None:
-            # Each rank checked its shards only. After unscale_() a clip usually follows, whose
-            # norm all-reduce can carry the flags: defer (see _reduce_unreduced); inside step()
-            # (a fused optimizer's inf check) they are needed at once.
+        reduce_over = sharded if sharded is not None else _replica_group(loss_flag)
+        if found and reduce_over is not None:
+            # Each rank checked its shards only (or its own loss). After unscale_() a clip usually
+            # follows, whose norm all-reduce can carry the flags: defer (see _reduce_unreduced);
+            # inside step() (a fused optimizer's inf check) they are needed at once.
             flags = list(found.values())
             if self._deferring:
-                self._unreduced[id(optimizer)] = (sharded, flags)
+                self._unreduced[id(optimizer)] = (reduce_over, flags, sharded is not None)
             else:
-                _reduce_flags(sharded, flags)
+                _reduce_flags(reduce_over, flags)
         return found
 
     # -- FSDP2: found_inf reduced across ranks in the step's one all-reduce -------------------------
@@ -108,9 +121,10 @@ class GradScaler(torch.amp.GradScaler):
     _deferring = False
 
     @property
-    def _unreduced(self) -> dict[int, tuple[Any, list[torch.Tensor]]]:
-        """Per optimizer (by id): the process group and the found_inf flags that unscale_() left
-        unreduced: only this rank's shards were checked."""
+    def _unreduced(self) -> dict[int, tuple[Any, list[torch.Tensor], bool]]:
+        """Per optimizer (by id): the process group, the found_inf flags that unscale_() left
+        unreduced (only this rank's shards, or its loss, were checked), and whether the gradients
+        are sharded (then the clip's norm all-reduce can carry them)."""
         if "_unreduced_flags" not in self.__dict__:
             self.__dict__["_unreduced_flags"] = {}
         return self.__dict__["_unreduced_flags"]
@@ -123,11 +137,16 @@ class GradScaler(torch.amp.GradScaler):
             self._deferring = False
 
     def take_unreduced(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-        """The found_inf flags of `optimizer` that unscale_() left unreduced (sharded gradients),
-        handed to a caller whose all-reduce will carry them and write the global values back in
-        place (the clip's: mopt_fast.functional._clip_grad_norm). Empty when there are none."""
-        entry = self._unreduced.pop(id(optimizer), None)
-        return entry[1] if entry is not None else []
+        """The found_inf flags of `optimizer` that unscale_() left unreduced over sharded
+        gradients, handed to a caller whose norm all-reduce will carry them and write the global
+        values back in place (the clip's: mopt_fast.functional._clip_grad_norm). Empty when there
+        are none; replicated gradients' flags (DDP with a watched loss) stay for the step: their
+        clip makes no collective to ride on."""
+        entry = self._unreduced.get(id(optimizer))
+        if entry is None or not entry[2]:
+            return []
+        del self._unreduced[id(optimizer)]
+        return entry[1]
 
     def _reduce_unreduced(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Reduce what unscale_() deferred and no clip took: before the step reads it (one
@@ -135,7 +154,7 @@ class GradScaler(torch.amp.GradScaler):
         keys = [id(optimizer)] if optimizer is not None else list(self._unreduced)
         entries = [self._unreduced.pop(k) for k in keys if k in self._unreduced]
         if entries:
-            _reduce_flags(entries[0][0], [flag for _, flags in entries for flag in flags])
+            _reduce_flags(entries[0][0], [flag for _, flags, _ in entries for flag in flags])
 
     def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> float | None:
         self._reduce_unreduced(optimizer)
@@ -220,7 +239,8 @@ class GradScaler(torch.amp.GradScaler):
     ) -> torch.Tensor:
         """unscale_clip_grad_norm_ over shards (or with a watched loss): the read pass on this
         rank's shards, then ONE packed all-reduce of [partial norm, found_inf, loss flag], then the
-        clip with the global norm and found_inf (the optimizer's grad_scale for a fused one)."""
+        clip with the global norm and found_inf (the optimizer's grad_scale for a fused one).
+        Replicated gradients with a watched loss: the flags alone are reduced (DDP), once."""
         device = found_inf.device
         total, _ = kernel("unscale_norm", device)(grads, inv_scale, found_inf, p, False)
         loss_flag = _nonfinite_flag(self._watched_loss, device)
@@ -228,6 +248,8 @@ class GradScaler(torch.amp.GradScaler):
         if sharded is not None:
             total, flags = _packed_all_reduce(total, p, sharded, flags)
             assert total is not None
+        elif _replica_group(loss_flag) is not None:
+            _, flags = _packed_all_reduce(None, p, _replica_group(loss_flag), flags)
         for flag in flags:
             found_inf.copy_(torch.maximum(found_inf, flag.reshape(found_inf.shape)))
         if _is_fused(optimizer):

@@ -1,7 +1,7 @@
 """Two-rank FSDP2 runs for tests/test_packed_collective.py: one all-reduce per step.
 
     torchrun --nproc-per-node 2 tests/packed_child.py functional OUT   # unscale_clip_grad_norm_ on shards
-    python tests/packed_child.py trainer OUT [--precision P] [--faults]
+    python tests/packed_child.py trainer OUT [--precision P] [--faults] [--strategy fsdp|ddp]
 
 Every collective function of torch.distributed is wrapped (`CollectiveCounter`) and counted by
 name, so FSDP2's own all-gathers and reduce-scatters are told apart from all-reduces; host reads
@@ -41,19 +41,28 @@ COLLECTIVES = (
     "reduce_scatter_single", "reduce", "broadcast", "broadcast_object_list", "barrier", "all_to_all",
     "all_to_all_single", "gather", "scatter", "gather_object", "scatter_object_list",
 )
+# DTensor's redistributions (a Partial norm's full_tensor()) go through the functional collectives.
+FUNCTIONAL_COLLECTIVES = (
+    "broadcast", "all_reduce", "all_reduce_coalesced", "all_gather_single", "all_gather_tensor",
+    "reduce_scatter_single", "reduce_scatter_tensor", "all_to_all_single",
+)
 
 
 class CollectiveCounter:
-    """Wraps torch.distributed's collective functions (callers look them up on the module at
-    call time: `dist.all_reduce(...)`) and counts the calls by name while `active`."""
+    """Wraps torch.distributed's collective functions and its functional collectives (callers
+    look them up on the module at call time: `dist.all_reduce(...)`, `funcol.all_reduce(...)`)
+    and counts the calls by name while `active` (the functional ones as "funcol.NAME")."""
 
     def __init__(self) -> None:
+        import torch.distributed._functional_collectives as funcol
+
         self.counts: collections.Counter[str] = collections.Counter()
         self.active = False
-        for name in COLLECTIVES:
-            original = getattr(dist, name, None)
-            if original is not None:
-                setattr(dist, name, self._wrap(name, original))
+        for module, prefix, names in ((dist, "", COLLECTIVES), (funcol, "funcol.", FUNCTIONAL_COLLECTIVES)):
+            for name in names:
+                original = getattr(module, name, None)
+                if original is not None:
+                    setattr(module, name, self._wrap(prefix + name, original))
 
     def _wrap(self, name: str, original: Any) -> Any:
         def counted(*args: Any, **kwargs: Any) -> Any:
@@ -168,12 +177,13 @@ class Regressor(mopt_fast.LightningModule):
     LOSS_STEP rank 0 alone returns an inf loss whose gradients are finite; in one process
     (`faults` False) the same happens on the single rank."""
 
-    def __init__(self, faults: bool, sharded: bool = True) -> None:
+    def __init__(self, faults: bool, sharded: bool = True, nan_fault: bool = True) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 2))  # every shard non-empty
         self.faults = faults
         self.sharded = sharded
+        self.nan_fault = nan_fault
 
     def _on(self, step: int, rank: int) -> bool:
         return self.faults and self.global_step == step and self.trainer.global_rank == (rank if self.sharded else 0)
@@ -186,13 +196,18 @@ class Regressor(mopt_fast.LightningModule):
         return loss
 
     def on_after_backward(self) -> None:
-        if self._on(NAN_STEP, 1):
+        if self.nan_fault and self._on(NAN_STEP, 1):
             with torch.no_grad():
                 grad = self.net[2].bias.grad
                 (grad.to_local() if self.sharded else grad)[0] = math.nan  # this rank's shard only
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter (a DTensor), or a DDP replica's parameter."""
+    return t.to_local() if hasattr(t, "to_local") else t.detach()
 
 
 class Record(mopt_fast.Callback):
@@ -202,12 +217,12 @@ class Record(mopt_fast.Callback):
         self.before: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.before = [p.to_local().clone() for p in pl_module.parameters()]
+        self.before = [_local(p).clone() for p in pl_module.parameters()]
         self.counter.start()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         collectives = self.counter.stop()
-        changed = [not torch.equal(p.to_local(), b) for p, b in zip(pl_module.parameters(), self.before)]
+        changed = [not torch.equal(_local(p), b) for p, b in zip(pl_module.parameters(), self.before)]
         scaler = trainer.scaler
         self.steps.append({"collectives": collectives, "changed": changed,
                            "scale": scaler.get_scale() if scaler is not None else None})
@@ -224,33 +239,37 @@ def _plugins(precision: str) -> list[Any]:
     return [MixedPrecision("16-mixed", "cpu", GradScaler("cpu", init_scale=256.0), skip_nonfinite_loss=True)]
 
 
-def trainer(out: str, precision: str, faults: bool) -> None:
-    from mopt_fast.trainer.strategies import FSDPStrategy
+def trainer(out: str, precision: str, faults: bool, strategy: str) -> None:
+    """FSDP2, or DDP (where a NaN put into one rank's gradients after DDP's all-reduce would be
+    the test's own doing: DDP gets the inf-loss fault only)."""
+    from mopt_fast.trainer.strategies import DDPStrategy, FSDPStrategy
 
     torch.set_num_threads(1)
     counter = CollectiveCounter()
     plugins = _plugins(precision)
     record = Record(counter)
-    model = Regressor(faults)
+    model = Regressor(faults, nan_fault=strategy == "fsdp")
+    timeout = datetime.timedelta(seconds=60)
     trainer = mopt_fast.Trainer(
-        accelerator="cpu", strategy=FSDPStrategy(timeout=datetime.timedelta(seconds=60)), devices=2,
+        accelerator="cpu", strategy=FSDPStrategy(timeout=timeout) if strategy == "fsdp" else DDPStrategy(timeout=timeout),
+        devices=2,
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, gradient_clip_val=0.05, plugins=plugins, callbacks=[record],
     )
     trainer.fit(model, data())
-    state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+    state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
     torch.save(state, os.path.join(out, f"trainer{trainer.global_rank}.pt"))
     with open(os.path.join(out, f"trainer{trainer.global_rank}.json"), "w") as f:
         json.dump(record.steps, f)
 
 
-def reference(precision: str, faults: bool) -> dict[str, torch.Tensor]:
+def reference(precision: str, faults: bool, nan_fault: bool = True) -> dict[str, torch.Tensor]:
     """One process on the full batches (same module, same clipping): what both ranks must end with."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(FULL_BATCH * BATCHES, 8, generator=g)
     y = x @ torch.randn(8, 2, generator=g)
     plugins = _plugins(precision)
-    model = Regressor(faults, sharded=False)
+    model = Regressor(faults, sharded=False, nan_fault=nan_fault)
     trainer = mopt_fast.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=0.05,
                                 plugins=plugins)
@@ -265,9 +284,10 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--faults", action="store_true")
+    parser.add_argument("--strategy", default="fsdp", choices=["fsdp", "ddp"])
     args = parser.parse_args()
     if args.mode == "functional":
         functional(args.out)
     else:
-        trainer(args.out, args.precision, args.faults)
+        trainer(args.out, args.precision, args.faults, args.strategy)
     sys.exit(0)

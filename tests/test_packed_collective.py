@@ -62,8 +62,9 @@ def run_trainer(tmp_path, *args: str) -> list[list[dict]]:
     return [json.load(open(os.path.join(out, f"trainer{rank}.json"))) for rank in (0, 1)]
 
 
-def check_against_one_process(tmp_path, precision: str, faults: bool, rtol: float, atol: float) -> None:
-    ref = packed_child.reference(precision, faults)
+def check_against_one_process(tmp_path, precision: str, faults: bool, rtol: float, atol: float,
+                              nan_fault: bool = True) -> None:
+    ref = packed_child.reference(precision, faults, nan_fault)
     for rank in (0, 1):
         got = torch.load(os.path.join(str(tmp_path), f"trainer{rank}.pt"), weights_only=True)
         for k, v in ref.items():
@@ -99,3 +100,16 @@ def test_trainer_fsdp_16_mixed_one_all_reduce_and_every_rank_skips_alike(tmp_pat
         assert all(s["collectives"] == {**FSDP_OWN, "all_reduce": 1} for s in steps), steps
     # fp16 matmuls on half batches round otherwise than on full ones
     check_against_one_process(tmp_path, "16-mixed", True, rtol=1e-3, atol=1e-5)
+
+
+def test_trainer_ddp_16_mixed_adds_one_all_reduce_only_for_the_loss_flag(tmp_path) -> None:
+    """DDP: the gradients are all-reduced (by DDP's reducer, in C++: not counted here) before
+    they are unscaled, so found_inf is the same on every rank and needs no collective; the loss
+    is per rank, so skip_nonfinite_loss adds ONE all-reduce of the flags per step. An inf loss on
+    rank 0 only (finite gradients): both ranks skip that step, alike."""
+    for steps in run_trainer(tmp_path, "--precision", "16-mixed", "--faults", "--strategy", "ddp"):
+        assert [all(s["changed"]) for s in steps] == [i != packed_child.LOSS_STEP for i in range(len(steps))], steps
+        assert not any(any(s["changed"]) for s in steps[packed_child.LOSS_STEP:packed_child.LOSS_STEP + 1]), steps
+        assert [s["scale"] for s in steps] == [256.0, 256.0, 256.0, 128.0, 128.0, 128.0], steps
+        assert all(s["collectives"] == {"all_reduce": 1} for s in steps), steps
+    check_against_one_process(tmp_path, "16-mixed", True, rtol=1e-3, atol=1e-5, nan_fault=False)
