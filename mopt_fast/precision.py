@@ -26,6 +26,7 @@ import torch
 from torch.amp.grad_scaler import OptState
 
 from mopt_fast.amp import GradScaler, _is_fused
+from mopt_fast.exceptions import not_built
 from mopt_fast.functional import _clip_grad_norm, clip_grad_norm_, clip_grad_value_
 
 __all__ = ["Precision", "MixedPrecision", "HalfPrecision", "DoublePrecision", "make_precision", "PRECISIONS",
@@ -173,7 +174,10 @@ class MixedPrecision(Precision):
         elif scaler is not None:
             raise ValueError("bf16-mixed does not scale the loss: pass no scaler")
         if skip_nonfinite_loss and self.scaler is None:
-            raise ValueError("skip_nonfinite_loss needs 16-mixed: its step skipping rides on the loss scaler's")
+            raise not_built(
+                "MixedPrecision('bf16-mixed', skip_nonfinite_loss=True)",
+                "the step skipping rides on the loss scaler's found_inf: use '16-mixed'",
+            )
         self.skip_nonfinite_loss = skip_nonfinite_loss
         # Fused optimizers whose clip factor went into their grad_scale, until they step.
         self._folded: dict[int, torch.optim.Optimizer] = {}

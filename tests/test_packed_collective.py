@@ -115,3 +115,31 @@ def test_trainer_ddp_16_mixed_adds_one_all_reduce_only_for_the_loss_flag(tmp_pat
     for steps in ranks:
         assert all(s["collectives"] == {"all_reduce": 1} for s in steps), steps
     check_against_one_process(tmp_path, "16-mixed", True, rtol=1e-3, atol=1e-5, nan_fault=False)
+
+
+def test_functional_loss_flag_in_one_process_sets_found_inf_and_leaves_grads() -> None:
+    """unscale_clip_grad_norm_(loss=...) without a process group: an inf loss with finite
+    gradients sets found_inf and leaves the (scaled) gradients as they were; a finite one does not."""
+    import mopt_fast
+
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.empty(5, 3)) for _ in range(2)]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 512
+    before = [p.grad.clone() for p in params]
+    found = torch.zeros(())
+    mopt_fast.unscale_clip_grad_norm_(params, 0.1, torch.full((), 1 / 512), found, loss=torch.tensor(float("inf")))
+    assert found.item() == 1.0
+    assert all(torch.equal(p.grad, b) for p, b in zip(params, before))
+    found = torch.zeros(())
+    mopt_fast.unscale_clip_grad_norm_(params, 1e9, torch.full((), 1 / 512), found, loss=torch.tensor(0.5))
+    assert found.item() == 0.0
+    assert all(torch.allclose(p.grad, b / 512) for p, b in zip(params, before))
+
+
+def test_skip_nonfinite_loss_without_a_loss_scaler_is_not_built() -> None:
+    from mopt_fast.exceptions import NotBuiltError
+    from mopt_fast.plugins import MixedPrecision
+
+    with pytest.raises(NotBuiltError, match=r"skip_nonfinite_loss=True\) is not built in mopt_fast"):
+        MixedPrecision("bf16-mixed", "cpu", skip_nonfinite_loss=True)
