@@ -151,12 +151,46 @@ def functional(out: str) -> None:
                 row["untouched"] = all(torch.equal(p.grad.full_tensor().nan_to_num(), b.nan_to_num())
                                        for p, b in zip(model.parameters(), before))
             cases[f"p={norm_type} {case}"] = row
+    cases.update(scaler_steps(mesh, counter))
     with open(os.path.join(out, f"functional{rank}.json"), "w") as f:
         json.dump(cases, f)
     from mopt_fast.trainer.strategies import _wait_until_gloo_threads_idle
 
     dist.destroy_process_group()
     _wait_until_gloo_threads_idle()
+
+
+def scaler_steps(mesh: Any, counter: CollectiveCounter) -> dict[str, dict[str, Any]]:
+    """mopt_fast.amp.GradScaler with torch's fused Adam on an FSDP2 model, three steps of
+    unscale_clip_grad_norm_ + step + update, a NaN in rank 1's shard at the second: the clip
+    factor goes into the optimizer's grad_scale, found_inf into its step (no gradient rewritten),
+    in one all-reduce per step."""
+    from mopt_fast.amp import GradScaler
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 2))
+    _shard_model(model, mesh)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    scaler = GradScaler("cpu", init_scale=256.0)
+    g = torch.Generator().manual_seed(2 + dist.get_rank())
+    steps = {}
+    for step in range(3):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = model(torch.randn(4, 8, generator=g)).float().pow(2).mean()
+        scaler.scale(loss).backward()
+        if step == 1 and dist.get_rank() == 1:
+            model[1].bias.grad.to_local().fill_(math.nan)
+        before = [p.to_local().clone() for p in model.parameters()]
+        counter.start()
+        scaler.unscale_clip_grad_norm_(opt, 0.1)
+        scaler.step(opt)
+        scaler.update()
+        collectives = counter.stop()
+        changed = [not torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before)]
+        steps[f"scaler fused step {step}"] = {"collectives": collectives, "changed": changed,
+                                               "scale": scaler.get_scale()}
+    return steps
 
 
 FULL_BATCH = 16

@@ -36,13 +36,16 @@ def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
     """mopt_fast.unscale_clip_grad_norm_ over FSDP2's DTensor gradients, p = 2 and inf: one
     all-reduce, no host read; norm and clipped gradients equal torch's unscale + clip on the
     unsharded gradients; a NaN in rank 1's shard, or an inf loss on rank 0 alone, sets found_inf
-    on BOTH ranks and leaves every gradient as it was."""
+    on BOTH ranks and leaves every gradient as it was. Then GradScaler.unscale_clip_grad_norm_
+    with torch's fused Adam (the clip factor handed to the optimizer): one all-reduce per step,
+    and a NaN in rank 1's shard skips the step on both ranks."""
     out = str(tmp_path)
     proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                 str(free_port()), CHILD, "functional", out])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         cases = json.load(open(os.path.join(out, f"functional{rank}.json")))
+        scaler_steps = [cases.pop(f"scaler fused step {i}") for i in range(3)]
         assert len(cases) == 8
         for name, row in cases.items():
             assert row["collectives"] == {"all_reduce": 1}, (rank, name, row)
@@ -53,6 +56,14 @@ def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
                 assert row["found_inf"] == 1.0 and row["untouched"], (rank, name, row)
             # the NaN of one rank's shard makes the global norm NaN (for p = inf too: MAX may drop it)
             assert row["total_is_nan"] == name.endswith("nan_on_rank1"), (rank, name, row)
+        # GradScaler + fused Adam: a NaN in rank 1's shard at step 1 skips it on both ranks
+        assert [all(s["changed"]) for s in scaler_steps] == [True, False, True], scaler_steps
+        assert [any(s["changed"]) for s in scaler_steps] == [True, False, True], scaler_steps
+        assert [s["scale"] for s in scaler_steps] == [256.0, 128.0, 128.0], scaler_steps
+    for rank in (0, 1):
+        cases = json.load(open(os.path.join(out, f"functional{rank}.json")))
+        for i in range(3):
+            assert cases[f"scaler fused step {i}"]["collectives"] == {"all_reduce": 1}, cases
 
 
 def run_trainer(tmp_path, *args: str) -> list[list[dict]]:
