@@ -64,6 +64,7 @@ def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
         cases = json.load(open(os.path.join(out, f"functional{rank}.json")))
         for i in range(3):
             assert cases[f"scaler fused step {i}"]["collectives"] == {"all_reduce": 1}, cases
+            assert cases[f"scaler fused step {i}"]["clip_host_reads"] == 0, cases
 
 
 def run_trainer(tmp_path, *args: str) -> list[list[dict]]:
