@@ -68,15 +68,21 @@ def _dtensor_type() -> type[DTensor] | None:
 
 def _sharded_group(parameters: list[torch.Tensor]) -> Any:
     """The process group over which partial norms of DTensor gradients are reduced, or None
-    for plain tensors. Only gradients sharded on a 1-D mesh (FSDP2's `fully_shard`) are
-    supported: replicated placements would be counted once per rank."""
+    for plain tensors (see _grads_group)."""
+    return _grads_group([p.grad for p in parameters if p.grad is not None])
+
+
+def _grads_group(grads: list[torch.Tensor]) -> Any:
+    """The process group of DTensor gradients, or None for plain tensors. Only gradients sharded
+    on a 1-D mesh (FSDP2's `fully_shard`) are supported: replicated placements would be counted
+    once per rank."""
     dtensor = _dtensor_type()
     if dtensor is None:
         return None
-    dts = [p.grad for p in parameters if isinstance(p.grad, dtensor)]
+    dts = [g for g in grads if isinstance(g, dtensor)]
     if not dts:
         return None
-    if len(dts) != sum(p.grad is not None for p in parameters):
+    if len(dts) != len(grads):
         raise ValueError("mopt_fast: gradients mix DTensors and plain tensors; clip them separately")
     meshes = {g.device_mesh for g in dts}
     mesh = next(iter(meshes))
@@ -88,18 +94,51 @@ def _sharded_group(parameters: list[torch.Tensor]) -> Any:
     return mesh.get_group()
 
 
-def _reduce_norm(local_norm: torch.Tensor, p: float, group: Any) -> torch.Tensor:
-    """The global norm from each rank's norm of its shards: one all-reduce of the partial sums
-    of |x|^p (the max for p = inf)."""
+def _nonfinite_flag(loss: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """1.0 where any value of `loss` is inf/NaN, else 0.0: a 0-d float32 tensor on `device`,
+    computed there (no host read); None without a loss."""
+    if loss is None:
+        return None
+    return (~torch.isfinite(loss.detach()).all()).to(device=device, dtype=torch.float32)
+
+
+def _packed_all_reduce(
+    local_norm: torch.Tensor | None, p: float, group: Any, flags: list[torch.Tensor]
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """The global norm and the flags set on any rank, from ONE all-reduce of a small packed tensor.
+
+    A sharded step needs three cross-rank facts: the norm (from each rank's partial sum of |g|^p),
+    whether any rank found an inf/NaN gradient (else the ranks that did skip the step and the
+    others do not: the shards of one model diverge), and, when asked, whether any rank's loss is
+    non-finite. Each is a few bytes, so one collective's latency is the whole cost: they travel
+    together, as [sum |g|^p, flags...] in float64 reduced with SUM (a flag summed over ranks is
+    > 0 iff set on any; fp64 keeps the partial sums as exact as before), or, for p = inf, as
+    [max |g|, isnan(max |g|), flags...] reduced with MAX, which takes the flags' OR too. The NaN
+    slot exists because a MAX reduction may drop a NaN (it compares); the global norm is NaN when
+    any rank's was, as torch's unsharded norm is. Returned flags are 0.0/1.0 float32 0-d tensors
+    (torch's fused optimizers skip their step on found_inf == 1, not on 2); nothing is read on the
+    host. `local_norm` None reduces the flags alone (replicated gradients: DDP)."""
     import torch.distributed as dist
 
-    if math.isinf(p):
-        total = local_norm.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=group)
-        return total
-    partial = local_norm.double().pow(p)
-    dist.all_reduce(partial, op=dist.ReduceOp.SUM, group=group)
-    return partial.pow(1.0 / p).to(local_norm.dtype)
+    parts: list[torch.Tensor] = []
+    inf_norm = local_norm is not None and math.isinf(p)
+    if local_norm is not None:
+        local = local_norm.detach().reshape(1).double()
+        parts += [local, torch.isnan(local).double()] if inf_norm else [local.pow(p)]
+    device = local_norm.device if local_norm is not None else flags[0].device
+    parts += [f.detach().reshape(1).to(device, torch.float64) for f in flags]
+    packed = torch.cat(parts)
+    use_max = inf_norm or local_norm is None
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX if use_max else dist.ReduceOp.SUM, group=group)
+    total = None
+    if local_norm is not None:
+        if inf_norm:
+            total = torch.where(packed[1] > 0, torch.full_like(packed[0], math.nan), packed[0])
+        else:
+            total = packed[0].pow(1.0 / p)
+        total = total.to(local_norm.dtype)
+    reduced = packed[len(parts) - len(flags):]
+    return total, [(reduced[i] > 0).float() for i in range(len(flags))]
 
 
 def _split_by_device(
@@ -448,6 +487,16 @@ def clip_grad_norm_(
             )
     max_norm = _validate.non_negative(max_norm, "max_norm")
     p = _validate.norm_type(norm_type)
+    return _clip_grad_norm(parameters, max_norm, p, error_if_nonfinite, [])
+
+
+def _clip_grad_norm(
+    parameters: list[torch.Tensor], max_norm: float, p: float, error_if_nonfinite: bool, flags: list[torch.Tensor]
+) -> torch.Tensor:
+    """clip_grad_norm_ on checked arguments. `flags` (0/1 tensors, such as a GradScaler's found_inf
+    left unreduced by its unscale_) ride in the norm's one all-reduce when the gradients are
+    sharded, and are set in place where any rank set them; with plain gradients they stay as they
+    are (nothing to reduce)."""
     group = _sharded_group(parameters)
     grads = _grads(parameters)
     if not grads:
@@ -456,7 +505,11 @@ def clip_grad_norm_(
     if total is None:
         total = _total_norm(grads, p)
     if group is not None:  # FSDP2: the eps of the clip coefficient is added once, to the global norm
-        total = _reduce_norm(total, p, group)
+        global_total, reduced = _packed_all_reduce(total, p, group, flags)
+        assert global_total is not None
+        total = global_total
+        for flag, value in zip(flags, reduced):
+            flag.copy_(torch.maximum(flag, value.reshape(flag.shape).to(flag.device, flag.dtype)))
     if error_if_nonfinite and not bool(torch.isfinite(total)):
         _raise_nonfinite(p)
     _clip(grads, max_norm, total)
@@ -561,6 +614,8 @@ def unscale_clip_grad_norm_(
     found_inf: torch.Tensor,
     norm_type: float = 2.0,
     error_if_nonfinite: bool = False,
+    loss: torch.Tensor | None = None,
+    group: Any = None,
 ) -> torch.Tensor:
     r"""AMP unscale + inf/NaN check + clip-by-norm in two passes instead of four.
 
@@ -573,26 +628,50 @@ def unscale_clip_grad_norm_(
     the gradients are left untouched, still scaled — the optimizer step is skipped anyway, as
     GradScaler does. (torch's ``unscale_`` would still unscale them.)
 
+    Sharded gradients (FSDP2's DTensors): each rank reads its own shards, then ONE all-reduce
+    carries the partial sum of |g|^p, ``found_inf`` and the loss flag together (see
+    ``_packed_all_reduce``); every rank gets the global norm and the same ``found_inf``, so all
+    skip the step or none does. Nothing is read on the host (unless ``error_if_nonfinite``).
+
     Args:
         parameters: a Tensor or an iterable of Tensors whose ``.grad`` is processed.
         max_norm: the largest norm allowed for the unscaled gradients; non-negative.
         inv_scale: one-element float32 tensor, ``1 / scale``, on the gradients' device.
-        found_inf: one-element float32 tensor on the gradients' device.
+        found_inf: one-element float32 tensor on the gradients' device; set to 1 (never cleared)
+            when any rank found an inf/NaN gradient, or a non-finite ``loss``.
         norm_type: p > 0, or ``inf``.
         error_if_nonfinite: raise RuntimeError, leaving the gradients unchanged, when the norm is
             NaN or inf.
+        loss: when given, a non-finite value in it (on any rank) sets ``found_inf`` too, so the
+            step is skipped: a loss can be inf with finite gradients.
+        group: for replicated gradients (DDP), the process group over which ``found_inf`` and the
+            loss flag are reduced, in one all-reduce. DDP's gradients are identical on every rank
+            after its own all-reduce, so without ``loss`` no reduction is needed (leave it None:
+            zero collectives); a loss is per rank, so its flag needs this. Ignored for sharded
+            gradients, which are reduced over their mesh.
     """
     max_norm = _validate.non_negative(max_norm, "max_norm")
     p = _validate.norm_type(norm_type)
+    parameters = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    sharded = _sharded_group(parameters)
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
     device = _single_device(found_inf, inv_scale, "unscale_clip_grad_norm_")
-    if not error_if_nonfinite:  # both passes in one op: one list handed to the dispatcher
+    loss_flag = _nonfinite_flag(loss, device)
+    reduce_over = sharded if sharded is not None else group
+    if reduce_over is None and loss_flag is None and not error_if_nonfinite:
+        # both passes in one op: one list handed to the dispatcher
         return _amp_call("unscale_clip_inplace", grads, device, inv_scale, found_inf, max_norm, p)
-    # The norm must be looked at on the host between the passes.
     total, _ = _amp_call("unscale_norm", grads, device, inv_scale, found_inf, p, False)
-    if not bool(torch.isfinite(total)):
+    flags = [found_inf] if loss_flag is None else [found_inf, loss_flag]
+    if reduce_over is not None:
+        global_total, flags = _packed_all_reduce(total if sharded is not None else None, p, reduce_over, flags)
+        if global_total is not None:
+            total = global_total
+    for flag in flags:
+        found_inf.copy_(torch.maximum(found_inf, flag.reshape(found_inf.shape).to(found_inf.dtype)))
+    if error_if_nonfinite and not bool(torch.isfinite(total)):
         _raise_nonfinite(p)
     kernel("scale_inplace", device)(grads, inv_scale, total, max_norm, found_inf)
     return total

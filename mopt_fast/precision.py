@@ -26,7 +26,8 @@ import torch
 from torch.amp.grad_scaler import OptState
 
 from mopt_fast.amp import GradScaler, _is_fused
-from mopt_fast.functional import clip_grad_norm_, clip_grad_value_
+from mopt_fast.exceptions import not_built
+from mopt_fast.functional import _clip_grad_norm, clip_grad_norm_, clip_grad_value_
 
 __all__ = ["Precision", "MixedPrecision", "HalfPrecision", "DoublePrecision", "make_precision", "PRECISIONS",
            "CLIP_ALGORITHMS"]
@@ -150,9 +151,19 @@ class Precision:
 
 
 class MixedPrecision(Precision):
-    """16-mixed (autocast to fp16 with loss scaling) or bf16-mixed (autocast to bf16, no scaling)."""
+    """16-mixed (autocast to fp16 with loss scaling) or bf16-mixed (autocast to bf16, no scaling).
 
-    def __init__(self, precision: str, device_type: str, scaler: GradScaler | None = None) -> None:
+    Under FSDP2 (and DDP) the inf check of 16-mixed is the same on every rank: see mopt_fast/amp.py
+    (one packed all-reduce per step under FSDP2 for norm and found_inf, none added under DDP).
+
+    Args:
+        skip_nonfinite_loss: 16-mixed only: also skip an optimizer step (on every rank) when the
+            loss the closure returned is inf/NaN on any rank, even if the gradients are finite.
+            The flag rides in the step's one all-reduce; nothing is read on the host for it.
+    """
+
+    def __init__(self, precision: str, device_type: str, scaler: GradScaler | None = None,
+                 skip_nonfinite_loss: bool = False) -> None:
         if precision not in ("16-mixed", "bf16-mixed"):
             raise ValueError(f"MixedPrecision takes '16-mixed' or 'bf16-mixed', got {precision!r}")
         self.name = precision
@@ -162,6 +173,12 @@ class MixedPrecision(Precision):
             self.scaler = scaler if scaler is not None else GradScaler(device_type)
         elif scaler is not None:
             raise ValueError("bf16-mixed does not scale the loss: pass no scaler")
+        if skip_nonfinite_loss and self.scaler is None:
+            raise not_built(
+                "MixedPrecision('bf16-mixed', skip_nonfinite_loss=True)",
+                "the step skipping rides on the loss scaler's found_inf: use '16-mixed'",
+            )
+        self.skip_nonfinite_loss = skip_nonfinite_loss
         # Fused optimizers whose clip factor went into their grad_scale, until they step.
         self._folded: dict[int, torch.optim.Optimizer] = {}
 
@@ -196,6 +213,11 @@ class MixedPrecision(Precision):
                 "clip_gradients() was called twice for the same optimizer step under 16-mixed with a "
                 "fused optimizer; clip once per step"
             )
+        elif algorithm == "norm":
+            # unscale_() ran (for the hooks); under FSDP2 its found_inf, checked on this rank's
+            # shards only, waits unreduced: the norm's all-reduce carries it (one per step).
+            _clip_grad_norm(_optimizer_params(optimizer), clip_val, 2.0, False, scaler.take_unreduced(optimizer))
+            return
         super().clip_gradients(optimizer, clip_val, algorithm)
 
     def optimizer_step(
@@ -217,6 +239,8 @@ class MixedPrecision(Precision):
         closure_result = (closure or _noop_closure)()
         if skip_if_no_loss and closure_result is None:
             return None  # automatic optimization, training_step returned None: no backward, no step
+        if self.skip_nonfinite_loss and isinstance(closure_result, torch.Tensor):
+            scaler.watch_loss(closure_result)
         if scaler._stage(optimizer) is OptState.STEPPED:
             # A second step of this optimizer in one iteration: its new gradients carry the scale
             # not yet updated, so it steps with that scale and both steps count in the update.
