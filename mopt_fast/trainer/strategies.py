@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -472,6 +473,10 @@ class _ProcessGroupStrategy(Strategy):
         failed = [proc.returncode for proc in self._children if proc.wait() != 0]
         self._children = []
         if failed:
+            # -- preemption (trainer/_signals.py): ranks that stopped for a signal exit with 128 + its number
+            preempted = {128 + int(s) for s in (getattr(signal, "SIGTERM", 15), getattr(signal, "SIGUSR1", 10))}
+            if len(set(failed)) == 1 and failed[0] in preempted:
+                os._exit(failed[0])  # every rank stopped for the signal, after its checkpoint: rank 0's status too
             print(f"mopt_fast: {len(failed)} worker process(es) failed (exit codes {failed})", file=sys.stderr)
             sys.stderr.flush()
             os._exit(1)  # from an atexit hook this is the only way to make the exit code say so
