@@ -43,6 +43,14 @@ class Regressor(mopt_fast.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
         self.hook: Any = None
+        self.short_timeout: datetime.timedelta | None = None
+
+    def setup(self, stage: str) -> None:
+        # The collectives' timeout, shortened once every rank has joined (a loaded machine can take
+        # longer than that to start the second rank; joining is bounded by the strategy's timeout).
+        if self.short_timeout is not None:
+            torch.distributed.distributed_c10d._set_pg_timeout(self.short_timeout)
+            self.trainer.strategy.timeout = self.short_timeout
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.hook is not None:
@@ -79,10 +87,14 @@ def main() -> None:
     ap.add_argument("--resume", choices=["last", "hpc"], default=None)
     ap.add_argument("--every", type=int, default=0, help="ModelCheckpoint(every_n_train_steps=...), last.ckpt")
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--reseed", action="store_true")
+    ap.add_argument("--collective-timeout", type=float, default=0.0)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(1000 if args.resume else 0)  # a resumed run must not depend on its own seed
+    torch.manual_seed(0)
     model = Regressor(dropout=0.2 if args.devices == 1 else 0.0)
+    if args.reseed:  # a resumed run must not depend on its own RNG: the checkpoint's comes back
+        torch.manual_seed(1000)
     seen = {"n": 0}
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
@@ -104,6 +116,8 @@ def main() -> None:
             threading.Event().wait()
 
     model.hook = hook
+    if args.collective_timeout:
+        model.short_timeout = datetime.timedelta(seconds=args.collective_timeout)
     callbacks: list[Any] = [RecordException(args.out)]
     if args.every:
         callbacks.append(mopt_fast.ModelCheckpoint(dirpath=os.path.join(args.out, "ckpt"), save_last=True,

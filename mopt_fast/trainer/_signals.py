@@ -31,8 +31,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -60,9 +58,8 @@ class PreemptionSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        self.received = None
-        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-            return
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return  # installed already; or not the main thread, which alone may set handlers
         for signum in PREEMPTION_SIGNALS:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
@@ -71,14 +68,6 @@ class PreemptionSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        self.install()
-        try:
-            yield
-        finally:
-            self.restore()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Nothing else here: the loop acts on the record between batches (a handler interrupts

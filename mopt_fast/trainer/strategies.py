@@ -342,7 +342,7 @@ class _ProcessGroupStrategy(Strategy):
         backend = self.process_group_backend or ("nccl" if accelerator == "cuda" else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
-        store = None
+        store: dist.Store | None = None
         if launched:
             store = self._store
             self._await_children()
@@ -350,6 +350,8 @@ class _ProcessGroupStrategy(Strategy):
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size,
                                   is_master=False, timeout=self.timeout)
             store.add(_JOINED_KEY, 1)
+        if store is None:
+            store = self._elastic_attempt_store()
         if store is None:
             dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
             return
@@ -362,6 +364,21 @@ class _ProcessGroupStrategy(Strategy):
         finally:
             if watcher is not None:
                 watcher.stop()
+
+    # -- elastic restarts (torchrun --max-restarts) -------------------------------------------------
+    def _elastic_attempt_store(self) -> dist.Store | None:
+        """Under torchrun, the rendezvous store with a prefix per restart. torchrun's agent keeps one
+        store for every attempt, and torch's env:// set-up uses it without one: a restarted group
+        could read the addresses its ranks published in the attempt before (gloo then fails with
+        "Connection refused" to a process that is gone). None outside torchrun."""
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            return None
+        agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size,
+                              is_master=not agent_hosts_it and self.global_rank == 0, timeout=self.timeout,
+                              multi_tenant=True)
+        return dist.PrefixStore(f"mopt_fast/attempt_{attempt}/", store)
 
     def _destroy_at_exit(self) -> None:
         """The process group this strategy created, then the store rank 0 hosts for it, then a

@@ -847,8 +847,11 @@ class Trainer:
         self.state.status = TrainerStatus.RUNNING
         self.training = True
         self.should_stop = False
-        with self._preemption.installed():
+        self._preemption.received = None
+        try:
             self._run_entry(self._fit_impl, model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+        finally:
+            self._preemption.restore()  # the handlers _run installed, if it got that far
 
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
@@ -1127,6 +1130,9 @@ class Trainer:
         model.zero_grad()  # gradients left from before must not leak into the first step
         results: Any = None
         if fn == TrainerFn.FITTING:
+            # Installed once set-up and restore are done (as Lightning): a signal before that ends the
+            # process as usual (nothing to save yet, and a process blocked in set-up could not act on it).
+            self._preemption.install()
             self._run_fit(model, restored_metrics)
         elif fn == TrainerFn.PREDICTING:
             results = self.predict_loop.run()
