@@ -114,6 +114,7 @@ def test_a_signal_stops_after_the_step_then_the_fit_resumes_bitwise(signame: str
     proc = run(out, "--resume", resume, "--reseed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {os.path.join(out, 'hpc_ckpt_1.ckpt')}" in proc.stderr
+    assert "saved from inside the loop" not in proc.stderr  # at the batch's resume point, not an approximate one
     assert_same_run(out, reference_one)
 
 
