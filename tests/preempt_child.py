@@ -70,6 +70,11 @@ class RecordException(mopt_fast.Callback):
         self.out = out
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if trainer.global_rank > 0 and isinstance(exception, mopt_fast.exceptions.SIGTERMException):
+            # After rank 0's hook: a rank 0 that ended the others when it stopped would show here.
+            deadline = time.monotonic() + 60
+            while not os.path.exists(os.path.join(self.out, "on_exception0.txt")) and time.monotonic() < deadline:
+                time.sleep(0.01)
         with open(os.path.join(self.out, f"on_exception{trainer.global_rank}.txt"), "w") as f:
             f.write(f"{type(exception).__name__} {getattr(exception, 'code', None)} {trainer.received_sigterm} "
                     f"{trainer.global_step}\n")

@@ -163,6 +163,30 @@ def test_a_hung_rank_is_named_by_the_collective_timeout(tmp_path) -> None:
     assert load_checkpoint(os.path.join(out, "ckpt", "last.ckpt"))["global_step"] == 4
 
 
+def test_under_torchrun_each_restart_has_its_own_store_prefix(monkeypatch) -> None:
+    """torchrun's agent keeps its rendezvous store across restarts: what a restarted group publishes
+    (gloo's addresses) goes under a prefix of its attempt, never read back from the attempt before."""
+    import datetime
+
+    import mopt_fast
+
+    server = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
+                                        timeout=datetime.timedelta(seconds=10))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    strategy = mopt_fast.DDPStrategy(timeout=datetime.timedelta(seconds=10))
+    for attempt in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
+        store = strategy._elastic_attempt_store()
+        assert store is not None
+        store.set("rank_1", f"address of attempt {attempt}")
+    assert server.get("mopt_fast/attempt_0/rank_1") == b"address of attempt 0"
+    assert server.get("mopt_fast/attempt_1/rank_1") == b"address of attempt 1"
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    assert strategy._elastic_attempt_store() is None  # not under torchrun: torch's own env:// set-up
+
+
 # -- side by side with Lightning, in this process ------------------------------------------------------------------
 def _module_class(base: type) -> type:
     class SignalsItself(base):  # type: ignore[misc, valid-type]
