@@ -69,6 +69,9 @@ class PreemptionSignals:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def __getstate__(self) -> dict[str, Any]:  # a Trainer pickled during fit: the handlers stay here
+        return {"received": self.received, "_previous": {}}
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Nothing else here: the loop acts on the record between batches (a handler interrupts
         # arbitrary code, a checkpoint write or a collective included).
