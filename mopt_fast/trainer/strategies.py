@@ -378,7 +378,7 @@ class _ProcessGroupStrategy(Strategy):
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size,
                               is_master=not agent_hosts_it and self.global_rank == 0, timeout=self.timeout,
                               multi_tenant=True)
-        return dist.PrefixStore(f"mopt_fast/attempt_{attempt}/", store)
+        return dist.PrefixStore(f"mopt_fast/attempt_{attempt}", store)
 
     def _destroy_at_exit(self) -> None:
         """The process group this strategy created, then the store rank 0 hosts for it, then a
