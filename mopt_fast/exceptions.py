@@ -3,7 +3,8 @@
 not build."""
 from __future__ import annotations
 
-__all__ = ["MisconfigurationException", "NotBuiltError", "PossibleUserWarning", "SIGTERMException", "not_built"]
+__all__ = ["CollectiveTimeoutError", "MisconfigurationException", "NotBuiltError", "PossibleUserWarning",
+           "SIGTERMException", "not_built"]
 
 
 class MisconfigurationException(ValueError):
@@ -16,9 +17,15 @@ class PossibleUserWarning(UserWarning):
 
 
 class SIGTERMException(SystemExit):
-    """Lightning's exception for a SIGTERM sent to a training process. mopt_fast.Trainer installs no
-    SIGTERM handler, so it never raises this; the class exists so that scripts which catch it (in
-    ``Callback.on_exception``, say) run unchanged."""
+    """Lightning's exception for a SIGTERM sent to a training process: the fit loop raises it after
+    the batch in flight when SIGTERM or SIGUSR1 arrived during fit (see trainer/_signals.py), so
+    ``Callback.on_exception`` sees it. Its ``code`` is the exit status, 128 + the signal's number
+    (Lightning's has none: its process exits with status 0)."""
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A collective (all_reduce, barrier, ...) did not complete within the strategy's ``timeout``:
+    the message names the collective and the ranks that did not join it."""
 
 
 class _TunerExitException(Exception):

@@ -245,4 +245,6 @@ def run_iter_epoch(loop: FitLoop, model: LightningModule, fetcher: StepIterator,
         ):
             log_to_loggers(trainer, metrics.step_log_metrics())
         loop.loop_point(LoopPoint.BATCH)
+        if loop.preemption is not None and (signum := loop.preemption()):
+            loop.stop_for_preemption(signum)
         loop.batch_tail(automatic)

@@ -25,7 +25,7 @@ from mopt_fast.callbacks.model_checkpoint import ModelCheckpoint
 from mopt_fast.core.states import LoopPoint
 from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning
 from mopt_fast.seed import rng_state, set_rng_state
-from mopt_fast.trainer import training_step
+from mopt_fast.trainer import _signals, training_step
 from mopt_fast.trainer._combined import (
     BatchesOnly,
     StepIterator,
@@ -103,6 +103,8 @@ class FitLoop:
         # loaders then carry on from where they were, so the epoch's done batches are not skipped).
         self.loader_states_to_load: list[dict[str, Any]] = []
         self.loader_states_restored = False
+        # After each batch of a fit: whether a preemption signal ends it (trainer.preemption_check).
+        self.preemption: _signals.PreemptionCheck | None = None
         self.reset_progress()
 
     def reset_progress(self) -> None:
@@ -461,6 +463,7 @@ class FitLoop:
             trainer.val_loop.setup_data()
         if resume_rng is not None:
             self.warn_if_worker_streams_restart(loader)
+        self.preemption = trainer.preemption_check()
         trainer.hooks.call("on_train_start")
         if resume_rng is not None:
             self.continue_epoch(model, loader, resume_rng)
@@ -483,6 +486,8 @@ class FitLoop:
                 else:
                     self.run_epoch(model, iterator)
             self.end_epoch()
+        self.preemption.drain()
+        self.preemption = None
         self.point = LoopPoint.END
         trainer.hooks.call("on_train_end")
 
@@ -507,6 +512,7 @@ class FitLoop:
         lookahead = isinstance(iterator, Lookahead)
         precision = trainer.precision_plugin
         call = trainer.hooks.call
+        stop_check = self.preemption
         last_batch = min(self.num_training_batches, self.loader_batches)  # the loader may run out first
         if resume_tail:
             self.batch_tail(automatic, after_validation=resume_tail == "validation")
@@ -554,6 +560,8 @@ class FitLoop:
             ):
                 log_to_loggers(trainer, metrics.step_log_metrics())
             self.loop_point(LoopPoint.BATCH)
+            if stop_check is not None and (signum := stop_check()):
+                self.stop_for_preemption(signum)
             self.batch_tail(automatic)
 
     def batch_tail(self, automatic: bool, after_validation: bool = False) -> None:
@@ -610,6 +618,16 @@ class FitLoop:
                 if isinstance(cb, ModelCheckpoint):
                     cb._on_loop_point(self.trainer, point)
         self.point = LoopPoint.IN_EPOCH_END if point is LoopPoint.EPOCH else LoopPoint.IN_BATCH
+
+    def stop_for_preemption(self, signum: int) -> None:
+        """A preemption signal arrived: the batch has finished; the HPC checkpoint records this
+        point (where a resumed fit goes on with the batch's tail), then the fit ends."""
+        self.point = LoopPoint.BATCH
+        try:
+            raise _signals.stop_for_preemption(self.trainer, signum)
+        finally:
+            self.point = LoopPoint.IN_BATCH
+            self.preemption = None
 
     # -- resuming --------------------------------------------------------------------------------
     def continue_epoch(self, model: LightningModule, loader: Any, rng: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from mopt_fast.core.sharded_checkpoint import META_FILE, is_sharded_checkpoint
 from mopt_fast.core.states import TrainerFn
 from mopt_fast.exceptions import MisconfigurationException
 from mopt_fast.seed import rng_state
+from mopt_fast.trainer import _signals
 from mopt_fast.trainer._lightning_ckpt import fit_loop_state, lightning_loops
 from mopt_fast.trainer._lightning_surface import kind_of
 from mopt_fast.trainer._warn import warn
@@ -175,6 +176,10 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
         # last.ckpt, last-v1.ckpt, ... of every ModelCheckpoint (callbacks/model_checkpoint.py); the newest wins
         paths = [c for cb in model_checkpoints for c in cb._find_last_checkpoints(trainer)]
         paths += [cb.ckpt_path for cb in on_exception]
+        # The checkpoint a preemption signal wrote (trainer/_signals.py): a fit stopped that way goes
+        # on from it (Lightning's "last" does not look at HPC checkpoints).
+        hpc = _signals.hpc_resume_path(trainer.default_root_dir)
+        paths += [hpc] if hpc is not None else []
         found = {c: t for c in paths if (t := _modified(c)) is not None}
         if not found:
             warn(
@@ -182,8 +187,15 @@ def select_ckpt_path(trainer: Trainer, ckpt_path: Any, model_provided: bool) -> 
                 "loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
             return None
         return max(found, key=found.__getitem__)
-    if ckpt_path in ("hpc", "registry") or ckpt_path.startswith("registry:"):
-        raise NotImplementedError(f"`.{fn}(ckpt_path={ckpt_path!r})` (SLURM / model registry) is not built")
+    if ckpt_path == "hpc":  # the highest-numbered hpc_ckpt_N.ckpt in default_root_dir (Lightning's)
+        hpc = _signals.hpc_resume_path(trainer.default_root_dir)
+        if hpc is None:
+            raise ValueError(
+                f'`.{fn}(ckpt_path="hpc")` is set but no HPC checkpoint was found. Please pass an exact checkpoint '
+                f"path to `.{fn}(ckpt_path=...)`")
+        return hpc
+    if ckpt_path in ("registry",) or ckpt_path.startswith("registry:"):
+        raise NotImplementedError(f"`.{fn}(ckpt_path={ckpt_path!r})` (model registry) is not built")
     return ckpt_path
 
 

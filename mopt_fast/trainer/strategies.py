@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -342,7 +343,7 @@ class _ProcessGroupStrategy(Strategy):
         backend = self.process_group_backend or ("nccl" if accelerator == "cuda" else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(self.local_rank)
-        store = None
+        store: dist.Store | None = None
         if launched:
             store = self._store
             self._await_children()
@@ -350,6 +351,8 @@ class _ProcessGroupStrategy(Strategy):
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size,
                                   is_master=False, timeout=self.timeout)
             store.add(_JOINED_KEY, 1)
+        if store is None:
+            store = self._elastic_attempt_store()
         if store is None:
             dist.init_process_group(backend, rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
             return
@@ -372,6 +375,21 @@ class _ProcessGroupStrategy(Strategy):
                 f"You set `devices={self.num_processes}` and `num_nodes={self.num_nodes}` in Lightning, but the product"
                 f" ({self.num_processes} * {self.num_nodes}) does not match the world size ({world_size})."
             )
+
+    # -- elastic restarts (torchrun --max-restarts) -------------------------------------------------
+    def _elastic_attempt_store(self) -> dist.Store | None:
+        """Under torchrun, the rendezvous store with a prefix per restart. torchrun's agent keeps one
+        store for every attempt, and torch's env:// set-up uses it without one: a restarted group
+        could read the addresses its ranks published in the attempt before (gloo then fails with
+        "Connection refused" to a process that is gone). None outside torchrun."""
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            return None
+        agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size,
+                              is_master=not agent_hosts_it and self.global_rank == 0, timeout=self.timeout,
+                              multi_tenant=True)
+        return dist.PrefixStore(f"mopt_fast/attempt_{attempt}", store)
 
     def _destroy_at_exit(self) -> None:
         """The process group this strategy created, then the store rank 0 hosts for it, then a
@@ -483,6 +501,10 @@ class _ProcessGroupStrategy(Strategy):
         failed = [proc.returncode for proc in self._children if proc.wait() != 0]
         self._children = []
         if failed:
+            # -- preemption (trainer/_signals.py): ranks that stopped for a signal exit with 128 + its number
+            preempted = {128 + int(s) for s in (getattr(signal, "SIGTERM", 15), getattr(signal, "SIGUSR1", 10))}
+            if len(set(failed)) == 1 and failed[0] in preempted:
+                os._exit(failed[0])  # every rank stopped for the signal, after its checkpoint: rank 0's status too
             print(f"mopt_fast: {len(failed)} worker process(es) failed (exit codes {failed})", file=sys.stderr)
             sys.stderr.flush()
             os._exit(1)  # from an atexit hook this is the only way to make the exit code say so

@@ -48,11 +48,17 @@ from mopt_fast.core.hparams import clean_namespace
 from mopt_fast.core.module import LightningModule
 from mopt_fast.core.optimizer import LightningOptimizer, LRSchedulerConfig, configure_optimizers, validate_clip_args
 from mopt_fast.core.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
-from mopt_fast.exceptions import MisconfigurationException, PossibleUserWarning, _TunerExitException, not_built
+from mopt_fast.exceptions import (
+    MisconfigurationException,
+    PossibleUserWarning,
+    SIGTERMException,
+    _TunerExitException,
+    not_built,
+)
 from mopt_fast.loggers.logger import Logger
 from mopt_fast.precision import Precision
 from mopt_fast.profilers import Profiler
-from mopt_fast.trainer import _args, _model_setup, resume, training_step
+from mopt_fast.trainer import _args, _model_setup, _signals, resume, training_step
 from mopt_fast.trainer._data import batch_hook_owner, batch_transfer, isolated_rng, shut_down_workers
 from mopt_fast.trainer._hooks import HookRunner, is_overridden, is_param_in_hook_signature
 from mopt_fast.trainer._lightning_surface import (
@@ -296,6 +302,7 @@ class Trainer:
         self._ckpt_weights_only: bool | None = None  # the entry point's weights_only, for its ckpt_path
         self._tuning_loop_state: dict[str, Any] = {}  # the fit loop's position when a finder's trials began
         self.should_stop = False
+        self._preemption = _signals.PreemptionSignals()  # SIGTERM / SIGUSR1 handlers, installed during fit
 
     # -- pickling (a Trainer pickles, as Lightning's) -------------------------------------------------
     # The per-step callables bound in __init__ / _setup_optimizers (bound functions and closures
@@ -336,6 +343,30 @@ class Trainer:
     @property
     def interrupted(self) -> bool:
         return self.state.status == TrainerStatus.INTERRUPTED
+
+    # -- preemption (SIGTERM / SIGUSR1 during fit, collective timeouts: _signals.py) ------------------
+    @property
+    def received_sigterm(self) -> bool:
+        """Whether SIGTERM (or SIGUSR1) arrived during the current or last fit (Lightning's; its
+        counts SIGTERM only)."""
+        return self._preemption.received is not None
+
+    def preemption_check(self) -> _signals.PreemptionCheck:
+        """What the fit loop calls after each batch: the preemption signal to stop for, 0 for none
+        (one process: the handler's record; a distributed fit: the ranks' vote)."""
+        distributed = self.strategy.is_distributed and self.world_size > 1
+        return _signals.PreemptionCheck(self._preemption, distributed, self.root_device)
+
+    def _explain_failure(self, exc: BaseException) -> BaseException:
+        """A collective that timed out, as an error naming it and the ranks that did not join."""
+        timeout = getattr(self.strategy, "timeout", None)
+        if not self.strategy.is_distributed or timeout is None:
+            return exc
+        clearer = _signals.explain_timeout(exc, self.global_rank, self.world_size, timeout)
+        if clearer is None:
+            return exc
+        clearer.__cause__ = exc
+        return clearer
 
     # -- the fit loop's counters ----------------------------------------------------------------
     @property
@@ -816,7 +847,11 @@ class Trainer:
         self.state.status = TrainerStatus.RUNNING
         self.training = True
         self.should_stop = False
-        self._run_entry(self._fit_impl, model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+        self._preemption.received = None
+        try:
+            self._run_entry(self._fit_impl, model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
+        finally:
+            self._preemption.restore()  # the handlers _run installed, if it got that far
 
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
@@ -984,9 +1019,12 @@ class Trainer:
             self._end_tuner_run()
             return None
         except BaseException as exc:
-            self._interrupt(exc)
+            clearer = self._explain_failure(exc)
+            self._interrupt(clearer)
             self._teardown()
             self.state.stage = None
+            if clearer is not exc:
+                raise clearer from exc
             raise
 
     def _end_tuner_run(self) -> None:
@@ -1004,7 +1042,8 @@ class Trainer:
 
     def _interrupt(self, exc: BaseException) -> None:
         self.state.status = TrainerStatus.INTERRUPTED
-        self.strategy.abort()
+        if not isinstance(exc, SIGTERMException):  # preempted: every rank stops on its own, after its hooks
+            self.strategy.abort()
         model = self.lightning_module
         profiler = self.hooks.profiler
         for cb in self.callbacks:
@@ -1091,6 +1130,9 @@ class Trainer:
         model.zero_grad()  # gradients left from before must not leak into the first step
         results: Any = None
         if fn == TrainerFn.FITTING:
+            # Installed once set-up and restore are done (as Lightning): a signal before that ends the
+            # process as usual (nothing to save yet, and a process blocked in set-up could not act on it).
+            self._preemption.install()
             self._run_fit(model, restored_metrics)
         elif fn == TrainerFn.PREDICTING:
             results = self.predict_loop.run()
