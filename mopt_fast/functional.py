@@ -294,9 +294,10 @@ def _norms_with_per_tensor(tensors: list[torch.Tensor], p: float, op: str) -> tu
 
 
 class _NormMemo:
-    """The total norm that grad_norm / group_grad_norms last computed, for the clip that follows
-    them in the same step (Lightning calls on_before_optimizer_step, where norms are logged, just
-    before it clips): that clip then reuses the norm instead of reading every gradient again.
+    """The total norm that grad_norm / group_grad_norms last computed, for the precision plugin's
+    clip that follows them in the same step (Lightning calls on_before_optimizer_step, where norms
+    are logged, just before it clips): that clip then reuses the norm instead of reading every
+    gradient again (see _clip_grad_norm's `reuse_logged`).
 
     It is used only for the very same gradients, in the same order (the norm kernel's result
     depends on the order), none written since (their version counters), and the same norm type:
@@ -325,6 +326,13 @@ _last_norm: _NormMemo | None = None
 def _remember_norm(norm_type: float, grads: list[torch.Tensor], total: torch.Tensor) -> None:
     global _last_norm
     _last_norm = _NormMemo(norm_type, grads, total)
+
+
+def forget_logged_norm() -> None:
+    """Drop the norm grad_norm last remembered: a precision plugin calls it as its optimizer step
+    begins, so that only norms logged in that step's hooks are reused by its clip."""
+    global _last_norm
+    _last_norm = None
 
 
 def _recall_norm(norm_type: float, grads: list[torch.Tensor]) -> torch.Tensor | None:
@@ -491,17 +499,24 @@ def clip_grad_norm_(
 
 
 def _clip_grad_norm(
-    parameters: list[torch.Tensor], max_norm: float, p: float, error_if_nonfinite: bool, flags: list[torch.Tensor]
+    parameters: list[torch.Tensor], max_norm: float, p: float, error_if_nonfinite: bool, flags: list[torch.Tensor],
+    reuse_logged: bool = False,
 ) -> torch.Tensor:
     """clip_grad_norm_ on checked arguments. `flags` (0/1 tensors, such as a GradScaler's found_inf
     left unreduced by its unscale_) ride in the norm's one all-reduce when the gradients are
     sharded, and are set in place where any rank set them; with plain gradients they stay as they
-    are (nothing to reduce)."""
+    are (nothing to reduce).
+
+    `reuse_logged`: take the norm grad_norm / group_grad_norms computed of exactly these
+    gradients, if they did since `forget_logged_norm()` (see _NormMemo). Only the precision plugins
+    ask for it, around their own step: between their hooks and their clip nothing but the hook
+    runs, while the public clip_grad_norm_ cannot know whether a gradient was written since
+    through ``.data`` (which moves no version counter)."""
     group = _sharded_group(parameters)
     grads = _grads(parameters)
     if not grads:
         return torch.tensor(0.0)
-    total = _recall_norm(p, grads) if _last_norm is not None else None  # logged by grad_norm just before
+    total = _recall_norm(p, grads) if reuse_logged and _last_norm is not None else None
     if total is None:
         total = _total_norm(grads, p)
     if group is not None:  # FSDP2: the eps of the clip coefficient is added once, to the global norm

@@ -50,9 +50,10 @@ except ImportError as exc:
         name="lightning",
     ) from exc
 
+from mopt_fast import _validate
 from mopt_fast._validate import FLOAT_DTYPES
 from mopt_fast.amp import GradScaler, _is_fused
-from mopt_fast.functional import clip_grad_norm_, clip_grad_value_, scale_grads_, zero_grad_
+from mopt_fast.functional import _clip_grad_norm, clip_grad_value_, forget_logged_norm, scale_grads_, zero_grad_
 from mopt_fast.precision import normalize_precision
 
 __all__ = ["MixedPrecision", "Precision", "precision_plugin"]
@@ -151,7 +152,13 @@ class _FusedKernels(_PluginBase):
         clip_grad_value_(list(self.main_params(optimizer)), clip_val)
 
     def clip_grad_by_norm(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
-        clip_grad_norm_(list(self.main_params(optimizer)), clip_val)
+        # The norm mopt_fast.grad_norm logged in this step's on_before_optimizer_step, if it did, is reused.
+        _clip_grad_norm(list(self.main_params(optimizer)), _validate.non_negative(clip_val, "clip_val"), 2.0, False,
+                        [], reuse_logged=True)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
+        forget_logged_norm()  # only norms logged in this step's hooks may spare the clip a pass
+        return super().optimizer_step(*args, **kwargs)
 
 
 # -- the plugins ----------------------------------------------------------------------------------------
@@ -244,6 +251,7 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
         closure: Callable[[], Any],
         **kwargs: Any,
     ) -> Any:
+        forget_logged_norm()  # only norms logged in this step's hooks may spare the clip a pass
         if self.scaler is None:
             return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
         # Lightning passes the torch optimizer itself (its Optimizable is a structural view of one)

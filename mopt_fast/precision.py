@@ -27,7 +27,7 @@ from torch.amp.grad_scaler import OptState
 
 from mopt_fast.amp import GradScaler, _is_fused
 from mopt_fast.exceptions import not_built
-from mopt_fast.functional import _clip_grad_norm, clip_grad_norm_, clip_grad_value_
+from mopt_fast.functional import _clip_grad_norm, clip_grad_value_, forget_logged_norm
 
 __all__ = ["Precision", "MixedPrecision", "HalfPrecision", "DoublePrecision", "make_precision", "PRECISIONS",
            "CLIP_ALGORITHMS"]
@@ -114,8 +114,8 @@ class Precision:
         params = _optimizer_params(optimizer)
         if algorithm == "value":
             clip_grad_value_(params, clip_val)
-        else:
-            clip_grad_norm_(params, clip_val)
+        else:  # the norm grad_norm logged in this step's hooks, if it did, is reused
+            _clip_grad_norm(params, float(clip_val), 2.0, False, [], reuse_logged=True)
 
     def optimizer_step(
         self,
@@ -128,6 +128,7 @@ class Precision:
         """`optimizer.step` with `before_step` (hooks, then automatic clipping) run after the
         closure, inside the step: the closure computes the gradients, so the hooks see them. An
         optimizer that calls its closure several times (LBFGS) runs the hooks each time."""
+        forget_logged_norm()  # only norms logged in this step's hooks may spare the clip a pass
         if before_step is None:
             # Nothing runs between closure and update: hand the closure (or none) straight over.
             return optimizer.step(closure=closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
@@ -216,7 +217,8 @@ class MixedPrecision(Precision):
         elif algorithm == "norm":
             # unscale_() ran (for the hooks); under FSDP2 its found_inf, checked on this rank's
             # shards only, waits unreduced: the norm's all-reduce carries it (one per step).
-            _clip_grad_norm(_optimizer_params(optimizer), clip_val, 2.0, False, scaler.take_unreduced(optimizer))
+            _clip_grad_norm(_optimizer_params(optimizer), clip_val, 2.0, False, scaler.take_unreduced(optimizer),
+                            reuse_logged=True)
             return
         super().clip_gradients(optimizer, clip_val, algorithm)
 
@@ -231,6 +233,7 @@ class MixedPrecision(Precision):
         scaler = self.scaler
         if scaler is None:
             return super().optimizer_step(optimizer, closure, before_step, skip_if_no_loss, **kwargs)
+        forget_logged_norm()  # only norms logged in this step's hooks may spare the clip a pass
         if isinstance(optimizer, torch.optim.LBFGS):
             raise ValueError(
                 "16-mixed and LBFGS do not go together: LBFGS re-evaluates its closure inside step(), "

@@ -45,9 +45,10 @@ class Regressor(mopt_fast.LightningModule):
         self.hook: Any = None
         self.short_timeout: datetime.timedelta | None = None
 
-    def setup(self, stage: str) -> None:
-        # The collectives' timeout, shortened once every rank has joined (a loaded machine can take
-        # longer than that to start the second rank; joining is bounded by the strategy's timeout).
+    def shorten_timeout(self) -> None:
+        # The collectives' timeout, shortened on every rank at the batch where rank 1 hangs, not
+        # before: a loaded machine may stall a healthy step longer than that, and joining is
+        # bounded by the strategy's own timeout.
         if self.short_timeout is not None:
             torch.distributed.distributed_c10d._set_pg_timeout(self.short_timeout)
             self.trainer.strategy.timeout = self.short_timeout
@@ -115,6 +116,8 @@ def main() -> None:
                 time.sleep(0.005)  # polling a condition the test's signal sets, bounded
         if seen["n"] == args.kill_step and rank == 1 and first_attempt:
             os.kill(os.getpid(), signal.SIGKILL)
+        if seen["n"] == args.hang_step:
+            model.shorten_timeout()
         if seen["n"] == args.hang_step and rank == 1:
             with open(os.path.join(args.out, "hung1"), "w") as f:
                 f.write(str(os.getpid()))

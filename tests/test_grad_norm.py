@@ -188,14 +188,16 @@ class _NormPasses(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def _clip_after(log, params, p=2.0, between=None):
-    """grad_norm-like `log`, then clip_grad_norm_; the clip's returned norm and the number of read
-    passes the clip made."""
+    """grad_norm-like `log`, then the precision plugins' clip (which may reuse a logged norm); the
+    clip's returned norm and the number of read passes the clip made."""
+    from mopt_fast.functional import _clip_grad_norm
+
     log(params)
     if between is not None:
         between(params)
     passes = _NormPasses()
     with passes:
-        total = mopt_fast.clip_grad_norm_(params, 0.5, p)
+        total = _clip_grad_norm(list(params), 0.5, p, False, [], reuse_logged=True)
     return total, passes.count
 
 
@@ -249,6 +251,35 @@ def test_the_logged_norm_is_not_reused_for_other_gradients(backend, change):
     assert torch.equal(total, expected)
     for a, b in zip(params, expected_params):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_the_public_clip_never_reuses_a_logged_norm(backend):
+    # A write through .data moves no version counter: only the precision plugins, which know that
+    # nothing but their hook ran since, may reuse a logged norm. torch's clip is the reference.
+    dev = device_of(backend)
+    params, expected = _params_with_grads(dev), _params_with_grads(dev)
+    mopt_fast.grad_norm(_as_module(params), 2.0)
+    for q, e in zip(params, expected):
+        q.grad.data.mul_(10.0)
+        e.grad.mul_(10.0)
+    total = mopt_fast.clip_grad_norm_(params, 0.5)
+    ref = torch.nn.utils.clip_grad_norm_(expected, 0.5)
+    torch.testing.assert_close(total, ref, rtol=1e-5, atol=0)
+    for q, e in zip(params, expected):
+        torch.testing.assert_close(q.grad, e.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_norm_logged_before_the_step_began_is_not_reused():
+    # The plugins forget any logged norm as their optimizer step begins.
+    from mopt_fast.functional import _clip_grad_norm, forget_logged_norm
+
+    params = _params_with_grads("cpu")
+    mopt_fast.grad_norm(_as_module(params), 2.0)
+    forget_logged_norm()
+    passes = _NormPasses()
+    with passes:
+        _clip_grad_norm(params, 0.5, 2.0, False, [], reuse_logged=True)
+    assert passes.count == 1
 
 
 def test_the_memo_holds_no_gradient_alive():

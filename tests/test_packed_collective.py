@@ -26,12 +26,6 @@ def run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def free_port() -> int:
-    from mopt_fast.trainer.strategies import _free_port
-
-    return _free_port()
-
-
 def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
     """mopt_fast.unscale_clip_grad_norm_ over FSDP2's DTensor gradients, p = 2 and inf: one
     all-reduce, no host read; norm and clipped gradients equal torch's unscale + clip on the
@@ -40,8 +34,8 @@ def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
     with torch's fused Adam (the clip factor handed to the optimizer): one all-reduce per step,
     and a NaN in rank 1's shard skips the step on both ranks."""
     out = str(tmp_path)
-    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                str(free_port()), CHILD, "functional", out])
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                CHILD, "functional", out])
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         cases = json.load(open(os.path.join(out, f"functional{rank}.json")))

@@ -294,3 +294,77 @@ def test_hpc_checkpoint_paths_as_lightning(tmp_path) -> None:
         errors.append(str(info.value))
     assert errors[0] == errors[1]
     assert mopt_fast.Trainer().received_sigterm is False
+
+
+def test_what_a_killed_sharded_save_leaves_is_not_an_hpc_checkpoint(tmp_path) -> None:
+    """A preemption save killed midway leaves `.hpc_ckpt_N.ckpt.partial` (and a replace, `.old`):
+    neither is a checkpoint, so ckpt_path="hpc" takes the highest complete one."""
+    from mopt_fast.trainer import _signals
+
+    folder = str(tmp_path)
+    open(os.path.join(folder, "hpc_ckpt_1.ckpt"), "w").close()
+    for leftover in (".hpc_ckpt_2.ckpt.partial", ".hpc_ckpt_1.ckpt.old"):
+        os.makedirs(os.path.join(folder, leftover))
+    assert _signals.hpc_resume_path(folder) == os.path.join(folder, "hpc_ckpt_1.ckpt")
+    assert _signals.hpc_save_path(folder) == os.path.join(folder, "hpc_ckpt_2.ckpt")
+
+
+def test_only_a_collectives_timeout_is_explained(monkeypatch) -> None:
+    """A timeout raised outside torch.distributed (a DataLoader's) is left as it is; one raised from a
+    collective becomes CollectiveTimeoutError naming it."""
+    import datetime
+
+    from mopt_fast.exceptions import CollectiveTimeoutError
+    from mopt_fast.trainer import _signals
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(_signals, "missing_ranks", lambda rank, world_size, grace: [1])
+    timeout = datetime.timedelta(seconds=3)
+
+    def data_loader_next():
+        raise RuntimeError("DataLoader timed out after 5 seconds")
+
+    def all_reduce():
+        raise RuntimeError("[gloo] Timed out waiting 3000ms for recv operation to complete")
+
+    for raising, expected in ((data_loader_next, None), (all_reduce, "rank 1 did not join all_reduce within 0:00:03")):
+        try:
+            raising()
+        except RuntimeError as error:
+            explained = _signals.explain_timeout(error, 0, 2, timeout)
+        if expected is None:
+            assert explained is None
+        else:
+            assert isinstance(explained, CollectiveTimeoutError) and expected in str(explained)
+
+
+def test_a_signal_after_the_last_batch_is_raised_again_after_fit(tmp_path) -> None:
+    """The fit has no batch left to stop after: it completes, then the signal is raised again with
+    the handlers restored, so its default action (ending the process) is not lost."""
+    script = tmp_path / "late_signal.py"
+    script.write_text(
+        "import os, signal, sys, torch\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import lightning_cases as cases\n"
+        "import mopt_fast\n"
+        "class Late(mopt_fast.Callback):\n"
+        "    def on_train_end(self, trainer, module):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        print('signalled', flush=True)\n"
+        "module_base, trainer_class = cases.frameworks('mopt_fast')\n"
+        "class M(module_base):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.layer = torch.nn.Linear(8, 1)\n"
+        "    def training_step(self, batch, batch_idx):\n"
+        "        return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])\n"
+        "    def configure_optimizers(self):\n"
+        "        return torch.optim.SGD(self.parameters(), lr=0.1)\n"
+        "train, _ = cases.make_data()\n"
+        "trainer = trainer_class(accelerator='cpu', max_epochs=1, logger=False, enable_progress_bar=False,\n"
+        "                        enable_model_summary=False, enable_checkpointing=False, callbacks=[Late()])\n"
+        "trainer.fit(M(), train)\n"
+        "print('after fit', flush=True)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert "signalled" in proc.stdout and "after fit" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert proc.returncode == -signal.SIGTERM

@@ -13,7 +13,9 @@ Under DDP all ranks must stop after the same batch even when one rank alone got 
 the others would wait for it in their next collective. Each rank's record goes into an all-reduce
 (MAX) started asynchronously after every batch and read after the next one (`StopVote`): gloo runs
 it on its worker threads while the next step computes, so reading it costs no wait, and every rank
-reads the same value after the same batch. (Lightning 2.6 broadcasts rank 0's record, blocking,
+reads the same value after the same batch. The vote is a CPU tensor on a gloo group (a side group
+when the training group is NCCL's), so it never waits on a GPU stream: one small CPU all-reduce per
+batch, apart from the step's own collectives. (Lightning 2.6 broadcasts rank 0's record, blocking,
 before every batch, so a signal that reaches another rank alone is not seen by rank 0.) One
 process needs no vote: the record is read as it is.
 
@@ -64,10 +66,15 @@ class PreemptionSignals:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
+    def restore(self, redeliver: bool = False) -> None:
+        """Put the previous handlers back. `redeliver`: the fit ended without acting on a signal it
+        received (one after the last batch): raise it again now, if nothing of the script's handled
+        it already, so that its default action (ending the process) is not lost."""
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
+        if redeliver and self.received is not None and previous.get(self.received) in (signal.SIG_DFL, None):
+            signal.raise_signal(self.received)
 
     def __getstate__(self) -> dict[str, Any]:  # a Trainer pickled during fit: the handlers stay here
         return {"received": self.received, "_previous": {}}
@@ -88,16 +95,19 @@ class StopVote:
     highest signal number any rank had then, 0 for none) and starts the next one. `drain` waits for
     the vote in flight, at the end of the fit."""
 
-    def __init__(self, device: torch.device) -> None:
-        self._device = device
+    def __init__(self) -> None:
+        # The vote is a CPU tensor on a gloo group (the default group when it is gloo, else one made
+        # for it): reading it never waits for a GPU stream, and it never queues behind the step's
+        # NCCL collectives. Made here, at the same point of the fit on every rank, as new_group needs.
+        self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self._flag: torch.Tensor | None = None
         self._work: Any = None
 
     def poll(self, received: int) -> int:
         decided = self._await_vote()
         if not decided:
-            self._flag = torch.tensor([received], dtype=torch.int32, device=self._device)
-            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, async_op=True)
+            self._flag = torch.tensor([received], dtype=torch.int32)
+            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
         return decided
 
     def drain(self) -> None:
@@ -116,9 +126,9 @@ class PreemptionCheck:
     """What the fit loop calls after each batch: the signal to stop for, 0 to go on. One process
     reads the handler's record; a distributed one votes (`StopVote`)."""
 
-    def __init__(self, signals: PreemptionSignals, distributed: bool, device: torch.device) -> None:
+    def __init__(self, signals: PreemptionSignals, distributed: bool) -> None:
         self._signals = signals
-        self._vote = StopVote(device) if distributed else None
+        self._vote = StopVote() if distributed else None
 
     def __call__(self) -> int:
         received = self._signals.received or 0
@@ -155,16 +165,15 @@ def _both(theirs: type) -> type[SIGTERMException]:
 
 
 # -- the HPC checkpoint (Lightning's checkpoint_connector: hpc_save_path, _hpc_resume_path) ---------------
+_HPC_NAME = re.compile(rf"^{HPC_PREFIX}(\d+)\.ckpt$")
+
+
 def _hpc_versions(folder: str) -> list[int]:
+    """The numbers N of the ``hpc_ckpt_N.ckpt`` files and sharded folders in `folder`. Exact names
+    only: what a killed sharded save leaves (``.hpc_ckpt_N.ckpt.partial``) is not a checkpoint."""
     if not os.path.isdir(folder):
         return []
-    versions = []
-    for name in os.listdir(folder):
-        if HPC_PREFIX in name:
-            digits = re.sub("[^0-9]", "", name.split(HPC_PREFIX)[-1])
-            if digits:
-                versions.append(int(digits))
-    return versions
+    return [int(m.group(1)) for m in map(_HPC_NAME.match, os.listdir(folder)) if m is not None]
 
 
 def hpc_save_path(folder: str) -> str:
@@ -205,12 +214,13 @@ COLLECTIVES = {
 _FAULT_KEY = "mopt_fast/collective_timeout/"
 
 
-def _collective_name(tb: TracebackType | None) -> str:
+def _collective_name(tb: TracebackType | None) -> str | None:
+    """What the innermost collective frame of `tb` is called, None when no collective raised."""
     names = [frame.name for frame in traceback.extract_tb(tb)]
     for name in reversed(names):
         if name in COLLECTIVES:
             return COLLECTIVES[name]
-    return "a collective"
+    return None
 
 
 def _store() -> Any:
@@ -247,6 +257,13 @@ def explain_timeout(exc: BaseException, rank: int, world_size: int,
     if not _TIMEOUT.search(str(exc)) or not dist.is_available() or not dist.is_initialized():
         return None
     collective = _collective_name(exc.__traceback__)
+    backend_error = getattr(dist, "DistBackendError", None)
+    if collective is None:
+        # Another timeout (a DataLoader's, a user's socket): not this module's to explain, unless
+        # torch.distributed raised it from a frame not listed above.
+        if backend_error is None or not isinstance(exc, backend_error):
+            return None
+        collective = "a collective"
     # The other ranks that timed out did so within about one step of this one.
     grace = min(timeout.total_seconds() / 2, 10.0)
     missing = missing_ranks(rank, world_size, grace)

@@ -460,6 +460,11 @@ class _ProcessGroupStrategy(Strategy):
         reduces in place); "mean" divides the sum by the group's size. Not a tensor: as it is."""
         if not isinstance(tensor, torch.Tensor) or not dist.is_initialized():
             return tensor
+        if group is not None and dist.get_rank(group) < 0:
+            # all_reduce would do nothing here and the group's size would read -1 (Lightning has
+            # that flaw: a "mean" then negates the value)
+            raise ValueError(f"rank {dist.get_rank()} reduces over a process group it is not a member of "
+                             "(sync_dist_group must hold the logging rank)")
         op, divide = _reduce_op(reduce_op)
         out = tensor.clone()
         dist.all_reduce(out, op=op, group=group)
@@ -619,7 +624,14 @@ class FSDPStrategy(_ProcessGroupStrategy):
 
         module = self.lightning_module
         assert module is not None  # a checkpoint is of a run
-        return get_optimizer_state_dict(module, optimizer)
+        had_state = bool(optimizer.state)
+        state = get_optimizer_state_dict(module, optimizer)
+        if not had_state:
+            # torch initializes an optimizer that never stepped by a step with zero gradients (its
+            # _init_optim_state): the live run must not keep that state (Adam's step count would
+            # then start at 1).
+            optimizer.state.clear()
+        return state
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
@@ -668,6 +680,9 @@ class FSDPStrategy(_ProcessGroupStrategy):
         assert module is not None
         groups = state["param_groups"]
         if any(isinstance(i, int) for g in groups for i in g["params"]):
+            if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
+                                 "optimizer's group")  # torch's own message for the same mismatch
             names = {p: n for n, p in module.named_parameters()}
             ids = dict(zip((i for g in groups for i in g["params"]),
                            (names[p] for g in optimizer.param_groups for p in g["params"])))

@@ -355,7 +355,7 @@ class Trainer:
         """What the fit loop calls after each batch: the preemption signal to stop for, 0 for none
         (one process: the handler's record; a distributed fit: the ranks' vote)."""
         distributed = self.strategy.is_distributed and self.world_size > 1
-        return _signals.PreemptionCheck(self._preemption, distributed, self.root_device)
+        return _signals.PreemptionCheck(self._preemption, distributed)
 
     def _explain_failure(self, exc: BaseException) -> BaseException:
         """A collective that timed out, as an error naming it and the ranks that did not join."""
@@ -850,8 +850,11 @@ class Trainer:
         self._preemption.received = None
         try:
             self._run_entry(self._fit_impl, model, train_dataloaders, val_dataloaders, datamodule, ckpt_path)
-        finally:
+        except BaseException:
             self._preemption.restore()  # the handlers _run installed, if it got that far
+            raise
+        # A fit that returned acted on no signal: one that came after the last batch is raised again.
+        self._preemption.restore(redeliver=True)
 
     def _fit_impl(self, model: LightningModule, train_dataloaders: Any, val_dataloaders: Any,
                   datamodule: LightningDataModule | None, ckpt_path: Any) -> None:
