@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(mopt_fast.__file__).parent
 
 # Bottom up; a module may import its own layer and those below it.
 LAYERS = [
-    ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
+    ("kernels", ["_autograd", "_build", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
                  "triton_kernels", "functional", "amp", "precision", "seed", "lightning"]),
     ("core", ["core", "plugins", "utilities"]),
     ("callbacks, loggers and profilers", ["callbacks", "loggers", "profilers"]),
