@@ -108,9 +108,9 @@ def _compiler() -> str:
     return _env("CXX") or "c++"
 
 
-def jit_plan() -> tuple[Path, list[Path], list[str], list[Path], str]:
-    """What the just-in-time build would compile: (build folder, sources, cflags, include dirs,
-    ISA). BuildError when it cannot start: no sources, torch too old, no compiler, no ninja."""
+def jit_plan() -> tuple[Path, list[Path], list[str], list[Path]]:
+    """What the just-in-time build compiles: (cache folder, sources, cflags, include dirs).
+    BuildError when it cannot: no sources, torch too old, an unknown MOPT_FAST_CPU_ISA."""
     csrc = csrc_dir()
     if csrc is None:
         raise BuildError(f"compiled kernels not built, and this install has no C++ sources to build them; {_AOT_HINT}")
@@ -123,6 +123,20 @@ def jit_plan() -> tuple[Path, list[Path], list[str], list[Path], str]:
         isa = _build.cpu_isa()
     except ValueError as exc:
         raise BuildError(f"{exc}, so the kernels were not compiled") from None
+    sources = _build.cpu_sources(csrc)
+    flags = _build.cxx_flags(isa)
+    includes = _build.include_dirs(csrc, PACKAGE)
+    digest = hashlib.sha256()
+    for path in sources + sorted(csrc.glob("*.h")) + sorted((csrc / "cpu").glob("*.h")) + [PACKAGE / "ops.h"]:
+        digest.update(path.name.encode() + path.read_bytes())
+    digest.update(" ".join(flags + [torch.version.git_version or ""]).encode())
+    python = sys.implementation.cache_tag or f"py{sys.version_info[0]}{sys.version_info[1]}"
+    key = f"{__version__}-torch{torch.__version__}-{python}-{isa}-{digest.hexdigest()[:12]}"
+    return cache_root() / key, sources, flags, includes
+
+
+def check_tools() -> None:
+    """BuildError when the compiler or ninja that a build needs is missing."""
     compiler = _compiler()
     if shutil.which(shlex.split(compiler)[0]) is None:
         raise BuildError(
@@ -131,16 +145,6 @@ def jit_plan() -> tuple[Path, list[Path], list[str], list[Path], str]:
         )
     if _find_ninja() is None:
         raise BuildError("ninja, which builds the kernels, is not found; `pip install ninja`, then import again")
-    sources = _build.cpu_sources(csrc)
-    flags = _build.cxx_flags(isa)
-    includes = _build.include_dirs(csrc, PACKAGE)
-    digest = hashlib.sha256()
-    for path in sources + sorted(csrc.glob("*.h")) + sorted((csrc / "cpu").glob("*.h")) + [PACKAGE / "ops.h"]:
-        digest.update(path.name.encode() + path.read_bytes())
-    digest.update(" ".join(flags + [compiler, torch.version.git_version or ""]).encode())
-    python = sys.implementation.cache_tag or f"py{sys.version_info[0]}{sys.version_info[1]}"
-    key = f"{__version__}-torch{torch.__version__}-{python}-{isa}-{digest.hexdigest()[:12]}"
-    return cache_root() / key, sources, flags, includes, isa
 
 
 def _import_library(path: Path) -> types.ModuleType:
@@ -152,22 +156,27 @@ def _import_library(path: Path) -> types.ModuleType:
 
 
 def _summary(log: str) -> str:
-    """The first compiler error of a build log, or its last line."""
+    """The first compiler error of a build log ("file:line: error: ..."), else its first line that
+    names an error, else its last line."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() and not line.startswith(("FAILED", "ninja:"))]
-    line = (errors or lines or ["no output"])[0 if errors else -1]
+    noise = ("FAILED", "ninja:", "[", "RuntimeError: Error building extension")
+    errors = [line for line in lines if "error:" in line] or [
+        line for line in lines if "error" in line.lower() and not line.startswith(noise)
+    ]
+    line = errors[0] if errors else (lines or ["no output"])[-1]
     return line if len(line) <= 300 else line[:297] + "..."
 
 
 def jit_build() -> types.ModuleType:
     """The compiled module, from the cache or compiled now; BuildError naming the cause and fix."""
     global BUILD_DIR
-    folder, sources, flags, includes, _ = jit_plan()
+    folder, sources, flags, includes = jit_plan()
     BUILD_DIR = str(folder)
     library = folder / f"{JIT_NAME}.so"
     done = folder / "built"
     if library.is_file() and done.is_file():  # compiled before: no compiler, no lock
         return _import_library(library)
+    check_tools()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
