@@ -17,7 +17,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CXX_SOURCES := $(shell find csrc mopt_fast -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
-SOURCES := setup.py $(shell find csrc mopt_fast triton_kernels -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py')
+SOURCES := setup.py pyproject.toml $(shell find csrc mopt_fast triton_kernels -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.py')
 
 .PHONY: demo test bench install cmake-check lint format clean
 

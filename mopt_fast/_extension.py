@@ -91,7 +91,7 @@ def _find_ninja() -> str | None:
         return shutil.which("ninja")
     folders = [os.path.dirname(sys.executable)]
     try:
-        import ninja  # type: ignore[import-not-found]
+        import ninja
 
         folders.insert(0, ninja.BIN_DIR)
     except (ImportError, AttributeError):
