@@ -1,12 +1,29 @@
-"""Build of mopt_fast and its compiled kernels, mopt_fast._C, against the installed torch.
+"""The compiled part of mopt_fast: the package's metadata is in pyproject.toml ([project]); this file
+only decides whether the wheel carries the C++ kernels compiled now, and lays out the package.
 
-    pip install --no-build-isolation .
+    pip install .                          # the kernels compile on first import (just in time)
+    pip install --no-build-isolation .     # the kernels compile now (ahead of time)
 
---no-build-isolation matters: the extension must be compiled against the torch you run with (the
-C++ ABI of custom ops is tied to the torch version), and an isolated build would fetch a fresh
-torch from the package index instead, often a multi-GB CUDA build.
+Why two ways. The kernels are torch custom ops, and their binary is tied to the torch version it
+was compiled against. torch is therefore deliberately *not* a build requirement: an isolated build
+(pip's default) would install a fresh torch from the package index into a throw-away environment,
+often a multi-GB CUDA build of another version, and the library compiled against it would not load
+with the torch the user runs. So:
 
-Environment knobs:
+- When this script can import torch (`--no-build-isolation`, `make install`), it compiles
+  mopt_fast._C against that torch, ahead of time, as before: CPU kernels, plus the CUDA kernels
+  when torch is a CUDA build and nvcc is found.
+- When it cannot (build isolation), it builds a pure-Python wheel. Both wheels carry the C++
+  sources (mopt_fast/_csrc, from csrc/), and on the first import mopt_fast/_extension.py compiles
+  the CPU kernels against the torch imported then (torch.utils.cpp_extension.load with ninja),
+  into a cache per mopt_fast version, torch version, Python and ISA, under a lock so that
+  processes importing at once (DDP ranks) compile once. The same happens when an ahead-of-time
+  _C does not load (built against another torch). A failed compile leaves the pure-torch backend
+  and a warning naming the cause and the fix. The just-in-time build leaves out the CUDA kernels
+  (nvcc takes minutes for them): those come from the ahead-of-time build only.
+
+Environment knobs of this build:
+  MOPT_FAST_AOT=0     build the pure-Python wheel even when torch is importable.
   MOPT_FAST_CPU_ISA   auto (default) | default | avx2 | avx512 — the vector ISA of the CPU
                       kernels; auto picks avx2 when the build machine has it. The package refuses
                       to use kernels built for an ISA the running CPU lacks and falls back to torch.
@@ -15,123 +32,91 @@ Environment knobs:
                       nvcc is found; 0 builds the CPU kernels only.
   TORCH_CUDA_ARCH_LIST  GPU architectures of the CUDA kernels; default "8.0;9.0" (sm_80, sm_90).
 """
+import importlib.util
 import os
-import re
 import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
-try:
-    import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-except ImportError:  # pragma: no cover - only hit on a misconfigured build
-    sys.exit(
-        "mopt_fast: torch must be installed before building (pip install torch), and the build "
-        "must see it: use `pip install --no-build-isolation .`"
-    )
-
 ROOT = Path(__file__).parent
 
-ISA_FLAGS = {
-    "default": [],
-    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-    "avx512": [
-        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-        "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
-    ],
-}
+
+def _build_module():
+    """mopt_fast/_build.py (sources and flags shared with the just-in-time build), loaded by its path:
+    importing the mopt_fast package would import torch and load the kernels."""
+    spec = importlib.util.spec_from_file_location("_mopt_fast_build", ROOT / "mopt_fast" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def host_cpu_flags() -> set[str]:
+def _rel(paths) -> list[str]:
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+def extension_build() -> dict:
+    """setup() arguments of the ahead-of-time build of mopt_fast._C; {} for a pure-Python wheel."""
+    if os.environ.get("MOPT_FAST_AOT") == "0":
+        print("mopt_fast: MOPT_FAST_AOT=0: no compiled kernels in this wheel; they compile on first import")
+        return {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_isa() -> str:
-    isa = os.environ.get("MOPT_FAST_CPU_ISA", "auto").lower()
-    if isa == "auto":
-        # AVX2 rather than AVX-512 by default: these kernels are bandwidth-bound, and AVX2 builds
-        # run on every x86-64 CPU of the last decade.
-        return "avx2" if {"avx2", "fma", "f16c"} <= host_cpu_flags() else "default"
-    if isa not in ISA_FLAGS:
-        sys.exit(f"mopt_fast: MOPT_FAST_CPU_ISA={isa!r}; choose auto, {', '.join(ISA_FLAGS)}")
-    return isa
-
-
-def with_cuda() -> bool:
-    if os.environ.get("MOPT_FAST_CUDA", "auto") == "0":
-        return False
-    return torch.version.cuda is not None and CUDA_HOME is not None
-
-
-def _sources(folder: str, pattern: str) -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / folder).glob(pattern))
-
-
-def extensions():
-    isa = cpu_isa()
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        print(
+            "mopt_fast: torch is not importable in this build environment (pip's build isolation): "
+            "building without compiled kernels; they compile on first import, against the torch "
+            "installed then. `pip install --no-build-isolation .` compiles them now."
+        )
+        return {}
+    build = _build_module()
+    try:
+        isa = build.cpu_isa()
+    except ValueError as exc:
+        sys.exit(f"mopt_fast: {exc}")
+    csrc = ROOT / "csrc"
+    sources = _rel(build.cpu_sources(csrc))
     debug = os.environ.get("MOPT_FAST_DEBUG") == "1"
-    sources = ["csrc/registry.cpp", "csrc/autograd.cpp", "csrc/module.cpp"] + _sources("cpu", "*.cpp")
-    opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-Wno-unknown-pragmas"]
-    # -fopenmp: at::parallel_for is inlined into our code and runs on OpenMP like torch's own ops.
-    cxx += ["-fopenmp", f'-DMOPT_FAST_CPU_ISA="{isa}"'] + ISA_FLAGS[isa]
+    cxx = build.cxx_flags(isa, debug)
     args = {"cxx": cxx}
     ext = CppExtension
-    if with_cuda():
+    if os.environ.get("MOPT_FAST_CUDA", "auto") != "0" and torch.version.cuda is not None and CUDA_HOME is not None:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        sources += _sources("cuda", "*.cu") + _sources("cuda", "*.cpp")
+        sources += _rel(sorted((csrc / "cuda").glob("*.cu")) + sorted((csrc / "cuda").glob("*.cpp")))
         cxx.append("-DMOPT_FAST_WITH_CUDA")
-        args["nvcc"] = opt + ["-std=c++17", "-lineinfo"]
+        args["nvcc"] = (["-O0", "-g"] if debug else ["-O3"]) + ["-std=c++17", "-lineinfo"]
         ext = CUDAExtension
         print(f"mopt_fast: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     print(f"mopt_fast: building CPU kernels for ISA {isa} against torch {torch.__version__}")
-    return [
-        ext(
-            name="mopt_fast._C",
-            sources=sources,
-            include_dirs=[str(ROOT / "csrc")],
-            extra_compile_args=args,
-            extra_link_args=["-fopenmp"],
-        )
-    ]
+    return {
+        "ext_modules": [
+            ext(
+                name="mopt_fast._C",
+                sources=sources,
+                include_dirs=[str(p) for p in build.include_dirs(csrc, ROOT / "mopt_fast")],
+                extra_compile_args=args,
+                extra_link_args=build.LINK_FLAGS,
+            )
+        ],
+        "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)},
+    }
 
 
 setup(
-    name="mopt_fast",
-    # Read, not imported: importing mopt_fast needs the extension this build makes.
-    version=re.search(r'__version__ = "([^"]+)"', (ROOT / "mopt_fast" / "_version.py").read_text()).group(1),
-    description="Fused multi-tensor kernels for the work around optimizer.step()",
-    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    # triton_kernels/ ships as mopt_fast.triton_kernels: a top-level `triton_kernels` would clash
-    # with other packages of that name.
-    packages=find_packages(include=["mopt_fast", "mopt_fast.*"]) + ["mopt_fast.triton_kernels"],
-    package_dir={"mopt_fast.triton_kernels": "triton_kernels"},
-    # The op set's one declaration: included by the C++ sources, read by mopt_fast/_ops.py.
-    package_data={"mopt_fast": ["ops.h"]},
-    python_requires=">=3.10",
-    license="BSD-3-Clause",
-    # The torch CI builds and tests against (README: Supported); the C++ ops are tied to it.
-    # PyYAML: the loggers' hparams.yaml, written as Lightning writes it.
-    install_requires=["torch>=2.13", "tqdm>=4.57", "PyYAML>=5.4"],
-    # mopt_fast.lightning subclasses Lightning's precision plugins and relies on how its loops call
-    # them (_after_closure, train_step_context): the minor version the tests run against.
-    # torchmetrics: Metric objects in self.log (never imported by mopt_fast itself).
-    # cli: mopt_fast.cli.LightningCLI parses arguments and configs with jsonargparse, as Lightning's.
-    extras_require={
-        "tensorboard": ["tensorboard>=2.9"],
-        "lightning": ["lightning>=2.6,<2.7"],
-        "torchmetrics": ["torchmetrics>=1.0"],
-        "cli": ["jsonargparse[signatures]>=4.39"],
+    # The layout, computed, which pyproject.toml's static discovery cannot say: triton_kernels/
+    # ships as mopt_fast.triton_kernels (a top-level `triton_kernels` would clash with other
+    # packages of that name), and csrc/ as mopt_fast/_csrc, the sources of the just-in-time build.
+    packages=find_packages(include=["mopt_fast", "mopt_fast.*"])
+    + ["mopt_fast.triton_kernels", "mopt_fast._csrc", "mopt_fast._csrc.cpu", "mopt_fast._csrc.cuda"],
+    package_dir={"mopt_fast.triton_kernels": "triton_kernels", "mopt_fast._csrc": "csrc"},
+    # ops.h: the op set's one declaration, included by the C++ sources, read by mopt_fast/_ops.py.
+    package_data={
+        "mopt_fast": ["ops.h", "_C.pyi"],
+        "mopt_fast._csrc": ["*.cpp", "*.h"],
+        "mopt_fast._csrc.cpu": ["*.cpp", "*.h"],
+        "mopt_fast._csrc.cuda": ["*.cpp", "*.h", "*.cu", "*.cuh"],
     },
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,
+    **extension_build(),
 )

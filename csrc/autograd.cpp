@@ -18,7 +18,7 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
-#include "../mopt_fast/ops.h"
+#include "ops.h"  // mopt_fast/ops.h: the op set, also read by mopt_fast/_ops.py
 
 namespace mopt_fast {
 namespace {

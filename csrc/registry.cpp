@@ -5,7 +5,7 @@
 // list.
 #include <torch/library.h>
 
-#include "../mopt_fast/ops.h"
+#include "ops.h"  // mopt_fast/ops.h: the op set, also read by mopt_fast/_ops.py
 
 TORCH_LIBRARY(mopt_fast, m) {
 #define MOPT_FAST_DEFINE(name, schema) m.def(#name schema);

@@ -112,6 +112,9 @@ def build_info() -> dict:
     return {
         "version": __version__,
         "compiled": _extension.COMPILED,
+        # "ahead-of-time" (pip install --no-build-isolation), "jit" (compiled on first import), None
+        "build": _extension.BUILD,
+        "build_dir": _extension.BUILD_DIR,
         "cpu_isa": _extension.CPU_ISA,
         "with_cuda": _extension.WITH_CUDA,
         "reason": _extension.REASON or None,

@@ -106,7 +106,9 @@ def test_checkout_without_extension_runs_on_torch(tmp_path):
         "assert abs(n.item() - g.double().norm().item()) < 1e-3 * n.item()\n"
         "print(mopt_fast.available_backends(), mopt_fast.build_info()['compiled'])\n"
     )
-    env = {"PYTHONPATH": str(tmp_path), "MOPT_FAST_BACKEND": "", "TRITON_INTERPRET": "0"}
+    # MOPT_FAST_JIT=0: no compile on import (tests/test_install.py covers that).
+    env = {"PYTHONPATH": str(tmp_path), "MOPT_FAST_BACKEND": "", "TRITON_INTERPRET": "0", "MOPT_FAST_JIT": "0",
+           "MOPT_FAST_REQUIRE_COMPILED": ""}
     out = run_python(code, env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['torch'] False"

@@ -15,8 +15,8 @@ PACKAGE = pathlib.Path(mopt_fast.__file__).parent
 
 # Bottom up; a module may import its own layer and those below it.
 LAYERS = [
-    ("kernels", ["_autograd", "_extension", "_ops", "_validate", "_version", "exceptions", "registry", "torch_ops",
-                 "triton_kernels", "functional", "amp", "step_guard", "precision", "seed", "lightning"]),
+    ("kernels", ["_autograd", "_build", "_extension", "_ops", "_validate", "_version", "exceptions", "registry",
+                 "torch_ops", "triton_kernels", "functional", "amp", "step_guard", "precision", "seed", "lightning"]),
     ("core", ["core", "plugins", "utilities"]),
     ("callbacks, loggers and profilers", ["callbacks", "loggers", "profilers"]),
     ("trainer", ["trainer"]),
