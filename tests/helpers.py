@@ -146,3 +146,18 @@ def isclose(a: float, b: float, rtol: float) -> bool:
     if math.isinf(a) or math.isinf(b):
         return a == b
     return abs(a - b) <= rtol * abs(b) + 1e-30
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the reads of a tensor's value by the host (`.item()`, `float(t)`, `bool(t)` go
+    through aten._local_scalar_dense, or aten.item under inference mode): on a GPU each is a
+    device-to-host sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))

@@ -19,7 +19,7 @@ from mopt_fast.core import protocol as _protocol
 from mopt_fast.core.states import LoopPoint, RunningStage, TrainerFn, TrainerStatus
 
 import lightning_cases as cases
-from helpers import importorskip_unless_ci
+from helpers import HostReads, importorskip_unless_ci
 
 importorskip_unless_ci("lightning")
 
@@ -1140,21 +1140,6 @@ def test_module_hooks_around_evaluation(tmp_path, capsys, keep_dropout_off: bool
 
 
 # -- no per-batch host reads in validate / test / predict ------------------------------------------
-class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the reads of a tensor's value by the host (`.item()`, `float(t)`, `bool(t)` go
-    through aten._local_scalar_dense, or aten.item under inference mode): on a GPU each is a
-    device-to-host sync."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("entry", ["validate", "test", "predict"])
 @pytest.mark.parametrize("logger", [False, True])
 def test_evaluation_reads_nothing_back_per_batch(tmp_path, entry: str, logger: bool) -> None:
@@ -1183,7 +1168,7 @@ def test_evaluation_reads_nothing_back_per_batch(tmp_path, entry: str, logger: b
         trainer = mopt_fast.Trainer(
             accelerator="cpu", logger=mopt_fast.CSVLogger(str(tmp_path)) if logger else False,
             enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
-        with _HostReads() as mode:
+        with HostReads() as mode:
             getattr(trainer, entry)(M(), loader, verbose=False) if entry != "predict" else trainer.predict(M(), loader)
         return mode.count
 

@@ -8,7 +8,7 @@ import torch
 
 import mopt_fast
 
-from helpers import device_of
+from helpers import HostReads, device_of
 
 OPTIMIZERS = {
     "adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
@@ -18,19 +18,6 @@ OPTIMIZERS = {
     "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True),
     "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5),
 }
-
-
-class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts reads of a tensor's value by the host (each a device-to-host sync on a GPU)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def model_and_batches(seed: int, dtype: torch.dtype, dev: str, steps: int):
@@ -74,7 +61,7 @@ def run(optimizer_name, dtype, dev, poison_at=None, poison=math.nan, guard=None,
         torch.nn.functional.mse_loss(model(x), y).backward()
         if k == poison_at:
             list(model.parameters())[1].grad[2] = poison  # one value of one gradient
-        with _HostReads() as hr:
+        with HostReads() as hr:
             if plain:
                 optimizer.step()
             else:
