@@ -73,8 +73,11 @@ def random_tensor(
         base = torch.randn(numel, generator=gen)
     elif layout == "transposed":  # dense but not contiguous
         base = torch.randn(cols, rows, generator=gen).t()
-    elif layout == "strided":  # not dense: every other column
-        base = torch.randn(rows, 2 * cols, generator=gen)[:, ::2]
+    elif layout == "strided":  # not dense: every other column of a wider tensor
+        # Sliced after the scaling and the cast: both make a new tensor, contiguous when the
+        # input is not dense, so slicing first would hand out a contiguous tensor.
+        wide = (torch.randn(rows, 2 * cols, generator=gen) * scale).to(dtype=dtype, device=device)
+        return wide[:, ::2]
     else:
         raise ValueError(layout)
     return (base * scale).to(dtype=dtype, device=device)
