@@ -131,14 +131,20 @@ inline at::opmath_type<T> opmath(const T* /*data*/, double x) {
 // (unless `write` is false: a pass that found nothing to write). A list whose tensors share
 // memory runs in disjoint rounds (see for_each_round), so no two items of one round race on it.
 // A kernel may return bool to flag its item (an inf/NaN seen); apply_inplace then returns whether
-// any item was flagged, combined in item order, else false.
+// any item was flagged, combined in item order, else false. `whole`, when given, is the plan the
+// caller already made of `tensors` (for its read pass): a list that runs as one round reuses it
+// instead of making the same plan again (a thousand tensors: a tenth of the call).
 template <typename Kernel>
-bool apply_inplace(at::TensorList tensors, const Kernel& kernel, bool write = true) {
+bool apply_inplace(at::TensorList tensors, const Kernel& kernel, bool write = true,
+                   const Plan* whole = nullptr) {
   constexpr bool kFlags =
       std::is_same_v<std::invoke_result_t<const Kernel&, float*, int64_t>, bool>;
   bool any_flagged = false;
   for_each_round(tensors, [&](at::TensorList round) {
-    const Plan plan = make_plan(round);
+    const bool reuse = whole != nullptr && round.size() == tensors.size();
+    Plan made;
+    if (!reuse) made = make_plan(round);
+    const Plan& plan = reuse ? *whole : made;
     std::vector<char> flagged(kFlags ? plan.items.size() : 0, 0);
     for_each_item(plan, [&](int64_t i, const WorkItem& item) {
       MOPT_DISPATCH_FLOATING(item_dtype(plan, item), "mopt_fast", [&] {

@@ -132,19 +132,23 @@ Partial reduce_item(const T* p, int64_t n, float scale, double order) {
   }
 }
 
-// fp32 result, fp64 when any input is fp64.
+}  // namespace
+
 void check_order(double order) {
   TORCH_CHECK_VALUE(order > 0.0, "mopt_fast: norm_type must be > 0 or inf, got ", order);
 }
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double order,
                                                bool per_tensor, const float* inv_scale,
                                                const at::Tensor* found_inf, const char* op) {
   check_tensors(tensors, op, /*writes=*/false);
   check_order(order);
-  const Plan plan = make_plan(tensors);
+  return reduce_plan(make_plan(tensors), tensors, order, per_tensor, inv_scale, found_inf);
+}
+
+std::tuple<at::Tensor, at::Tensor> reduce_plan(const Plan& plan, at::TensorList tensors,
+                                               double order, bool per_tensor,
+                                               const float* inv_scale, const at::Tensor* found_inf) {
   const NormKind kind = norm_kind(order);
   const float scale = inv_scale ? *inv_scale : 1.0f;
   std::vector<Partial> partials(plan.items.size());

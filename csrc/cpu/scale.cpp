@@ -49,9 +49,10 @@ double scale_factor(const std::optional<at::Tensor>& scale,
          clip_coefficient<float>(total_norm->item<float>(), static_cast<float>(max_norm));
 }
 
-void scale_list(at::TensorList tensors, double factor) {
+void scale_list(at::TensorList tensors, double factor, const Plan* whole) {
   if (factor == 1.0) return;  // x * 1 == x bit for bit, NaN and -0 included.
-  apply_inplace(tensors, [&](auto* p, int64_t n) { scale_run(p, n, opmath(p, factor)); });
+  apply_inplace(
+      tensors, [&](auto* p, int64_t n) { scale_run(p, n, opmath(p, factor)); }, true, whole);
 }
 
 TORCH_LIBRARY_IMPL(mopt_fast, CPU, m) {

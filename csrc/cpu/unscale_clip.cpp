@@ -19,11 +19,14 @@ at::Tensor unscale_clip_inplace_cpu(at::TensorList tensors, const at::Tensor& in
   check_scalar(found_inf, "found_inf", "unscale_clip", cpu, false);
   TORCH_CHECK_VALUE(max_norm >= 0.0, "mopt_fast.unscale_clip: max_norm must be >= 0, got ",
                     max_norm);
+  check_order(norm_type);
   const float inv = inv_scale.item<float>();
-  at::Tensor total =
-      std::get<0>(reduce_list(tensors, norm_type, false, &inv, &found_inf, "unscale_clip"));
+  // One plan for both passes: a non-dense tensor's contiguous copy, read by the first, is the one
+  // the second scales and writes back.
+  const Plan plan = make_plan(tensors);
+  at::Tensor total = std::get<0>(reduce_plan(plan, tensors, norm_type, false, &inv, &found_inf));
   if (found_inf.item<float>() == 0.0f) {
-    scale_list(tensors, scale_factor(inv_scale, total, max_norm));
+    scale_list(tensors, scale_factor(inv_scale, total, max_norm), &plan);
   }
   return total;
 }
