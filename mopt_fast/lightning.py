@@ -17,7 +17,10 @@ of the same names and keep their hooks, their order and their checkpoint key. Wh
   clips them (Lightning clips the scaled ones, its issue #18089), and the loss scale is updated once
   per ``training_step``, after every optimizer has stepped (Lightning updates it after each step);
 - ``optimizer.zero_grad(set_to_none=False)`` zeroes with one fused kernel per device, whether called
-  on Lightning's optimizer wrapper (``self.optimizers()``) or in ``optimizer_zero_grad``.
+  on Lightning's optimizer wrapper (``self.optimizers()``) or in ``optimizer_zero_grad``;
+- an optional `mopt_fast.StepGuard` (``step_guard=``; not under 16-mixed, whose loss scaler does
+  it already) skips, on the device, every step whose gradients hold an inf/NaN, and logs the count
+  as ``step_guard/skipped_steps``. `HalfPrecision` ("bf16-true", "16-true") takes it too.
 
 Lightning is an optional dependency (``pip install mopt_fast[lightning]``, tested with 2.6):
 ``import mopt_fast`` never imports it; this module needs it.
@@ -36,6 +39,7 @@ try:
     from lightning.fabric.plugins.precision.amp import _optimizer_handles_unscaling
     from lightning.fabric.utilities.types import Optimizable
     from lightning.pytorch.core.optimizer import LightningOptimizer
+    from lightning.pytorch.plugins.precision import HalfPrecision as _LightningHalfPrecision
     from lightning.pytorch.plugins.precision import MixedPrecision as _LightningMixedPrecision
     from lightning.pytorch.plugins.precision import Precision as _LightningPrecision
     from lightning.pytorch.utilities import GradClipAlgorithmType
@@ -53,10 +57,12 @@ except ImportError as exc:
 from mopt_fast import _validate
 from mopt_fast._validate import FLOAT_DTYPES
 from mopt_fast.amp import GradScaler, _is_fused
+from mopt_fast.exceptions import not_built
 from mopt_fast.functional import _clip_grad_norm, clip_grad_value_, forget_logged_norm, scale_grads_, zero_grad_
-from mopt_fast.precision import normalize_precision
+from mopt_fast.precision import _checked_guard, normalize_precision
+from mopt_fast.step_guard import StepGuard
 
-__all__ = ["MixedPrecision", "Precision", "precision_plugin"]
+__all__ = ["HalfPrecision", "MixedPrecision", "Precision", "precision_plugin"]
 
 
 # The mixins' bases, for the type checker: what they are mixed into (at run time they mix into any
@@ -139,7 +145,13 @@ def _gradients_read_before_step(model: pl.LightningModule) -> bool:
 
 
 class _FusedKernels(_PluginBase):
-    """What the plugins share: clipping on mopt_fast's kernels, fused zero_grad on the optimizers."""
+    """What the plugins share: clipping on mopt_fast's kernels, fused zero_grad on the optimizers,
+    the optional step guard."""
+
+    step_guard: StepGuard | None = None
+    # While a guarded step runs its hooks: the norm the clip by norm computed, for the guard.
+    _guarding = False
+    _clip_norm: torch.Tensor | None = None
 
     def connect(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                 lr_schedulers: list[Any]) -> tuple[torch.nn.Module, list[torch.optim.Optimizer], list[Any]]:
@@ -150,21 +162,83 @@ class _FusedKernels(_PluginBase):
 
     def clip_grad_by_value(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
         clip_grad_value_(list(self.main_params(optimizer)), clip_val)
+        self._clip_norm = None  # the gradients changed since any norm
 
     def clip_grad_by_norm(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
         # The norm mopt_fast.grad_norm logged in this step's on_before_optimizer_step, if it did, is reused.
-        _clip_grad_norm(list(self.main_params(optimizer)), _validate.non_negative(clip_val, "clip_val"), 2.0, False,
-                        [], reuse_logged=True)
+        total = _clip_grad_norm(list(self.main_params(optimizer)), _validate.non_negative(clip_val, "clip_val"), 2.0,
+                                False, [], reuse_logged=True)
+        self._clip_norm = total if self._guarding else None
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
+    # Lightning's signature (see MixedPrecision.optimizer_step)
+    def optimizer_step(  # type: ignore[override]
+        self, optimizer: Optimizable, model: pl.LightningModule, closure: Callable[[], Any], **kwargs: Any
+    ) -> Any:
         forget_logged_norm()  # only norms logged in this step's hooks may spare the clip a pass
-        return super().optimizer_step(*args, **kwargs)
+        guard = self.step_guard
+        if guard is None or getattr(self, "scaler", None) is not None:
+            return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
+        optimizer = cast(torch.optim.Optimizer, optimizer)
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise MisconfigurationException(
+                "A step guard and LBFGS do not go together: LBFGS re-evaluates its closure inside step(), where no "
+                "guard can look at the gradients.")
+        # Lightning's closure, hooks and clipping, then the guard's step instead of optimizer.step(closure).
+        # A clip by norm (it runs last among them) hands its norm over: the guard reads no gradient.
+        self._guarding, self._clip_norm = True, None
+        try:
+            closure_result = self._wrap_closure(model, optimizer, closure)
+            total = self._clip_norm
+        finally:
+            self._guarding, self._clip_norm = False, None
+        if guard.max_total_norm is not None and guard.norm_type != 2.0:
+            total = None  # the clip's 2-norm cannot be compared with the guard's threshold
+        if not _grads(optimizer):
+            optimizer.step(**kwargs)  # nothing to guard (training_step returned None): as unguarded
+        else:
+            guard.step(optimizer, total_norm=total, **kwargs)
+        if guard.skipped_steps is not None and not model.trainer.barebones:
+            # A device tensor: read when the logger writes, not here.
+            model.log(guard.metric_name, guard.skipped_steps, on_step=True, on_epoch=False, reduce_fx="max")
+        return closure_result
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.step_guard is not None:  # never with a scaler, whose state is the whole dict
+            state = {**state, "step_guard": self.step_guard.state_dict()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.step_guard is not None and "step_guard" in state_dict:
+            self.step_guard.load_state_dict(state_dict["step_guard"])
+            state_dict = {k: v for k, v in state_dict.items() if k != "step_guard"}
+        super().load_state_dict(state_dict)
 
 
 # -- the plugins ----------------------------------------------------------------------------------------
 class Precision(_FusedKernels, _LightningPrecision):
     """Lightning's "32-true" plugin with clipping and ``zero_grad(set_to_none=False)`` on mopt_fast's
-    fused kernels. ``Trainer(plugins=[Precision()])``."""
+    fused kernels. ``Trainer(plugins=[Precision()])``.
+
+    Args:
+        step_guard: a `mopt_fast.StepGuard`: skip, on the device, every step whose gradients hold
+            an inf/NaN (or whose norm is above the guard's ``max_total_norm``), and log the count of
+            skipped steps as ``step_guard/skipped_steps``. None (default): Lightning's behaviour.
+    """
+
+    def __init__(self, step_guard: StepGuard | None = None) -> None:
+        super().__init__()
+        self.step_guard = _checked_guard(step_guard)
+
+
+class HalfPrecision(_FusedKernels, _LightningHalfPrecision):
+    """Lightning's "bf16-true"/"16-true" plugin (the module and its inputs in that dtype) with
+    clipping and ``zero_grad(set_to_none=False)`` on mopt_fast's fused kernels, and the optional
+    step guard (see `Precision`). ``Trainer(plugins=[HalfPrecision("bf16-true", step_guard=...)])``."""
+
+    def __init__(self, precision: str = "bf16-true", step_guard: StepGuard | None = None) -> None:
+        super().__init__(precision)  # type: ignore[arg-type]  # Lightning's typing names the two it accepts
+        self.step_guard = _checked_guard(step_guard)
 
 
 class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
@@ -176,11 +250,19 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
         device: the device type autocast runs on ("cuda", "cpu").
         scaler: under 16-mixed, a `mopt_fast.amp.GradScaler` (default: a new one for `device`);
             torch's own GradScaler lacks the fused unscale-and-clip pass.
+        step_guard: bf16-mixed only: see `Precision`.
     """
 
     scaler: GradScaler | None  # mopt_fast's (Lightning's plugin declares torch's)
 
-    def __init__(self, precision: str, device: str, scaler: GradScaler | None = None) -> None:
+    def __init__(self, precision: str, device: str, scaler: GradScaler | None = None,
+                 step_guard: StepGuard | None = None) -> None:
+        if step_guard is not None and precision in ("16-mixed", "16", 16):
+            raise not_built(
+                "mopt_fast.lightning.MixedPrecision('16-mixed', step_guard=...)",
+                "16-mixed's loss scaler already skips steps with inf/NaN gradients; the guard is for "
+                "'bf16-mixed' and the '*-true' precisions",
+            )
         if precision == "16-mixed":
             if scaler is None:
                 scaler = GradScaler(device)
@@ -192,6 +274,7 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
                 )
         # Lightning's checks: the name (its typing names the two it accepts), no scaler for bf16
         super().__init__(precision, device, scaler)  # type: ignore[arg-type]
+        self.step_guard = _checked_guard(step_guard)
         self._in_training_step = False
         # Stepping in this iteration is skipped (automatic optimization, training_step returned None).
         self._step_skipped = False

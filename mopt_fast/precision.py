@@ -9,6 +9,10 @@ One plugin is shared by every optimizer a Trainer drives (or owned by one standa
 - `optimizer_step(optimizer, closure, ...)`: the step, with the hooks and clipping that must see
   the gradients between the closure and the update.
 
+With a `mopt_fast.StepGuard` (``step_guard=``, not under 16-mixed, whose loss scaler skips
+non-finite steps already), the step is skipped on the device when a gradient is inf/NaN; when the
+step also clips by norm, the guard takes the clip's norm and reads no gradient itself.
+
 Under 16-mixed the unscale, inf/NaN check and clip-by-norm run as one read pass
 (`mopt_fast.amp.GradScaler.unscale_clip_grad_norm_`); with torch's fused Adam/AdamW/SGD the
 factor `scale / clip_coef` and `found_inf` are handed to the optimizer, so no gradient is rewritten
@@ -28,6 +32,7 @@ from torch.amp.grad_scaler import OptState
 from mopt_fast.amp import GradScaler, _is_fused
 from mopt_fast.exceptions import not_built
 from mopt_fast.functional import _clip_grad_norm, clip_grad_value_, forget_logged_norm
+from mopt_fast.step_guard import StepGuard
 
 __all__ = ["Precision", "MixedPrecision", "HalfPrecision", "DoublePrecision", "make_precision", "PRECISIONS",
            "CLIP_ALGORITHMS"]
@@ -77,14 +82,34 @@ def _floating_to(data: Any, dtype: torch.dtype) -> Any:
     return data
 
 
+def _checked_guard(step_guard: Any) -> StepGuard | None:
+    if step_guard is not None and not isinstance(step_guard, StepGuard):
+        raise TypeError(f"step_guard must be a mopt_fast.StepGuard or None, got {type(step_guard).__name__}")
+    return step_guard
+
+
 class Precision:
-    """32-true: no autocast, no loss scaling."""
+    """32-true: no autocast, no loss scaling.
+
+    Args:
+        step_guard: a `mopt_fast.StepGuard`: every optimizer step is skipped on the device when a
+            gradient is inf/NaN (or the norm is above the guard's ``max_total_norm``), and the
+            count of skipped steps is logged as ``StepGuard.metric_name``. Off by default, as in
+            Lightning, which has no such behaviour.
+    """
 
     name = "32-true"
     scaler: GradScaler | None = None
     #: The dtype of the module and of the batches' floating-point tensors ("*-true" other than 32),
     #: None: both left as they are.
     module_dtype: torch.dtype | None = None
+    step_guard: StepGuard | None = None
+    # While a guarded step runs its hooks: the norm the clip by norm computed, for the guard.
+    _guarding = False
+    _clip_norm: torch.Tensor | None = None
+
+    def __init__(self, step_guard: StepGuard | None = None) -> None:
+        self.step_guard = _checked_guard(step_guard)
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -114,8 +139,10 @@ class Precision:
         params = _optimizer_params(optimizer)
         if algorithm == "value":
             clip_grad_value_(params, clip_val)
+            self._clip_norm = None  # the gradients changed since any norm
         else:  # the norm grad_norm logged in this step's hooks, if it did, is reused
-            _clip_grad_norm(params, float(clip_val), 2.0, False, [], reuse_logged=True)
+            total = _clip_grad_norm(params, float(clip_val), 2.0, False, [], reuse_logged=True)
+            self._clip_norm = total if self._guarding else None
 
     def optimizer_step(
         self,
@@ -129,6 +156,8 @@ class Precision:
         closure, inside the step: the closure computes the gradients, so the hooks see them. An
         optimizer that calls its closure several times (LBFGS) runs the hooks each time."""
         forget_logged_norm()  # only norms logged in this step's hooks may spare the clip a pass
+        if self.step_guard is not None:
+            return self._guarded_step(self.step_guard, optimizer, closure, before_step, **kwargs)
         if before_step is None:
             # Nothing runs between closure and update: hand the closure (or none) straight over.
             return optimizer.step(closure=closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
@@ -141,14 +170,41 @@ class Precision:
 
         return optimizer.step(closure=closure_then_hooks, **kwargs)
 
+    def _guarded_step(self, guard: StepGuard, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None,
+                      before_step: Callable[[], None] | None, **kwargs: Any) -> Any:
+        """The closure, the hooks, then the guard's step. A clip by norm among the hooks (it runs
+        last, and nothing writes the gradients after it) hands its norm to the guard, which then
+        reads no gradient: one read pass per step for clip and guard together."""
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError(
+                "A step guard and LBFGS do not go together: LBFGS re-evaluates its closure inside step(), "
+                "where no guard can look at the gradients. Use another optimizer or no step_guard."
+            )
+        self._guarding, self._clip_norm = True, None
+        try:
+            result = (closure or _noop_closure)()
+            if before_step is not None:
+                before_step()
+            total = self._clip_norm
+        finally:
+            self._guarding, self._clip_norm = False, None
+        if guard.max_total_norm is not None and guard.norm_type != 2.0:
+            total = None  # the clip's 2-norm cannot be compared with the guard's threshold
+        if not any(p.grad is not None for p in _optimizer_params(optimizer)):
+            optimizer.step(**kwargs)  # nothing to guard (training_step returned None): as unguarded
+        else:
+            guard.step(optimizer, total_norm=total, **kwargs)
+        return result
+
     def end_iteration(self) -> None:
         """Called once per training iteration, after every optimizer has stepped."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"step_guard": self.step_guard.state_dict()} if self.step_guard is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if self.step_guard is not None and "step_guard" in state:
+            self.step_guard.load_state_dict(state["step_guard"])
 
 
 class MixedPrecision(Precision):
@@ -161,12 +217,20 @@ class MixedPrecision(Precision):
         skip_nonfinite_loss: 16-mixed only: also skip an optimizer step (on every rank) when the
             loss the closure returned is inf/NaN on any rank, even if the gradients are finite.
             The flag rides in the step's one all-reduce; nothing is read on the host for it.
+        step_guard: bf16-mixed only: see `Precision`.
     """
 
     def __init__(self, precision: str, device_type: str, scaler: GradScaler | None = None,
-                 skip_nonfinite_loss: bool = False) -> None:
+                 skip_nonfinite_loss: bool = False, step_guard: StepGuard | None = None) -> None:
         if precision not in ("16-mixed", "bf16-mixed"):
             raise ValueError(f"MixedPrecision takes '16-mixed' or 'bf16-mixed', got {precision!r}")
+        super().__init__(step_guard)
+        if step_guard is not None and precision == "16-mixed":
+            raise not_built(
+                "MixedPrecision('16-mixed', step_guard=...)",
+                "16-mixed's loss scaler already skips steps with inf/NaN gradients; the guard is for "
+                "'bf16-mixed' and the '*-true' precisions",
+            )
         self.name = precision
         self.device_type = device_type
         self.dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
@@ -266,11 +330,12 @@ class MixedPrecision(Precision):
             self.scaler._end_iteration(self._folded)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else super().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        super().load_state_dict(state)
 
 
 class HalfPrecision(Precision):
@@ -278,10 +343,11 @@ class HalfPrecision(Precision):
     floating-point tensors cast to it, and tensors made during the forward in it — no autocast, no
     loss scaling (Lightning's HalfPrecision). 64-true is `DoublePrecision`."""
 
-    def __init__(self, precision: str = "16-true") -> None:
+    def __init__(self, precision: str = "16-true", step_guard: StepGuard | None = None) -> None:
         dtypes = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "64-true": torch.float64}
         if precision not in dtypes:
             raise ValueError(f"{type(self).__name__} takes one of {sorted(dtypes)}, got {precision!r}")
+        super().__init__(step_guard)
         self.name = precision
         self.module_dtype = dtypes[precision]
 
@@ -304,8 +370,8 @@ class HalfPrecision(Precision):
 class DoublePrecision(HalfPrecision):
     """64-true: HalfPrecision's rules in float64 (Lightning's DoublePrecision)."""
 
-    def __init__(self, precision: str = "64-true") -> None:
-        super().__init__(precision)
+    def __init__(self, precision: str = "64-true", step_guard: StepGuard | None = None) -> None:
+        super().__init__(precision, step_guard)
 
 
 def normalize_precision(precision: Any) -> str:

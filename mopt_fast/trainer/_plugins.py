@@ -16,6 +16,7 @@ MisconfigurationException.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter
 from typing import Any
 
@@ -46,9 +47,25 @@ def _is_exactly_lightning(plugin: Any, name: str) -> bool:
     return type(plugin) in _lightning("plugins.precision", name) + _lightning("plugins", name)
 
 
+def _is_ours_for_lightning(plugin: Any, name: str) -> bool:
+    """Exactly mopt_fast.lightning's plugin `name` (made for Lightning's Trainer; loaded only when
+    the user imported it)."""
+    module = sys.modules.get("mopt_fast.lightning")
+    return module is not None and type(plugin) is getattr(module, name, None)
+
+
 def _precision_of_lightning(plugin: Any, accelerator: str) -> Precision:
-    """mopt_fast's plugin for one of Lightning's plain precision plugins (same setting)."""
-    if _is_exactly_lightning(plugin, "MixedPrecision"):
+    """mopt_fast's plugin for one of Lightning's plain precision plugins (same setting), or for
+    mopt_fast.lightning's (same setting, same step guard): a script that moves from Lightning's
+    Trainer to mopt_fast's keeps its plugins."""
+    guard = plugin.step_guard if any(_is_ours_for_lightning(plugin, n) for n in _PLAIN_PRECISIONS) else None
+    if guard is not None:
+        if type(plugin).__name__ == "MixedPrecision":
+            return MixedPrecision(plugin.precision, getattr(plugin, "device", accelerator), step_guard=guard)
+        if type(plugin).__name__ == "HalfPrecision":
+            return HalfPrecision(plugin.precision, step_guard=guard)
+        return Precision(step_guard=guard)
+    if _is_exactly_lightning(plugin, "MixedPrecision") or _is_ours_for_lightning(plugin, "MixedPrecision"):
         theirs = getattr(plugin, "scaler", None)
         device = getattr(plugin, "device", accelerator)
         scaler = None
@@ -56,11 +73,11 @@ def _precision_of_lightning(plugin: Any, accelerator: str) -> Precision:
             scaler = GradScaler(device)
             scaler.load_state_dict(theirs.state_dict())
         return MixedPrecision(plugin.precision, device, scaler)
-    if _is_exactly_lightning(plugin, "HalfPrecision"):
+    if _is_exactly_lightning(plugin, "HalfPrecision") or _is_ours_for_lightning(plugin, "HalfPrecision"):
         return HalfPrecision(plugin.precision)
     if _is_exactly_lightning(plugin, "DoublePrecision"):
         return DoublePrecision()
-    if _is_exactly_lightning(plugin, "Precision"):
+    if _is_exactly_lightning(plugin, "Precision") or _is_ours_for_lightning(plugin, "Precision"):
         return Precision()
     raise not_built(
         f"Lightning's precision plugin `{type(plugin).__name__}` in mopt_fast.Trainer",

@@ -34,6 +34,7 @@ from mopt_fast.trainer._warn import warn
 from mopt_fast.trainer.strategies import FSDPStrategy
 
 if TYPE_CHECKING:
+    from mopt_fast.precision import Precision
     from mopt_fast.trainer.trainer import Trainer
 
 __all__ = ["checkpoint_dict", "load_callback_states", "load_for_resume", "restore", "restore_weights",
@@ -62,10 +63,9 @@ def checkpoint_dict(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             optimizer_states=_optimizer_states(trainer),
             lr_schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
         )
-        plugin = trainer.precision_plugin
-        scaler = plugin.state_dict().get("scaler")
-        if scaler:  # Lightning's entry: the scaler's state under the plugin's class name
-            ckpt[type(plugin).__qualname__] = scaler
+        entry = _precision_entry(trainer.precision_plugin)
+        if entry:
+            ckpt[type(trainer.precision_plugin).__qualname__] = entry
         ckpt["mopt_fast"] = {
             "loops": {"fit_loop": loop.state_dict(), "val_loop": trainer.val_loop.state_dict()},
             "metrics": trainer.metric_store.state_dict(),
@@ -300,8 +300,8 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     _load_module_state(trainer, ckpt["state_dict"])
     load_callback_states(trainer, ckpt)  # on_load_checkpoint, then load_state_dict by state_key
     plugin = trainer.precision_plugin
-    if type(plugin).__qualname__ in ckpt:  # Lightning's entry: the scaler's state
-        plugin.load_state_dict({"scaler": ckpt[type(plugin).__qualname__]})
+    if type(plugin).__qualname__ in ckpt:
+        _load_precision_entry(plugin, ckpt[type(plugin).__qualname__])
     elif "precision" in ckpt:  # files before Lightning's layout
         plugin.load_state_dict(ckpt["precision"])
     trainer.fit_loop.load_state_dict(fit_state)
@@ -327,7 +327,22 @@ def restore_evaluation(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     load_callback_states(trainer, ckpt)
     plugin = trainer.precision_plugin
     if type(plugin).__qualname__ in ckpt:
-        plugin.load_state_dict({"scaler": ckpt[type(plugin).__qualname__]})
+        _load_precision_entry(plugin, ckpt[type(plugin).__qualname__])
+
+
+def _precision_entry(plugin: Precision) -> dict[str, Any]:
+    """Lightning's checkpoint entry of a precision plugin (under its class name): the scaler's
+    state under 16-mixed, else the plugin's own (a step guard's count), as mopt_fast.lightning's
+    plugins write it in Lightning's Trainer; empty: no entry."""
+    state = plugin.state_dict()
+    return state["scaler"] if state.get("scaler") else state
+
+
+def _load_precision_entry(plugin: Precision, entry: dict[str, Any]) -> None:
+    if plugin.scaler is None:
+        plugin.load_state_dict(entry)
+    elif "step_guard" not in entry:  # a guard's count (a bf16 run's) is no scaler state
+        plugin.load_state_dict({"scaler": entry})
 
 
 def restore_optimizers(trainer: Trainer, ckpt: dict[str, Any]) -> None:

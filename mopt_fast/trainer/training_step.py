@@ -137,10 +137,15 @@ def optimizer_step(trainer: Trainer, wrapper: LightningOptimizer, closure: Calla
     update (`make_before_update`), the update, all in the precision plugin."""
     raw = wrapper._optimizer
     before = trainer.before_update.get(id(raw))
-    assert trainer.lightning_module is not None  # a fit runs with its module attached
-    return trainer.precision_plugin.optimizer_step(
-        raw, closure, before, skip_if_no_loss=trainer.lightning_module.automatic_optimization, **kwargs
-    )
+    module = trainer.lightning_module
+    assert module is not None  # a fit runs with its module attached
+    plugin = trainer.precision_plugin
+    result = plugin.optimizer_step(raw, closure, before, skip_if_no_loss=module.automatic_optimization, **kwargs)
+    guard = plugin.step_guard
+    if guard is not None and guard.skipped_steps is not None and not trainer.barebones:
+        # A device tensor: read when the logger writes, not here.
+        module.log(guard.metric_name, guard.skipped_steps, on_step=True, on_epoch=False, reduce_fx="max")
+    return result
 
 
 def make_before_update(trainer: Trainer, raw: torch.optim.Optimizer) -> Callable[[], None] | None:
