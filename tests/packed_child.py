@@ -152,6 +152,7 @@ def functional(out: str) -> None:
                                        for p, b in zip(model.parameters(), before))
             cases[f"p={norm_type} {case}"] = row
     cases.update(scaler_steps(mesh, counter))
+    cases.update(guard_steps(mesh, counter))
     with open(os.path.join(out, f"functional{rank}.json"), "w") as f:
         json.dump(cases, f)
     from mopt_fast.trainer.strategies import _wait_until_gloo_threads_idle
@@ -192,6 +193,50 @@ def scaler_steps(mesh: Any, counter: CollectiveCounter) -> dict[str, dict[str, A
         changed = [not torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before)]
         steps[f"scaler fused step {step}"] = {"collectives": collectives, "changed": changed,
                                                "scale": scaler.get_scale(), "clip_host_reads": reads.count}
+    return steps
+
+
+def guard_steps(mesh: Any, counter: CollectiveCounter) -> dict[str, dict[str, Any]]:
+    """mopt_fast.StepGuard on an FSDP2 model, with torch's fused Adam (the flag as its found_inf)
+    and with foreach AdamW (stepped, then put back shard by shard), three steps each, a NaN in
+    rank 1's shard at the second: norm and flag in one all-reduce per step, so both ranks skip it.
+    The host reads of each guarded step are compared with those of the same optimizer's plain
+    step on an unguarded copy (torch's CPU optimizers read their step count themselves)."""
+    steps = {}
+    for name, make in (("fused", lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=True)),
+                       ("foreach", lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=True))):
+        models, opts = [], []
+        for _ in range(2):  # guarded, plain
+            torch.manual_seed(0)
+            models.append(nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 2)))
+            _shard_model(models[-1], mesh)
+            opts.append(make(models[-1].parameters()))
+        model, plain = models
+        opt, plain_opt = opts
+        guard = mopt_fast.StepGuard()
+        g = torch.Generator().manual_seed(2 + dist.get_rank())
+        for step in range(3):
+            x = torch.randn(4, 8, generator=g)
+            for m, o in zip(models, opts):
+                o.zero_grad()
+                m(x).pow(2).mean().backward()
+            if step == 1 and dist.get_rank() == 1:
+                model[1].bias.grad.to_local().view(-1)[0] = math.nan
+            before = [p.to_local().clone() for p in model.parameters()]
+            counter.start()
+            reads = HostReads()
+            with reads:
+                guard.step(opt, max_norm=0.5)
+            collectives = counter.stop()
+            plain_reads = HostReads()
+            with plain_reads:
+                plain_opt.step()
+            changed = [not torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before)]
+            steps[f"guard {name} step {step}"] = {
+                "collectives": collectives, "changed": changed,
+                "host_reads_added": reads.count - plain_reads.count,
+                "finite": all(bool(torch.isfinite(p.to_local()).all()) for p in model.parameters()),
+                "skipped": guard.skipped_steps.item()}
     return steps
 
 

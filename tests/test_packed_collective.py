@@ -32,7 +32,8 @@ def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
     unsharded gradients; a NaN in rank 1's shard, or an inf loss on rank 0 alone, sets found_inf
     on BOTH ranks and leaves every gradient as it was. Then GradScaler.unscale_clip_grad_norm_
     with torch's fused Adam (the clip factor handed to the optimizer): one all-reduce per step,
-    and a NaN in rank 1's shard skips the step on both ranks."""
+    and a NaN in rank 1's shard skips the step on both ranks; the same with mopt_fast.StepGuard
+    (fused Adam, and foreach AdamW put back shard by shard)."""
     out = str(tmp_path)
     proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 CHILD, "functional", out])
@@ -40,6 +41,15 @@ def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
     for rank in (0, 1):
         cases = json.load(open(os.path.join(out, f"functional{rank}.json")))
         scaler_steps = [cases.pop(f"scaler fused step {i}") for i in range(3)]
+        for optimizer in ("fused", "foreach"):
+            # StepGuard: a NaN in rank 1's shard at step 1 skips that step on both ranks, in one
+            # all-reduce per step, adding no host read to the optimizer's own
+            guarded = [cases.pop(f"guard {optimizer} step {i}") for i in range(3)]
+            assert [all(s["changed"]) for s in guarded] == [True, False, True], (rank, optimizer, guarded)
+            assert [any(s["changed"]) for s in guarded] == [True, False, True], (rank, optimizer, guarded)
+            assert [s["skipped"] for s in guarded] == [0.0, 1.0, 1.0], (rank, optimizer, guarded)
+            for s in guarded:
+                assert s["collectives"] == {"all_reduce": 1} and s["host_reads_added"] == 0 and s["finite"], s
         assert len(cases) == 8
         for name, row in cases.items():
             assert row["collectives"] == {"all_reduce": 1}, (rank, name, row)
