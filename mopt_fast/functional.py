@@ -44,23 +44,31 @@ __all__ = [
 
 def _grads(parameters: Tensors) -> list[torch.Tensor]:
     """The gradients, with FSDP2's sharded (DTensor) ones replaced by their local shards: every
-    op here is elementwise or a sum, so each rank works on its shard (see _sharded_grads)."""
-    return _sharded_grads(parameters)[0]
+    elementwise op here works on each rank's shard, whatever the mesh or the placements (the
+    norms need more: see _sharded_grads). Each `.grad` is read once: on a thousand parameters
+    these reads are most of a call's own time (~80 ns each), so without an initialized process
+    group nothing else walks the list."""
+    return _local_grads(parameters)[0]
 
 
-def _sharded_grads(parameters: Tensors) -> tuple[list[torch.Tensor], Any]:
-    """The gradients (DTensors as their local shards) and the process group over which their
-    partial norms are reduced, None for plain tensors (see _grads_group). Each `.grad` is read
-    once: on a thousand parameters these reads are most of a call's own time (~80 ns each), so
-    without an initialized process group nothing else walks the list."""
+def _local_grads(parameters: Tensors) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """(the gradients with DTensors as their local shards, the gradients as they are when any is
+    a DTensor, else None)."""
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     grads = [g for g in [p.grad for p in parameters] if g is not None]
     dtensor = _dtensor_type()
     if dtensor is None or not any(isinstance(g, dtensor) for g in grads):
         return grads, None
-    group = _grads_group(grads)
-    return [g.to_local() if isinstance(g, dtensor) else g for g in grads], group
+    return [g.to_local() if isinstance(g, dtensor) else g for g in grads], grads
+
+
+def _sharded_grads(parameters: Tensors) -> tuple[list[torch.Tensor], Any]:
+    """The gradients (DTensors as their local shards) and the process group over which their
+    partial norms are reduced, None for plain tensors (see _grads_group), from one read of each
+    `.grad`."""
+    local, raw = _local_grads(parameters)
+    return local, (None if raw is None else _grads_group(raw))
 
 
 def _dtensor_type() -> type[DTensor] | None:

@@ -59,8 +59,8 @@ from mopt_fast._validate import FLOAT_DTYPES
 from mopt_fast.amp import GradScaler, _is_fused
 from mopt_fast.exceptions import not_built
 from mopt_fast.functional import _clip_grad_norm, clip_grad_value_, forget_logged_norm, scale_grads_, zero_grad_
-from mopt_fast.precision import _checked_guard, normalize_precision
-from mopt_fast.step_guard import StepGuard
+from mopt_fast.precision import normalize_precision
+from mopt_fast.step_guard import ClipNorm, StepGuard, check_plugin_guard
 
 __all__ = ["HalfPrecision", "MixedPrecision", "Precision", "precision_plugin"]
 
@@ -151,7 +151,7 @@ class _FusedKernels(_PluginBase):
     step_guard: StepGuard | None = None
     # While a guarded step runs its hooks: the norm the clip by norm computed, for the guard.
     _guarding = False
-    _clip_norm: torch.Tensor | None = None
+    _clip_norm: ClipNorm | None = None
 
     def connect(self, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                 lr_schedulers: list[Any]) -> tuple[torch.nn.Module, list[torch.optim.Optimizer], list[Any]]:
@@ -168,7 +168,7 @@ class _FusedKernels(_PluginBase):
         # The norm mopt_fast.grad_norm logged in this step's on_before_optimizer_step, if it did, is reused.
         total = _clip_grad_norm(list(self.main_params(optimizer)), _validate.non_negative(clip_val, "clip_val"), 2.0,
                                 False, [], reuse_logged=True)
-        self._clip_norm = total if self._guarding else None
+        self._clip_norm = ClipNorm(optimizer, total) if self._guarding else None
 
     # Lightning's signature (see MixedPrecision.optimizer_step)
     def optimizer_step(  # type: ignore[override]
@@ -184,15 +184,14 @@ class _FusedKernels(_PluginBase):
                 "A step guard and LBFGS do not go together: LBFGS re-evaluates its closure inside step(), where no "
                 "guard can look at the gradients.")
         # Lightning's closure, hooks and clipping, then the guard's step instead of optimizer.step(closure).
-        # A clip by norm (it runs last among them) hands its norm over: the guard reads no gradient.
+        # A clip by norm among them hands its norm over (see ClipNorm): the guard reads no gradient.
         self._guarding, self._clip_norm = True, None
         try:
             closure_result = self._wrap_closure(model, optimizer, closure)
-            total = self._clip_norm
+            handed = self._clip_norm
         finally:
             self._guarding, self._clip_norm = False, None
-        if guard.max_total_norm is not None and guard.norm_type != 2.0:
-            total = None  # the clip's 2-norm cannot be compared with the guard's threshold
+        total = handed.total_for(optimizer) if handed is not None else None
         if not _grads(optimizer):
             optimizer.step(**kwargs)  # nothing to guard (training_step returned None): as unguarded
         else:
@@ -209,9 +208,12 @@ class _FusedKernels(_PluginBase):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.step_guard is not None and "step_guard" in state_dict:
-            self.step_guard.load_state_dict(state_dict["step_guard"])
+        if "step_guard" in state_dict:  # a guarded run's entry: no scaler state in it
+            if self.step_guard is not None:
+                self.step_guard.load_state_dict(state_dict["step_guard"])
             state_dict = {k: v for k, v in state_dict.items() if k != "step_guard"}
+            if not state_dict:
+                return
         super().load_state_dict(state_dict)
 
 
@@ -228,7 +230,7 @@ class Precision(_FusedKernels, _LightningPrecision):
 
     def __init__(self, step_guard: StepGuard | None = None) -> None:
         super().__init__()
-        self.step_guard = _checked_guard(step_guard)
+        self.step_guard = check_plugin_guard(step_guard)
 
 
 class HalfPrecision(_FusedKernels, _LightningHalfPrecision):
@@ -236,9 +238,9 @@ class HalfPrecision(_FusedKernels, _LightningHalfPrecision):
     clipping and ``zero_grad(set_to_none=False)`` on mopt_fast's fused kernels, and the optional
     step guard (see `Precision`). ``Trainer(plugins=[HalfPrecision("bf16-true", step_guard=...)])``."""
 
-    def __init__(self, precision: str = "bf16-true", step_guard: StepGuard | None = None) -> None:
+    def __init__(self, precision: str = "16-true", step_guard: StepGuard | None = None) -> None:
         super().__init__(precision)  # type: ignore[arg-type]  # Lightning's typing names the two it accepts
-        self.step_guard = _checked_guard(step_guard)
+        self.step_guard = check_plugin_guard(step_guard)
 
 
 class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
@@ -274,7 +276,7 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
                 )
         # Lightning's checks: the name (its typing names the two it accepts), no scaler for bf16
         super().__init__(precision, device, scaler)  # type: ignore[arg-type]
-        self.step_guard = _checked_guard(step_guard)
+        self.step_guard = check_plugin_guard(step_guard)
         self._in_training_step = False
         # Stepping in this iteration is skipped (automatic optimization, training_step returned None).
         self._step_skipped = False
@@ -392,12 +394,17 @@ class MixedPrecision(_FusedKernels, _LightningMixedPrecision):
             self.scaler._end_iteration(self._folded)
 
 
-def precision_plugin(precision: str | int = "32-true", device: str = "cuda") -> Precision | MixedPrecision:
+def precision_plugin(precision: str | int = "32-true",
+                     device: str = "cuda") -> Precision | MixedPrecision | HalfPrecision:
     """The plugin for a precision setting, spelled as Lightning's ``precision=`` accepts it
-    ("32-true"/"32"/32, "16-mixed"/"16"/16, "bf16-mixed"/"bf16"), autocasting on `device`."""
+    ("32-true"/"32"/32, "16-mixed"/"16"/16, "bf16-mixed"/"bf16", "16-true", "bf16-true"),
+    autocasting on `device` for the mixed ones."""
     name = normalize_precision(precision)
-    if name.endswith("-true") and name != "32-true":
-        # Nothing of Lightning's HalfPrecision/DoublePrecision step to fuse: keep Lightning's own.
+    if name == "64-true":
         raise ValueError(f"precision={precision!r} is not supported by this plugin: pass Lightning's own "
-                         "`precision=` for the '*-true' precisions (mopt_fast.Trainer takes them too)")
-    return Precision() if name == "32-true" else MixedPrecision(name, device)
+                         "`precision='64-true'` (mopt_fast.Trainer takes it too)")
+    if name == "32-true":
+        return Precision()
+    if name.endswith("-true"):
+        return HalfPrecision(name)
+    return MixedPrecision(name, device)

@@ -32,7 +32,7 @@ from torch.amp.grad_scaler import OptState
 from mopt_fast.amp import GradScaler, _is_fused
 from mopt_fast.exceptions import not_built
 from mopt_fast.functional import _clip_grad_norm, clip_grad_value_, forget_logged_norm
-from mopt_fast.step_guard import StepGuard
+from mopt_fast.step_guard import ClipNorm, StepGuard, check_plugin_guard
 
 __all__ = ["Precision", "MixedPrecision", "HalfPrecision", "DoublePrecision", "make_precision", "PRECISIONS",
            "CLIP_ALGORITHMS"]
@@ -82,12 +82,6 @@ def _floating_to(data: Any, dtype: torch.dtype) -> Any:
     return data
 
 
-def _checked_guard(step_guard: Any) -> StepGuard | None:
-    if step_guard is not None and not isinstance(step_guard, StepGuard):
-        raise TypeError(f"step_guard must be a mopt_fast.StepGuard or None, got {type(step_guard).__name__}")
-    return step_guard
-
-
 class Precision:
     """32-true: no autocast, no loss scaling.
 
@@ -95,7 +89,9 @@ class Precision:
         step_guard: a `mopt_fast.StepGuard`: every optimizer step is skipped on the device when a
             gradient is inf/NaN (or the norm is above the guard's ``max_total_norm``), and the
             count of skipped steps is logged as ``StepGuard.metric_name``. Off by default, as in
-            Lightning, which has no such behaviour.
+            Lightning, which has no such behaviour. ``max_total_norm`` is compared with the 2-norm
+            of the gradients before the step's clip by norm (``gradient_clip_val``,
+            ``configure_gradient_clipping``); without one, with the gradients the guard finds.
     """
 
     name = "32-true"
@@ -106,10 +102,10 @@ class Precision:
     step_guard: StepGuard | None = None
     # While a guarded step runs its hooks: the norm the clip by norm computed, for the guard.
     _guarding = False
-    _clip_norm: torch.Tensor | None = None
+    _clip_norm: ClipNorm | None = None
 
     def __init__(self, step_guard: StepGuard | None = None) -> None:
-        self.step_guard = _checked_guard(step_guard)
+        self.step_guard = check_plugin_guard(step_guard)
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -142,7 +138,7 @@ class Precision:
             self._clip_norm = None  # the gradients changed since any norm
         else:  # the norm grad_norm logged in this step's hooks, if it did, is reused
             total = _clip_grad_norm(params, float(clip_val), 2.0, False, [], reuse_logged=True)
-            self._clip_norm = total if self._guarding else None
+            self._clip_norm = ClipNorm(optimizer, total) if self._guarding else None
 
     def optimizer_step(
         self,
@@ -172,9 +168,9 @@ class Precision:
 
     def _guarded_step(self, guard: StepGuard, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None,
                       before_step: Callable[[], None] | None, **kwargs: Any) -> Any:
-        """The closure, the hooks, then the guard's step. A clip by norm among the hooks (it runs
-        last, and nothing writes the gradients after it) hands its norm to the guard, which then
-        reads no gradient: one read pass per step for clip and guard together."""
+        """The closure, the hooks, then the guard's step. A clip by norm among the hooks hands its
+        norm to the guard, which then reads no gradient (one read pass per step for clip and guard
+        together), unless a gradient was written after the clip (see ClipNorm)."""
         if isinstance(optimizer, torch.optim.LBFGS):
             raise ValueError(
                 "A step guard and LBFGS do not go together: LBFGS re-evaluates its closure inside step(), "
@@ -185,11 +181,10 @@ class Precision:
             result = (closure or _noop_closure)()
             if before_step is not None:
                 before_step()
-            total = self._clip_norm
+            handed = self._clip_norm
         finally:
             self._guarding, self._clip_norm = False, None
-        if guard.max_total_norm is not None and guard.norm_type != 2.0:
-            total = None  # the clip's 2-norm cannot be compared with the guard's threshold
+        total = handed.total_for(optimizer) if handed is not None else None
         if not any(p.grad is not None for p in _optimizer_params(optimizer)):
             optimizer.step(**kwargs)  # nothing to guard (training_step returned None): as unguarded
         else:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from mopt_fast import _validate
-from mopt_fast.functional import _dtensor_type, _packed_all_reduce, _sharded_grads
+from mopt_fast.functional import _dtensor_type, _grads, _NormMemo, _packed_all_reduce, _sharded_grads
 from mopt_fast.registry import kernel
 
 __all__ = ["StepGuard"]
@@ -40,6 +40,41 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's local shard (sharing its memory), a plain tensor as it is."""
     dtensor = _dtensor_type()
     return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+class ClipNorm:
+    """The norm a clip by norm computed in a guarded step, for the guard that follows: it is
+    handed over only for the same optimizer's very same gradients, none written since the clip
+    (their version counters; a hook that rewrites a gradient after the clip makes the guard read
+    them itself). The norm is the one before the clip."""
+
+    __slots__ = ("optimizer_id", "memo")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total: torch.Tensor) -> None:
+        self.optimizer_id = id(optimizer)
+        self.memo = _NormMemo(2.0, _grads(_params(optimizer)), total)
+
+    def total_for(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        if id(optimizer) != self.optimizer_id or not self.memo.matches(2.0, _grads(_params(optimizer))):
+            return None
+        return self.memo.total
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def check_plugin_guard(step_guard: Any) -> StepGuard | None:
+    """A precision plugin's `step_guard` argument, checked."""
+    if step_guard is None:
+        return None
+    if not isinstance(step_guard, StepGuard):
+        raise TypeError(f"step_guard must be a mopt_fast.StepGuard or None, got {type(step_guard).__name__}")
+    if step_guard.max_total_norm is not None and step_guard.norm_type != 2.0:
+        raise ValueError(
+            "A precision plugin's step guard compares max_total_norm with the 2-norm its clip by norm computes "
+            f"(before the clip); got a guard of norm_type={step_guard.norm_type}")
+    return step_guard
 
 
 def _is_fused(optimizer: torch.optim.Optimizer) -> bool:
@@ -97,8 +132,10 @@ class StepGuard:
         float32 tensors on the gradients' device (found_inf: 1.0 when the step must be skipped).
         Nothing is written. All gradients must be on one device.
 
-        `total_norm`: the norm of order ``norm_type`` of these gradients as they are now (a clip
-        just computed it): no gradient is read; the step is skipped where it is not finite."""
+        `total_norm`: the norm of order ``norm_type`` of these gradients, which the caller just
+        computed (a clip by norm, before it scaled them: a non-finite gradient makes it
+        non-finite either way): no gradient is read; the step is skipped where it is not finite
+        (and where it is above ``max_total_norm``)."""
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grads, group = _sharded_grads(params)
         if not grads:
@@ -128,8 +165,10 @@ class StepGuard:
         `optimizer` (with `step_kwargs`), or skip the step on the device. Returns the total
         norm (before clipping).
 
-        `total_norm`: the norm of order ``norm_type`` of the gradients as they are now, when the
-        caller just computed it (see `check`): the guard then reads no gradient.
+        `total_norm`: the norm of order ``norm_type`` of the gradients, when the caller just
+        computed it (see `check`): the guard then reads no gradient. The precision plugins hand
+        over the norm their clip by norm computed, before it scaled the gradients: the step is
+        skipped where that norm is not finite or above ``max_total_norm``.
 
         A skipped step leaves every parameter and every optimizer state tensor bitwise as it was
         before the call. State entries the step creates (the first step of most optimizers)
@@ -138,9 +177,9 @@ class StepGuard:
         """
         if max_norm is not None:
             max_norm = _validate.non_negative(max_norm, "max_norm")
-        if isinstance(optimizer, torch.optim.LBFGS):
-            raise ValueError("mopt_fast.StepGuard: LBFGS re-evaluates its closure inside step(), where no "
-                             "guard can look at the gradients; use another optimizer or no guard")
+        if isinstance(optimizer, torch.optim.LBFGS) or step_kwargs.get("closure") is not None:
+            raise ValueError("mopt_fast.StepGuard: a closure (LBFGS's) re-evaluates the gradients inside step(), "
+                             "where no guard can look at them; compute them before the guarded step")
         total, found_inf = self.check(optimizer, total_norm)
         if _is_fused(optimizer):
             self._fused_step(optimizer, total, found_inf, max_norm, step_kwargs)

@@ -153,6 +153,7 @@ def functional(out: str) -> None:
             cases[f"p={norm_type} {case}"] = row
     cases.update(scaler_steps(mesh, counter))
     cases.update(guard_steps(mesh, counter))
+    cases["elementwise on a partly sharded model"] = elementwise_mixed(mesh)
     with open(os.path.join(out, f"functional{rank}.json"), "w") as f:
         json.dump(cases, f)
     from mopt_fast.trainer.strategies import _wait_until_gloo_threads_idle
@@ -194,6 +195,33 @@ def scaler_steps(mesh: Any, counter: CollectiveCounter) -> dict[str, dict[str, A
         steps[f"scaler fused step {step}"] = {"collectives": collectives, "changed": changed,
                                                "scale": scaler.get_scale(), "clip_host_reads": reads.count}
     return steps
+
+
+def elementwise_mixed(mesh: Any) -> dict[str, Any]:
+    """scale_grads_ and clip_grad_value_ over DTensor gradients beside plain ones (a model
+    partly wrapped by fully_shard): each works on this rank's shards and the plain tensors, as
+    torch's own functions do on the unsharded gradients; no norm, so no layout is refused."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 2))
+    ref = copy.deepcopy(model)
+    fully_shard(model[0], mesh=mesh)
+    g = torch.Generator().manual_seed(3)
+    for p_ref, p in zip(ref.parameters(), model.parameters()):
+        full = torch.randn(p_ref.shape, generator=g)
+        p_ref.grad = full.clone()
+        p.grad = distribute_tensor(full, mesh, [Shard(0)]) if isinstance(p, DTensor) else full.clone()
+    kinds = sorted({type(p.grad).__name__ for p in model.parameters()})
+    mopt_fast.scale_grads_(model.parameters(), 0.5)
+    mopt_fast.clip_grad_value_(model.parameters(), 0.3)
+    for p in ref.parameters():
+        p.grad.mul_(0.5)
+    torch.nn.utils.clip_grad_value_(ref.parameters(), 0.3)
+    equal = all(torch.equal(p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad, p_ref.grad)
+                for p, p_ref in zip(model.parameters(), ref.parameters()))
+    return {"kinds": kinds, "equal_to_torch": equal}
 
 
 def guard_steps(mesh: Any, counter: CollectiveCounter) -> dict[str, dict[str, Any]]:

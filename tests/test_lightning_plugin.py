@@ -34,11 +34,12 @@ from helpers import importorskip_unless_ci
 importorskip_unless_ci("lightning")
 
 import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.plugins.precision import HalfPrecision as LightningHalfPrecision  # noqa: E402
 from lightning.pytorch.plugins.precision import MixedPrecision as LightningMixedPrecision  # noqa: E402
 from lightning.pytorch.utilities.exceptions import MisconfigurationException  # noqa: E402
 
 from mopt_fast.amp import GradScaler  # noqa: E402
-from mopt_fast.lightning import MixedPrecision, Precision, precision_plugin  # noqa: E402
+from mopt_fast.lightning import HalfPrecision, MixedPrecision, Precision, precision_plugin  # noqa: E402
 
 RTOL, ATOL = 2e-5, 2e-6
 INF_BATCHES = (2, 5)  # batches whose loss is multiplied by inf: the scaler must skip those steps
@@ -651,8 +652,13 @@ def test_precision_plugin_spellings() -> None:
     for spelling in ("bf16-mixed", "bf16"):
         plugin = precision_plugin(spelling, "cpu")
         assert plugin.precision == "bf16-mixed" and plugin.scaler is None
+    for spelling in ("16-true", "bf16-true"):
+        plugin = precision_plugin(spelling)
+        assert type(plugin) is HalfPrecision and plugin.precision == spelling
+        assert isinstance(plugin, LightningHalfPrecision)
+    assert HalfPrecision().precision == LightningHalfPrecision().precision  # the same default
     with pytest.raises(ValueError, match="not supported"):
-        precision_plugin("16-true")
+        precision_plugin("64-true")
 
 
 def test_bad_arguments() -> None:

@@ -41,6 +41,8 @@ def test_functional_unscale_clip_on_shards_is_one_all_reduce(tmp_path) -> None:
     for rank in (0, 1):
         cases = json.load(open(os.path.join(out, f"functional{rank}.json")))
         scaler_steps = [cases.pop(f"scaler fused step {i}") for i in range(3)]
+        mixed = cases.pop("elementwise on a partly sharded model")
+        assert mixed == {"kinds": ["DTensor", "Tensor"], "equal_to_torch": True}, mixed
         for optimizer in ("fused", "foreach"):
             # StepGuard: a NaN in rank 1's shard at step 1 skips that step on both ranks, in one
             # all-reduce per step, adding no host read to the optimizer's own

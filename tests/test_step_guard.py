@@ -168,3 +168,70 @@ def test_bad_input_is_refused_and_changes_nothing():
     assert_same(snapshot(model, optimizer), before)
     for p, g in zip(model.parameters(), grads):
         assert torch.equal(p.grad, g)
+
+
+def test_a_handed_norm_decides_without_reading_a_gradient():
+    """`total_norm` (a clip's norm): no read pass of the guard's own; a non-finite one skips."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "mopt_fast":
+                self.ops[func._opname] += 1
+            return func(*args, **(kwargs or {}))
+
+    for total, skipped in ((torch.tensor(0.5), 0.0), (torch.tensor(math.nan), 1.0), (torch.tensor(math.inf), 1.0)):
+        model, batches = model_and_batches(7, torch.float32, "cpu", 1)
+        optimizer = OPTIMIZERS["adamw_fused"](model.parameters())
+        torch.nn.functional.mse_loss(model(batches[0][0]), batches[0][1]).backward()
+        before = snapshot(model, optimizer)
+        guard = mopt_fast.StepGuard()
+        with Ops() as counted:
+            guard.step(optimizer, total_norm=total)
+        assert counted.ops == Counter()  # no norm, no unscale_norm: nothing read
+        assert guard.skipped_steps.item() == skipped
+        weights_after = snapshot(model, optimizer)[0]
+        assert all(torch.equal(a, b) for a, b in zip(weights_after, before[0])) == bool(skipped)
+    # the threshold applies to the handed norm too
+    guard = mopt_fast.StepGuard(max_total_norm=1.0)
+    model, batches = model_and_batches(7, torch.float32, "cpu", 1)
+    optimizer = OPTIMIZERS["sgd_momentum"](model.parameters())
+    torch.nn.functional.mse_loss(model(batches[0][0]), batches[0][1]).backward()
+    guard.step(optimizer, total_norm=torch.tensor(2.0))
+    assert guard.skipped_steps.item() == 1.0
+
+
+def test_the_count_round_trips_through_state_dict():
+    guard = mopt_fast.StepGuard()
+    assert guard.state_dict() == {"skipped_steps": 0.0}
+    _, guard, _ = run("adamw_fused", torch.float32, "cpu", poison_at=1, steps=3, guard=guard)
+    assert guard.state_dict() == {"skipped_steps": 1.0}
+    resumed = mopt_fast.StepGuard()
+    resumed.load_state_dict(guard.state_dict())
+    run("adamw_fused", torch.float32, "cpu", poison_at=0, steps=2, guard=resumed)
+    assert resumed.skipped_steps.item() == 2.0
+    fresh = mopt_fast.StepGuard()
+    fresh.load_state_dict({"skipped_steps": 0.0})
+    assert fresh.skipped_steps is None
+
+
+def test_closures_are_refused_before_anything_changes():
+    model, batches = model_and_batches(7, torch.float32, "cpu", 1)
+    x, y = batches[0]
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    for optimizer in (torch.optim.LBFGS(model.parameters()), OPTIMIZERS["adamw_foreach"](model.parameters())):
+        before = snapshot(model, optimizer)
+        guard = mopt_fast.StepGuard()
+        with pytest.raises(ValueError, match="closure"):
+            guard.step(optimizer, closure=lambda: torch.nn.functional.mse_loss(model(x), y))
+        if not isinstance(optimizer, torch.optim.LBFGS):
+            with pytest.raises(ValueError, match="closure"):
+                guard.step(optimizer, closure=lambda: None)
+        assert_same(snapshot(model, optimizer), before)
+        assert guard.skipped_steps is None

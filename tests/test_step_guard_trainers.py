@@ -40,11 +40,16 @@ OPTIMIZERS = {
 
 def module_class(base: type):
     class Regression(base):
-        def __init__(self, optimizer: str, poison: bool) -> None:
+        def __init__(self, optimizer: str, poison: bool, poison_after_clip: bool = False) -> None:
             super().__init__()
             torch.manual_seed(0)
             self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
-            self.optimizer_name, self.poison = optimizer, poison
+            self.optimizer_name, self.poison, self.poison_after_clip = optimizer, poison, poison_after_clip
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            if self.poison_after_clip and self.trainer.fit_loop.epoch_loop.batch_idx == POISON_BATCH:
+                self.net[0].bias.grad[0] = math.nan  # written after the clip computed its norm
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -67,12 +72,12 @@ def loader() -> DataLoader:
 
 
 def fit(kind: str, plugin, optimizer: str, batches: int, poison: bool, clip: float | None = None,
-        ckpt_path=None, max_epochs: int = 1):
+        ckpt_path=None, max_epochs: int = 1, poison_after_clip: bool = False):
     """One epoch of `batches` batches on mopt_fast's Trainer ("ours") or Lightning's; the module,
     the trainer and the host reads the fit made."""
     base, trainer_class = (mopt_fast.LightningModule, mopt_fast.Trainer) if kind == "ours" else (
         pl.LightningModule, pl.Trainer)
-    model = module_class(base)(optimizer, poison)
+    model = module_class(base)(optimizer, poison, poison_after_clip)
     trainer = trainer_class(
         max_epochs=max_epochs, limit_train_batches=batches, accelerator="cpu", devices=1, plugins=[plugin],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -193,6 +198,52 @@ def test_the_count_is_checkpointed_and_resumed(kind, tmp_path):
     assert resumed.current_epoch == 2
     assert resumed_guard.skipped_steps.item() == 1.0
     assert resumed.callback_metrics[METRIC].item() == 1.0
+
+
+@pytest.mark.parametrize("kind", ["ours", "lightning"])
+def test_a_gradient_written_after_the_clip_is_read_by_the_guard(kind):
+    """The clip's norm is handed over only for gradients no one wrote since: a hook that poisons
+    one after clipping makes the guard read them itself, and skip."""
+    clean, clean_trainer, _ = fit(kind, plugins(kind, "32-true", None), "adamw_foreach", POISON_BATCH, False, 0.5)
+    guard = mopt_fast.StepGuard()
+    counter = OpCounter()
+    with counter:
+        guarded, trainer, _ = fit(kind, plugins(kind, "32-true", guard), "adamw_foreach", POISON_BATCH + 1, False,
+                                  0.5, poison_after_clip=True)
+    assert guard.skipped_steps.item() == 1.0
+    assert_same_state(state(guarded, trainer), state(clean, clean_trainer))
+    assert counter.ops["unscale_norm"] == 1  # the guard's own read, at the poisoned step only
+
+
+@pytest.mark.parametrize("kind", ["ours", "lightning"])
+def test_max_total_norm_is_compared_with_the_norm_before_the_clip(kind):
+    """Clipped to 1e-3, every step's gradients are below a 2e-3 threshold; their norm before the
+    clip is not: every step is skipped."""
+    guard = mopt_fast.StepGuard(max_total_norm=2e-3)
+    fit(kind, plugins(kind, "32-true", guard), "adamw_fused", 3, False, 1e-3)
+    assert guard.skipped_steps.item() == 3.0
+    with pytest.raises(ValueError, match="2-norm"):
+        plugins(kind, "32-true", mopt_fast.StepGuard(max_total_norm=1.0, norm_type=1.0))
+
+
+@pytest.mark.parametrize("saved_by, resumed_by", [("lightning", "ours"), ("ours", "lightning")])
+def test_the_count_crosses_between_the_trainers_checkpoints(saved_by, resumed_by, tmp_path):
+    guard = mopt_fast.StepGuard()
+    _, trainer, _ = fit(saved_by, plugins(saved_by, "bf16-mixed", guard), "adamw_fused", POISON_BATCH + 1, True)
+    trainer.save_checkpoint(tmp_path / "guarded.ckpt")
+    resumed_guard = mopt_fast.StepGuard()
+    fit(resumed_by, plugins(resumed_by, "bf16-mixed", resumed_guard), "adamw_fused", POISON_BATCH + 1, False,
+        ckpt_path=tmp_path / "guarded.ckpt", max_epochs=2)
+    assert resumed_guard.skipped_steps.item() == 1.0
+
+
+def test_a_disabled_scaler_writes_no_precision_entry():
+    """As before the guard's entry: a 16-mixed run whose scaler is disabled leaves no entry that an
+    enabled scaler would then fail to read."""
+    from mopt_fast.trainer.resume import _precision_entry
+
+    assert _precision_entry(MixedPrecision("16-mixed", "cpu", mopt_fast.amp.GradScaler("cpu", enabled=False))) == {}
+    assert _precision_entry(Precision(step_guard=mopt_fast.StepGuard())) == {"step_guard": {"skipped_steps": 0.0}}
 
 
 def test_our_trainer_takes_the_lightning_plugin_with_its_guard():

@@ -335,7 +335,7 @@ def _precision_entry(plugin: Precision) -> dict[str, Any]:
     state under 16-mixed, else the plugin's own (a step guard's count), as mopt_fast.lightning's
     plugins write it in Lightning's Trainer; empty: no entry."""
     state = plugin.state_dict()
-    return state["scaler"] if state.get("scaler") else state
+    return state["scaler"] if "scaler" in state else state  # a disabled scaler's {}: no entry
 
 
 def _load_precision_entry(plugin: Precision, entry: dict[str, Any]) -> None:
