@@ -148,7 +148,8 @@ std::tuple<at::Tensor, at::Tensor> reduce_list(at::TensorList tensors, double or
 
 std::tuple<at::Tensor, at::Tensor> reduce_plan(const Plan& plan, at::TensorList tensors,
                                                double order, bool per_tensor,
-                                               const float* inv_scale, const at::Tensor* found_inf) {
+                                               const float* inv_scale,
+                                               const at::Tensor* found_inf) {
   const NormKind kind = norm_kind(order);
   const float scale = inv_scale ? *inv_scale : 1.0f;
   std::vector<Partial> partials(plan.items.size());
