@@ -59,12 +59,6 @@ def _precision_of_lightning(plugin: Any, accelerator: str) -> Precision:
     mopt_fast.lightning's (same setting, same step guard): a script that moves from Lightning's
     Trainer to mopt_fast's keeps its plugins."""
     guard = plugin.step_guard if any(_is_ours_for_lightning(plugin, n) for n in _PLAIN_PRECISIONS) else None
-    if guard is not None:
-        if type(plugin).__name__ == "MixedPrecision":
-            return MixedPrecision(plugin.precision, getattr(plugin, "device", accelerator), step_guard=guard)
-        if type(plugin).__name__ == "HalfPrecision":
-            return HalfPrecision(plugin.precision, step_guard=guard)
-        return Precision(step_guard=guard)
     if _is_exactly_lightning(plugin, "MixedPrecision") or _is_ours_for_lightning(plugin, "MixedPrecision"):
         theirs = getattr(plugin, "scaler", None)
         device = getattr(plugin, "device", accelerator)
@@ -72,13 +66,13 @@ def _precision_of_lightning(plugin: Any, accelerator: str) -> Precision:
         if theirs is not None:  # the same settings and state on mopt_fast's fused scaler
             scaler = GradScaler(device)
             scaler.load_state_dict(theirs.state_dict())
-        return MixedPrecision(plugin.precision, device, scaler)
+        return MixedPrecision(plugin.precision, device, scaler, step_guard=guard)
     if _is_exactly_lightning(plugin, "HalfPrecision") or _is_ours_for_lightning(plugin, "HalfPrecision"):
-        return HalfPrecision(plugin.precision)
+        return HalfPrecision(plugin.precision, step_guard=guard)
     if _is_exactly_lightning(plugin, "DoublePrecision"):
         return DoublePrecision()
     if _is_exactly_lightning(plugin, "Precision") or _is_ours_for_lightning(plugin, "Precision"):
-        return Precision()
+        return Precision(step_guard=guard)
     raise not_built(
         f"Lightning's precision plugin `{type(plugin).__name__}` in mopt_fast.Trainer",
         "pass `precision=` (32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true), one of Lightning's "
