@@ -62,6 +62,16 @@ def main(framework: str, out: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Module(), data)
+    # Lightning's DDPStrategy leaves its gloo group alive: torn down by the interpreter's exit, a
+    # gloo worker still running aborts the process now and then ("terminate called without an
+    # active exception", status -6). Close it as mopt_fast's own teardown does.
+    import torch.distributed as dist
+
+    from mopt_fast.trainer.strategies import _wait_until_gloo_threads_idle
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _wait_until_gloo_threads_idle()
 
 
 def _ours() -> tuple[type, type]:
